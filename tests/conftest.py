@@ -7,3 +7,24 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fake_fashion_mnist_source(tmp_path_factory) -> str:
+    """Small valid idx.gz files shaped like Fashion-MNIST (200 train, 50 test images)."""
+    from contrastive_jax.datasets import fashion_mnist_captions as fmc
+
+    return fmc.write_fake_source(str(tmp_path_factory.mktemp("fake_fmnist")))
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory, fake_fashion_mnist_source) -> str:
+    """A TFDS data_dir with fashion_mnist_captions built from the fake idx files."""
+    from contrastive_jax.datasets import fashion_mnist_captions as fmc
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    fmc.build_fashion_mnist_captions(data_dir, source=fake_fashion_mnist_source)
+    return data_dir

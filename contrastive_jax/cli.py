@@ -1,0 +1,122 @@
+"""`contrastive-jax` command line: train | eval | data.
+
+Expected failures (bad config, missing data, a workdir of another model) end with one line on
+stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
+
+
+def _split_overrides(extra: Sequence[str]) -> list[str]:
+    """Collects `--config.a.b=v` (or `--config.a.b v`) into `a.b=v` strings."""
+    overrides, items = [], list(extra)
+    while items:
+        item = items.pop(0)
+        if not item.startswith("--config."):
+            raise SystemExit(f"error: unrecognised argument {item!r}")
+        key = item[len("--config."):]
+        if "=" not in key:
+            if not items:
+                raise SystemExit(f"error: {item} needs a value")
+            key = f"{key}={items.pop(0)}"
+        overrides.append(key)
+    return overrides
+
+
+def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.config import load_config
+    from contrastive_jax.train.loop import train
+
+    config = load_config(args.config, _split_overrides(extra))
+    result = train(config, args.workdir)
+    print(json.dumps(result, sort_keys=True))
+    # Preemption (SIGTERM) is a clean exit for schedulers; Ctrl-C keeps the shell convention.
+    return 130 if result.get("interrupted_by") == signal.SIGINT else 0
+
+
+def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.evaluate.workdir import evaluate_workdir
+
+    result = evaluate_workdir(args.workdir, step=args.step, overrides=_split_overrides(extra))
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_data_tokenizer(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.data.tokenizer import train_tokenizer_cli
+
+    path = train_tokenizer_cli(args.input, args.out, args.vocab_size)
+    print(json.dumps({"tokenizer": path}))
+    return 0
+
+
+def _cmd_data_prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.datasets.fashion_mnist_captions import build_fashion_mnist_captions
+
+    builder = build_fashion_mnist_captions(args.data_dir)
+    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    print(json.dumps({"dataset": builder.name, "data_dir": builder.data_dir, "splits": splits}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="contrastive-jax", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train or resume a model in a workdir",
+                       epilog="Override any config key with --config.a.b=value.")
+    p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("eval", help="run a workdir's evaluators on one of its checkpoints")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.set_defaults(run=_cmd_eval)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
+                                                                      required=True)
+    p = data.add_parser("tokenizer", help="train a sentencepiece model on a caption file")
+    p.add_argument("--input", required=True, help="text file, one caption per line")
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.model")
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.set_defaults(run=_cmd_data_tokenizer)
+
+    p = data.add_parser("prepare-demo", help="build the fashion_mnist_captions TFDS dataset")
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
+    p.set_defaults(run=_cmd_data_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("train", "eval"):
+        parser.error(f"unrecognised arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.run(args, extra)
+    except Exception as e:  # noqa: BLE001 - expected failures become one line
+        from contrastive_jax.errors import USER_ERRORS
+
+        if args.debug or not isinstance(e, USER_ERRORS):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Config loading: `file.py[:k=v,...]`, `--config.a.b=v` overrides, validation against the schema.
+
+Every key a config file or an override sets must exist in `default_config()`, with a value of
+a compatible type; otherwise `ConfigError` names the key in one line.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from contrastive_jax.errors import UserError
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot be used; the message is one line naming the key or file."""
+
+
+def default_config() -> ConfigDict:
+    """The full schema with defaults. Config files override parts of it."""
+    from contrastive_jax.data.pipeline import default_data_config
+    from contrastive_jax.models import default_model_config
+
+    c = ConfigDict()
+    c.seed = 0
+    c.model = default_model_config()
+    c.data = default_data_config()
+    # Loss names: see contrastive_jax.losses.LOSS_NAMES.
+    c.loss = ConfigDict(dict(name="sigmoid_chunked", bidirectional=False, positives="pairs"))
+    # Mesh axis sizes; -1 takes all devices not used by the other axes.
+    c.mesh = ConfigDict(dict(data=-1))
+    c.train = ConfigDict(
+        dict(
+            batch_size=256,  # global batch size, over all processes and devices
+            steps=1000,
+            log_every=50,
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            async_checkpointing=True,
+            eval_every=0,  # 0: evaluate only at the end of training
+            progress_bar=True,
+        )
+    )
+    c.optimizer = ConfigDict(
+        dict(
+            lr=1e-3,
+            warmup_steps=100,
+            end_lr_fraction=0.0,  # cosine decays to lr * end_lr_fraction
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=1e-4,  # decoupled (AdamW); never applied to t, b, norms, biases
+            grad_clip_norm=1.0,  # 0 disables clipping
+        )
+    )
+    c.evals = ConfigDict(
+        dict(
+            zeroshot=ConfigDict(
+                dict(
+                    enabled=True,
+                    name="fashion_mnist",  # metric keys: zeroshot/<name>/top1
+                    dataset="fashion_mnist_captions",
+                    split="test",
+                    prompts="fashion_mnist_heldout",
+                    batch_size=500,
+                )
+            ),
+            # Alignment and uniformity (Wang & Isola) on paired held-out examples.
+            embedding_stats=ConfigDict(dict(enabled=True, num_examples=1000)),
+        )
+    )
+    return c
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare words are strings: `--config.loss.name=softmax`
+
+
+def _parse_file_args(arg: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, arg.split(",")):
+        if "=" not in item:
+            raise ConfigError(f"config argument {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        kwargs[key.strip()] = _parse_value(value.strip())
+    return kwargs
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """Runs `get_config(**kwargs)` of the file in `spec` = `path.py[:k=v,...]`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_contrastive_jax_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any error in user code becomes one line
+        raise ConfigError(f"config file {path} does not load: {type(e).__name__}: {e}") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    kwargs = _parse_file_args(arg)
+    params = inspect.signature(module.get_config).parameters
+    for key in kwargs:
+        if key not in params:
+            raise ConfigError(
+                f"config file {path} takes no argument {key!r} (takes {list(params)})")
+    try:
+        return module.get_config(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"get_config() of {path} failed: {type(e).__name__}: {e}") from e
+
+
+def _check_type(key: str, default: Any, value: Any) -> Any:
+    """Returns `value` converted to the default's type, or raises ConfigError."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (tuple, list)):
+        if isinstance(value, (tuple, list)):
+            return type(default)(value)
+    else:
+        return value
+    raise ConfigError(
+        f"config key {key!r} expects {type(default).__name__}, got {value!r} "
+        f"({type(value).__name__})"
+    )
+
+
+def merge_into(base: ConfigDict, update: ConfigDict | dict, prefix: str = "") -> None:
+    """Recursively writes `update` into `base`, rejecting unknown keys and wrong types."""
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"unknown config key {path!r}")
+        current = base[key]
+        if isinstance(current, ConfigDict):
+            if not isinstance(value, (ConfigDict, dict)):
+                raise ConfigError(f"config key {path!r} is a group; got {value!r}")
+            merge_into(current, value, prefix=f"{path}.")
+        else:
+            if isinstance(value, (ConfigDict, dict)):
+                raise ConfigError(f"config key {path!r} is a value, not a group")
+            with base.ignore_type():
+                base[key] = _check_type(path, current, value)
+
+
+def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
+    """Applies one `--config.a.b=text` override."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ConfigDict):
+            raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r}")
+        node = node[part]
+    value = _parse_value(text)
+    # A string default keeps the override a string: `--config.data.dataset=123` is a name.
+    if leaf in node and isinstance(node[leaf], str):
+        value = text
+    merge_into(node, {leaf: value}, prefix=".".join(parents) + "." if parents else "")
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
+    """Loads `spec`, validates it against the schema and applies `a.b=v` overrides."""
+    config = default_config()
+    merge_into(config, load_config_file(spec))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        apply_override(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: ConfigDict) -> None:
+    """Checks relations between keys that types alone do not catch."""
+    from contrastive_jax.losses import LOSS_NAMES
+
+    if config.loss.name not in LOSS_NAMES:
+        raise ConfigError(f"config key 'loss.name': unknown loss {config.loss.name!r} "
+                          f"(known: {', '.join(LOSS_NAMES)})")
+    if config.loss.positives not in ("pairs", "labels"):
+        raise ConfigError("config key 'loss.positives' must be 'pairs' or 'labels'")
+    for key in ("batch_size", "steps"):
+        if config.train[key] <= 0:
+            raise ConfigError(f"config key 'train.{key}' must be positive")
+    text_len = config.model.text.max_len
+    if text_len is not None and config.data.max_len > text_len:
+        raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
+                          f"'model.text.max_len' ({text_len})")
+    if config.optimizer.warmup_steps >= config.train.steps:
+        raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
+
+
+def config_to_json(config: ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)

@@ -1,0 +1,17 @@
+"""Named prompt sets for zero-shot classification. Each template has one `{}`."""
+
+from __future__ import annotations
+
+from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES
+
+PROMPT_SETS: dict[str, tuple[str, ...]] = {
+    # Held out from the demo's training captions: zero-shot, not template matching.
+    "fashion_mnist_heldout": tuple(ZEROSHOT_TEMPLATES),
+    "class_name": ("{}",),
+}
+
+
+def get_prompts(name: str) -> tuple[str, ...]:
+    if name not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}")
+    return PROMPT_SETS[name]

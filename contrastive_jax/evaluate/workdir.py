@@ -1,0 +1,51 @@
+"""Evaluate a training workdir's checkpoint with the evaluators of its own config."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from contrastive_jax.config import ConfigError, apply_override, default_config, merge_into
+from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.evaluate.runner import run_evals
+from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.optimizer import create_optimizer
+from contrastive_jax.train.state import ModelDef, create_train_state
+
+
+def load_workdir_config(workdir: str, overrides: Sequence[str] = ()):
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
+    config = default_config()
+    with open(path, encoding="utf-8") as f:
+        merge_into(config, json.load(f))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        apply_override(config, key, value)
+    return config
+
+
+def evaluate_workdir(workdir: str, step: int | None = None,
+                     overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Restores `step` (default: latest) and returns the configured eval metrics."""
+    config = load_workdir_config(workdir, overrides)
+    mesh = create_mesh(config.mesh)
+    tx, _ = create_optimizer(config.optimizer, config.train.steps)
+    state, shardings = create_train_state(config, tx, mesh)
+    checkpointer = Checkpointer(workdir, config)
+    if checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+    if step is not None and step not in checkpointer.manager.all_steps():
+        raise FileNotFoundError(f"no checkpoint for step {step} in {checkpointer.directory} "
+                                f"(have {sorted(checkpointer.manager.all_steps())})")
+    state, _ = checkpointer.restore(state, shardings, step=step)
+    checkpointer.close()
+    tokenizer = Tokenizer(os.path.join(workdir, "tokenizer.model"))
+    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
+    return {"step": int(state.step), **metrics}

@@ -1,0 +1,62 @@
+"""Zero-shot classification: prompt-ensemble class embeddings against image embeddings."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from contrastive_jax.evaluate.embed import encode_texts
+from contrastive_jax.parallel.mesh import replicated, to_global
+from contrastive_jax.train.state import ModelDef, TrainState
+
+
+def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_names: Sequence[str],
+                     templates: Sequence[str], max_len: int, mesh: Mesh) -> np.ndarray:
+    """Mean of each class's prompt embeddings, renormalised: [C, D]."""
+    prompts = [template.format(name) for name in class_names for template in templates]
+    tokens = tokenizer.encode_batch(prompts, max_len)
+    emb = encode_texts(model_def, state, tokens, mesh).reshape(len(class_names), len(templates), -1)
+    emb = emb.mean(axis=1)
+    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+
+
+@functools.lru_cache(maxsize=8)
+def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
+    """Jitted: (params, rest, classifier, batch) -> per-class counts of top-1/top-5 hits."""
+
+    def counts(params, rest, classifier, images, labels, mask):
+        z = model_def.bind(params, rest).encode_image(images)
+        logits = z @ classifier.T
+        top5 = jax.lax.top_k(logits, min(5, classifier.shape[0]))[1]
+        hit1 = (top5[:, 0] == labels) * mask
+        hit5 = jnp.any(top5 == labels[:, None], axis=-1) * mask
+        onehot = jax.nn.one_hot(labels, classifier.shape[0]) * mask[:, None]
+        # Per-class sums over the (sharded) batch: every example counted exactly once.
+        return hit1 @ onehot, hit5 @ onehot, onehot.sum(0)
+
+    return jax.jit(counts, out_shardings=replicated(mesh))
+
+
+def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.ndarray,
+                      batches, mesh: Mesh) -> dict[str, float | np.ndarray]:
+    """`batches` yields this process's {image, label, mask}; returns top1, top5, per-class."""
+    fn = make_eval_batch_fn(model_def, mesh)
+    num_classes = classifier.shape[0]
+    hit1 = np.zeros(num_classes)
+    hit5 = np.zeros(num_classes)
+    total = np.zeros(num_classes)
+    for batch in batches:
+        arrays = to_global({"image": batch["image"], "label": batch["label"].astype(np.int32),
+                            "mask": batch["mask"].astype(np.float32)}, mesh)
+        h1, h5, n = jax.device_get(fn(state.params, state.rest, jnp.asarray(classifier),
+                                      arrays["image"], arrays["label"], arrays["mask"]))
+        hit1 += h1
+        hit5 += h5
+        total += n
+    return {"top1": float(hit1.sum() / total.sum()), "top5": float(hit5.sum() / total.sum()),
+            "per_class": hit1 / np.maximum(total, 1), "count": int(total.sum())}

@@ -1,0 +1,74 @@
+"""Device mesh from the config, and the shardings a train step needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+# Axis order is fixed so that a config only says sizes. Batch axes split the examples.
+AXIS_ORDER = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+_AUTO = (AxisType.Auto,) * len(AXIS_ORDER)
+
+
+def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """Resolves one -1 entry to the devices left over; checks the product."""
+    unknown = set(axis_sizes) - set(AXIS_ORDER)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {list(AXIS_ORDER)}")
+    sizes = {name: int(axis_sizes.get(name, 1)) for name in AXIS_ORDER}
+    free = [name for name, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {free}")
+    fixed = int(np.prod([s for s in sizes.values() if s != -1]))
+    if free:
+        if num_devices % fixed:
+            raise ValueError(f"{num_devices} devices do not divide into mesh axes {sizes}")
+        sizes[free[0]] = num_devices // fixed
+    if int(np.prod(list(sizes.values()))) != num_devices:
+        raise ValueError(f"mesh {sizes} needs {np.prod(list(sizes.values()))} devices, "
+                         f"have {num_devices}")
+    return sizes
+
+
+def create_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes ('data', 'fsdp', 'model'); sizes from the config (-1 = the rest)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_shape(axis_sizes, len(devices))
+    shape = tuple(sizes[name] for name in AXIS_ORDER)
+    if devices == list(jax.devices()):
+        # Topology-aware placement on real hardware (TPU torus, NVLink islands).
+        # Auto axes: XLA propagates shardings; explicit sharding-in-types is not used here.
+        return jax.make_mesh(shape, AXIS_ORDER, devices=devices, axis_types=_AUTO)
+    return Mesh(np.asarray(devices).reshape(shape), AXIS_ORDER, axis_types=_AUTO)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (example) dimension split over the batch axes; the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_size_per_process(global_batch: int, mesh: Mesh) -> int:
+    """Examples each process loads; checks the global batch splits evenly over devices."""
+    num_shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if global_batch % num_shards:
+        raise ValueError(f"global batch {global_batch} does not divide over {num_shards} "
+                         f"batch shards of mesh {dict(mesh.shape)}")
+    if global_batch % jax.process_count():
+        raise ValueError(f"global batch {global_batch} does not divide over "
+                         f"{jax.process_count()} processes")
+    return global_batch // jax.process_count()
+
+
+def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Turns this process's slice of the batch into global arrays sharded over the mesh."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local_batch.items()}

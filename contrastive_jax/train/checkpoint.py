@@ -1,0 +1,97 @@
+"""Orbax checkpoints of the train state, with the metadata needed to resume and to refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from contrastive_jax.errors import UserError
+from contrastive_jax.train.state import TrainState, abstract_state
+
+
+class CheckpointMismatchError(UserError):
+    """The workdir holds checkpoints of a different model; one-line message."""
+
+
+def _model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    # What must match for a checkpoint to be restorable into this run's state. The compute
+    # dtype is free to change between runs: params are stored in float32 either way.
+    model = json.loads(json.dumps(config.model.to_dict(), default=str))
+    model.pop("dtype", None)
+    return model
+
+
+class Checkpointer:
+    """Saves every `every` steps (asynchronously), keeps `keep`, restores the latest."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.config = config
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=config.train.keep_checkpoints,
+            save_interval_steps=config.train.checkpoint_every,
+            enable_async_checkpointing=config.train.async_checkpointing,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, *, examples_seen: int, force: bool = False) -> bool:
+        """Starts a save when the interval says so (or `force`); returns whether it did."""
+        step = int(state.step)
+        if step in self.manager.all_steps():
+            return False  # e.g. the final save right after an interval save of the same step
+        meta = {"step": step, "examples_seen": examples_seen,
+                "model": _model_signature(self.config)}
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(meta)),
+            force=force,
+        )
+
+    def restore(self, state: TrainState, shardings: TrainState,
+                step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """Restores `step` (default: latest) into the shardings of `state`."""
+        step = self.latest_step() if step is None else step
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = meta["meta"]
+        theirs, ours = meta.get("model"), _model_signature(self.config)
+        if theirs != ours:
+            diff = sorted(_diff_keys(theirs or {}, ours))
+            raise CheckpointMismatchError(
+                f"checkpoints in {self.directory} were written by a different model "
+                f"(model keys differ: {', '.join(diff[:5])}); use a new --workdir")
+        target = abstract_state(state, shardings)
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except (ValueError, KeyError) as e:
+            raise CheckpointMismatchError(
+                f"checkpoint {step} in {self.directory} does not fit this run's state: "
+                f"{str(e).splitlines()[0][:200]}") from e
+        return restored["state"], meta
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "model.") -> list[str]:
+    keys = []
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys

@@ -1,0 +1,168 @@
+"""The training loop: wires config, mesh, state, data, step, checkpoints, metrics and evals."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from contrastive_jax.config import config_to_json
+from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
+from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.evaluate.runner import run_evals
+from contrastive_jax.losses import create_loss
+from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.metrics import MetricsWriter, progress_bar
+from contrastive_jax.train.optimizer import create_optimizer
+from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
+from contrastive_jax.train.step import StepFn, jit_train_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def loss_from_config(config: ml_collections.ConfigDict, mesh: Mesh):
+    kwargs = {"bidirectional": config.loss.bidirectional} if "chunked" in config.loss.name else {}
+    return create_loss(config.loss.name, mesh=mesh, batch_axes=BATCH_AXES, **kwargs)
+
+
+def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+    if vocab_size > config.model.text.vocab_size:
+        raise ValueError(f"tokenizer has {vocab_size} pieces but config key "
+                         f"'model.text.vocab_size' is {config.model.text.vocab_size}")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one training run needs, built from its config."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    tokenizer: Tokenizer
+    model_def: ModelDef
+    state: TrainState
+    step_fn: StepFn
+    schedule: optax.Schedule
+    checkpointer: Checkpointer
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Builds the mesh, tokenizer, sharded state (restored if the workdir has one) and step."""
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config_to_json(config))
+    mesh = create_mesh(config.mesh)
+    batch_size_per_process(config.train.batch_size, mesh)  # fail early on a bad split
+    tokenizer = ensure_tokenizer(config.data, workdir)
+    check_vocab(config, tokenizer.vocab_size)
+
+    tx, schedule = create_optimizer(config.optimizer, config.train.steps)
+    state, shardings = create_train_state(config, tx, mesh)
+    checkpointer = Checkpointer(workdir, config)
+    if checkpointer.latest_step() is not None:
+        state, _ = checkpointer.restore(state, shardings)
+        log.info("resumed from step %d", int(state.step))
+
+    loss_fn = loss_from_config(config, mesh)
+    model_def = ModelDef(config.model)
+    step_fn = jit_train_step(
+        make_train_step(model_def, tx, loss_fn,
+                        labels_as_positives=config.loss.positives == "labels"),
+        shardings, mesh)
+    return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) in `workdir`; returns the final metrics, evals included."""
+    run = setup(config, workdir)
+    batch_size, total_steps = config.train.batch_size, config.train.steps
+    step = int(run.state.step)
+    data = iter(train_dataset(
+        config.data, run.tokenizer, global_batch_size=batch_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        start_example=step * batch_size, seed=config.seed).as_numpy_iterator())
+    evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
+                                 mesh=run.mesh)
+    writer = MetricsWriter(workdir)
+    bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
+    state = run.state
+    with StopRequest() as stop:
+        timer = Throughput(step)
+        while step < total_steps and stop.signal is None:
+            state, metrics = run.step_fn(state, to_global(next(data), run.mesh))
+            step += 1
+            bar.update(batch_size)
+            run.checkpointer.save(state, examples_seen=step * batch_size)
+            if step % config.train.log_every == 0 or step == total_steps:
+                metrics = jax.device_get(metrics)  # waits for the step: honest timing
+                metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
+                metrics["train/lr"] = float(run.schedule(step - 1))
+                writer.write(step, metrics)
+                bar.set_postfix(loss=f"{float(metrics['train/loss']):.4f}")
+                if not np.isfinite(metrics["train/loss"]):
+                    raise FloatingPointError(f"train/loss is {metrics['train/loss']} "
+                                             f"at step {step}")
+            if config.train.eval_every and step % config.train.eval_every == 0:
+                if step < total_steps:
+                    writer.write(step, evaluate(state))
+                timer.restart(step)  # eval time is not training time
+        bar.close()
+        run.checkpointer.save(state, examples_seen=step * batch_size, force=True)
+        run.checkpointer.close()
+    if stop.signal is not None:
+        log.warning("stopped by signal %d at step %d; checkpoint saved", stop.signal, step)
+        writer.close()
+        return {"step": step, "interrupted_by": int(stop.signal)}
+    final = evaluate(state)
+    writer.write(step, final)
+    writer.close()
+    return {"step": step, **{k: float(v) for k, v in final.items()}}
+
+
+class Throughput:
+    """Examples per second between two log points."""
+
+    def __init__(self, step: int):
+        self.restart(step)
+
+    def restart(self, step: int) -> None:
+        self.step, self.time = step, time.perf_counter()
+
+    def rate(self, step: int, batch_size: int) -> float:
+        now = time.perf_counter()
+        value = (step - self.step) * batch_size / max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return value

@@ -1,0 +1,79 @@
+"""Train state as a pytree of plain dicts, created already sharded on the mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from contrastive_jax.models import create_model
+from contrastive_jax.parallel.mesh import replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict[str, Any]  # trainable nnx.Param values, as a nested dict
+    rest: dict[str, Any]  # any other model state (buffers), never touched by the optimizer
+    opt_state: optax.OptState
+
+
+class ModelDef:
+    """A model's structure without its values: turns param dicts back into an nnx.Module.
+
+    Keeping params as plain dicts keeps the train state a simple pytree for optax, orbax
+    and exporters, while model code stays ordinary NNX modules.
+    """
+
+    def __init__(self, model_config: ml_collections.ConfigDict):
+        abstract = nnx.eval_shape(lambda: create_model(model_config, rngs=nnx.Rngs(0)))
+        self.graphdef, self._params, self._rest = nnx.split(abstract, nnx.Param, ...)
+
+    def bind(self, params: dict[str, Any], rest: dict[str, Any] | None = None) -> nnx.Module:
+        param_state = jax.tree.map(lambda x: x, self._params)  # a fresh copy to fill in
+        nnx.replace_by_pure_dict(param_state, params)
+        rest_state = jax.tree.map(lambda x: x, self._rest)
+        if rest:
+            nnx.replace_by_pure_dict(rest_state, rest)
+        return nnx.merge(self.graphdef, param_state, rest_state)
+
+    @staticmethod
+    def init(model_config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[dict, dict]:
+        model = create_model(model_config, rngs=nnx.Rngs(rng))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return params.to_pure_dict(), rest.to_pure_dict()
+
+
+def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
+    """Sharding of every leaf of the train state: replicated over the mesh for now."""
+    return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, tx: optax.GradientTransformation, mesh: Mesh
+) -> tuple[TrainState, TrainState]:
+    """Initialises the state directly into its shardings; returns (state, shardings)."""
+
+    def init(rng: jax.Array) -> TrainState:
+        params, rest = ModelDef.init(config.model, rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                          opt_state=tx.init(params))
+
+    rng = jax.random.key(config.seed)
+    abstract = jax.eval_shape(init, rng)
+    shardings = state_shardings(abstract, mesh)
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying shardings, as orbax restores want them."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_shapes, shardings
+    )

@@ -1,0 +1,61 @@
+"""The train step: a pure function from (state, batch) to (new state, metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import optax
+from jax.sharding import Mesh
+
+from contrastive_jax.losses import LossFn
+from contrastive_jax.parallel.mesh import batch_sharding, replicated
+from contrastive_jax.train.state import ModelDef, TrainState
+
+Batch = dict[str, jax.Array]
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def make_train_step(
+    model_def: ModelDef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    *,
+    labels_as_positives: bool = False,
+) -> StepFn:
+    """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B]."""
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        def loss_of(params):
+            model = model_def.bind(params, state.rest)
+            zimg, ztxt = model(batch["image"], batch["text"])
+            t, b = model.temperature(), model.bias()
+            labels = batch["label"] if labels_as_positives else None
+            loss, aux = loss_fn(zimg, ztxt, t, b, labels)
+            return loss, (aux, t, b)
+
+        (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "train/loss": loss,
+            "train/t": t,
+            "train/b": b,
+            "train/pos_logit": aux["pos_logit"],
+            "train/neg_logit": aux["neg_logit"],
+            "train/grad_norm": optax.global_norm(grads),
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
+    """Compiles the step for the mesh; the old state's buffers are donated to the new one."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+    )

@@ -1,0 +1,44 @@
+"""Shared test builders: tiny configs and synthetic batches."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from contrastive_jax.config import default_config, merge_into
+
+
+def tiny_config(**sections) -> ml_collections.ConfigDict:
+    """A model small enough to compile and step in seconds on a CPU."""
+    config = default_config()
+    merge_into(config, {
+        "model": {
+            "embed_dim": 16,
+            "image": {"variant": None, "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2,
+                      "patch_size": 7, "image_size": 28, "channels": 1, "pool": "gap"},
+            "text": {"variant": None, "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2,
+                     "vocab_size": 64, "max_len": 8},
+        },
+        "data": {"max_len": 8},
+        "train": {"batch_size": 16, "steps": 10, "log_every": 1, "progress_bar": False},
+        "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+    })
+    for name, values in sections.items():
+        merge_into(config[name], values, prefix=f"{name}.")
+    return config
+
+
+def synthetic_batches(num: int, batch_size: int, seed: int = 0, vocab: int = 64,
+                      max_len: int = 8) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(num):
+        lengths = rng.integers(2, max_len + 1, size=batch_size)
+        text = rng.integers(3, vocab, size=(batch_size, max_len)).astype(np.int32)
+        text[np.arange(max_len)[None, :] >= lengths[:, None]] = 0  # right padding
+        batches.append({
+            "image": rng.uniform(-1, 1, size=(batch_size, 28, 28, 1)).astype(np.float32),
+            "text": text,
+            "label": rng.integers(0, 4, size=batch_size).astype(np.int32),
+        })
+    return batches
