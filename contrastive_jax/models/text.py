@@ -1,0 +1,88 @@
+"""Text transformer tower with a padding mask (token id 0 is padding)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from contrastive_jax.models.transformer import Dtype, Encoder, MAPHead, parse_dtype
+
+POOLS = ("last", "first", "mean", "map")
+PAD_ID = 0
+
+
+def last_token_index(mask: jax.Array) -> jax.Array:
+    """Index of the last True in each row of a [B, L] mask (0 for an all-pad row)."""
+    positions = jnp.arange(mask.shape[1])
+    return jnp.max(jnp.where(mask, positions, 0), axis=1)
+
+
+class TextTransformer(nnx.Module):
+    """Token + learned position embeddings -> pre-LN encoder -> final LN -> pool.
+
+    Pad tokens (id 0) are masked out as attention keys and excluded from pooling, so they
+    cannot influence any output: a sequence gives the same features however many pads
+    follow it. "last" pools the last non-pad token (the EOS the tokenizer appends).
+    Returns pooled float32 features [B, width]; `return_tokens=True` also returns the
+    encoded tokens [B, L, width] and the [B, L] validity mask.
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        mlp_dim: int,
+        num_heads: int,
+        vocab_size: int,
+        max_len: int,
+        pool: str = "last",
+        dtype: str | Dtype = "float32",
+        param_dtype: str | Dtype = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if pool not in POOLS:
+            raise ValueError(f"Unknown text pool {pool!r}; expected one of {POOLS}.")
+        if vocab_size < 2 or max_len < 1:
+            raise ValueError(f"Need vocab_size >= 2 and max_len >= 1, got {vocab_size}, "
+                             f"{max_len}.")
+        self.dtype, pdt = parse_dtype(dtype), parse_dtype(param_dtype)
+        self.pool, self.max_len = pool, int(max_len)
+        self.embedding = nnx.Embed(
+            vocab_size, width, dtype=self.dtype, param_dtype=pdt,
+            embedding_init=nnx.initializers.normal(stddev=0.02), rngs=rngs)
+        init = nnx.initializers.normal(stddev=width**-0.5)  # big_vision's posemb scale
+        self.pos_embedding = nnx.Param(init(rngs.params(), (1, max_len, width), pdt))
+        self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
+                               param_dtype=pdt, rngs=rngs)
+        if pool == "map":
+            self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
+                                    param_dtype=pdt, rngs=rngs)
+
+    def __call__(
+        self, tokens: jax.Array, *, return_tokens: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+        """tokens: int [B, L] with L <= max_len, right-padded with 0."""
+        if tokens.ndim != 2 or tokens.shape[1] > self.max_len:
+            raise ValueError(f"TextTransformer expects tokens [B, L<={self.max_len}], "
+                             f"got {tokens.shape}.")
+        length = tokens.shape[1]
+        mask = tokens != PAD_ID
+        x = self.embedding(tokens)
+        x = x + self.pos_embedding[:, :length].astype(x.dtype)
+        x = self.encoder(x, mask)  # float32
+
+        if self.pool == "last":
+            idx = last_token_index(mask)
+            pooled = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+        elif self.pool == "first":
+            pooled = x[:, 0]
+        elif self.pool == "mean":
+            # where, not multiply: pad rows contribute exactly nothing, even if non-finite.
+            total = jnp.sum(jnp.where(mask[..., None], x, 0.0), axis=1)
+            pooled = total / jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1)
+        else:  # map
+            pooled = self.map_head(x, mask)
+        pooled = pooled.astype(jnp.float32)
+        return (pooled, x, mask) if return_tokens else pooled

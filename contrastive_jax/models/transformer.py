@@ -1,0 +1,136 @@
+"""Pre-LN transformer encoder shared by the image (ViT) and text towers.
+
+Conventions follow big_vision's ViT: xavier-uniform kernels in attention and MLP, zero
+biases, LayerNorm epsilon 1e-6. Parameters live in `param_dtype`; matmuls run in `dtype`.
+LayerNorm always computes and returns float32 so low-precision runs keep stable statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DENSE_INIT = nnx.initializers.xavier_uniform()
+
+
+def parse_dtype(name: str | Dtype) -> Dtype:
+    """Maps "float32" | "bfloat16" (or a dtype) to a jnp dtype; anything else is an error."""
+    if isinstance(name, str):
+        if name not in _DTYPES:
+            raise ValueError(f"Unknown dtype {name!r}; expected one of {sorted(_DTYPES)}.")
+        return _DTYPES[name]
+    return jnp.dtype(name).type
+
+
+def layer_norm(width: int, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm that computes in float32 regardless of the compute dtype."""
+    return nnx.LayerNorm(width, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype,
+                         rngs=rngs)
+
+
+def attention(width: int, num_heads: int, dtype: Dtype, param_dtype: Dtype,
+              rngs: nnx.Rngs) -> nnx.MultiHeadAttention:
+    """Multi-head attention without dropout (contrastive pretraining runs without it)."""
+    if width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}.")
+    # keep_rngs=False: no dropout, so no RNG state should end up in the model's state.
+    return nnx.MultiHeadAttention(
+        num_heads=num_heads, in_features=width, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=_DENSE_INIT, bias_init=nnx.initializers.zeros_init(),
+        decode=False, deterministic=True, keep_rngs=False, rngs=rngs)
+
+
+def attention_mask(mask: Array | None) -> Array | None:
+    """[B, L] key-validity mask -> [B, 1, 1, L], broadcastable over heads and queries."""
+    return None if mask is None else mask[:, None, None, :].astype(bool)
+
+
+class MlpBlock(nnx.Module):
+    """Two-layer GELU feed-forward block."""
+
+    def __init__(self, width: int, mlp_dim: int, *, dtype: Dtype, param_dtype: Dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=_DENSE_INIT, rngs=rngs)
+        self.fc1 = nnx.Linear(width, mlp_dim, **kw)
+        self.fc2 = nnx.Linear(mlp_dim, width, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc2(nnx.gelu(self.fc1(x)))
+
+
+class EncoderBlock(nnx.Module):
+    """x + MHA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, width: int, mlp_dim: int, num_heads: int, *, dtype: Dtype,
+                 param_dtype: Dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.ln1 = layer_norm(width, param_dtype, rngs)
+        self.attn = attention(width, num_heads, dtype, param_dtype, rngs)
+        self.ln2 = layer_norm(width, param_dtype, rngs)
+        self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        """x: [B, L, D]; mask: optional [B, L], True where the token is real."""
+        y = self.ln1(x).astype(self.dtype)
+        x = x + self.attn(y, mask=attention_mask(mask)).astype(x.dtype)
+        y = self.ln2(x).astype(self.dtype)
+        return x + self.mlp(y).astype(x.dtype)
+
+
+class Encoder(nnx.Module):
+    """A stack of `depth` encoder blocks followed by a final LayerNorm (float32 output)."""
+
+    def __init__(self, width: int, depth: int, mlp_dim: int, num_heads: int, *,
+                 dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+        self.blocks = nnx.List([
+            EncoderBlock(width, mlp_dim, num_heads, dtype=dtype, param_dtype=param_dtype,
+                         rngs=rngs)
+            for _ in range(depth)
+        ])
+        self.encoder_norm = layer_norm(width, param_dtype, rngs)
+
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.encoder_norm(x)
+
+
+class MAPHead(nnx.Module):
+    """Multihead attention pooling: a learned probe attends over the (masked) tokens."""
+
+    def __init__(self, width: int, mlp_dim: int, num_heads: int, *, dtype: Dtype,
+                 param_dtype: Dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.probe = nnx.Param(_DENSE_INIT(rngs.params(), (1, 1, width), param_dtype))
+        self.attn = attention(width, num_heads, dtype, param_dtype, rngs)
+        self.ln = layer_norm(width, param_dtype, rngs)
+        self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        """x: [B, L, D], mask: optional [B, L] -> [B, D] float32."""
+        probe = jnp.broadcast_to(self.probe[...], (x.shape[0], 1, x.shape[-1]))
+        y = self.attn(probe.astype(self.dtype), x.astype(self.dtype),
+                      mask=attention_mask(mask)).astype(jnp.float32)
+        y = y + self.mlp(self.ln(y).astype(self.dtype)).astype(jnp.float32)
+        return y[:, 0]
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sin-cos position embeddings (MoCo v3 layout), [1, h*w, width] float32."""
+    if width % 4:
+        raise ValueError(f"sincos2d position embeddings need width % 4 == 0, got {width}.")
+    y, x = np.mgrid[:h, :w]
+    omega = np.arange(width // 4) / max(width // 4 - 1, 1)
+    omega = 1.0 / (temperature**omega)
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return pe[None].astype(np.float32)

@@ -1,0 +1,110 @@
+"""Vision Transformer image tower (big_vision-style, in Flax NNX)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from contrastive_jax.models.transformer import (
+    Dtype,
+    Encoder,
+    MAPHead,
+    parse_dtype,
+    posemb_sincos_2d,
+)
+
+POOLS = ("map", "gap", "cls")
+POSEMBS = ("learn", "sincos2d")
+
+
+def _pair(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    h, w = x
+    return (int(h), int(w))
+
+
+class ViT(nnx.Module):
+    """Patchify -> (+ position embeddings) -> pre-LN encoder -> final LN -> pool.
+
+    Returns pooled float32 features [B, width]; with `return_tokens=True` also the
+    encoded patch tokens [B, N, width] (float32, class token removed).
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        mlp_dim: int,
+        num_heads: int,
+        patch_size: int | Sequence[int],
+        image_size: int | Sequence[int],
+        channels: int = 3,
+        pool: str = "map",
+        posemb: str = "learn",
+        dtype: str | Dtype = "float32",
+        param_dtype: str | Dtype = "float32",
+        rngs: nnx.Rngs,
+    ):
+        if pool not in POOLS:
+            raise ValueError(f"Unknown image pool {pool!r}; expected one of {POOLS}.")
+        if posemb not in POSEMBS:
+            raise ValueError(f"Unknown posemb {posemb!r}; expected one of {POSEMBS}.")
+        patch, size = _pair(patch_size), _pair(image_size)
+        if size[0] % patch[0] or size[1] % patch[1]:
+            raise ValueError(f"image_size {size} is not divisible by patch_size {patch}.")
+        self.dtype, pdt = parse_dtype(dtype), parse_dtype(param_dtype)
+        self.pool, self.posemb_type = pool, posemb
+        self.image_size, self.channels = size, int(channels)
+        self.grid = (size[0] // patch[0], size[1] // patch[1])
+        n = self.grid[0] * self.grid[1]
+
+        # A stride-p VALID conv is exactly "cut p x p patches + linear"; its kernel layout
+        # [p, p, C, width] matches big_vision's `embedding` for checkpoint import.
+        self.embedding = nnx.Conv(
+            channels, width, kernel_size=patch, strides=patch, padding="VALID",
+            dtype=self.dtype, param_dtype=pdt, rngs=rngs)
+        if posemb == "learn":
+            init = nnx.initializers.normal(stddev=width**-0.5)  # big_vision's scale
+            self.pos_embedding = nnx.Param(init(rngs.params(), (1, n, width), pdt))
+        if pool == "cls":
+            self.cls = nnx.Param(jnp.zeros((1, 1, width), pdt))
+        self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
+                               param_dtype=pdt, rngs=rngs)
+        if pool == "map":
+            self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
+                                    param_dtype=pdt, rngs=rngs)
+
+    def __call__(
+        self, images: jax.Array, *, return_tokens: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """images: [B, H, W, C] float, already in the model's value range."""
+        if images.ndim != 4 or tuple(images.shape[1:]) != (*self.image_size, self.channels):
+            raise ValueError(f"ViT expects images [B, {self.image_size[0]}, "
+                             f"{self.image_size[1]}, {self.channels}], got {images.shape}.")
+        x = self.embedding(images.astype(self.dtype))
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        if self.posemb_type == "learn":
+            pe = self.pos_embedding[...]
+        else:
+            pe = jnp.asarray(posemb_sincos_2d(h, w, d))
+        # Position embeddings go on the patches before the class token is prepended.
+        x = x + pe.astype(x.dtype)
+        if self.pool == "cls":
+            x = jnp.concatenate([jnp.broadcast_to(self.cls[...], (b, 1, d)).astype(x.dtype), x],
+                                axis=1)
+        x = self.encoder(x)  # float32, final LayerNorm applied
+
+        if self.pool == "map":
+            pooled = self.map_head(x)
+        elif self.pool == "gap":
+            pooled = jnp.mean(x, axis=1)
+        else:  # cls
+            pooled, x = x[:, 0], x[:, 1:]
+        pooled = pooled.astype(jnp.float32)
+        return (pooled, x) if return_tokens else pooled
