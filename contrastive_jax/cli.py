@@ -1,4 +1,4 @@
-"""`contrastive-jax` command line: train | eval | data.
+"""`contrastive-jax` command line: train | eval | bench | data.
 
 Expected failures (bad config, missing data, a workdir of another model) end with one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -69,6 +69,15 @@ def _cmd_data_prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.train_step import bench_train_step
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    print(json.dumps(bench_train_step(config, steps=args.steps)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contrastive-jax", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -84,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.set_defaults(run=_cmd_eval)
+
+    bench = sub.add_parser("bench", help="benchmarks; one JSON line per measurement")
+    p = bench.add_subparsers(dest="bench_command", required=True).add_parser(
+        "step", help="train-step examples/s on synthetic batches of a config's shapes")
+    p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
+    p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
+    p.set_defaults(run=_cmd_bench_step)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
                                                                       required=True)
@@ -102,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("train", "eval"):
+    if extra and args.command not in ("train", "eval", "bench"):
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES
+from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES, fill_template
 
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
     # Held out from the demo's training captions: zero-shot, not template matching.
@@ -15,3 +15,8 @@ def get_prompts(name: str) -> tuple[str, ...]:
     if name not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}")
     return PROMPT_SETS[name]
+
+
+def fill(template: str, class_name: str) -> str:
+    """The prompt for one class, with English articles fixed ("an ankle boot")."""
+    return fill_template(template, class_name)

@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from contrastive_jax.evaluate.embed import encode_texts
+from contrastive_jax.evaluate.prompts import fill
 from contrastive_jax.parallel.mesh import replicated, to_global
 from contrastive_jax.train.state import ModelDef, TrainState
 
@@ -18,7 +19,7 @@ from contrastive_jax.train.state import ModelDef, TrainState
 def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_names: Sequence[str],
                      templates: Sequence[str], max_len: int, mesh: Mesh) -> np.ndarray:
     """Mean of each class's prompt embeddings, renormalised: [C, D]."""
-    prompts = [template.format(name) for name in class_names for template in templates]
+    prompts = [fill(template, name) for name in class_names for template in templates]
     tokens = tokenizer.encode_batch(prompts, max_len)
     emb = encode_texts(model_def, state, tokens, mesh).reshape(len(class_names), len(templates), -1)
     emb = emb.mean(axis=1)

@@ -1,0 +1,1 @@
+"""Benchmarks behind `contrastive-jax bench`: each prints one JSON object per measurement."""

@@ -1,0 +1,59 @@
+"""Train-step throughput on synthetic batches of the config's shapes (no input pipeline)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train.loop import loss_from_config
+from contrastive_jax.train.optimizer import create_optimizer
+from contrastive_jax.train.state import ModelDef, create_train_state
+from contrastive_jax.train.step import jit_train_step, make_train_step
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = config.model.image
+    size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
+    vocab, length = config.model.text.vocab_size, config.data.max_len
+    return {
+        "image": rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(np.float32),
+        "text": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
+        "label": np.arange(batch_size, dtype=np.int32),
+    }
+
+
+def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20) -> dict[str, Any]:
+    """Compiles the step, runs `steps` timed steps, returns examples/s and timings."""
+    mesh = create_mesh(config.mesh)
+    local = batch_size_per_process(config.train.batch_size, mesh)
+    tx, _ = create_optimizer(config.optimizer, max(config.train.steps, steps + 1))
+    state, shardings = create_train_state(config, tx, mesh)
+    step_fn = jit_train_step(
+        make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh)),
+        shardings, mesh)
+    batch = to_global(synthetic_batch(config, local), mesh)
+    start = time.perf_counter()
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "bench": "train_step",
+        "loss": config.loss.name,
+        "global_batch": config.train.batch_size,
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "step_ms": round(seconds * 1e3, 2),
+        "examples_per_sec": round(config.train.batch_size / seconds, 1),
+        "first_step_s": round(compile_s, 2),
+    }

@@ -1,0 +1,235 @@
+"""Train and eval input pipelines: TFDS source -> host-local batches, exactly resumable.
+
+The training stream of one process is a fixed function of (config, seed, process):
+epoch e is the process's part of the split, shuffled with a seed derived from (seed, e),
+and epochs are concatenated before batching. Resuming at `start_example` (examples of the
+GLOBAL stream consumed, i.e. step * global_batch_size) starts at epoch `pos // n` and skips
+`pos % n` examples of it, where pos is this process's share of `start_example` and n the
+number of usable examples in its part; so a resumed stream equals the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from contrastive_jax.data import preprocess
+from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+from contrastive_jax.datasets import fashion_mnist_captions
+
+# Builders this project ships and can prepare offline on first use.
+_LOCAL_BUILDERS = {
+    "fashion_mnist_captions": fashion_mnist_captions.build_fashion_mnist_captions,
+}
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every data key with its default; config validation rejects keys not listed here."""
+    return ml_collections.ConfigDict(
+        {
+            "dataset": "fashion_mnist_captions",  # TFDS name
+            "data_dir": None,  # None -> TFDS default (~/tensorflow_datasets)
+            "train_split": "train",
+            "eval_split": "test",
+            "image_key": "image",
+            "text_key": "caption",
+            "label_key": "label",  # None or "" -> labels are -1
+            "image_size": 28,  # resized when the stored size differs
+            "value_range": (-1.0, 1.0),
+            "flip": False,  # random horizontal flip (train only)
+            "shuffle_buffer": 10_000,
+            "max_len": 16,  # text tokens per caption, EOS included
+            "lowercase": True,
+            "tokenizer": {"path": None, "vocab_size": 1000},  # path None -> train on captions
+        }
+    )
+
+
+def get_builder(dataset: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder for `dataset`; the project's own datasets are prepared if needed."""
+    if dataset in _LOCAL_BUILDERS:
+        return _LOCAL_BUILDERS[dataset](data_dir)
+    return tfds.builder(dataset, data_dir=data_dir)
+
+
+def class_names(dataset_name: str, data_dir: str | None = None, key: str = "label") -> list[str]:
+    """Class names from the dataset's ClassLabel feature `key`."""
+    return list(get_builder(dataset_name, data_dir).info.features[key].names)
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True  # parallel maps keep order: required for exact resume
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def _read(builder: tfds.core.DatasetBuilder, split: str, skip_images: str | None = None):
+    """Reads a split in its stored order (no file shuffling)."""
+    decoders = {skip_images: tfds.decode.SkipDecoding()} if skip_images else None
+    return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+
+
+def _examples(cfg: ml_collections.ConfigDict, builder, split: str) -> tf.data.Dataset:
+    """Image/caption/label/uid records of `split` with empty captions removed (and logged)."""
+    features = builder.info.features
+
+    def select(ex):
+        out = {"image": ex[cfg.image_key], "caption": ex[cfg.text_key]}
+        out["label"] = tf.cast(ex[cfg.label_key], tf.int32) if cfg.label_key else tf.constant(-1)
+        out["uid"] = ex["uid"] if "uid" in features.keys() else tf.constant("")
+        return out
+
+    ds = _read(builder, split).map(select, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.filter(lambda ex: preprocess.valid_caption(ex["caption"], ex["uid"]))
+
+
+def _count_usable(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[int, int]:
+    """(examples with a usable caption, total) in `split`; reads captions only."""
+    key = (str(builder.data_dir), split, cfg.text_key, cfg.image_key)
+    if key not in _COUNT_CACHE:
+        _COUNT_CACHE[key] = _count_pass(cfg, builder, split)
+    return _COUNT_CACHE[key]
+
+
+# (dataset dir, split, keys) -> counts; prepared TFDS data does not change under a version.
+_COUNT_CACHE: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+
+
+def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[int, int]:
+    ds = _read(builder, split, skip_images=cfg.image_key)
+    # Same rule as the filter in _examples, or resume positions would drift.
+    ok = ds.map(lambda ex: preprocess.has_text(ex[cfg.text_key]))
+    usable, total = ok.reduce(
+        (np.int64(0), np.int64(0)), lambda acc, v: (acc[0] + tf.cast(v, tf.int64), acc[1] + 1)
+    )
+    return int(usable), int(total)
+
+
+def train_dataset(
+    data_config: ml_collections.ConfigDict,
+    tokenizer: Tokenizer,
+    *,
+    global_batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    start_example: int = 0,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
+
+    b = global_batch_size // process_count. Each process reads a disjoint, equal-sized part
+    of the split. The stream resumes exactly at `start_example` (see module docstring).
+    """
+    cfg = data_config
+    if global_batch_size % process_count or start_example % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} and start_example={start_example} must "
+            f"be multiples of process_count={process_count}"
+        )
+    local_batch = global_batch_size // process_count
+    builder = get_builder(cfg.dataset, cfg.data_dir)
+    # drop_remainder: equal parts, so every process has as many examples per epoch.
+    split = tfds.even_splits(cfg.train_split, n=process_count, drop_remainder=True)[process_index]
+
+    position = start_example // process_count  # examples this process has already served
+    first_epoch, skip = 0, 0
+    if position:
+        # Only a resume needs the epoch length; it costs one pass over the captions.
+        n_usable, n_total = _count_usable(cfg, builder, split)
+        if n_usable == 0:
+            raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
+        first_epoch, skip = divmod(position, n_usable)
+        logging.info("%s %s: resuming at epoch %d + %d examples (%d of %d usable)",
+                     cfg.dataset, split, first_epoch, skip, n_usable, n_total)  # fmt: skip
+    examples = _examples(cfg, builder, split)
+    if not position and not list(examples.take(1)):
+        # Without this, an epoch with no usable example makes the repeat loop spin forever.
+        raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        # A new explicit seed per epoch: a different order each epoch, reproducible anywhere.
+        epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + e
+        return examples.shuffle(cfg.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+    ds = ds.skip(skip)
+    if cfg.flip:
+        # Flip decided by (seed, process, stream position): identical on resume.
+        def flip(pos, ex):
+            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + process_index, pos])
+            return {**ex, "image": preprocess.random_flip(ex["image"], key)}
+
+        ds = ds.enumerate(start=position).map(flip, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True)
+
+    def finish(batch):
+        captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
+        return {
+            "image": preprocess.scale_images(batch["image"], cfg.value_range, cfg.image_size),
+            "text": tokenizer.tf_tokenize(captions, cfg.max_len),
+            "label": batch["label"],
+        }
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_dataset(
+    data_config: ml_collections.ConfigDict, *, split: str, batch_size: int
+) -> tf.data.Dataset:
+    """Batches {"image", "label", "mask"} of `split` in stored order, read once.
+
+    The last batch is padded to `batch_size` with mask 0 (label -1), so every example is
+    seen exactly once and shapes stay fixed.
+    """
+    cfg = data_config
+    builder = get_builder(cfg.dataset, cfg.data_dir)
+
+    def select(ex):
+        label = tf.cast(ex[cfg.label_key], tf.int32) if cfg.label_key else tf.constant(-1)
+        return {"image": ex[cfg.image_key], "label": label}
+
+    ds = _read(builder, split).map(select, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+
+    def finish(batch):
+        batch = {**batch, "image": preprocess.scale_images(
+            batch["image"], cfg.value_range, cfg.image_size)}  # fmt: skip
+        return preprocess.pad_batch(batch, batch_size)
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
+    """Yields the (cleaned) captions of a split as str, skipping images; for tokenizer training."""
+    cfg = data_config
+    builder = get_builder(cfg.dataset, cfg.data_dir)
+    ds = _read(builder, split or cfg.train_split, skip_images=cfg.image_key)
+    ds = ds.map(lambda ex: preprocess.clean_captions(ex[cfg.text_key], cfg.lowercase))
+    for batch in ds.batch(4096).as_numpy_iterator():
+        for caption in batch:
+            if caption:
+                yield caption.decode("utf-8", "replace")
+
+
+def ensure_tokenizer(data_config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
+    """The configured tokenizer; without a path, one trained on the train captions.
+
+    The trained model is saved as `workdir/tokenizer.model` and reused when present, so a
+    resumed run tokenises exactly as before.
+    """
+    if data_config.tokenizer.path:
+        return Tokenizer(data_config.tokenizer.path)
+    path = os.path.join(workdir, "tokenizer.model")
+    if not os.path.exists(path):
+        prefix = path[: -len(".model")]
+        train_tokenizer(captions(data_config), prefix, data_config.tokenizer.vocab_size,
+                        lowercase=data_config.lowercase)  # fmt: skip
+    return Tokenizer(path)

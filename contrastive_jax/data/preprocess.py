@@ -1,0 +1,80 @@
+"""In-graph preprocessing ops for the tf.data pipelines (images, captions, eval padding)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+
+def scale_images(
+    images: tf.Tensor, value_range: Sequence[float], image_size: int | None = None
+) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> float32 in `value_range`, resized to `image_size` if it differs."""
+    lo, hi = (float(v) for v in value_range)
+    x = tf.cast(images, tf.float32)
+    if image_size is not None and tuple(x.shape[-3:-1]) != (image_size, image_size):
+        # Bilinear with antialias: shrinking without it aliases badly on small images.
+        x = tf.image.resize(x, (image_size, image_size), antialias=True)
+        x = tf.clip_by_value(x, 0.0, 255.0)
+    return x * ((hi - lo) / 255.0) + lo
+
+
+def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Stateless left-right flip of one [H, W, C] image; `seed` is int64 [2]."""
+    return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def has_text(caption: tf.Tensor) -> tf.Tensor:
+    """True where a caption has non-whitespace text (the one rule for usable captions)."""
+    return tf.strings.length(tf.strings.strip(caption)) > 0
+
+
+def valid_caption(caption: tf.Tensor, uid: tf.Tensor | None = None) -> tf.Tensor:
+    """True if the caption has non-whitespace text; logs the example it rejects.
+
+    Not silent on purpose: a dropped example prints one line to stderr with its uid.
+    """
+    ok = has_text(caption)
+    if uid is None:
+        uid = tf.constant("<no uid>")
+
+    def _report() -> tf.Tensor:
+        # Explicit control dependency: tf.data may prune a print nothing depends on.
+        printed = tf.print("contrastive_jax.data: skipping example with empty caption:", uid,
+                           output_stream=sys.stderr)  # fmt: skip
+        with tf.control_dependencies([printed]):
+            return tf.identity(ok)
+
+    return tf.cond(ok, lambda: ok, _report)
+
+
+def clean_captions(captions: tf.Tensor, lowercase: bool) -> tf.Tensor:
+    """Strips whitespace and optionally lowercases (Unicode-aware) a string tensor."""
+    captions = tf.strings.strip(captions)
+    if lowercase:
+        captions = tf.strings.lower(captions, encoding="utf-8")
+    return captions
+
+
+def pad_batch(batch: dict[str, tf.Tensor], batch_size: int) -> dict[str, tf.Tensor]:
+    """Pads every [n, ...] entry to [batch_size, ...] and adds `mask` (1 real, 0 pad).
+
+    Padding is 0, except `label`, padded with -1 so a pad row never looks like class 0.
+
+    Lets eval keep the final partial batch: a fixed shape for jit, no example dropped or
+    counted twice (callers weight metrics by mask).
+    """
+    n = tf.shape(next(iter(batch.values())))[0]
+    pad = batch_size - n
+    out = {}
+    for key, value in batch.items():
+        paddings = [[0, pad]] + [[0, 0]] * (len(value.shape) - 1)
+        padded = tf.pad(value, paddings, constant_values=-1 if key == "label" else 0)
+        padded.set_shape([batch_size, *value.shape[1:]])
+        out[key] = padded
+    mask = tf.concat([tf.ones([n], tf.int32), tf.zeros([pad], tf.int32)], axis=0)
+    mask.set_shape([batch_size])
+    out["mask"] = mask
+    return out

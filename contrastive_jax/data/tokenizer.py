@@ -1,0 +1,119 @@
+"""SentencePiece tokenizer: training, batch encoding in numpy, and encoding inside tf.data."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import sentencepiece as spm
+import tensorflow as tf
+
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    model_prefix: str,
+    vocab_size: int = 1000,
+    *,
+    model_type: str = "unigram",
+    lowercase: bool = True,
+    num_threads: int = 2,
+) -> str:
+    """Trains a SentencePiece model on `texts`; returns the path of `{model_prefix}.model`.
+
+    Ids: pad=0, eos=1, unk=2, no bos. `hard_vocab_limit=False` lets a small corpus yield a
+    smaller vocabulary instead of failing; `Tokenizer.vocab_size` reports the real size.
+    The model is written to a temporary prefix and moved into place, so a concurrent
+    reader never sees a half-written file.
+    """
+    out_dir = os.path.dirname(os.path.abspath(model_prefix))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tmp_prefix = os.path.join(tmp, "spm")
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_prefix=tmp_prefix,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            hard_vocab_limit=False,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            bos_id=-1,
+            # nmt_nfkc_cf = NFKC + case folding: the model itself lowercases.
+            normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+            character_coverage=1.0,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
+        for ext in (".model", ".vocab"):
+            os.replace(tmp_prefix + ext, model_prefix + ext)
+    logging.info("Trained tokenizer %s.model", model_prefix)
+    return model_prefix + ".model"
+
+
+def train_tokenizer_cli(input_path: str, out_prefix: str, vocab_size: int) -> str:
+    """Trains from a text file with one caption per line (blank lines ignored)."""
+
+    def lines() -> Iterable[str]:
+        with open(input_path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield line.rstrip("\n")
+
+    path = train_tokenizer(lines(), out_prefix, vocab_size)
+    print(f"wrote {path} (vocab size {Tokenizer(path).vocab_size})")
+    return path
+
+
+class Tokenizer:
+    """A loaded SentencePiece model producing fixed-length id arrays (ids + EOS, 0-padded)."""
+
+    def __init__(self, model_path: str):
+        self.model_path = model_path
+        with open(model_path, "rb") as f:
+            self._proto = f.read()
+        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        if self._sp.pad_id() != PAD_ID or self._sp.eos_id() != EOS_ID:
+            raise ValueError(
+                f"{model_path}: expected pad_id={PAD_ID} and eos_id={EOS_ID}, got "
+                f"{self._sp.pad_id()} and {self._sp.eos_id()}"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the text model's embedding table needs."""
+        return self._sp.get_piece_size()
+
+    def encode_batch(self, texts: Sequence[str], max_len: int) -> np.ndarray:
+        """int32 [N, max_len]: ids then EOS; too long -> truncated with EOS kept last."""
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1 (room for EOS), got {max_len}")
+        ids = self._sp.encode(list(texts), out_type=int)
+        out = np.zeros((len(ids), max_len), dtype=np.int32)
+        for row, seq in zip(out, ids, strict=True):
+            seq = seq[: max_len - 1] + [EOS_ID]
+            row[: len(seq)] = seq
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Ids back to text, stopping at the first EOS/pad."""
+        ids = list(ids)
+        for stop in (EOS_ID, PAD_ID):
+            if stop in ids:
+                ids = ids[: ids.index(stop)]
+        return self._sp.decode(ids)
+
+    def tf_tokenize(self, strings: tf.Tensor, max_len: int) -> tf.Tensor:
+        """Encodes a [N] string tensor inside a tf.data graph -> int32 [N, max_len]."""
+
+        def _encode(batch: np.ndarray) -> np.ndarray:
+            return self.encode_batch([s.decode("utf-8", "replace") for s in batch], max_len)
+
+        ids = tf.numpy_function(_encode, [strings], tf.int32, stateful=False)
+        ids.set_shape([strings.shape[0], max_len])
+        return ids
