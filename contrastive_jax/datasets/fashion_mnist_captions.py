@@ -126,7 +126,11 @@ def check_source(directory: str | os.PathLike) -> None:
     missing = [os.path.join(directory, f) for pair in _FILES.values() for f in pair]
     missing = [p for p in missing if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(f"Missing Fashion-MNIST files {missing}.\n{_INSTRUCTIONS}")
+        raise FileNotFoundError(
+            f"Fashion-MNIST idx files not found in {directory} (missing "
+            f"{', '.join(os.path.basename(p) for p in missing)}): install them with "
+            f"'sudo apt-get install dataset-fashion-mnist' or set {SOURCE_DIR_ENV} to the "
+            "directory that holds them")
 
 
 def load_split(directory: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
