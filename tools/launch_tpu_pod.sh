@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs `contrastive-jax train` on every worker of a Cloud TPU VM pod slice.
+# jax.distributed detects the pod by itself (config distributed.enabled=auto), so each worker
+# runs the same command; process 0 writes metrics, all write their checkpoint shards.
+#
+#   tools/launch_tpu_pod.sh --tpu NAME --zone ZONE [--project P] [--repo-dir DIR] [--setup]
+#                           [--dry-run] -- --config configs/X.py --workdir gs://bucket/run
+set -euo pipefail
+
+usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+tpu="" zone="" project="" repo_dir="contrastive_jax" setup=0 dry_run=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tpu) tpu="$2"; shift 2 ;;
+    --zone) zone="$2"; shift 2 ;;
+    --project) project="$2"; shift 2 ;;
+    --repo-dir) repo_dir="$2"; shift 2 ;;
+    --setup) setup=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    --) shift; break ;;
+    -h|--help) usage ;;
+    *) echo "error: unknown option $1" >&2; usage ;;
+  esac
+done
+[ -n "$tpu" ] && [ -n "$zone" ] || { echo "error: --tpu and --zone are required" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "error: give the train arguments after --" >&2; exit 2; }
+
+train_args=$(printf ' %q' "$@")
+remote="cd $(printf %q "$repo_dir")"
+if [ "$setup" = 1 ]; then
+  # TPU VMs need jax's TPU build instead of the CPU one pyproject names.
+  remote+=" && pip install -q -e . && pip install -q 'jax[tpu]'"
+fi
+remote+=" && contrastive-jax train${train_args}"
+
+cmd=(gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "$remote")
+[ -n "$project" ] && cmd+=(--project "$project")
+
+if [ "$dry_run" = 1 ]; then
+  printf '%q ' "${cmd[@]}"; echo
+else
+  exec "${cmd[@]}"
+fi
