@@ -35,7 +35,19 @@ def default_config() -> ConfigDict:
     c.model = default_model_config()
     c.data = default_data_config()
     # Loss names: see contrastive_jax.losses.LOSS_NAMES.
-    c.loss = ConfigDict(dict(name="sigmoid_chunked", bidirectional=False, positives="pairs"))
+    c.loss = ConfigDict(
+        dict(
+            name="sigmoid_chunked",
+            bidirectional=False,  # sigmoid_chunked: text chunks travel both ways round the ring
+            positives="pairs",  # "labels": pairs whose labels match are positives too
+            hn_alpha=1.0,  # hn_nce: weight of the positive in the denominator
+            hn_beta=0.5,  # hn_nce: hardness of the negative weighting (0: CLIP)
+            tau_plus=0.1,  # debiased_softmax: prior rate of false negatives
+            macl_beta=0.5,  # macl: temperature grows as 1 + macl_beta * alignment
+            align_weight=0.0,  # alignment term added to any loss (Fahim et al.)
+            uniform_weight=0.0,  # uniformity term added to any loss
+        )
+    )
     # Mesh axis sizes; -1 takes all devices not used by the other axes.
     c.mesh = ConfigDict(dict(data=-1))
     c.train = ConfigDict(

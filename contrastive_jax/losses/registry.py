@@ -15,7 +15,7 @@ import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from contrastive_jax.losses import reference, sharded
+from contrastive_jax.losses import family, reference, sharded
 
 Metrics = dict[str, jax.Array]
 
@@ -37,6 +37,8 @@ class _Entry(NamedTuple):
     fn: Callable[..., tuple[jax.Array, Metrics]]
     sharded: bool  # True: shard-local, needs a mesh and an `axis_name` kwarg.
     kwargs: tuple[str, ...]  # Extra keyword arguments `create_loss` accepts.
+    # Reference-only: refuses a mesh that splits the batch rather than gathering it.
+    single_shard: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {
@@ -44,6 +46,10 @@ _REGISTRY: dict[str, _Entry] = {
     "softmax_sharded": _Entry(sharded.softmax_loss_sharded, True, ()),
     "sigmoid": _Entry(reference.sigmoid_loss, False, ()),
     "sigmoid_chunked": _Entry(sharded.sigmoid_loss_ring, True, ("bidirectional",)),
+    "hn_nce": _Entry(family.hn_nce_loss, False, ("alpha", "beta"), single_shard=True),
+    "debiased_softmax": _Entry(family.debiased_softmax_loss, False, ("tau_plus",),
+                               single_shard=True),
+    "macl": _Entry(family.macl_loss, False, ("beta",), single_shard=True),
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -69,8 +75,17 @@ def create_loss(
         raise ValueError(
             f"Loss {name!r} got unexpected options {unknown}; it accepts {list(entry.kwargs)}"
         )
+    if entry.single_shard and mesh is not None:
+        shards = 1
+        for axis in batch_axes:
+            shards *= mesh.shape.get(axis, 1)
+        if shards > 1:
+            raise ValueError(
+                f"Loss {name!r} is reference-only (it needs whole rows of the B x B logits) "
+                f"and refuses a mesh that splits the batch over {shards} devices; use a "
+                f"1-device mesh, or softmax_sharded / sigmoid_chunked")
     if not entry.sharded:
-        return entry.fn
+        return functools.partial(entry.fn, **kwargs) if kwargs else entry.fn
     if mesh is None:
         raise ValueError(
             f"Loss {name!r} is sharded and needs a mesh: create_loss({name!r}, mesh=..., "

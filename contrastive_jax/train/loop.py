@@ -20,7 +20,8 @@ from contrastive_jax.config import config_to_json
 from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
-from contrastive_jax.losses import create_loss
+from contrastive_jax.losses import LossFn, create_loss
+from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
@@ -53,9 +54,22 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def loss_from_config(config: ml_collections.ConfigDict, mesh: Mesh):
-    kwargs = {"bidirectional": config.loss.bidirectional} if "chunked" in config.loss.name else {}
-    return create_loss(config.loss.name, mesh=mesh, batch_axes=BATCH_AXES, **kwargs)
+# Per loss: its create_loss options and the `loss.*` config keys they come from.
+_LOSS_OPTIONS = {
+    "sigmoid_chunked": {"bidirectional": "bidirectional"},
+    "hn_nce": {"alpha": "hn_alpha", "beta": "hn_beta"},
+    "debiased_softmax": {"tau_plus": "tau_plus"},
+    "macl": {"beta": "macl_beta"},
+}
+
+
+def loss_from_config(config: ml_collections.ConfigDict, mesh: Mesh) -> LossFn:
+    cfg = config.loss
+    options = {arg: cfg[key] for arg, key in _LOSS_OPTIONS.get(cfg.name, {}).items()}
+    loss_fn = create_loss(cfg.name, mesh=mesh, batch_axes=BATCH_AXES, **options)
+    if cfg.align_weight or cfg.uniform_weight:
+        loss_fn = with_alignment_uniformity(loss_fn, cfg.align_weight, cfg.uniform_weight)
+    return loss_fn
 
 
 def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:

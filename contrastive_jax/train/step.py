@@ -41,9 +41,9 @@ def make_train_step(
             "train/loss": loss,
             "train/t": t,
             "train/b": b,
-            "train/pos_logit": aux["pos_logit"],
-            "train/neg_logit": aux["neg_logit"],
             "train/grad_norm": optax.global_norm(grads),
+            # pos_logit, neg_logit, and whatever else the loss reports.
+            **{f"train/{name}": value for name, value in aux.items()},
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
