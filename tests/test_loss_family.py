@@ -132,3 +132,27 @@ def test_each_trains_through_the_config(loss):
     losses = [float(m["train/loss"]) for m in history]
     assert all(np.isfinite(losses))
     assert "train/alignment" in history[0] and "train/uniformity" in history[0]
+
+
+def test_positives_by_identity_match_the_formula():
+    """SupCon-style: pairs that share a label are all positives, for softmax and sigmoid."""
+    x, y = embeddings(4)
+    labels = jnp.array([0, 1, 0, 2, 1, 0])
+    t, bias = 4.0, -2.0
+    s = np.asarray(t * (x @ y.T), np.float64)
+    same = np.asarray(labels)[:, None] == np.asarray(labels)[None, :]
+
+    def soft_ce(logits, pos):
+        total = 0.0
+        for i in range(B):
+            log_norm = np.log(np.exp(logits[i]).sum())
+            total += -np.mean([logits[i, j] - log_norm for j in range(B) if pos[i, j]])
+        return total / B
+
+    clip = 0.5 * (soft_ce(s, same) + soft_ce(s.T, same.T))
+    np.testing.assert_allclose(softmax_loss(x, y, t, labels=labels)[0], clip, rtol=1e-5)
+    siglip = sum(np.log1p(np.exp(-(1 if same[i, j] else -1) * (s[i, j] + bias)))
+                 for i in range(B) for j in range(B)) / B
+    from contrastive_jax.losses import sigmoid_loss
+
+    np.testing.assert_allclose(sigmoid_loss(x, y, t, bias, labels=labels)[0], siglip, rtol=1e-5)
