@@ -100,7 +100,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     model_def = ModelDef(config.model)
     step_fn = jit_train_step(
         make_train_step(model_def, tx, loss_fn,
-                        labels_as_positives=config.loss.positives == "labels"),
+                        labels_as_positives=config.loss.positives == "labels", mesh=mesh),
         shardings, mesh)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
 
