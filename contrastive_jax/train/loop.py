@@ -21,6 +21,7 @@ from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.losses import create_loss
+from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
@@ -107,6 +108,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the final metrics, evals included."""
+    distributed.initialize(config)  # before anything touches a device
     run = setup(config, workdir)
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
