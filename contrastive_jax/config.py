@@ -7,10 +7,12 @@ a compatible type; otherwise `ConfigError` names the key in one line.
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import inspect
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ def default_config() -> ConfigDict:
     """The full schema with defaults. Config files override parts of it."""
     from contrastive_jax.data.pipeline import default_data_config
     from contrastive_jax.models import default_model_config
+    from contrastive_jax.parallel import sharding
 
     c = ConfigDict()
     c.seed = 0
@@ -48,8 +51,14 @@ def default_config() -> ConfigDict:
             uniform_weight=0.0,  # uniformity term added to any loss
         )
     )
-    # Mesh axis sizes; -1 takes all devices not used by the other axes.
-    c.mesh = ConfigDict(dict(data=-1))
+    # Mesh axis sizes; -1 takes all devices not used by the other axes. Parameter sharding:
+    # see contrastive_jax.parallel.sharding (rules: [[regex, spec], ...], first match wins).
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, model=1, rules=copy.deepcopy(sharding.DEFAULT_RULES),
+                             fsdp_min_size=sharding.DEFAULT_FSDP_MIN_SIZE))
+    # Multi-host: "auto" joins a detected cluster (TPU pod, SLURM, Kubernetes) or the
+    # coordinator below; "on" requires one; "off" runs as a single process.
+    c.distributed = ConfigDict(dict(enabled="auto", coordinator_address="",
+                                    num_processes=0, process_id=-1))
     c.train = ConfigDict(
         dict(
             batch_size=256,  # global batch size, over all processes and devices
@@ -213,6 +222,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
 def validate(config: ConfigDict) -> None:
     """Checks relations between keys that types alone do not catch."""
     from contrastive_jax.losses import LOSS_NAMES
+    from contrastive_jax.parallel import sharding
 
     if config.loss.name not in LOSS_NAMES:
         raise ConfigError(f"config key 'loss.name': unknown loss {config.loss.name!r} "
@@ -226,6 +236,12 @@ def validate(config: ConfigDict) -> None:
     if text_len is not None and config.data.max_len > text_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
                           f"'model.text.max_len' ({text_len})")
+    if config.distributed.enabled not in ("auto", "on", "off"):
+        raise ConfigError("config key 'distributed.enabled' must be 'auto', 'on' or 'off'")
+    try:
+        sharding.parse_rules(config.mesh.rules)
+    except (ValueError, TypeError, re.error) as e:
+        raise ConfigError(f"config key 'mesh.rules': {e}") from e
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
 

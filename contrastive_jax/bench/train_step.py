@@ -35,7 +35,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20) -> dict
     tx, _ = create_optimizer(config.optimizer, max(config.train.steps, steps + 1))
     state, shardings = create_train_state(config, tx, mesh)
     step_fn = jit_train_step(
-        make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh)),
+        make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh), mesh=mesh),
         shardings, mesh)
     batch = to_global(synthetic_batch(config, local), mesh)
     start = time.perf_counter()

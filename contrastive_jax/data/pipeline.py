@@ -186,7 +186,8 @@ def eval_dataset(
     """Batches {"image", "label", "mask"} of `split` in stored order, read once.
 
     The last batch is padded to `batch_size` with mask 0 (label -1), so every example is
-    seen exactly once and shapes stay fixed.
+    seen exactly once and shapes stay fixed. Batches are global: every process reads all of
+    them and feeds only its own rows to the mesh (`zeroshot_accuracy`).
     """
     cfg = data_config
     builder = get_builder(cfg.dataset, cfg.data_dir)

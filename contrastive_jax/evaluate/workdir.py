@@ -10,6 +10,7 @@ from typing import Any
 from contrastive_jax.config import ConfigError, apply_override, default_config, merge_into
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
+from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import create_mesh
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.optimizer import create_optimizer
@@ -23,6 +24,8 @@ def load_workdir_config(workdir: str, overrides: Sequence[str] = ()):
     config = default_config()
     with open(path, encoding="utf-8") as f:
         merge_into(config, json.load(f))
+    # How the training job was launched (e.g. process 0's process_id) is not part of the run.
+    config.distributed = default_config().distributed
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -35,6 +38,7 @@ def evaluate_workdir(workdir: str, step: int | None = None,
                      overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Restores `step` (default: latest) and returns the configured eval metrics."""
     config = load_workdir_config(workdir, overrides)
+    distributed.initialize(config)
     mesh = create_mesh(config.mesh)
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)

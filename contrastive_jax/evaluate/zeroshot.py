@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from contrastive_jax.evaluate.embed import encode_texts
+from contrastive_jax.evaluate.embed import encode_texts, num_batch_shards, pad_rows
 from contrastive_jax.evaluate.prompts import fill
-from contrastive_jax.parallel.mesh import replicated, to_global
+from contrastive_jax.parallel.mesh import process_rows, replicated, to_global
 from contrastive_jax.train.state import ModelDef, TrainState
 
 
@@ -45,15 +45,20 @@ def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
 
 def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.ndarray,
                       batches, mesh: Mesh) -> dict[str, float | np.ndarray]:
-    """`batches` yields this process's {image, label, mask}; returns top1, top5, per-class."""
+    """`batches` yields global {image, label, mask} batches, the same on every process; each
+    process feeds its own slice of each. Returns top1, top5, per-class accuracy and count."""
     fn = make_eval_batch_fn(model_def, mesh)
     num_classes = classifier.shape[0]
     hit1 = np.zeros(num_classes)
     hit5 = np.zeros(num_classes)
     total = np.zeros(num_classes)
+    multiple = num_batch_shards(mesh) * jax.process_count()
     for batch in batches:
-        arrays = to_global({"image": batch["image"], "label": batch["label"].astype(np.int32),
-                            "mask": batch["mask"].astype(np.float32)}, mesh)
+        # Padding rows have mask 0, so any batch size splits and counts stay exact.
+        local = {"image": batch["image"], "label": batch["label"].astype(np.int32),
+                 "mask": batch["mask"].astype(np.float32)}
+        local = {k: process_rows(pad_rows(v, multiple)) for k, v in local.items()}
+        arrays = to_global(local, mesh)
         h1, h5, n = jax.device_get(fn(state.params, state.rest, jnp.asarray(classifier),
                                       arrays["image"], arrays["label"], arrays["mask"]))
         hit1 += h1

@@ -12,11 +12,13 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 AXIS_ORDER = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
 _AUTO = (AxisType.Auto,) * len(AXIS_ORDER)
+# Keys of the config's `mesh` group that are not axis sizes (see parallel/sharding.py).
+SHARDING_KEYS = ("rules", "fsdp_min_size")
 
 
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
     """Resolves one -1 entry to the devices left over; checks the product."""
-    unknown = set(axis_sizes) - set(AXIS_ORDER)
+    unknown = set(axis_sizes) - set(AXIS_ORDER) - set(SHARDING_KEYS)
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {list(AXIS_ORDER)}")
     sizes = {name: int(axis_sizes.get(name, 1)) for name in AXIS_ORDER}
@@ -35,7 +37,10 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> dict[str, int
 
 
 def create_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes ('data', 'fsdp', 'model'); sizes from the config (-1 = the rest)."""
+    """A mesh with axes ('data', 'fsdp', 'model'); sizes from the config (-1 = the rest).
+
+    `axis_sizes` may be the config's whole `mesh` group; its sharding keys are ignored here.
+    """
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_shape(axis_sizes, len(devices))
     shape = tuple(sizes[name] for name in AXIS_ORDER)
@@ -65,6 +70,14 @@ def batch_size_per_process(global_batch: int, mesh: Mesh) -> int:
         raise ValueError(f"global batch {global_batch} does not divide over "
                          f"{jax.process_count()} processes")
     return global_batch // jax.process_count()
+
+
+def process_rows(array: np.ndarray) -> np.ndarray:
+    """This process's contiguous slice of a global batch's rows (every process holds all)."""
+    if len(array) % jax.process_count():
+        raise ValueError(f"{len(array)} rows do not split over {jax.process_count()} processes")
+    size = len(array) // jax.process_count()
+    return array[jax.process_index() * size:(jax.process_index() + 1) * size]
 
 
 def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -22,6 +22,7 @@ from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.losses import LossFn, create_loss
 from contrastive_jax.losses.family import with_alignment_uniformity
+from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
@@ -114,13 +115,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     model_def = ModelDef(config.model)
     step_fn = jit_train_step(
         make_train_step(model_def, tx, loss_fn,
-                        labels_as_positives=config.loss.positives == "labels"),
+                        labels_as_positives=config.loss.positives == "labels", mesh=mesh),
         shardings, mesh)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the final metrics, evals included."""
+    distributed.initialize(config)  # before anything touches a device
     run = setup(config, workdir)
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)

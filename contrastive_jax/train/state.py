@@ -13,7 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from contrastive_jax.models import create_model
-from contrastive_jax.parallel.mesh import replicated
+from contrastive_jax.parallel.sharding import tree_shardings
 
 
 @flax.struct.dataclass
@@ -50,9 +50,14 @@ class ModelDef:
         return params.to_pure_dict(), rest.to_pure_dict()
 
 
-def state_shardings(abstract_state: TrainState, mesh: Mesh) -> TrainState:
-    """Sharding of every leaf of the train state: replicated over the mesh for now."""
-    return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+def state_shardings(abstract_state: TrainState, mesh: Mesh,
+                    mesh_config: ml_collections.ConfigDict) -> TrainState:
+    """Sharding of every leaf of the train state, from the config's `mesh` rules.
+
+    Params and the optimizer's per-parameter moments (same key paths) get the same shardings;
+    the step counter, optimizer counts and other scalars are replicated.
+    """
+    return tree_shardings(abstract_state, mesh, mesh_config.rules, mesh_config.fsdp_min_size)
 
 
 def create_train_state(
@@ -67,7 +72,7 @@ def create_train_state(
 
     rng = jax.random.key(config.seed)
     abstract = jax.eval_shape(init, rng)
-    shardings = state_shardings(abstract, mesh)
+    shardings = state_shardings(abstract, mesh, config.mesh)
     state = jax.jit(init, out_shardings=shardings)(rng)
     return state, shardings
 

@@ -22,13 +22,23 @@ def make_train_step(
     loss_fn: LossFn,
     *,
     labels_as_positives: bool = False,
+    mesh: Mesh | None = None,
 ) -> StepFn:
-    """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B]."""
+    """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
+
+    With a `mesh`, the batch and the embeddings are pinned to the batch axes: with sharded
+    params, XLA's propagation could otherwise move activations onto the params' layout.
+    """
+
+    def split_batch(x: jax.Array) -> jax.Array:
+        return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        batch = {k: split_batch(v) for k, v in batch.items()}
+
         def loss_of(params):
             model = model_def.bind(params, state.rest)
-            zimg, ztxt = model(batch["image"], batch["text"])
+            zimg, ztxt = map(split_batch, model(batch["image"], batch["text"]))
             t, b = model.temperature(), model.bias()
             labels = batch["label"] if labels_as_positives else None
             loss, aux = loss_fn(zimg, ztxt, t, b, labels)
