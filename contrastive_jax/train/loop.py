@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from contrastive_jax.config import config_to_json
@@ -101,6 +102,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
             f.write(config_to_json(config))
     mesh = create_mesh(config.mesh)
     batch_size_per_process(config.train.batch_size, mesh)  # fail early on a bad split
+    if jax.process_index() == 0:  # one process trains the tokenizer; the others load it
+        ensure_tokenizer(config.data, workdir)
+    multihost_utils.sync_global_devices("tokenizer ready")
     tokenizer = ensure_tokenizer(config.data, workdir)
     check_vocab(config, tokenizer.vocab_size)
 
