@@ -46,9 +46,16 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = _split_overrides(extra)
-    if (args.workdir is None) == (args.export is None):
-        raise SystemExit("error: eval needs exactly one of --workdir and --export")
-    if args.export is not None:
+    if sum(x is not None for x in (args.workdir, args.export, args.big_vision)) != 1:
+        raise SystemExit("error: eval needs exactly one of --workdir, --export, --big-vision")
+    if args.big_vision is not None:
+        from contrastive_jax.evaluate.exported import evaluate_big_vision
+
+        if args.config is None or args.tokenizer is None:
+            raise SystemExit("error: --big-vision needs --config (data and evals) and "
+                             "--tokenizer (the checkpoint's sentencepiece model)")
+        result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides)
+    elif args.export is not None:
         from contrastive_jax.evaluate.exported import evaluate_export
 
         if args.step is not None:
@@ -112,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="training workdir")
     p.add_argument("--export", default=None, help="directory written by `export` (npz or "
                    "safetensors)")
+    p.add_argument("--big-vision", default=None, help="big_vision two_towers .npz checkpoint")
+    p.add_argument("--config", default=None, help="with --big-vision: configs/NAME.py[:k=v]")
+    p.add_argument("--tokenizer", default=None, help="with --big-vision: sentencepiece model")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.set_defaults(run=_cmd_eval)
 

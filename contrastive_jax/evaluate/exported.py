@@ -32,3 +32,27 @@ def evaluate_export(export_dir: str, overrides: Sequence[str] = ()) -> dict[str,
     state = TrainState(step=jnp.asarray(card["step"], jnp.int32), params=params, rest=rest,
                        opt_state=None)
     return {"step": int(card["step"]), **run_evals(config, model_def, state, tokenizer, mesh)}
+
+
+def evaluate_big_vision(path: str, config_spec: str, tokenizer_path: str,
+                        overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluates a big_vision two_towers `.npz` with the data/evals of `config_spec`.
+
+    The model config comes from the checkpoint's shapes. Text is padded to the model's
+    max_len: big_vision's text tower pools the final position, as it was trained.
+    """
+    from contrastive_jax.config import load_config
+    from contrastive_jax.data.tokenizer import Tokenizer
+    from contrastive_jax.export.big_vision import load_big_vision
+    from contrastive_jax.models import complete_config
+
+    model, params = load_big_vision(path)
+    config = load_config(config_spec, list(overrides))
+    config.model = complete_config(model)
+    config.data.max_len = model["text"]["max_len"]
+    tokenizer = Tokenizer(tokenizer_path)
+    mesh = create_mesh(config.mesh)
+    _, rest = ModelDef.init(config.model, jax.random.key(0))
+    params = jax.device_put(jax.tree.map(jnp.asarray, params), replicated(mesh))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=None)
+    return run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
