@@ -59,3 +59,41 @@ def test_linear_probe_is_the_ridge_solution_and_separates_classes():
     assert probe_accuracy(w, x[200:], labels[200:]) == 1.0
     with pytest.raises(ValueError, match="fewer than 6 shots"):
         fewshot_indices(np.array([0] * 5 + [1] * 9), 6)
+
+
+def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
+    from helpers import tiny_config
+
+    from contrastive_jax.data import pipeline
+    from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+    from contrastive_jax.evaluate import runner
+    from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.optimizer import create_optimizer
+    from contrastive_jax.train.state import ModelDef, create_train_state
+
+    config = tiny_config(data={"data_dir": fake_data_dir},
+                         evals={"zeroshot": {"enabled": False},
+                                "embedding_stats": {"enabled": False},
+                                "retrieval": {"enabled": True, "num_examples": 40}})
+    tokenizer = Tokenizer(train_tokenizer(pipeline.captions(config.data), str(tmp_path / "t"),
+                                          vocab_size=64))
+    mesh = create_mesh(config.mesh)
+    state, _ = create_train_state(config, create_optimizer(config.optimizer, 10)[0], mesh)
+    model_def = ModelDef(config.model)
+    metrics = runner.run_evals(config, model_def, state, tokenizer, mesh)
+    assert sorted(metrics) == sorted(f"retrieval/fashion_mnist/{d}_r{k}"
+                                     for d in ("i2t", "t2i") for k in (1, 5, 10))
+    zimg, ztxt = runner.heldout_pairs(config, model_def, state, tokenizer, mesh, 40)
+    assert zimg.shape == ztxt.shape == (40, 16)
+    assert metrics["retrieval/fashion_mnist/i2t_r5"] == retrieval_recalls(zimg, ztxt)["i2t_r5"]
+
+
+def test_dataset_without_class_names_is_a_one_line_error(monkeypatch):
+    from types import SimpleNamespace
+
+    from contrastive_jax.data import pipeline
+
+    monkeypatch.setattr(pipeline, "get_builder",
+                        lambda *a: SimpleNamespace(info=SimpleNamespace(features={})))
+    with pytest.raises(ValueError, match="has no class names"):
+        pipeline.class_names("captions_only")
