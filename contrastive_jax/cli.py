@@ -47,19 +47,19 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = _split_overrides(extra)
     if sum(x is not None for x in (args.workdir, args.export, args.big_vision)) != 1:
-        raise SystemExit("error: eval needs exactly one of --workdir, --export, --big-vision")
+        raise ValueError("eval needs exactly one of --workdir, --export, --big-vision")
     if args.big_vision is not None:
         from contrastive_jax.evaluate.exported import evaluate_big_vision
 
         if args.config is None or args.tokenizer is None:
-            raise SystemExit("error: --big-vision needs --config (data and evals) and "
-                             "--tokenizer (the checkpoint's sentencepiece model)")
+            raise ValueError("--big-vision needs --config (data and evals) and --tokenizer "
+                             "(the checkpoint's sentencepiece model)")
         result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides)
     elif args.export is not None:
         from contrastive_jax.evaluate.exported import evaluate_export
 
         if args.step is not None:
-            raise SystemExit("error: --step applies to --workdir, not --export")
+            raise ValueError("--step applies to --workdir, not --export")
         result = evaluate_export(args.export, overrides=overrides)
     else:
         from contrastive_jax.evaluate.workdir import evaluate_workdir

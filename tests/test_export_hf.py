@@ -129,3 +129,14 @@ def test_export_hf_refuses_what_siglip_cannot_express(fake_data_dir, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "image.pool='gap'" in err and "text.pool='last'" in err
     assert not os.path.exists(out)
+
+
+def test_demo_siglip_hf_config_is_exportable_and_demo_siglip_is_not():
+    from contrastive_jax.config import load_config
+    from contrastive_jax.export.hf import unsupported_features
+
+    hf_ready = load_config("configs/demo_siglip_hf.py")
+    assert unsupported_features(complete_config(hf_ready.model)) == []
+    assert hf_ready.data.max_len == hf_ready.model.text.max_len
+    demo = load_config("configs/demo_siglip.py")
+    assert len(unsupported_features(complete_config(demo.model))) == 3
