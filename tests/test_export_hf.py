@@ -111,6 +111,14 @@ def test_export_hf_directory_loads_in_transformers(fake_data_dir, tmp_path):
     np.testing.assert_allclose(got[0], pixels[..., 0] / 127.5 - 1.0, atol=1e-5)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+    from contrastive_jax.data.tokenizer import Tokenizer
+
+    texts = ["An Ankle BOOT, seen from above!!", "a photo of a t-shirt/top.", "",
+             "a very long caption that is truncated " * 3]
+    want = Tokenizer(os.path.join(out, "tokenizer.model")).encode_batch(texts, 8)
+    got = tokenizer(texts, padding="max_length", max_length=8, truncation=True,
+                    return_tensors="np")["input_ids"]
+    np.testing.assert_array_equal(got, want)
     with open(os.path.join(out, "contrastive_jax_export.json")) as f:
         assert json.load(f)["loss"] == "sigmoid_chunked"
 

@@ -7,6 +7,7 @@ one-line error naming the feature, never silently approximated. `SiglipModel` fi
   text:  no pad masking and the output at the final position (`text.pool="final"`, as
          big_vision's SigLIP), followed by a Linear head (`text_model.head`);
   both:  pre-LN blocks, LayerNorm eps 1e-6, tanh-approximate GELU ("gelu_pytorch_tanh").
+The tokenizer is saved as a T5Tokenizer (see `_save_processors`); pad text to max_len.
 CLIPModel is not offered: its text tower uses a causal attention mask and bias-free
 projections, which our bidirectional text tower and biased heads cannot express.
 """
@@ -160,7 +161,7 @@ def siglip_config(model: Any):
 
 
 def _save_processors(out: str, card: dict, tokenizer_path: str) -> None:
-    from transformers import SiglipImageProcessor, SiglipTokenizer
+    from transformers import AutoTokenizer, SiglipImageProcessor
 
     lo, hi = card["image"]["value_range"]
     channels = card["image"]["channels"]
@@ -170,9 +171,15 @@ def _save_processors(out: str, card: dict, tokenizer_path: str) -> None:
     SiglipImageProcessor(size={"height": size, "width": size}, image_mean=[mean] * channels,
                          image_std=[std] * channels, do_convert_rgb=channels == 3,
                          ).save_pretrained(out)
-    SiglipTokenizer(tokenizer_path, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
-                    model_max_length=card["text"]["max_len"],
-                    do_lower_case=card["text"]["lowercase"]).save_pretrained(out)
+    # T5Tokenizer, not SiglipTokenizer: SiglipTokenizer strips punctuation before encoding
+    # (big_vision's canonicalisation), ours does not. T5's conventions are exactly ours:
+    # sentencepiece ids, pad 0, eos 1 appended, unk 2, no bos; the model itself normalises.
+    shutil.copyfile(tokenizer_path, os.path.join(out, "spiece.model"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
+                   "pad_token": "<pad>", "unk_token": "<unk>",
+                   "model_max_length": card["text"]["max_len"]}, f)
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
 
 
 def export_hf(workdir: str, out: str, *, step: int | None = None,
