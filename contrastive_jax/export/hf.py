@@ -135,7 +135,8 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
         sd["text_model.head.bias"] = np.zeros(embed_dim, np.float32)
     sd["logit_scale"] = np.reshape(params["t_log"], (1,))
     sd["logit_bias"] = np.reshape(params.get("b", np.zeros(())), (1,))
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+    # Copies: writable, contiguous arrays, as torch.from_numpy wants.
+    return {k: np.array(v, dtype=np.float32, order="C") for k, v in sd.items()}
 
 
 def siglip_config(model: Any):
