@@ -1,4 +1,4 @@
-"""`contrastive-jax` command line: train | eval | bench | data.
+"""`contrastive-jax` command line: train | eval | export | bench | data.
 
 Expected failures (bad config, missing data, a workdir of another model) end with one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -45,10 +45,36 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from contrastive_jax.evaluate.workdir import evaluate_workdir
+    overrides = _split_overrides(extra)
+    if sum(x is not None for x in (args.workdir, args.export, args.big_vision)) != 1:
+        raise ValueError("eval needs exactly one of --workdir, --export, --big-vision")
+    if args.big_vision is not None:
+        from contrastive_jax.evaluate.exported import evaluate_big_vision
 
-    result = evaluate_workdir(args.workdir, step=args.step, overrides=_split_overrides(extra))
+        if args.config is None or args.tokenizer is None:
+            raise ValueError("--big-vision needs --config (data and evals) and --tokenizer "
+                             "(the checkpoint's sentencepiece model)")
+        result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides)
+    elif args.export is not None:
+        from contrastive_jax.evaluate.exported import evaluate_export
+
+        if args.step is not None:
+            raise ValueError("--step applies to --workdir, not --export")
+        result = evaluate_export(args.export, overrides=overrides)
+    else:
+        from contrastive_jax.evaluate.workdir import evaluate_workdir
+
+        result = evaluate_workdir(args.workdir, step=args.step, overrides=overrides)
     print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.format, args.out, step=args.step,
+                            overwrite=args.overwrite)
+    print(json.dumps({"export": out, "format": args.format}))
     return 0
 
 
@@ -89,10 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("eval", help="run a workdir's evaluators on one of its checkpoints")
-    p.add_argument("--workdir", required=True)
+    p = sub.add_parser("eval", help="run a workdir's evaluators on a checkpoint or an export")
+    p.add_argument("--workdir", default=None, help="training workdir")
+    p.add_argument("--export", default=None, help="directory written by `export` (npz or "
+                   "safetensors)")
+    p.add_argument("--big-vision", default=None, help="big_vision two_towers .npz checkpoint")
+    p.add_argument("--config", default=None, help="with --big-vision: configs/NAME.py[:k=v]")
+    p.add_argument("--tokenizer", default=None, help="with --big-vision: sentencepiece model")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("export", help="write a checkpoint's weights for use outside training")
+    p.add_argument("--checkpoint", required=True, help="training workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--format", required=True, choices=("npz", "safetensors", "hf"))
+    p.add_argument("--out", required=True, help="output directory (must not exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(run=_cmd_export)
 
     bench = sub.add_parser("bench", help="benchmarks; one JSON line per measurement")
     p = bench.add_subparsers(dest="bench_command", required=True).add_parser(

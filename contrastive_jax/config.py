@@ -97,6 +97,8 @@ def default_config() -> ConfigDict:
             ),
             # Alignment and uniformity (Wang & Isola) on paired held-out examples.
             embedding_stats=ConfigDict(dict(enabled=True, num_examples=1000)),
+            # Image-text retrieval recall@1/5/10 on held-out pairs (one caption per image).
+            retrieval=ConfigDict(dict(enabled=False, name="fashion_mnist", num_examples=1000)),
         )
     )
     return c

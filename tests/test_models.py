@@ -223,3 +223,22 @@ def test_unknown_config_key_and_partial_config():
     model = nnx.eval_shape(
         lambda: create_model({"name": "two_tower", "embed_dim": 8}, rngs=nnx.Rngs(0)))
     assert model.img_head.kernel.shape == (32, 8)  # mu width 32 from the defaults
+
+
+def test_text_pool_final_is_the_unmasked_last_position():
+    """big_vision / transformers SigLIP semantics: pads are attended and can be pooled."""
+    from contrastive_jax.models import TextTransformer
+
+    def tower(pool):
+        return TextTransformer(width=16, depth=1, mlp_dim=32, num_heads=2, vocab_size=32,
+                               max_len=6, pool=pool, rngs=nnx.Rngs(0))
+
+    tokens = jnp.array([[5, 6, 1, 0, 0, 0], [7, 8, 9, 10, 11, 1]], jnp.int32)
+    final = tower("final")
+    pooled, x, mask = final(tokens, return_tokens=True)
+    assert bool(mask.all())
+    np.testing.assert_array_equal(pooled, x[:, -1])
+    # Unlike "last", a shorter padding changes the result of a padded row.
+    assert not np.allclose(final(tokens[:, :4])[0], pooled[0])
+    last = tower("last")
+    np.testing.assert_allclose(last(tokens[:, :4])[0], last(tokens)[0], atol=1e-6)

@@ -58,8 +58,13 @@ def get_builder(dataset: str, data_dir: str | None = None) -> tfds.core.DatasetB
 
 
 def class_names(dataset_name: str, data_dir: str | None = None, key: str = "label") -> list[str]:
-    """Class names from the dataset's ClassLabel feature `key`."""
-    return list(get_builder(dataset_name, data_dir).info.features[key].names)
+    """Class names from the dataset's ClassLabel feature `key`; ValueError if it has none."""
+    features = get_builder(dataset_name, data_dir).info.features
+    names = getattr(features[key], "names", None) if key in features else None
+    if not names:
+        raise ValueError(f"dataset {dataset_name!r} has no class names (no ClassLabel feature "
+                         f"{key!r}); zero-shot classification needs them")
+    return list(names)
 
 
 def _options() -> tf.data.Options:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES, fill_template
+from contrastive_jax.evaluate.clip_templates import CLIP_80, CLIP_BEST_7
 
 PROMPT_SETS: dict[str, tuple[str, ...]] = {
     # Held out from the demo's training captions: zero-shot, not template matching.
     "fashion_mnist_heldout": tuple(ZEROSHOT_TEMPLATES),
     "class_name": ("{}",),
+    "clip_80": CLIP_80,
+    "clip_best_7": CLIP_BEST_7,
 }
 
 

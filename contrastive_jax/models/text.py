@@ -8,7 +8,7 @@ from flax import nnx
 
 from contrastive_jax.models.transformer import Dtype, Encoder, MAPHead, parse_dtype
 
-POOLS = ("last", "first", "mean", "map")
+POOLS = ("last", "first", "mean", "map", "final")
 PAD_ID = 0
 
 
@@ -24,6 +24,9 @@ class TextTransformer(nnx.Module):
     Pad tokens (id 0) are masked out as attention keys and excluded from pooling, so they
     cannot influence any output: a sequence gives the same features however many pads
     follow it. "last" pools the last non-pad token (the EOS the tokenizer appends).
+    "final" is big_vision's SigLIP text tower (also Hugging Face's SiglipTextModel): no pad
+    masking at all and the output at the final position, so its result depends on the
+    padded length; feed it sequences padded to a fixed length, as SigLIP was trained.
     Returns pooled float32 features [B, width]; `return_tokens=True` also returns the
     encoded tokens [B, L, width] and the [B, L] validity mask.
     """
@@ -68,7 +71,8 @@ class TextTransformer(nnx.Module):
             raise ValueError(f"TextTransformer expects tokens [B, L<={self.max_len}], "
                              f"got {tokens.shape}.")
         length = tokens.shape[1]
-        mask = tokens != PAD_ID
+        # "final" attends over pads too, exactly as big_vision / transformers' SigLIP do.
+        mask = jnp.ones_like(tokens, bool) if self.pool == "final" else tokens != PAD_ID
         x = self.embedding(tokens)
         x = x + self.pos_embedding[:, :length].astype(x.dtype)
         x = self.encoder(x, mask)  # float32
@@ -76,6 +80,8 @@ class TextTransformer(nnx.Module):
         if self.pool == "last":
             idx = last_token_index(mask)
             pooled = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+        elif self.pool == "final":
+            pooled = x[:, -1]
         elif self.pool == "first":
             pooled = x[:, 0]
         elif self.pool == "mean":

@@ -20,7 +20,8 @@ Config schema (see `default_config`; None means "take it from the variant"):
     text.{width, depth, mlp_dim, num_heads}
     text.vocab_size   token id 0 is padding
     text.max_len      longest token sequence accepted
-    text.pool         "last" | "first" | "mean" | "map"
+    text.pool         "last" | "first" | "mean" | "map" | "final" (SigLIP: last position,
+                      no pad masking; see TextTransformer)
     text.head         as image.head
 """
 

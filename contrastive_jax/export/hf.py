@@ -1,0 +1,216 @@
+"""Hugging Face `transformers` export: a SigLIP-architecture model as `SiglipModel`.
+
+Only models that transformers computes exactly are exported; anything else is refused with a
+one-line error naming the feature, never silently approximated. `SiglipModel` fixes:
+  image: MAP-head pooling (`vision_model.head`), learned position embeddings, no projection
+         after the pool (so image width == embed_dim and `image.head=False`);
+  text:  no pad masking and the output at the final position (`text.pool="final"`, as
+         big_vision's SigLIP), followed by a Linear head (`text_model.head`);
+  both:  pre-LN blocks, LayerNorm eps 1e-6, tanh-approximate GELU ("gelu_pytorch_tanh").
+The tokenizer is saved as a T5Tokenizer (see `_save_processors`); pad text to max_len.
+CLIPModel is not offered: its text tower uses a causal attention mask and bias-free
+projections, which our bidirectional text tower and biased heads cannot express.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from contrastive_jax.export.native import (
+    TOKENIZER_FILE,
+    export_config,
+    restore_params,
+    write_atomically,
+)
+from contrastive_jax.models import complete_config
+from contrastive_jax.models.sizes import resolve_size
+
+
+def unsupported_features(model: Any) -> list[str]:
+    """Why `model` (a complete model config) cannot be an exact SiglipModel; [] if it can."""
+    img, txt = model.image, model.text
+    isize = resolve_size(img, tower="image", with_patch=True)
+    reasons = []
+    if model.name != "two_tower":
+        reasons.append(f"model {model.name!r} (only two_tower)")
+    if model.param_dtype != "float32":
+        reasons.append(f"param_dtype {model.param_dtype}")
+    if img.pool != "map":
+        reasons.append(f"image.pool={img.pool!r} (SiglipModel pools with its MAP head)")
+    if img.posemb != "learn":
+        reasons.append(f"image.posemb={img.posemb!r} (SiglipModel learns position embeddings)")
+    if img.head or isize["width"] != model.embed_dim:
+        reasons.append("an image projection head (SiglipModel has none: need image.head=False "
+                       "and image width == embed_dim)")
+    if isinstance(img.image_size, list | tuple) and len(set(img.image_size)) > 1:
+        reasons.append(f"non-square image_size {img.image_size}")
+    if txt.pool != "final":
+        reasons.append(f"text.pool={txt.pool!r} (SiglipModel pools the final position without "
+                       "pad masking: text.pool='final')")
+    return reasons
+
+
+def _linear(kernel: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
+    """Our [in, ...out] kernel (MHA q/k/v: [in, H, hd]) -> torch Linear [out, in]."""
+    return {"weight": kernel.reshape(kernel.shape[0], -1).T, "bias": bias.reshape(-1)}
+
+
+def _attention(p: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+        for k, v in _linear(p[ours]["kernel"], p[ours]["bias"]).items():
+            out[f"{theirs}.{k}"] = v
+    kernel = p["out"]["kernel"]  # [H, hd, width]
+    out["out_proj.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
+    out["out_proj.bias"] = p["out"]["bias"]
+    return out
+
+
+def _norm(p: dict) -> dict[str, np.ndarray]:
+    return {"weight": p["scale"], "bias": p["bias"]}
+
+
+def _mlp(p: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for fc in ("fc1", "fc2"):
+        for k, v in _linear(p[fc]["kernel"], p[fc]["bias"]).items():
+            out[f"{fc}.{k}"] = v
+    return out
+
+
+def _prefixed(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def _encoder(prefix: str, p: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for i in sorted(p["blocks"]):
+        block, pre = p["blocks"][i], f"{prefix}.layers.{i}"
+        out |= _prefixed(f"{pre}.layer_norm1", _norm(block["ln1"]))
+        out |= _prefixed(f"{pre}.self_attn", _attention(block["attn"]))
+        out |= _prefixed(f"{pre}.layer_norm2", _norm(block["ln2"]))
+        out |= _prefixed(f"{pre}.mlp", _mlp(block["mlp"]))
+    return out
+
+
+def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
+    """Our nested params -> SiglipModel's state dict (numpy, float32)."""
+    img, txt = params["img"], params["txt"]
+    sd = {
+        # Conv [p, p, C, width] -> torch [width, C, p, p].
+        "vision_model.embeddings.patch_embedding.weight":
+            img["embedding"]["kernel"].transpose(3, 2, 0, 1),
+        "vision_model.embeddings.patch_embedding.bias": img["embedding"]["bias"],
+        "vision_model.embeddings.position_embedding.weight": img["pos_embedding"][0],
+    }
+    sd |= _encoder("vision_model.encoder", img["encoder"])
+    sd |= _prefixed("vision_model.post_layernorm", _norm(img["encoder"]["encoder_norm"]))
+    head = img["map_head"]
+    sd["vision_model.head.probe"] = head["probe"]
+    attn = _attention(head["attn"])
+    # torch.nn.MultiheadAttention packs q, k, v into one in_proj.
+    sd["vision_model.head.attention.in_proj_weight"] = np.concatenate(
+        [attn[f"{n}_proj.weight"] for n in "qkv"])
+    sd["vision_model.head.attention.in_proj_bias"] = np.concatenate(
+        [attn[f"{n}_proj.bias"] for n in "qkv"])
+    sd["vision_model.head.attention.out_proj.weight"] = attn["out_proj.weight"]
+    sd["vision_model.head.attention.out_proj.bias"] = attn["out_proj.bias"]
+    sd |= _prefixed("vision_model.head.layernorm", _norm(head["ln"]))
+    sd |= _prefixed("vision_model.head.mlp", _mlp(head["mlp"]))
+
+    sd["text_model.embeddings.token_embedding.weight"] = txt["embedding"]["embedding"]
+    sd["text_model.embeddings.position_embedding.weight"] = txt["pos_embedding"][0]
+    sd |= _encoder("text_model.encoder", txt["encoder"])
+    sd |= _prefixed("text_model.final_layer_norm", _norm(txt["encoder"]["encoder_norm"]))
+    if "txt_head" in params:
+        sd |= _prefixed("text_model.head", _linear(params["txt_head"]["kernel"],
+                                                   params["txt_head"]["bias"]))
+    else:  # no text projection in our model: an exact identity in SiglipModel's head
+        sd["text_model.head.weight"] = np.eye(embed_dim, dtype=np.float32)
+        sd["text_model.head.bias"] = np.zeros(embed_dim, np.float32)
+    sd["logit_scale"] = np.reshape(params["t_log"], (1,))
+    sd["logit_bias"] = np.reshape(params.get("b", np.zeros(())), (1,))
+    # Copies: writable, contiguous arrays, as torch.from_numpy wants.
+    return {k: np.array(v, dtype=np.float32, order="C") for k, v in sd.items()}
+
+
+def siglip_config(model: Any):
+    """transformers.SiglipConfig for a complete model config."""
+    from transformers import SiglipConfig
+
+    isize = resolve_size(model.image, tower="image", with_patch=True)
+    tsize = resolve_size(model.text, tower="text", with_patch=False)
+    size = model.image.image_size
+    size = size if isinstance(size, int) else int(size[0])
+
+    def tower(s: dict) -> dict:
+        return dict(hidden_size=s["width"], intermediate_size=s["mlp_dim"],
+                    num_hidden_layers=s["depth"], num_attention_heads=s["num_heads"],
+                    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+
+    text = dict(tower(tsize), vocab_size=model.text.vocab_size,
+                max_position_embeddings=model.text.max_len, projection_size=model.embed_dim,
+                pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    vision = dict(tower(isize), num_channels=model.image.channels, image_size=size,
+                  patch_size=isize["patch_size"], vision_use_head=True)
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
+def _save_processors(out: str, card: dict, tokenizer_path: str) -> None:
+    from transformers import AutoTokenizer, SiglipImageProcessor
+
+    lo, hi = card["image"]["value_range"]
+    channels = card["image"]["channels"]
+    # Processor: x/255 then (x - mean) / std; our range map is lo + x/255 * (hi - lo).
+    mean, std = -lo / (hi - lo), 1.0 / (hi - lo)
+    size = card["image"]["size"]
+    SiglipImageProcessor(size={"height": size, "width": size}, image_mean=[mean] * channels,
+                         image_std=[std] * channels, do_convert_rgb=channels == 3,
+                         ).save_pretrained(out)
+    # T5Tokenizer, not SiglipTokenizer: SiglipTokenizer strips punctuation before encoding
+    # (big_vision's canonicalisation), ours does not. T5's conventions are exactly ours:
+    # sentencepiece ids, pad 0, eos 1 appended, unk 2, no bos; the model itself normalises.
+    shutil.copyfile(tokenizer_path, os.path.join(out, "spiece.model"))
+    with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
+                   "pad_token": "<pad>", "unk_token": "<unk>",
+                   "model_max_length": card["text"]["max_len"]}, f)
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
+
+
+def export_hf(workdir: str, out: str, *, step: int | None = None,
+              overwrite: bool = False) -> str:
+    """Writes `workdir`'s checkpoint as a transformers SiglipModel directory."""
+    config, params, step = restore_params(workdir, step)
+    model = complete_config(config.model.to_dict())
+    if config.data.max_len != model.text.max_len:
+        raise ValueError(f"data.max_len {config.data.max_len} != text.max_len "
+                         f"{model.text.max_len}: SiglipModel pools position -1 of the padded "
+                         "sequence, so both must agree")
+    reasons = unsupported_features(model)
+    if reasons:
+        raise ValueError("cannot export exactly as transformers SiglipModel: "
+                         + "; ".join(reasons))
+    import torch
+    from transformers import SiglipModel
+
+    hf_model = SiglipModel(siglip_config(model))
+    state = {k: torch.from_numpy(v) for k, v in siglip_state_dict(params,
+                                                                    model.embed_dim).items()}
+    hf_model.load_state_dict(state, strict=True)
+    card = export_config(config, params, step)
+
+    def fill(tmp: str) -> None:
+        hf_model.save_pretrained(tmp)
+        shutil.copyfile(os.path.join(workdir, TOKENIZER_FILE), os.path.join(tmp, TOKENIZER_FILE))
+        _save_processors(tmp, card, os.path.join(tmp, TOKENIZER_FILE))
+        with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump(card, f, indent=2, sort_keys=True)
+
+    return write_atomically(out, overwrite, fill)

@@ -1,0 +1,190 @@
+"""Export a workdir's checkpoint as npz or safetensors + a JSON model card, and load it back.
+
+An export directory holds:
+    params.npz | model.safetensors   flat '/'-joined parameter names (see `flat.py`)
+    export_config.json               everything needed to rebuild and feed the model
+    tokenizer.model                  the run's sentencepiece model, copied
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.errors import UserError
+from contrastive_jax.export.flat import flatten, unflatten
+
+CONFIG_FILE = "export_config.json"
+TOKENIZER_FILE = "tokenizer.model"
+WEIGHT_FILES = {"npz": "params.npz", "safetensors": "model.safetensors"}
+FORMATS = ("npz", "safetensors", "hf")
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[Any, dict, int]:
+    """(training config, params as host numpy nested dict, step) of a workdir's checkpoint."""
+    from contrastive_jax.evaluate.workdir import load_workdir_config
+    from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.checkpoint import Checkpointer
+    from contrastive_jax.train.optimizer import create_optimizer
+    from contrastive_jax.train.state import create_train_state
+
+    config = load_workdir_config(workdir)
+    mesh = create_mesh(config.mesh, devices=jax.devices()[:1])
+    tx, _ = create_optimizer(config.optimizer, config.train.steps)
+    state, shardings = create_train_state(config, tx, mesh)
+    checkpointer = Checkpointer(workdir, config)
+    try:
+        steps = sorted(checkpointer.manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in "
+                                    f"{checkpointer.directory} (have {steps})")
+        state, _ = checkpointer.restore(state, shardings, step=step)
+    finally:
+        checkpointer.close()
+    return config, jax.tree.map(np.asarray, jax.device_get(state.params)), int(state.step)
+
+
+def export_config(config: Any, params: dict, step: int) -> dict[str, Any]:
+    """The JSON card: model architecture, input conventions, loss, t and b."""
+    data = config.data
+    return {
+        "format_version": 1,
+        "step": step,
+        "model": json.loads(json.dumps(config.model.to_dict(), default=str)),
+        "image": {"size": data.image_size, "channels": config.model.image.channels,
+                  "value_range": list(data.value_range),
+                  "layout": "NHWC float32; uint8 pixels v map to lo + v * (hi - lo) / 255"},
+        "text": {"max_len": data.max_len, "lowercase": data.lowercase,
+                 "tokenizer": TOKENIZER_FILE, "pad_id": 0, "eos_id": 1,
+                 "layout": "ids then EOS, right-padded with 0 to max_len"},
+        "loss": config.loss.name,
+        "t": float(np.exp(params["t_log"])),
+        "b": float(params["b"]) if "b" in params else 0.0,
+        # The run's full config, so `contrastive-jax eval --export` runs the same evals.
+        "train_config": json.loads(json.dumps(config.to_dict(), default=str)),
+    }
+
+
+def _write_weights(fmt: str, flat: dict[str, np.ndarray], out_dir: str) -> None:
+    path = os.path.join(out_dir, WEIGHT_FILES[fmt])
+    if fmt == "npz":
+        np.savez(path, **flat)
+    else:
+        from safetensors.numpy import save_file
+
+        # safetensors has no 0-d tensors: scalars (t_log, b) are stored as [1] and named in
+        # the metadata so loading restores their shape exactly.
+        scalars = ",".join(k for k, v in flat.items() if v.ndim == 0)
+        save_file({k: np.ascontiguousarray(v).reshape(v.shape or (1,)) for k, v in flat.items()},
+                  path, metadata={"format": "contrastive_jax", "scalars": scalars})
+
+
+def write_atomically(out: str, overwrite: bool, fill: Callable[[str], None]) -> str:
+    """Runs `fill(tmp_dir)` and moves the result to `out`: never a half-written export."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = out + ".tmp-export"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        fill(tmp)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def export_native(workdir: str, fmt: str, out: str, *, step: int | None = None,
+                  overwrite: bool = False) -> str:
+    """Writes an npz or safetensors export of `workdir`'s checkpoint to `out`."""
+    if fmt not in WEIGHT_FILES:
+        raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
+    config, params, step = restore_params(workdir, step)
+    card = export_config(config, params, step)
+    card["weights"] = WEIGHT_FILES[fmt]
+
+    def fill(tmp: str) -> None:
+        _write_weights(fmt, flatten(params), tmp)
+        shutil.copyfile(os.path.join(workdir, TOKENIZER_FILE), os.path.join(tmp, TOKENIZER_FILE))
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(card, f, indent=2, sort_keys=True)
+
+    return write_atomically(out, overwrite, fill)
+
+
+def _read_weights(path: str) -> dict[str, np.ndarray]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"missing weights file {path}")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as f:
+            scalars = set(filter(None, (f.metadata() or {}).get("scalars", "").split(",")))
+            return {k: f.get_tensor(k).reshape(()) if k in scalars else f.get_tensor(k)
+                    for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt files of either kind
+        raise ValueError(f"cannot read {path} (truncated or not a weights file): "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from e
+
+
+def check_params(model_config: Any, params: dict) -> None:
+    """Every expected param present with its shape, nothing extra; else one-line ValueError."""
+    from contrastive_jax.train.state import ModelDef
+
+    abstract = jax.eval_shape(lambda: ModelDef.init(model_config, jax.random.key(0))[0])
+    want = {k: tuple(v.shape) for k, v in _flatten_abstract(abstract).items()}
+    have = {k: tuple(v.shape) for k, v in flatten(params).items()}
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing or extra:
+        raise ValueError(f"weights do not fit the model config: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    bad = [k for k in want if want[k] != have[k]]
+    if bad:
+        raise ValueError(f"weights do not fit the model config: {bad[0]} has shape "
+                         f"{have[bad[0]]}, expected {want[bad[0]]}")
+
+
+def _flatten_abstract(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten_abstract(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Tokenizer]:
+    """(export config, nested params, tokenizer) of an npz/safetensors export directory."""
+    from contrastive_jax.models import complete_config
+
+    card_path = os.path.join(export_dir, CONFIG_FILE)
+    if not os.path.isfile(card_path):
+        raise FileNotFoundError(f"{export_dir} is not an export directory: no {CONFIG_FILE}")
+    with open(card_path, encoding="utf-8") as f:
+        card = json.load(f)
+    if card.get("weights") not in WEIGHT_FILES.values():
+        raise ValueError(f"{card_path}: 'weights' must be one of {sorted(WEIGHT_FILES.values())}")
+    params = unflatten(_read_weights(os.path.join(export_dir, card["weights"])))
+    check_params(complete_config(card["model"]), params)
+    tok_path = os.path.join(export_dir, card["text"]["tokenizer"])
+    if not os.path.isfile(tok_path):
+        raise FileNotFoundError(f"missing tokenizer file {tok_path}")
+    return card, params, Tokenizer(tok_path)

@@ -1,0 +1,99 @@
+"""Prompt sets, chunked retrieval recall and the closed-form few-shot probe."""
+
+import numpy as np
+import pytest
+
+from contrastive_jax.evaluate.linear_probe import fewshot_indices, fit_probe, probe_accuracy
+from contrastive_jax.evaluate.prompts import fill, get_prompts
+from contrastive_jax.evaluate.retrieval import positive_ranks, retrieval_recalls
+
+
+def test_clip_prompt_sets():
+    full, best = get_prompts("clip_80"), get_prompts("clip_best_7")
+    assert len(full) == len(set(full)) == 80 and len(best) == 7
+    assert set(best) <= set(full) and all(t.count("{}") == 1 for t in full)
+    assert fill("itap of a {}.", "shirt") == "itap of a shirt."
+
+
+def unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1000])
+def test_retrieval_ranks_match_a_full_argsort(chunk):
+    rng = np.random.default_rng(0)
+    zimg = unit(rng.normal(size=(50, 8)))
+    ztxt = unit(zimg + 0.8 * rng.normal(size=(50, 8)))
+    ranks = positive_ranks(zimg, ztxt, chunk)
+    order = np.argsort(-(zimg @ ztxt.T), axis=1)
+    expected = np.array([np.flatnonzero(order[i] == i)[0] for i in range(50)])
+    np.testing.assert_array_equal(ranks, expected)
+    r = retrieval_recalls(zimg, ztxt, chunk=chunk)
+    assert r["i2t_r1"] == np.mean(expected == 0) and r["i2t_r10"] == np.mean(expected < 10)
+    assert 0 < r["i2t_r1"] < r["i2t_r5"] <= r["i2t_r10"] <= 1
+    assert retrieval_recalls(zimg, zimg)["t2i_r1"] == 1.0
+    # Collapsed embeddings: every key ties, so recall@1 is 0, not a perfect score.
+    same = np.ones((10, 4)) / 2
+    assert retrieval_recalls(same, same)["i2t_r1"] == 0.0
+
+
+def test_linear_probe_is_the_ridge_solution_and_separates_classes():
+    rng = np.random.default_rng(0)
+    centers = 3 * rng.normal(size=(4, 16))
+    labels = rng.integers(0, 4, size=400)
+    x = centers[labels] + 0.3 * rng.normal(size=(400, 16))
+    idx = fewshot_indices(labels[:200], 5)
+    assert len(idx) == 20 and np.all(np.bincount(labels[idx]) == 5)
+    w = fit_probe(x[idx], labels[idx], 4, l2=0.1)
+    # 20 examples > 17 dims: the primal form; equals the normal-equation solution.
+    xb = np.concatenate([x[idx], np.ones((20, 1))], axis=1)
+    y = 2 * np.eye(4)[labels[idx]] - 1
+    np.testing.assert_allclose(w, np.linalg.solve(xb.T @ xb + 0.1 * np.eye(17), xb.T @ y),
+                               atol=1e-10)
+    # 20 examples < 57 dims: the dual form must give the same ridge solution.
+    wide = np.concatenate([x, rng.normal(size=(400, 40))], axis=1)
+    wd = fit_probe(wide[idx], labels[idx], 4, l2=0.1)
+    xw = np.concatenate([wide[idx], np.ones((20, 1))], axis=1)
+    np.testing.assert_allclose(wd, np.linalg.solve(xw.T @ xw + 0.1 * np.eye(57), xw.T @ y),
+                               atol=1e-8)
+    assert probe_accuracy(w, x[200:], labels[200:]) == 1.0
+    with pytest.raises(ValueError, match="fewer than 6 shots"):
+        fewshot_indices(np.array([0] * 5 + [1] * 9), 6)
+
+
+def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
+    from helpers import tiny_config
+
+    from contrastive_jax.data import pipeline
+    from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+    from contrastive_jax.evaluate import runner
+    from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.optimizer import create_optimizer
+    from contrastive_jax.train.state import ModelDef, create_train_state
+
+    config = tiny_config(data={"data_dir": fake_data_dir},
+                         evals={"zeroshot": {"enabled": False},
+                                "embedding_stats": {"enabled": False},
+                                "retrieval": {"enabled": True, "num_examples": 40}})
+    tokenizer = Tokenizer(train_tokenizer(pipeline.captions(config.data), str(tmp_path / "t"),
+                                          vocab_size=64))
+    mesh = create_mesh(config.mesh)
+    state, _ = create_train_state(config, create_optimizer(config.optimizer, 10)[0], mesh)
+    model_def = ModelDef(config.model)
+    metrics = runner.run_evals(config, model_def, state, tokenizer, mesh)
+    assert sorted(metrics) == sorted(f"retrieval/fashion_mnist/{d}_r{k}"
+                                     for d in ("i2t", "t2i") for k in (1, 5, 10))
+    zimg, ztxt = runner.heldout_pairs(config, model_def, state, tokenizer, mesh, 40)
+    assert zimg.shape == ztxt.shape == (40, 16)
+    assert metrics["retrieval/fashion_mnist/i2t_r5"] == retrieval_recalls(zimg, ztxt)["i2t_r5"]
+
+
+def test_dataset_without_class_names_is_a_one_line_error(monkeypatch):
+    from types import SimpleNamespace
+
+    from contrastive_jax.data import pipeline
+
+    monkeypatch.setattr(pipeline, "get_builder",
+                        lambda *a: SimpleNamespace(info=SimpleNamespace(features={})))
+    with pytest.raises(ValueError, match="has no class names"):
+        pipeline.class_names("captions_only")

@@ -1,0 +1,89 @@
+"""Export to npz / safetensors: round trip, zero-shot parity with the checkpoint, bad input."""
+
+import os
+
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from contrastive_jax import cli
+from contrastive_jax.evaluate.exported import evaluate_export
+from contrastive_jax.evaluate.workdir import evaluate_workdir
+from contrastive_jax.export import export_checkpoint, load_exported
+from contrastive_jax.export.flat import flatten
+from contrastive_jax.export.native import restore_params
+from contrastive_jax.train import loop
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(fake_data_dir, tmp_path_factory):
+    config = tiny_config(
+        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
+        train={"steps": 6, "checkpoint_every": 3},
+        evals={"zeroshot": {"batch_size": 16}, "embedding_stats": {"num_examples": 32}},
+    )
+    workdir = str(tmp_path_factory.mktemp("run"))
+    loop.train(config, workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_export_round_trip_gives_same_params_and_zeroshot(trained_workdir, tmp_path, fmt):
+    out = export_checkpoint(trained_workdir, fmt, str(tmp_path / fmt))
+    card, params, tokenizer = load_exported(out)
+    _, ckpt, step = restore_params(trained_workdir)
+    assert card["step"] == step == 6 and card["loss"] == "sigmoid_chunked"
+    assert card["model"]["text"]["max_len"] == 8 and card["image"]["value_range"] == [-1, 1]
+    assert np.isclose(card["t"], np.exp(ckpt["t_log"])) and np.isclose(card["b"], ckpt["b"])
+    want, have = flatten(ckpt), flatten(params)
+    assert sorted(want) == sorted(have) and "img/encoder/blocks/0/attn/query/kernel" in have
+    for name in want:
+        assert have[name].shape == want[name].shape, name
+        np.testing.assert_array_equal(have[name], want[name])
+    assert tokenizer.encode_batch(["a shirt"], 8)[0, 0] != 0
+
+    from_ckpt = evaluate_workdir(trained_workdir)
+    from_export = evaluate_export(out)
+    assert from_export == from_ckpt
+    assert 0 <= from_export["zeroshot/fashion_mnist/top1"] <= 1
+
+
+def test_export_refuses_existing_dir_and_bad_files(trained_workdir, tmp_path, capsys):
+    out = str(tmp_path / "e")
+    os.makedirs(out)
+    argv = ["export", "--checkpoint", trained_workdir, "--format", "npz", "--out", out]
+    assert cli.main(argv) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert os.listdir(out) == []
+    assert cli.main(argv + ["--overwrite"]) == 0
+    assert cli.main(argv + ["--overwrite", "--step", "4"]) == 2
+    assert "no checkpoint for step 4" in capsys.readouterr().err
+
+    weights = os.path.join(out, "params.npz")
+    with open(weights, "rb") as f:
+        data = f.read()
+    with open(weights, "wb") as f:
+        f.write(data[: len(data) // 2])
+    assert cli.main(["eval", "--export", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read") and err.count("\n") == 1
+
+    os.remove(weights)
+    assert cli.main(["eval", "--export", out]) == 2
+    assert "missing weights file" in capsys.readouterr().err
+    assert cli.main(["eval", "--export", str(tmp_path)]) == 2
+    assert "is not an export directory" in capsys.readouterr().err
+
+
+def test_export_of_another_architecture_is_refused(trained_workdir, tmp_path):
+    out = export_checkpoint(trained_workdir, "safetensors", str(tmp_path / "s"))
+    import json
+
+    path = os.path.join(out, "export_config.json")
+    with open(path) as f:
+        card = json.load(f)
+    card["model"]["text"]["width"] = 48
+    with open(path, "w") as f:
+        json.dump(card, f)
+    with pytest.raises(ValueError, match="do not fit the model config: .*shape"):
+        load_exported(out)

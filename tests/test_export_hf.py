@@ -1,0 +1,150 @@
+"""Hugging Face export: transformers' SiglipModel gives our embeddings and logits."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+from contrastive_jax.export import export_checkpoint  # noqa: E402
+from contrastive_jax.export.hf import siglip_config, siglip_state_dict  # noqa: E402
+from contrastive_jax.models import complete_config  # noqa: E402
+from contrastive_jax.train import loop  # noqa: E402
+from contrastive_jax.train.state import ModelDef  # noqa: E402
+
+SIGLIP_MODEL = {
+    "embed_dim": 32,
+    "image": {"pool": "map", "head": False, "mlp_dim": 48, "depth": 2},
+    "text": {"pool": "final", "head": True, "width": 24, "num_heads": 3, "depth": 2},
+}
+
+
+def siglip_tiny(**sections):
+    config = tiny_config(model=SIGLIP_MODEL, **sections)
+    config.model.bias_init = -3.0
+    return config
+
+
+def inputs(seed=0, n=5, vocab=64, length=8):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, size=(n, 28, 28, 1)).astype(np.float32)
+    lengths = rng.integers(2, length + 1, size=n)
+    tokens = rng.integers(3, vocab, size=(n, length)).astype(np.int32)
+    tokens[np.arange(length)[None] >= lengths[:, None]] = 0
+    tokens[np.arange(n), lengths - 1] = 1  # EOS, then pads
+    return images, tokens
+
+
+def ours(model, images, tokens):
+    zimg, ztxt = model(images, tokens)
+    zimg, ztxt = np.asarray(zimg), np.asarray(ztxt)
+    logits = ztxt @ zimg.T * float(model.temperature()) + float(model.bias())
+    return zimg, ztxt, logits
+
+
+def theirs(hf_model, images, tokens):
+    with torch.no_grad():
+        out = hf_model(input_ids=torch.from_numpy(tokens.astype(np.int64)),
+                       pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+    return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_text.numpy()
+
+
+def test_siglip_state_dict_matches_transformers_numerically():
+    from transformers import SiglipModel
+
+    model_config = complete_config(siglip_tiny().model)
+    params, _ = ModelDef.init(model_config, jax.random.key(1))
+    params = jax.tree.map(np.asarray, params)
+    # Non-zero biases, so a wrongly mapped bias cannot hide behind zero init.
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: x + 0.05 * rng.standard_normal(x.shape, np.float32), params)
+    hf_model = SiglipModel(siglip_config(model_config)).eval()
+    state = {k: torch.from_numpy(v) for k, v in siglip_state_dict(params, 32).items()}
+    hf_model.load_state_dict(state, strict=True)
+
+    # Hand-checked entries: torch Linear is [out, in]; conv [out, C, p, p]; q is [in, H, hd].
+    q = params["img"]["encoder"]["blocks"][0]["attn"]["query"]["kernel"]  # [32, 2, 16]
+    np.testing.assert_array_equal(
+        state["vision_model.encoder.layers.0.self_attn.q_proj.weight"].numpy()[17, 5],
+        q[5, 1, 1])
+    conv = params["img"]["embedding"]["kernel"]  # [7, 7, 1, 32]
+    np.testing.assert_array_equal(
+        state["vision_model.embeddings.patch_embedding.weight"].numpy()[3, 0, 2, 6],
+        conv[2, 6, 0, 3])
+    assert state["text_model.head.weight"].shape == (32, 24)
+
+    model = ModelDef(model_config).bind(params)
+    images, tokens = inputs()
+    for a, b in zip(ours(model, images, tokens), theirs(hf_model, images, tokens), strict=True):
+        assert np.max(np.abs(a - b)) <= 1e-4, np.max(np.abs(a - b))
+
+
+def test_export_hf_directory_loads_in_transformers(fake_data_dir, tmp_path):
+    from transformers import AutoImageProcessor, AutoTokenizer, SiglipModel
+
+    config = siglip_tiny(
+        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
+        train={"steps": 3, "checkpoint_every": 3},
+        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+    workdir = str(tmp_path / "run")
+    loop.train(config, workdir)
+    out = export_checkpoint(workdir, "hf", str(tmp_path / "hf"))
+    hf_model = SiglipModel.from_pretrained(out).eval()
+    from contrastive_jax.export.native import restore_params
+
+    _, params, _ = restore_params(workdir)
+    model = ModelDef(complete_config(config.model)).bind(params)
+    images, tokens = inputs(seed=3)
+    diffs = [np.max(np.abs(a - b)) for a, b in zip(
+        ours(model, images, tokens), theirs(hf_model, images, tokens), strict=True)]
+    assert max(diffs) <= 1e-4, diffs
+
+    # The image processor maps uint8 pixels to the model's value range.
+    processor = AutoImageProcessor.from_pretrained(out)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(28, 28, 1), dtype=np.uint8)
+    got = processor(images=pixels, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(got[0], pixels[..., 0] / 127.5 - 1.0, atol=1e-5)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+    from contrastive_jax.data.tokenizer import Tokenizer
+
+    texts = ["An Ankle BOOT, seen from above!!", "a photo of a t-shirt/top.", "",
+             "a very long caption that is truncated " * 3]
+    want = Tokenizer(os.path.join(out, "tokenizer.model")).encode_batch(texts, 8)
+    got = tokenizer(texts, padding="max_length", max_length=8, truncation=True,
+                    return_tensors="np")["input_ids"]
+    np.testing.assert_array_equal(got, want)
+    with open(os.path.join(out, "contrastive_jax_export.json")) as f:
+        assert json.load(f)["loss"] == "sigmoid_chunked"
+
+
+def test_export_hf_refuses_what_siglip_cannot_express(fake_data_dir, tmp_path, capsys):
+    from contrastive_jax import cli
+
+    config = tiny_config(
+        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
+        train={"steps": 3, "checkpoint_every": 3},
+        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+    workdir = str(tmp_path / "run")
+    loop.train(config, workdir)
+    out = str(tmp_path / "hf")
+    assert cli.main(["export", "--checkpoint", workdir, "--format", "hf", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image.pool='gap'" in err and "text.pool='last'" in err
+    assert not os.path.exists(out)
+
+
+def test_demo_siglip_hf_config_is_exportable_and_demo_siglip_is_not():
+    from contrastive_jax.config import load_config
+    from contrastive_jax.export.hf import unsupported_features
+
+    hf_ready = load_config("configs/demo_siglip_hf.py")
+    assert unsupported_features(complete_config(hf_ready.model)) == []
+    assert hf_ready.data.max_len == hf_ready.model.text.max_len
+    demo = load_config("configs/demo_siglip.py")
+    assert len(unsupported_features(complete_config(demo.model))) == 3
