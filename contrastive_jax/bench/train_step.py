@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from contrastive_jax.bench.flops import compiled_flops
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.loop import loss_from_config
 from contrastive_jax.train.optimizer import create_optimizer
@@ -28,16 +29,23 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     }
 
 
-def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20) -> dict[str, Any]:
-    """Compiles the step, runs `steps` timed steps, returns examples/s and timings."""
+def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
+                     peak_flops_per_sec: float | None = None) -> dict[str, Any]:
+    """Compiles the step, runs `steps` timed steps, returns examples/s and timings.
+
+    FLOPs per step come from XLA's cost analysis of the compiled step (all devices);
+    with `peak_flops_per_sec` (see flops.matmul_peak) the result includes `mfu`.
+    """
     mesh = create_mesh(config.mesh)
     local = batch_size_per_process(config.train.batch_size, mesh)
     tx, _ = create_optimizer(config.optimizer, max(config.train.steps, steps + 1))
     state, shardings = create_train_state(config, tx, mesh)
     step_fn = jit_train_step(
-        make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh)),
+        make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh),
+                        microbatches=config.train.microbatches, mesh=mesh),
         shardings, mesh)
     batch = to_global(synthetic_batch(config, local), mesh)
+    flops = compiled_flops(step_fn.lower(state, batch).compile()) * jax.device_count()
     start = time.perf_counter()
     state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
@@ -47,7 +55,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20) -> dict
         state, metrics = step_fn(state, batch)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    return {
+    result = {
         "bench": "train_step",
         "loss": config.loss.name,
         "global_batch": config.train.batch_size,
@@ -56,4 +64,11 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20) -> dict
         "step_ms": round(seconds * 1e3, 2),
         "examples_per_sec": round(config.train.batch_size / seconds, 1),
         "first_step_s": round(compile_s, 2),
+        "microbatches": config.train.microbatches,
+        "remat": config.model.remat,
+        "flops_per_step": flops,
+        "flops_per_sec": flops / seconds,
     }
+    if peak_flops_per_sec:
+        result["mfu"] = round(flops / seconds / peak_flops_per_sec, 4)
+    return result
