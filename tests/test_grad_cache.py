@@ -33,15 +33,16 @@ def _full_value_and_grad(model_def, loss_fn, params, rest, image, text, labels):
     return jax.value_and_grad(loss_of, has_aux=True)(params)
 
 
-def _grads(config, devices, batch_size, k, labels=False):
+def _grads(config, devices, batch_size, ks, labels=False):
+    """(full-batch (value, grads), [GradCache (value, grads) for k in ks]), one compile."""
     mesh, model_def, params, rest, batch, loss_fn = _setup(config, devices, batch_size)
     lab = batch["label"] if labels else None
 
     @jax.jit
     def both(params, image, text, lab):
         full = _full_value_and_grad(model_def, loss_fn, params, rest, image, text, lab)
-        cached = grad_cache_value_and_grad(model_def, loss_fn, params, rest, image, text, lab,
-                                           k, mesh)
+        cached = [grad_cache_value_and_grad(model_def, loss_fn, params, rest, image, text,
+                                            lab, k, mesh) for k in ks]
         return full, cached
 
     return jax.device_get(both(params, batch["image"], batch["text"], lab))
@@ -64,22 +65,22 @@ def _assert_close(got, want, rtol=1e-5):
 
 @pytest.mark.parametrize("loss", ["softmax", "softmax_sharded", "sigmoid_chunked"])
 @pytest.mark.parametrize("num_devices", [1, 4])
-@pytest.mark.parametrize("k", [2, 4])
-def test_grad_cache_equals_full_batch_gradient(loss, num_devices, k):
+def test_grad_cache_equals_full_batch_gradient(loss, num_devices):
+    """Towers, t_log and b: k = 2 and k = 4 micro-batches give the full-batch gradient."""
     config = tiny_config(loss={"name": loss})
-    full, cached = _grads(config, jax.devices()[:num_devices], 32, k)
+    full, cached = _grads(config, jax.devices()[:num_devices], 32, (2, 4))
     (loss_full, aux_full), g_full = full
-    (loss_gc, aux_gc), g_gc = cached
-    np.testing.assert_allclose(loss_gc, loss_full, rtol=1e-6)
-    for key in ("pos_logit", "neg_logit"):
-        np.testing.assert_allclose(aux_gc[0][key], aux_full[0][key], rtol=1e-5, atol=1e-6)
-    _assert_close(g_gc, g_full)
+    for (loss_gc, aux_gc), g_gc in cached:
+        np.testing.assert_allclose(loss_gc, loss_full, rtol=1e-6)
+        for key in ("pos_logit", "neg_logit"):
+            np.testing.assert_allclose(aux_gc[0][key], aux_full[0][key], rtol=1e-5, atol=1e-6)
+        _assert_close(g_gc, g_full)
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "sigmoid_chunked"])
 def test_grad_cache_eight_devices_with_label_positives(loss):
     config = tiny_config(loss={"name": loss, "bidirectional": loss == "sigmoid_chunked"})
-    full, cached = _grads(config, jax.devices()[:8], 32, 4, labels=True)
+    full, (cached,) = _grads(config, jax.devices()[:8], 32, (4,), labels=True)
     np.testing.assert_allclose(cached[0][0], full[0][0], rtol=1e-6)
     _assert_close(cached[1], full[1])
 
@@ -89,7 +90,7 @@ def test_temperature_and_bias_get_their_gradient_once(loss):
     """Summing per-micro-batch head gradients (open_clip's accumulation) would give t_log
     and b about k times their gradient; GradCache must give them exactly the full one."""
     k = 4
-    full, cached = _grads(tiny_config(loss={"name": loss}), jax.devices()[:1], 32, k)
+    full, (cached,) = _grads(tiny_config(loss={"name": loss}), jax.devices()[:1], 32, (k,))
     names = ["t_log", "b"] if loss == "sigmoid" else ["t_log"]
     for name in names:
         g_full, g_gc = full[1][name], cached[1][name]
