@@ -95,12 +95,49 @@ def _cmd_data_prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _simulate_cpu_devices(count: int = 8) -> None:
+    """Lets multi-device benchmarks run on a CPU: XLA must see the flag before jax starts.
+
+    On machines with accelerators the extra host devices are unused (jax.devices() lists
+    the accelerators), so this is harmless there.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
+
+
 def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.flops import matmul_peak
     from contrastive_jax.bench.train_step import bench_train_step
     from contrastive_jax.config import load_config
 
     config = load_config(args.config, _split_overrides(extra))
-    print(json.dumps(bench_train_step(config, steps=args.steps)))
+    peak = matmul_peak(args.matmul_size)
+    _print_json(peak)
+    _print_json(bench_train_step(config, steps=args.steps,
+                                 peak_flops_per_sec=peak["flops_per_sec"]))
+    return 0
+
+
+def _cmd_bench_loss_memory(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    _simulate_cpu_devices()
+    from contrastive_jax.bench.loss_memory import loss_memory_table
+
+    for row in loss_memory_table(args.losses, args.local_batch, args.devices, args.dim):
+        _print_json(row)
+    return 0
+
+
+def _cmd_bench_max_batch(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    _simulate_cpu_devices()
+    from contrastive_jax.bench.loss_memory import max_batch
+
+    for variant in args.losses:
+        _print_json(max_batch(variant, args.memory_gb, args.devices, args.dim))
     return 0
 
 
@@ -134,11 +171,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_export)
 
     bench = sub.add_parser("bench", help="benchmarks; one JSON line per measurement")
-    p = bench.add_subparsers(dest="bench_command", required=True).add_parser(
-        "step", help="train-step examples/s on synthetic batches of a config's shapes")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser(
+        "step", help="train-step examples/s and MFU on synthetic batches of a config's shapes")
     p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
     p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="side of the float32 matmul whose speed is the MFU peak")
     p.set_defaults(run=_cmd_bench_step)
+
+    from contrastive_jax.bench.variants import LOSS_VARIANT_NAMES
+
+    p = bench_sub.add_parser("loss-memory",
+                             help="compiled per-device temp bytes of each loss's gradient")
+    p.add_argument("--losses", nargs="+", default=list(LOSS_VARIANT_NAMES),
+                   choices=LOSS_VARIANT_NAMES)
+    p.add_argument("--local-batch", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--dim", type=int, default=512, help="embedding size")
+    p.set_defaults(run=_cmd_bench_loss_memory)
+
+    p = bench_sub.add_parser("max-batch",
+                             help="largest global batch whose loss gradient fits a budget")
+    p.add_argument("--memory-gb", type=float, required=True, help="per-device budget")
+    p.add_argument("--losses", nargs="+", default=list(LOSS_VARIANT_NAMES),
+                   choices=LOSS_VARIANT_NAMES)
+    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--dim", type=int, default=512, help="embedding size")
+    p.set_defaults(run=_cmd_bench_max_batch)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
                                                                       required=True)

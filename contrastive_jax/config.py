@@ -69,6 +69,9 @@ def default_config() -> ConfigDict:
             async_checkpointing=True,
             eval_every=0,  # 0: evaluate only at the end of training
             progress_bar=True,
+            # > 1: exact GradCache accumulation; activations of batch_size / microbatches.
+            microbatches=1,
+            compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
         )
     )
     c.optimizer = ConfigDict(
@@ -234,6 +237,10 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "steps"):
         if config.train[key] <= 0:
             raise ConfigError(f"config key 'train.{key}' must be positive")
+    k = config.train.microbatches
+    if k < 1 or config.train.batch_size % k:
+        raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "
+                          f"'train.batch_size' ({config.train.batch_size})")
     text_len = config.model.text.max_len
     if text_len is not None and config.data.max_len > text_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "

@@ -19,7 +19,8 @@ def run_steps(config, devices, batches):
     loss_fn = loss_from_config(config, mesh)
     step = jit_train_step(
         make_train_step(ModelDef(config.model), tx, loss_fn,
-                        labels_as_positives=config.loss.positives == "labels", mesh=mesh),
+                        labels_as_positives=config.loss.positives == "labels",
+                        microbatches=config.train.microbatches, mesh=mesh),
         shardings, mesh)
     history = []
     for batch in batches:

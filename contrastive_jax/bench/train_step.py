@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from contrastive_jax.bench.flops import compiled_flops
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.loop import loss_from_config
 from contrastive_jax.train.optimizer import create_optimizer
@@ -28,32 +29,54 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     }
 
 
-def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20) -> dict[str, Any]:
-    """Compiles the step, runs `steps` timed steps, returns examples/s and timings."""
+def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
+                     peak_flops_per_sec: float | None = None) -> dict[str, Any]:
+    """Compiles the step, runs `steps` timed steps, returns examples/s and timings.
+
+    Model FLOPs per step come from XLA's cost analysis of the ORDINARY step (one batch, no
+    remat), summed over devices: recomputation by GradCache or remat is overhead, not model
+    work, and XLA counts a loop body once, not once per iteration. With
+    `peak_flops_per_sec` (see flops.matmul_peak) the result includes `mfu`.
+    """
     mesh = create_mesh(config.mesh)
     local = batch_size_per_process(config.train.batch_size, mesh)
     tx, _ = create_optimizer(config.optimizer, max(config.train.steps, steps + 1))
     state, shardings = create_train_state(config, tx, mesh)
-    step_fn = jit_train_step(
-        make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh), mesh=mesh),
-        shardings, mesh)
+    loss_fn = loss_from_config(config, mesh)
     batch = to_global(synthetic_batch(config, local), mesh)
+    plain_model = config.model.copy_and_resolve_references()
+    plain_model.remat = "none"
+    plain_step = jit_train_step(make_train_step(ModelDef(plain_model), tx, loss_fn),
+                                shardings, mesh)
+    flops = compiled_flops(plain_step.lower(state, batch).compile()) * mesh.size
+    step_fn = jit_train_step(
+        make_train_step(ModelDef(config.model), tx, loss_fn,
+                        microbatches=config.train.microbatches, mesh=mesh),
+        shardings, mesh)
     start = time.perf_counter()
-    state, metrics = step_fn(state, batch)
-    jax.block_until_ready(metrics)
+    compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, batch)  # warm-up
+    jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step_fn(state, batch)
+        state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - start) / steps
-    return {
+    result = {
         "bench": "train_step",
         "loss": config.loss.name,
         "global_batch": config.train.batch_size,
-        "devices": jax.device_count(),
+        "devices": mesh.size,
         "platform": jax.devices()[0].platform,
         "step_ms": round(seconds * 1e3, 2),
         "examples_per_sec": round(config.train.batch_size / seconds, 1),
-        "first_step_s": round(compile_s, 2),
+        "compile_s": round(compile_s, 2),
+        "microbatches": config.train.microbatches,
+        "remat": config.model.remat,
+        "flops_per_step": flops,
+        "flops_per_sec": flops / seconds,
     }
+    if peak_flops_per_sec:
+        result["mfu"] = round(flops / seconds / peak_flops_per_sec, 4)
+    return result

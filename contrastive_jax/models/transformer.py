@@ -85,11 +85,34 @@ class EncoderBlock(nnx.Module):
         return x + self.mlp(y).astype(x.dtype)
 
 
+# `model.remat` values -> jax.checkpoint policies (None: save nothing, recompute the block).
+REMAT_POLICIES = {
+    "full": None,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+REMAT_NAMES = ("none", *REMAT_POLICIES)
+
+
+def _apply_block(block: EncoderBlock, x: Array, mask: Array | None) -> Array:
+    return block(x, mask)
+
+
 class Encoder(nnx.Module):
-    """A stack of `depth` encoder blocks followed by a final LayerNorm (float32 output)."""
+    """A stack of `depth` encoder blocks followed by a final LayerNorm (float32 output).
+
+    `remat` (one of REMAT_NAMES) rematerialises each block in the backward pass: the
+    policy says which intermediates are kept; "none" keeps all (no recomputation).
+    """
 
     def __init__(self, width: int, depth: int, mlp_dim: int, num_heads: int, *,
-                 dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs):
+                 dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none"):
+        if remat not in REMAT_NAMES:
+            raise ValueError(f"Unknown remat {remat!r}; expected one of {REMAT_NAMES}.")
+        self.remat = remat
         self.blocks = nnx.List([
             EncoderBlock(width, mlp_dim, num_heads, dtype=dtype, param_dtype=param_dtype,
                          rngs=rngs)
@@ -98,8 +121,11 @@ class Encoder(nnx.Module):
         self.encoder_norm = layer_norm(width, param_dtype, rngs)
 
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
+        apply = _apply_block
+        if self.remat != "none":
+            apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[self.remat])
         for block in self.blocks:
-            x = block(x, mask)
+            x = apply(block, x, mask)
         return self.encoder_norm(x)
 
 

@@ -48,6 +48,7 @@ class ViT(nnx.Module):
         posemb: str = "learn",
         dtype: str | Dtype = "float32",
         param_dtype: str | Dtype = "float32",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
         if pool not in POOLS:
@@ -74,7 +75,7 @@ class ViT(nnx.Module):
         if pool == "cls":
             self.cls = nnx.Param(jnp.zeros((1, 1, width), pdt))
         self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
-                               param_dtype=pdt, rngs=rngs)
+                               param_dtype=pdt, remat=remat, rngs=rngs)
         if pool == "map":
             self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
                                     param_dtype=pdt, rngs=rngs)

@@ -74,6 +74,12 @@ def loss_from_config(config: ml_collections.ConfigDict, mesh: Mesh) -> LossFn:
     return loss_fn
 
 
+def enable_compilation_cache(directory: str | None) -> None:
+    """Persists compiled executables in `directory`, so a restarted run skips compiling."""
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", directory)
+
+
 def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
     if vocab_size > config.model.text.vocab_size:
         raise ValueError(f"tokenizer has {vocab_size} pieces but config key "
@@ -97,6 +103,7 @@ class Run:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds the mesh, tokenizer, sharded state (restored if the workdir has one) and step."""
     os.makedirs(workdir, exist_ok=True)
+    enable_compilation_cache(config.train.compilation_cache_dir)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
             f.write(config_to_json(config))
@@ -119,7 +126,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     model_def = ModelDef(config.model)
     step_fn = jit_train_step(
         make_train_step(model_def, tx, loss_fn,
-                        labels_as_positives=config.loss.positives == "labels", mesh=mesh),
+                        labels_as_positives=config.loss.positives == "labels",
+                        microbatches=config.train.microbatches, mesh=mesh),
         shardings, mesh)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
 

@@ -10,6 +10,7 @@ from jax.sharding import Mesh
 
 from contrastive_jax.losses import LossFn
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
+from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
 from contrastive_jax.train.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
@@ -22,13 +23,18 @@ def make_train_step(
     loss_fn: LossFn,
     *,
     labels_as_positives: bool = False,
+    microbatches: int = 1,
     mesh: Mesh | None = None,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
     With a `mesh`, the batch and the embeddings are pinned to the batch axes: with sharded
     params, XLA's propagation could otherwise move activations onto the params' layout.
+    `microbatches` > 1 computes the same gradient with GradCache (train/grad_cache.py),
+    holding one micro-batch's activations; `mesh` keeps each micro-batch sharded.
     """
+    if microbatches < 1:
+        raise ValueError(f"microbatches must be >= 1, got {microbatches}")
 
     def split_batch(x: jax.Array) -> jax.Array:
         return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
@@ -44,7 +50,13 @@ def make_train_step(
             loss, aux = loss_fn(zimg, ztxt, t, b, labels)
             return loss, (aux, t, b)
 
-        (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        if microbatches > 1:
+            labels = batch["label"] if labels_as_positives else None
+            (loss, (aux, t, b)), grads = grad_cache_value_and_grad(
+                model_def, loss_fn, state.params, state.rest, batch["image"], batch["text"],
+                labels, microbatches, mesh)
+        else:
+            (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {

@@ -1,0 +1,36 @@
+"""FLOP counts from XLA's cost analysis and the measured matmul peak, for MFU."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def compiled_flops(compiled: Any) -> float:
+    """FLOPs of one call of a compiled executable, as XLA's cost analysis counts them.
+
+    For an SPMD program this is the per-device module; multiply by the device count.
+    """
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax returned one dict per module
+        analysis = analysis[0]
+    return float(analysis.get("flops", 0.0))
+
+
+def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """Best-of-`repeats` float32 FLOP/s of one jitted [size, size] @ [size, size] matmul."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, a).block_until_ready()  # compile
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    flops = 2.0 * size**3
+    return {"bench": "matmul_peak", "size": size, "dtype": "float32",
+            "platform": jax.devices()[0].platform, "seconds": round(best, 5),
+            "flops_per_sec": flops / best}

@@ -1,0 +1,17 @@
+"""Loss variants the memory benchmarks compare: report name -> (loss name, options).
+
+Kept free of jax imports so the CLI can list them before XLA flags are fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LOSS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "softmax": ("softmax", {}),
+    "softmax_sharded": ("softmax_sharded", {}),
+    "sigmoid": ("sigmoid", {}),
+    "sigmoid_chunked": ("sigmoid_chunked", {"bidirectional": False}),
+    "sigmoid_chunked_bidir": ("sigmoid_chunked", {"bidirectional": True}),
+}
+LOSS_VARIANT_NAMES: tuple[str, ...] = tuple(LOSS_VARIANTS)

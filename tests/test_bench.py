@@ -1,0 +1,33 @@
+"""Benchmark code on tiny cases: the right keys, and max-batch's search is exact."""
+
+import jax
+from helpers import tiny_config
+
+from contrastive_jax.bench.flops import matmul_peak
+from contrastive_jax.bench.loss_memory import _fits, loss_memory, max_batch
+from contrastive_jax.bench.train_step import bench_train_step
+
+
+def test_loss_memory_reports_per_device_bytes():
+    row = loss_memory("sigmoid_chunked_bidir", local_batch=8, num_devices=4, dim=16)
+    assert row["global_batch"] == 32 and row["devices"] == 4
+    assert row["temp_bytes"] > 0
+    assert row["argument_bytes"] >= 2 * 8 * 16 * 4  # this device's rows of both towers
+
+
+def test_max_batch_is_the_largest_batch_that_fits():
+    budget_gb = 2e-4  # ~210 kB: a batch of a few hundred 16-d rows
+    row = max_batch("sigmoid", budget_gb, num_devices=2, dim=16)
+    best = row["max_global_batch"]
+    assert best > 0 and best % 2 == 0
+    assert _fits("sigmoid", best, 16, 2, budget_gb * 2**30)
+    assert not _fits("sigmoid", best + 2, 16, 2, budget_gb * 2**30)
+
+
+def test_bench_step_reports_flops_and_mfu():
+    peak = matmul_peak(size=128, repeats=2)
+    assert peak["flops_per_sec"] > 0
+    row = bench_train_step(tiny_config(train={"microbatches": 2}), steps=2,
+                           peak_flops_per_sec=peak["flops_per_sec"])
+    assert row["flops_per_step"] > 0 and 0 < row["mfu"]
+    assert row["microbatches"] == 2 and row["devices"] == jax.device_count()
