@@ -303,4 +303,5 @@ def test_bad_options():
     zimg = jnp.ones((4, 2)) / np.sqrt(2)
     with pytest.raises(ValueError, match="bias"):
         sigmoid_loss(zimg, zimg, T, None)
-    assert set(LOSS_NAMES) == {"softmax", "softmax_sharded", "sigmoid", "sigmoid_chunked"}
+    assert set(LOSS_NAMES) == {"softmax", "softmax_sharded", "sigmoid", "sigmoid_chunked",
+                               "hn_nce", "debiased_softmax", "macl"}
