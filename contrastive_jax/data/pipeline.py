@@ -46,6 +46,21 @@ def default_data_config() -> ml_collections.ConfigDict:
             "max_len": 16,  # text tokens per caption, EOS included
             "lowercase": True,
             "tokenizer": {"path": None, "vocab_size": 1000},  # path None -> train on captions
+            # Non-empty: train on these sources instead of `dataset` (see data/sources.py),
+            # e.g. ({"kind": "tfrecord", "pattern": "/data/shards/*.tfrecord", "weight": 1},).
+            "sources": (),
+            "channels": 3,  # sources: decoded image channels
+            "cycle_length": 16,  # sources: files read in parallel (interleaved)
+            # sources: augmentations (Fini et al. 2023, "Improved baselines for VLP").
+            "augment": {
+                "inception_crop": False,
+                "crop_area": (0.05, 1.0),  # fraction of the image a crop covers
+                "crop_aspect": (3 / 4, 4 / 3),
+                "color_jitter": 0.0,  # SimCLR strength; 0 disables
+                "grayscale": 0.0,  # probability
+                "word_deletion": 0.0,  # EDA: probability of dropping each word
+                "word_swaps": 0,  # EDA: random word swaps per caption
+            },
         }
     )
 
@@ -130,6 +145,7 @@ def train_dataset(
 
     b = global_batch_size // process_count. Each process reads a disjoint, equal-sized part
     of the split. The stream resumes exactly at `start_example` (see module docstring).
+    With `data.sources`, see data/stream.py (batches then carry "data_counts" too).
     """
     cfg = data_config
     if global_batch_size % process_count or start_example % process_count:
@@ -137,6 +153,13 @@ def train_dataset(
             f"global_batch_size={global_batch_size} and start_example={start_example} must "
             f"be multiples of process_count={process_count}"
         )
+    if cfg.sources:
+        from contrastive_jax.data.stream import train_dataset_from_sources
+
+        ds = train_dataset_from_sources(
+            cfg, tokenizer, global_batch_size=global_batch_size, process_index=process_index,
+            process_count=process_count, start_example=start_example, seed=seed)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
     local_batch = global_batch_size // process_count
     builder = get_builder(cfg.dataset, cfg.data_dir)
     # drop_remainder: equal parts, so every process has as many examples per epoch.
@@ -214,8 +237,16 @@ def eval_dataset(
 
 
 def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
-    """Yields the (cleaned) captions of a split as str, skipping images; for tokenizer training."""
+    """Yields the (cleaned) captions of a split as str, skipping images; for tokenizer training.
+
+    With `sources`, the first TOKENIZER_CAPTIONS usable captions of each source.
+    """
     cfg = data_config
+    if cfg.sources and split is None:
+        from contrastive_jax.data.stream import source_captions
+
+        yield from source_captions(cfg, TOKENIZER_CAPTIONS)
+        return
     builder = get_builder(cfg.dataset, cfg.data_dir)
     ds = _read(builder, split or cfg.train_split, skip_images=cfg.image_key)
     ds = ds.map(lambda ex: preprocess.clean_captions(ex[cfg.text_key], cfg.lowercase))
@@ -223,6 +254,9 @@ def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
         for caption in batch:
             if caption:
                 yield caption.decode("utf-8", "replace")
+
+
+TOKENIZER_CAPTIONS = 1_000_000  # per source; plenty for a sentencepiece model
 
 
 def ensure_tokenizer(data_config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
