@@ -95,6 +95,16 @@ def _cmd_data_prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_data_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.data.build import build
+
+    result = build(args.input, args.out, prefix=args.prefix,
+                   examples_per_shard=args.examples_per_shard, root=args.root,
+                   verify_images=not args.no_verify_images)  # fmt: skip
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
 def _simulate_cpu_devices(count: int = 8) -> None:
     """Lets multi-device benchmarks run on a CPU: XLA must see the flag before jax starts.
 
@@ -211,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("prepare-demo", help="build the fashion_mnist_captions TFDS dataset")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
     p.set_defaults(run=_cmd_data_prepare)
+
+    p = data.add_parser("build", help="convert a CSV/JSONL image table or webdataset tars to "
+                        "TFRecord shards (resumable)")
+    p.add_argument("--input", required=True,
+                   help="a .csv/.tsv/.jsonl table (columns path, caption[, uid, label, score]) "
+                        "or webdataset .tar file(s): a glob or a directory")
+    p.add_argument("--out", required=True, help="output directory (a rerun resumes there)")
+    p.add_argument("--prefix", default="data", help="shard names: PREFIX-00000-of-0000N")
+    p.add_argument("--examples-per-shard", type=int, default=10_000, help="tables only")
+    p.add_argument("--root", default="", help="image folder of a table (default: its folder)")
+    p.add_argument("--no-verify-images", action="store_true",
+                   help="do not decode images to drop undecodable ones at build time")
+    p.set_defaults(run=_cmd_data_build)
     return parser
 
 

@@ -251,6 +251,16 @@ def validate(config: ConfigDict) -> None:
         sharding.parse_rules(config.mesh.rules)
     except (ValueError, TypeError, re.error) as e:
         raise ConfigError(f"config key 'mesh.rules': {e}") from e
+    if config.data.sources:
+        from contrastive_jax.data.sources import parse_sources
+
+        try:
+            parse_sources(config.data.sources)
+        except ValueError as e:
+            raise ConfigError(f"config key {e}") from e
+        if config.data.channels != config.model.image.channels:
+            raise ConfigError(f"config key 'data.channels' ({config.data.channels}) differs "
+                              f"from 'model.image.channels' ({config.model.image.channels})")
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
 

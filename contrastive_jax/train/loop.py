@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from contrastive_jax.config import config_to_json
 from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
+from contrastive_jax.data.stream import counter_metrics
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.losses import LossFn, create_loss
@@ -147,10 +148,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer = MetricsWriter(workdir)
     bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
     state = run.state
+    data_counts = None  # running bad-record counters of `data.sources` streams
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
-            state, metrics = run.step_fn(state, to_global(next(data), run.mesh))
+            batch = next(data)
+            if "data_counts" in batch:
+                counts = batch.pop("data_counts")  # cumulative: the latest is the largest
+                data_counts = counts if data_counts is None else np.maximum(data_counts, counts)
+            state, metrics = run.step_fn(state, to_global(batch, run.mesh))
             step += 1
             bar.update(batch_size)
             run.checkpointer.save(state, examples_seen=step * batch_size)
@@ -158,6 +164,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
                 metrics["train/lr"] = float(run.schedule(step - 1))
+                if data_counts is not None:
+                    metrics.update(data_counter_metrics(data_counts))
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{float(metrics['train/loss']):.4f}")
                 if not np.isfinite(metrics["train/loss"]):
@@ -178,6 +186,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.write(step, final)
     writer.close()
     return {"step": step, **{k: float(v) for k, v in final.items()}}
+
+
+def data_counter_metrics(counts: np.ndarray) -> dict[str, float]:
+    """`data/seen` and `data/skipped/<reason>` summed over sources and processes."""
+    if jax.process_count() > 1:  # every process reaches each log step: a safe collective
+        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
+    return counter_metrics(counts)
 
 
 class Throughput:
