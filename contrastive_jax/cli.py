@@ -133,6 +133,18 @@ def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.data import bench_data
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    for row in bench_data(config, image_size=args.image_size, num_examples=args.num_examples,
+                          threads=tuple(args.threads), batches=args.batches,
+                          step_steps=args.steps, with_step=not args.no_step):  # fmt: skip
+        _print_json(row)
+    return 0
+
+
 def _cmd_bench_loss_memory(args: argparse.Namespace, extra: Sequence[str]) -> int:
     _simulate_cpu_devices()
     from contrastive_jax.bench.loss_memory import loss_memory_table
@@ -189,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-size", type=int, default=2048,
                    help="side of the float32 matmul whose speed is the MFU peak")
     p.set_defaults(run=_cmd_bench_step)
+
+    p = bench_sub.add_parser(
+        "data", help="input pipeline examples/s per core (224 px JPEGs) vs the train step's")
+    p.add_argument("--config", default="configs/demo_siglip.py",
+                   help="model and data config (images become RGB of --image-size)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--num-examples", type=int, default=2048, help="synthetic JPEGs written")
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="tf.data thread counts to time (per core = rate / threads)")
+    p.add_argument("--batches", type=int, default=8, help="timed pipeline batches")
+    p.add_argument("--steps", type=int, default=5, help="timed train steps")
+    p.add_argument("--no-step", action="store_true", help="time the pipeline only")
+    p.set_defaults(run=_cmd_bench_data)
 
     from contrastive_jax.bench.variants import LOSS_VARIANT_NAMES
 
