@@ -140,7 +140,8 @@ def _cmd_bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
     config = load_config(args.config, _split_overrides(extra))
     for row in bench_data(config, image_size=args.image_size, num_examples=args.num_examples,
                           threads=tuple(args.threads), batches=args.batches,
-                          step_steps=args.steps, with_step=not args.no_step):  # fmt: skip
+                          step_steps=args.steps, with_step=not args.no_step,
+                          kinds=tuple(args.sources)):  # fmt: skip
         _print_json(row)
     return 0
 
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=8, help="timed pipeline batches")
     p.add_argument("--steps", type=int, default=5, help="timed train steps")
     p.add_argument("--no-step", action="store_true", help="time the pipeline only")
+    p.add_argument("--sources", nargs="+", default=["tfrecord"], choices=("tfrecord", "wds"),
+                   help="source kinds to time (the same JPEGs in TFRecords or tars)")
     p.set_defaults(run=_cmd_bench_data)
 
     from contrastive_jax.bench.variants import LOSS_VARIANT_NAMES

@@ -9,7 +9,9 @@ and the train step of the same config on synthetic batches (bench/train_step.py)
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import tempfile
 import time
 from typing import Any
@@ -27,11 +29,14 @@ _WORDS = ("a photo of the small large red blue green dog cat car tree house pers
 
 def write_synthetic_shards(out_dir: str, num_examples: int, image_size: int = 224,
                            num_shards: int = 8, seed: int = 0) -> list[str]:
-    """TFRecord shards of realistic-size JPEGs and random captions; returns the captions."""
+    """TFRecord and webdataset tar shards of the same realistic-size JPEGs and random
+    captions (`bench-*.tfrecord`, `bench-*.tar`); returns the captions."""
     rng = np.random.default_rng(seed)
     captions = []
-    writers = [tf.io.TFRecordWriter(os.path.join(out_dir, f"bench-{i:05d}-of-{num_shards:05d}"
-                                                 ".tfrecord")) for i in range(num_shards)]
+    names = [os.path.join(out_dir, f"bench-{i:05d}-of-{num_shards:05d}")
+             for i in range(num_shards)]  # fmt: skip
+    writers = [tf.io.TFRecordWriter(f"{name}.tfrecord") for name in names]
+    tars = [tarfile.open(f"{name}.tar", "w") for name in names]
     for i in range(num_examples):
         coarse = rng.uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
         image = tf.image.resize(coarse, (image_size, image_size), method="bicubic")[0]
@@ -41,7 +46,11 @@ def write_synthetic_shards(out_dir: str, num_examples: int, image_size: int = 22
         caption = " ".join(rng.choice(_WORDS, rng.integers(5, 16)))
         captions.append(caption)
         writers[i % num_shards].write(records.serialize_example(data, caption, str(i), -1))
-    for w in writers:
+        for ext, payload in (("jpg", data), ("txt", caption.encode())):
+            info = tarfile.TarInfo(f"{i:08d}.{ext}")
+            info.size = len(payload)
+            tars[i % num_shards].addfile(info, io.BytesIO(payload))
+    for w in writers + tars:
         w.close()
     return captions
 
@@ -60,10 +69,10 @@ def bench_config(config: ml_collections.ConfigDict, image_size: int) -> ml_colle
 
 
 def bench_pipeline(data_config: ml_collections.ConfigDict, tokenizer: Tokenizer, pattern: str,
-                   *, batch_size: int, threads: int, batches: int) -> dict[str, Any]:
+                   *, kind: str, batch_size: int, threads: int, batches: int) -> dict[str, Any]:
     """Examples/s of the sources pipeline with tf.data on `threads` threads."""
     cfg = data_config.copy_and_resolve_references()
-    cfg.sources = ({"kind": "tfrecord", "pattern": pattern},)
+    cfg.sources = ({"kind": kind, "pattern": pattern},)
     ds = pipeline.train_dataset(cfg, tokenizer, global_batch_size=batch_size)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
@@ -76,16 +85,18 @@ def bench_pipeline(data_config: ml_collections.ConfigDict, tokenizer: Tokenizer,
         next(it)
     seconds = time.perf_counter() - start
     rate = batches * batch_size / seconds
-    return {"bench": "data_pipeline", "threads": threads, "image_size": cfg.image_size,
-            "batch": batch_size, "examples_per_sec": round(rate, 1),
+    return {"bench": "data_pipeline", "source": kind, "threads": threads,
+            "image_size": cfg.image_size, "batch": batch_size, "examples_per_sec": round(rate, 1),
             "examples_per_sec_per_core": round(rate / threads, 1),
             "ops": "read+decode+inception_crop+flip+resize+clean+tokenize"}  # fmt: skip
 
 
 def bench_data(config: ml_collections.ConfigDict, *, image_size: int = 224,
                num_examples: int = 2048, threads: tuple[int, ...] = (1,), batches: int = 8,
-               step_steps: int = 5, with_step: bool = True) -> list[dict[str, Any]]:
-    """Pipeline rows (one per thread count), the train-step row and their ratio."""
+               step_steps: int = 5, with_step: bool = True,
+               kinds: tuple[str, ...] = ("tfrecord",)) -> list[dict[str, Any]]:
+    """Pipeline rows (per source kind and thread count), the train-step row and the ratio
+    of the first pipeline row to the step."""
     from contrastive_jax.bench.train_step import bench_train_step
 
     config = bench_config(config, image_size)
@@ -93,15 +104,17 @@ def bench_data(config: ml_collections.ConfigDict, *, image_size: int = 224,
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         captions = write_synthetic_shards(tmp, num_examples, image_size)
-        sizes = [os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)]
+        sizes = [os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)
+                 if f.endswith(".tfrecord")]  # fmt: skip
         tokenizer = Tokenizer(train_tokenizer(captions, os.path.join(tmp, "spm"),
                                               config.data.tokenizer.vocab_size))  # fmt: skip
-        pattern = os.path.join(tmp, "bench-*.tfrecord")
-        for n in threads:
-            row = bench_pipeline(config.data, tokenizer, pattern, batch_size=batch, threads=n,
-                                 batches=batches)  # fmt: skip
-            row["mean_jpeg_kb"] = round(sum(sizes) / num_examples / 1024, 1)
-            rows.append(row)
+        for kind in kinds:
+            pattern = os.path.join(tmp, "bench-*." + ("tar" if kind == "wds" else "tfrecord"))
+            for n in threads:
+                row = bench_pipeline(config.data, tokenizer, pattern, kind=kind,
+                                     batch_size=batch, threads=n, batches=batches)  # fmt: skip
+                row["mean_jpeg_kb"] = round(sum(sizes) / num_examples / 1024, 1)
+                rows.append(row)
     if with_step:
         step = bench_train_step(config, steps=step_steps)
         rows.append(step)
