@@ -138,7 +138,8 @@ def _cmd_bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.config import load_config
 
     config = load_config(args.config, _split_overrides(extra))
-    for row in bench_data(config, image_size=args.image_size, num_examples=args.num_examples,
+    for row in bench_data(config, image_size=args.image_size, patch_size=args.patch_size,
+                          num_examples=args.num_examples,
                           threads=tuple(args.threads), batches=args.batches,
                           step_steps=args.steps, with_step=not args.no_step,
                           kinds=tuple(args.sources)):  # fmt: skip
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/demo_siglip.py",
                    help="model and data config (images become RGB of --image-size)")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--patch-size", type=int, default=16, help="of the model's image tower")
     p.add_argument("--num-examples", type=int, default=2048, help="synthetic JPEGs written")
     p.add_argument("--threads", type=int, nargs="+", default=[1],
                    help="tf.data thread counts to time (per core = rate / threads)")

@@ -268,3 +268,15 @@ def test_train_loop_writes_data_counters(bad_corpus, tmp_path):
     assert last["step"] == 2 and last["data/seen"] >= 16
     for reason in records.REASONS:  # two epochs of 11: every bad record met at least once
         assert last[f"data/skipped/{reason}"] >= 1, reason
+
+
+def test_tfds_source_mixed_with_tfrecords(fake_data_dir, corpus, tokenizer):
+    """A TFDS dataset by name (grey PNGs, decoded to RGB) mixed with TFRecord shards."""
+    tfds_source = {"kind": "tfds", "name": "fashion_mnist_captions", "data_dir": fake_data_dir}
+    cfg = data_cfg(tfds_source, tfrecords(corpus, "b"), image_size=28)  # labels >= 100
+    bs = batches(cfg, tokenizer, 8, batch=8)
+    assert bs[0]["image"].shape == (8, 28, 28, 3)
+    from_tfds = [x for x in labels(bs) if x < 100]
+    assert 16 < len(from_tfds) < 48  # weights 1:1 over 64 examples
+    seen = bs[-1]["data_counts"][:, 0]
+    assert seen.tolist() == [len(from_tfds), 64 - len(from_tfds)]

@@ -205,8 +205,9 @@ def _read_image_file(path: bytes) -> tuple[bytes, np.int32]:
 class TfdsSource(Source):
     """A TFDS dataset by name (the project's own builders prepare themselves offline).
 
-    Its images are read still encoded (SkipDecoding), so they go through the same guarded
-    decode as every other source. Processes read `tfds.even_splits` parts of the split.
+    Its images reach the pipeline encoded (as stored, or PNG-encoded when stored raw), so
+    they go through the same guarded decode as every other source. Processes read
+    `tfds.even_splits` parts of the split.
     """
 
     shuffle_units = False
@@ -230,13 +231,17 @@ class TfdsSource(Source):
 
         s = self.spec
         features = self.builder.info.features
-        ds = self.builder.as_dataset(split=units[0], shuffle_files=False,
-                                     decoders={s["image_key"]: tfds.decode.SkipDecoding()})
+        # An Image feature is stored encoded: read it as is. A raw uint8 tensor feature
+        # (like fashion_mnist_captions') is PNG-encoded so every source yields bytes.
+        encoded = isinstance(features[s["image_key"]], tfds.features.Image)
+        decoders = {s["image_key"]: tfds.decode.SkipDecoding()} if encoded else None
+        ds = self.builder.as_dataset(split=units[0], shuffle_files=False, decoders=decoders)
 
         def select(ex):
             label = tf.cast(ex[s["label_key"]], tf.int32) if s["label_key"] else tf.constant(-1)
             uid = ex["uid"] if "uid" in features.keys() else tf.constant("")
-            return {"image_bytes": ex[s["image_key"]], "caption": ex[s["text_key"]], "uid": uid,
+            image = ex[s["image_key"]] if encoded else tf.io.encode_png(ex[s["image_key"]])
+            return {"image_bytes": image, "caption": ex[s["text_key"]], "uid": uid,
                     "label": label, "score": tf.constant(np.nan, tf.float32),
                     "reason": tf.constant(records.OK)}  # fmt: skip
 
