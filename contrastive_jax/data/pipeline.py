@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from contrastive_jax import filters
 from contrastive_jax.data import preprocess
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions
@@ -46,6 +47,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "max_len": 16,  # text tokens per caption, EOS included
             "lowercase": True,
             "tokenizer": {"path": None, "vocab_size": 1000},  # path None -> train on captions
+            "filters": filters.default_filters_config(),  # see contrastive_jax/filters
         }
     )
 
@@ -116,6 +118,11 @@ def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[in
     return int(usable), int(total)
 
 
+def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None):
+    return filters.apply_filters(_examples(cfg, builder, split), cfg.filters, counters=counters,
+                         dataset=cfg.dataset, data_dir=cfg.data_dir)
+
+
 def train_dataset(
     data_config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
@@ -125,11 +132,13 @@ def train_dataset(
     process_count: int = 1,
     start_example: int = 0,
     seed: int = 0,
+    filter_counters: filters.FilterCounters | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
 
     b = global_batch_size // process_count. Each process reads a disjoint, equal-sized part
     of the split. The stream resumes exactly at `start_example` (see module docstring).
+    `data.filters` apply to the examples of every epoch; `filter_counters` gets their counts.
     """
     cfg = data_config
     if global_batch_size % process_count or start_example % process_count:
@@ -147,12 +156,14 @@ def train_dataset(
     if position:
         # Only a resume needs the epoch length; it costs one pass over the captions.
         n_usable, n_total = _count_usable(cfg, builder, split)
+        if filters.filters_active(cfg.filters):  # an epoch is what passes the filters
+            n_usable = int(_filtered(cfg, builder, split).reduce(np.int64(0), lambda n, _: n + 1))
         if n_usable == 0:
             raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
         first_epoch, skip = divmod(position, n_usable)
         logging.info("%s %s: resuming at epoch %d + %d examples (%d of %d usable)",
                      cfg.dataset, split, first_epoch, skip, n_usable, n_total)  # fmt: skip
-    examples = _examples(cfg, builder, split)
+    examples = _filtered(cfg, builder, split, filter_counters)
     if not position and not list(examples.take(1)):
         # Without this, an epoch with no usable example makes the repeat loop spin forever.
         raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
