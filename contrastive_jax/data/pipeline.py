@@ -21,11 +21,12 @@ import tensorflow_datasets as tfds
 from contrastive_jax import filters
 from contrastive_jax.data import preprocess
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-from contrastive_jax.datasets import fashion_mnist_captions
+from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
 
 # Builders this project ships and can prepare offline on first use.
 _LOCAL_BUILDERS = {
     "fashion_mnist_captions": fashion_mnist_captions.build_fashion_mnist_captions,
+    "fashion_mnist_captions_noisy": fashion_mnist_noisy.build_fashion_mnist_noisy,
 }
 
 

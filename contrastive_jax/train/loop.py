@@ -21,6 +21,8 @@ from contrastive_jax.config import config_to_json
 from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
+from contrastive_jax.filters import FilterCounters
+from contrastive_jax.filters.cit import CitSelector
 from contrastive_jax.losses import LossFn, create_loss
 from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel import distributed
@@ -138,10 +140,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config, workdir)
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
+    # CiT reads k * batch_size candidates per step and trains on the batch_size it selects.
+    cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh) if config.train.cit.enabled \
+        else None
+    read_size = batch_size * (config.train.cit.oversample if cit else 1)
+    counters = FilterCounters()
     data = iter(train_dataset(
-        config.data, run.tokenizer, global_batch_size=batch_size,
+        config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        start_example=step * batch_size, seed=config.seed).as_numpy_iterator())
+        start_example=step * read_size, seed=config.seed,
+        filter_counters=counters).as_numpy_iterator())
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
@@ -150,7 +158,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
-            state, metrics = run.step_fn(state, to_global(next(data), run.mesh))
+            batch = to_global(next(data), run.mesh)
+            if cit:
+                batch, cit_metrics = cit(state, batch, step)
+            state, metrics = run.step_fn(state, batch)
             step += 1
             bar.update(batch_size)
             run.checkpointer.save(state, examples_seen=step * batch_size)
@@ -158,6 +169,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
                 metrics["train/lr"] = float(run.schedule(step - 1))
+                metrics.update(counters.as_dict())
+                if cit:
+                    metrics.update(jax.device_get(cit_metrics))
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{float(metrics['train/loss']):.4f}")
                 if not np.isfinite(metrics["train/loss"]):
