@@ -198,3 +198,16 @@ def test_pipeline_applies_filters_counts_them_and_resumes_exactly(filtered_cfg, 
     for a, b in zip(full[k:], resumed.as_numpy_iterator(), strict=False):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["text"], b["text"])
+
+
+def test_noisy_corpus_shuffles_a_known_fraction_of_train_captions():
+    from contrastive_jax.datasets.fashion_mnist_noisy import shuffled_sources
+
+    n = 4000
+    source = shuffled_sources("train", n, fraction=0.3)
+    assert sorted(source.tolist()) == list(range(n))  # a permutation: every caption used once
+    moved = source != np.arange(n)
+    chosen = [uid_uniform(f"train/{i:06d}", "shuffle") < 0.3 for i in range(n)]
+    assert not np.any(moved & ~np.array(chosen))  # only chosen examples trade captions
+    assert 0.27 < moved.mean() < 0.33
+    assert np.array_equal(shuffled_sources("test", 50), np.arange(50))
