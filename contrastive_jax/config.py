@@ -253,10 +253,12 @@ def validate(config: ConfigDict) -> None:
         sharding.parse_rules(config.mesh.rules)
     except (ValueError, TypeError, re.error) as e:
         raise ConfigError(f"config key 'mesh.rules': {e}") from e
+    from contrastive_jax.filters.apply import check_filters_config
     from contrastive_jax.filters.cit import check_cit_config
 
     try:
         check_cit_config(config.train.cit)
+        check_filters_config(config.data.filters)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if config.optimizer.warmup_steps >= config.train.steps:

@@ -211,3 +211,18 @@ def test_noisy_corpus_shuffles_a_known_fraction_of_train_captions():
     assert not np.any(moved & ~np.array(chosen))  # only chosen examples trade captions
     assert 0.27 < moved.mean() < 0.33
     assert np.array_equal(shuffled_sources("test", 50), np.arange(50))
+
+
+def test_bad_filter_config_is_a_one_line_config_error():
+    from contrastive_jax.config import ConfigError, default_config, validate
+
+    for key, value in [("score.enabled", True), ("basic.min_words", -1),
+                       ("order", ("basic", "nope"))]:
+        config = default_config()
+        group, _, leaf = key.rpartition(".")
+        node = config.data.filters[group] if group else config.data.filters
+        node[leaf] = value
+        if key == "basic.min_words":
+            config.data.filters.basic.enabled = True
+        with pytest.raises(ConfigError, match="data.filters"):
+            validate(config)

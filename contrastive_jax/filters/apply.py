@@ -65,6 +65,19 @@ def _check_order(cfg: ml_collections.ConfigDict) -> list[str]:
     return order
 
 
+def check_filters_config(cfg: ml_collections.ConfigDict) -> None:
+    """Checks the `data.filters` keys that need no file; ValueError names the key."""
+    _check_order(cfg)
+    if cfg.basic.enabled:
+        basic_predicate(cfg.basic)  # validates its bounds
+    score = cfg.score
+    if score.enabled and (score.threshold is None) == (score.top_fraction is None):
+        raise ValueError("config group 'data.filters.score' needs exactly one of 'threshold' "
+                         "and 'top_fraction'")
+    if cfg.metaclip.enabled and cfg.metaclip.t <= 0:
+        raise ValueError("config key 'data.filters.metaclip.t' must be positive")
+
+
 def _metaclip(cfg, pool: tf.data.Dataset, dataset: str | None,
               data_dir: str | None) -> Predicate:
     if cfg.entries_file:
