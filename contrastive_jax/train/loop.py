@@ -141,8 +141,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
     # CiT reads k * batch_size candidates per step and trains on the batch_size it selects.
-    cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh) if config.train.cit.enabled \
-        else None
+    cit = None
+    if config.train.cit.enabled:
+        cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh)
     read_size = batch_size * (config.train.cit.oversample if cit else 1)
     counters = FilterCounters()
     data = iter(train_dataset(
