@@ -105,6 +105,24 @@ def _cmd_data_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_data_score(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.filters.offline import score_split
+
+    _print_json(score_split(args.workdir, args.out, split=args.split, batch_size=args.batch_size,
+                            step=args.step, overrides=_split_overrides(extra)))
+    return 0
+
+
+def _cmd_data_dedup(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.filters.offline import dedup_split
+
+    _print_json(dedup_split(args.mode, args.out, workdir=args.workdir, config=args.config,
+                            split=args.split, eps=args.eps, clusters=args.clusters,
+                            batch_size=args.batch_size, step=args.step,
+                            overrides=_split_overrides(extra)))
+    return 0
+
+
 def _simulate_cpu_devices(count: int = 8) -> None:
     """Lets multi-device benchmarks run on a CPU: XLA must see the flag before jax starts.
 
@@ -264,13 +282,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify-images", action="store_true",
                    help="do not decode images to drop undecodable ones at build time")
     p.set_defaults(run=_cmd_data_build)
+
+    p = data.add_parser("score", help="write uid -> image-caption cosine under a checkpoint",
+                        epilog="Score other data with --config.data.KEY=VALUE overrides.")
+    p.add_argument("--workdir", "--checkpoint", dest="workdir", required=True,
+                   help="training workdir (model, tokenizer and default data)")
+    p.add_argument("--out", required=True, help="score file (.npz: uids, scores)")
+    p.add_argument("--split", default=None, help="default: the config's data.train_split")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.set_defaults(run=_cmd_data_score)
+
+    p = data.add_parser("dedup", help="write a keep-list (uids) without duplicates",
+                        epilog="Select other data with --config.data.KEY=VALUE overrides.")
+    p.add_argument("--mode", required=True, choices=("exact", "semantic"))
+    p.add_argument("--out", required=True, help="keep-list: one uid per line")
+    p.add_argument("--workdir", "--checkpoint", dest="workdir", default=None,
+                   help="training workdir (semantic: its image embeddings)")
+    p.add_argument("--config", default=None, help="exact only: configs/NAME.py for the data")
+    p.add_argument("--split", default=None, help="default: the config's data.train_split")
+    p.add_argument("--eps", type=float, default=0.05,
+                   help="semantic: drop items with cosine > 1 - eps to an earlier one")
+    p.add_argument("--clusters", type=int, default=10, help="semantic: k-means clusters")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.set_defaults(run=_cmd_data_dedup)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("train", "eval", "bench"):
+    takes_overrides = args.command in ("train", "eval", "bench") or (
+        args.command == "data" and args.data_command in ("score", "dedup"))
+    if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):

@@ -30,6 +30,7 @@ class ConfigError(UserError, ValueError):
 def default_config() -> ConfigDict:
     """The full schema with defaults. Config files override parts of it."""
     from contrastive_jax.data.pipeline import default_data_config
+    from contrastive_jax.filters.cit import default_cit_config
     from contrastive_jax.models import default_model_config
     from contrastive_jax.parallel import sharding
 
@@ -72,6 +73,7 @@ def default_config() -> ConfigDict:
             # > 1: exact GradCache accumulation; activations of batch_size / microbatches.
             microbatches=1,
             compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
+            cit=default_cit_config(),  # curation in training (contrastive_jax/filters/cit.py)
         )
     )
     c.optimizer = ConfigDict(
@@ -261,6 +263,14 @@ def validate(config: ConfigDict) -> None:
         if config.data.channels != config.model.image.channels:
             raise ConfigError(f"config key 'data.channels' ({config.data.channels}) differs "
                               f"from 'model.image.channels' ({config.model.image.channels})")
+    from contrastive_jax.filters.apply import check_filters_config
+    from contrastive_jax.filters.cit import check_cit_config
+
+    try:
+        check_cit_config(config.train.cit)
+        check_filters_config(config.data.filters)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
 

@@ -18,6 +18,7 @@ from contrastive_jax.config import ConfigError, validate
 from contrastive_jax.data import formats, pipeline, records, stream
 from contrastive_jax.data.sources import create_source, parse_source
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+from contrastive_jax.filters import FilterCounters
 
 RNG = np.random.default_rng(0)
 
@@ -280,3 +281,17 @@ def test_tfds_source_mixed_with_tfrecords(fake_data_dir, corpus, tokenizer):
     assert 16 < len(from_tfds) < 48  # weights 1:1 over 64 examples
     seen = bs[-1]["data_counts"][:, 0]
     assert seen.tolist() == [len(from_tfds), 64 - len(from_tfds)]
+
+
+def test_filters_apply_to_sources_and_keep_resume_exact(corpus, tokenizer):
+    # Captions "photo of thing N": the basic filter keeps those of at most 16 characters,
+    # i.e. N < 10 in this corpus (labels are N).
+    cfg = data_cfg(tfrecords(corpus))
+    cfg.filters.basic.update(enabled=True, max_chars=16)
+    counters = FilterCounters()
+    full = batches(cfg, tokenizer, 6, filter_counters=counters)
+    assert sorted(labels(full[:5])) == sorted(list(range(10)) * 2)  # 10 kept per epoch
+    assert_same(full[3:], batches(cfg, tokenizer, 3, start_example=4 * 3))
+    counts = counters.as_dict()
+    # Prefetching reads ahead, so the counts are at least those of the two epochs served.
+    assert counts["filters/basic/kept"] >= 20 and counts["filters/basic/dropped"] >= 28

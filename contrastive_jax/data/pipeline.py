@@ -18,13 +18,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from contrastive_jax import filters
 from contrastive_jax.data import preprocess
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-from contrastive_jax.datasets import fashion_mnist_captions
+from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
 
 # Builders this project ships and can prepare offline on first use.
 _LOCAL_BUILDERS = {
     "fashion_mnist_captions": fashion_mnist_captions.build_fashion_mnist_captions,
+    "fashion_mnist_captions_noisy": fashion_mnist_noisy.build_fashion_mnist_noisy,
 }
 
 
@@ -61,6 +63,7 @@ def default_data_config() -> ml_collections.ConfigDict:
                 "word_deletion": 0.0,  # EDA: probability of dropping each word
                 "word_swaps": 0,  # EDA: random word swaps per caption
             },
+            "filters": filters.default_filters_config(),  # see contrastive_jax/filters
         }
     )
 
@@ -131,6 +134,11 @@ def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[in
     return int(usable), int(total)
 
 
+def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None):
+    return filters.apply_filters(_examples(cfg, builder, split), cfg.filters, counters=counters,
+                         dataset=cfg.dataset, data_dir=cfg.data_dir)
+
+
 def train_dataset(
     data_config: ml_collections.ConfigDict,
     tokenizer: Tokenizer,
@@ -140,12 +148,14 @@ def train_dataset(
     process_count: int = 1,
     start_example: int = 0,
     seed: int = 0,
+    filter_counters: filters.FilterCounters | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
 
     b = global_batch_size // process_count. Each process reads a disjoint, equal-sized part
     of the split. The stream resumes exactly at `start_example` (see module docstring).
     With `data.sources`, see data/stream.py (batches then carry "data_counts" too).
+    `data.filters` apply to the examples of every epoch; `filter_counters` gets their counts.
     """
     cfg = data_config
     if global_batch_size % process_count or start_example % process_count:
@@ -158,7 +168,8 @@ def train_dataset(
 
         ds = train_dataset_from_sources(
             cfg, tokenizer, global_batch_size=global_batch_size, process_index=process_index,
-            process_count=process_count, start_example=start_example, seed=seed)
+            process_count=process_count, start_example=start_example, seed=seed,
+            filter_counters=filter_counters)
         return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
     local_batch = global_batch_size // process_count
     builder = get_builder(cfg.dataset, cfg.data_dir)
@@ -170,12 +181,14 @@ def train_dataset(
     if position:
         # Only a resume needs the epoch length; it costs one pass over the captions.
         n_usable, n_total = _count_usable(cfg, builder, split)
+        if filters.filters_active(cfg.filters):  # an epoch is what passes the filters
+            n_usable = int(_filtered(cfg, builder, split).reduce(np.int64(0), lambda n, _: n + 1))
         if n_usable == 0:
             raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
         first_epoch, skip = divmod(position, n_usable)
         logging.info("%s %s: resuming at epoch %d + %d examples (%d of %d usable)",
                      cfg.dataset, split, first_epoch, skip, n_usable, n_total)  # fmt: skip
-    examples = _examples(cfg, builder, split)
+    examples = _filtered(cfg, builder, split, filter_counters)
     if not position and not list(examples.take(1)):
         # Without this, an epoch with no usable example makes the repeat loop spin forever.
         raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")

@@ -25,6 +25,7 @@ import tensorflow as tf
 from contrastive_jax.data import augment, preprocess, records
 from contrastive_jax.data.sources import Source, create_source, parse_sources
 from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.filters import FilterCounters, apply_filters, filters_active
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,22 @@ _MIX_BLOCK = 4096  # choices are drawn in blocks of this size (cheap to recount 
 _NUM_COUNTERS = len(records.COUNTER_KEYS)
 
 
-def curation_hook(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict) -> tf.data.Dataset:
-    """Where curated-data filters plug in: decoded examples in, the kept ones out.
+def curation_hook(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict, source: Source,
+                  counters: FilterCounters | None = None) -> tf.data.Dataset:
+    """Applies `data.filters` to decoded examples ("image" uint8, "caption", "uid", ...).
 
-    Examples carry "image" (uint8 [H, W, C]), "caption", "uid", "label", "score" and
-    "counts". No filters are wired yet, so the stream passes through unchanged. Whatever is
-    wired here runs in the resume counting pass too, so resume stays exact.
+    The filters run in the resume counting pass too (without `counters`), so resume stays
+    exact. MetaCLIP counts its entries over the whole source (all processes' shards), so
+    every process balances with the same counts.
     """
-    del data_config
-    return ds
+    cfg = data_config
+    if not filters_active(cfg.filters):
+        return ds
+    units = source.units(0, 1)
+    pool = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length), cfg)
+    # dataset=None: MetaCLIP's default entries are a TFDS dataset's class names, which
+    # would be the wrong list for these sources; it then needs an entries_file.
+    return apply_filters(ds, cfg.filters, counters=counters, pool=pool, dataset=None)
 
 
 def _decode(channels: int):
@@ -64,8 +72,13 @@ def _count(state, element):
     return (index, counts), {**ex, "counts": counts}
 
 
-def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict) -> tf.data.Dataset:
-    """Canonical records -> decoded usable examples with cumulative "counts" [K]."""
+def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict,
+           source: Source | None = None, counters: FilterCounters | None = None
+           ) -> tf.data.Dataset:
+    """Canonical records -> decoded usable examples with cumulative "counts" [K].
+
+    With a `source`, its `data.filters` apply too (see curation_hook).
+    """
     ds = ds.map(records.check_caption, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.enumerate().map(_decode(data_config.channels), num_parallel_calls=tf.data.AUTOTUNE)
     # A decode error drops the element here; the gap in indices counts it in _count.
@@ -73,7 +86,7 @@ def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict) -> tf.da
     init = (tf.constant(-1, tf.int64), tf.zeros([_NUM_COUNTERS], tf.int64))
     ds = ds.scan(init, _count)
     ds = ds.filter(lambda ex: tf.equal(ex["reason"], records.OK))
-    return curation_hook(ds, data_config)
+    return ds if source is None else curation_hook(ds, data_config, source, counters)
 
 
 def _epoch_records(source: Source, units: list, cfg, seed: int, k: int):
@@ -100,7 +113,7 @@ def usable_per_epoch(source: Source, units: list, cfg, process: tuple[int, int])
     key = (source.name, process, cfg.channels, str(cfg.get("filters", "")))
     if key not in _COUNT_CACHE:
         ds = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
-                    cfg)  # fmt: skip
+                    cfg, source)  # fmt: skip
         _COUNT_CACHE[key] = int(ds.reduce(np.int64(0), lambda acc, _: acc + 1))
     return _COUNT_CACHE[key]
 
@@ -132,7 +145,8 @@ def _augment(cfg, seed: int, stream_id: int, k: int, num_sources: int):
 
 
 def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
-                  process_index: int, process_count: int, start: int) -> tf.data.Dataset:
+                  process_index: int, process_count: int, start: int,
+                  counters: FilterCounters | None = None) -> tf.data.Dataset:
     """Infinite augmented examples of one source for one process, from its `start`-th."""
     units = source.units(process_index, process_count)
     epoch = _epoch_records(source, units, cfg, seed, k)
@@ -144,11 +158,11 @@ def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
         first_epoch, skip = divmod(start, n)
         log.info("%s: resuming at epoch %d + %d examples (%d usable per epoch)", source.name,
                  first_epoch, skip, n)  # fmt: skip
-    elif not list(usable(epoch(tf.constant(0, tf.int64)), cfg).take(1)):
+    elif not list(usable(epoch(tf.constant(0, tf.int64)), cfg, source).take(1)):
         # Without this, a stream with no usable example makes the epoch loop spin forever.
         raise ValueError(f"{source.name}: no usable example for process {process_index}")
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = usable(ds, cfg).skip(skip).enumerate(start=start)
+    ds = usable(ds, cfg, source, counters).skip(skip).enumerate(start=start)
     stream_id = process_index * num_sources + k
     return ds.map(_augment(cfg, seed, stream_id, k, num_sources),
                   num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
@@ -187,6 +201,7 @@ def mixture_positions(weights: Sequence[float], seed: int, position: int) -> lis
 def train_dataset_from_sources(
     data_config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, global_batch_size: int,
     process_index: int = 0, process_count: int = 1, start_example: int = 0, seed: int = 0,
+    filter_counters: FilterCounters | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image", "text", "label", "data_counts" int64 [S, K]}.
 
@@ -201,7 +216,8 @@ def train_dataset_from_sources(
     starts = mixture_positions(weights, seed, position) if len(sources) > 1 else [position]
     streams = [
         source_stream(src, cfg, k=k, num_sources=len(sources), seed=seed,
-                      process_index=process_index, process_count=process_count, start=start)
+                      process_index=process_index, process_count=process_count, start=start,
+                      counters=filter_counters)
         for k, (src, start) in enumerate(zip(sources, starts, strict=True))
     ]  # fmt: skip
     if len(streams) == 1:

@@ -193,13 +193,15 @@ class FashionMnistCaptions(tfds.core.GeneratorBasedBuilder):
 
 
 def build_fashion_mnist_captions(
-    data_dir: str | None, source: str | os.PathLike | None = None
+    data_dir: str | None, source: str | os.PathLike | None = None,
+    name: str = "fashion_mnist_captions",
 ) -> tfds.core.DatasetBuilder:
     """Prepares the dataset under `data_dir` (no-op when already built) and returns its builder.
 
     `source` overrides where the idx files are read from (else env var / Debian's path).
+    `name` selects a registered variant built from the same files (fashion_mnist_noisy).
     """
-    builder = tfds.builder("fashion_mnist_captions", data_dir=data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
         directory = source_dir(source)
         check_source(directory)  # fail before TFDS creates anything, with the install hint

@@ -34,9 +34,8 @@ def load_workdir_config(workdir: str, overrides: Sequence[str] = ()):
     return config
 
 
-def evaluate_workdir(workdir: str, step: int | None = None,
-                     overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Restores `step` (default: latest) and returns the configured eval metrics."""
+def restore_workdir(workdir: str, step: int | None = None, overrides: Sequence[str] = ()):
+    """(config, mesh, state, tokenizer) of a workdir's checkpoint `step` (default: latest)."""
     config = load_workdir_config(workdir, overrides)
     distributed.initialize(config)
     mesh = create_mesh(config.mesh)
@@ -51,5 +50,12 @@ def evaluate_workdir(workdir: str, step: int | None = None,
     state, _ = checkpointer.restore(state, shardings, step=step)
     checkpointer.close()
     tokenizer = Tokenizer(os.path.join(workdir, "tokenizer.model"))
+    return config, mesh, state, tokenizer
+
+
+def evaluate_workdir(workdir: str, step: int | None = None,
+                     overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Restores `step` (default: latest) and returns the configured eval metrics."""
+    config, mesh, state, tokenizer = restore_workdir(workdir, step, overrides)
     metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
     return {"step": int(state.step), **metrics}

@@ -22,6 +22,8 @@ from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
 from contrastive_jax.data.stream import counter_metrics
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
+from contrastive_jax.filters import FilterCounters
+from contrastive_jax.filters.cit import CitSelector
 from contrastive_jax.losses import LossFn, create_loss
 from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel import distributed
@@ -139,10 +141,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config, workdir)
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
+    # CiT reads k * batch_size candidates per step and trains on the batch_size it selects.
+    cit = None
+    if config.train.cit.enabled:
+        cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh)
+    read_size = batch_size * (config.train.cit.oversample if cit else 1)
+    counters = FilterCounters()
     data = iter(train_dataset(
-        config.data, run.tokenizer, global_batch_size=batch_size,
+        config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        start_example=step * batch_size, seed=config.seed).as_numpy_iterator())
+        start_example=step * read_size, seed=config.seed,
+        filter_counters=counters).as_numpy_iterator())
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
@@ -156,7 +165,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if "data_counts" in batch:
                 counts = batch.pop("data_counts")  # cumulative: the latest is the largest
                 data_counts = counts if data_counts is None else np.maximum(data_counts, counts)
-            state, metrics = run.step_fn(state, to_global(batch, run.mesh))
+            batch = to_global(batch, run.mesh)
+            if cit:
+                batch, cit_metrics = cit(state, batch, step)
+            state, metrics = run.step_fn(state, batch)
             step += 1
             bar.update(batch_size)
             run.checkpointer.save(state, examples_seen=step * batch_size)
@@ -166,6 +178,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 metrics["train/lr"] = float(run.schedule(step - 1))
                 if data_counts is not None:
                     metrics.update(data_counter_metrics(data_counts))
+                metrics.update(counters.as_dict())
+                if cit:
+                    metrics.update(jax.device_get(cit_metrics))
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{float(metrics['train/loss']):.4f}")
                 if not np.isfinite(metrics["train/loss"]):

@@ -1,0 +1,146 @@
+"""Composes the filters enabled in `data.filters` on a dataset of single examples.
+
+Examples are {"image": uint8 [H,W,C], "caption": tf.string, "uid": tf.string, "label":
+int32, ...}. Filters run in `order`; each one's kept/dropped counts go to `FilterCounters`.
+Every decision is a function of the example alone (uid hashes for random ones), so a
+filtered stream is as resumable as an unfiltered one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ml_collections
+import tensorflow as tf
+
+from contrastive_jax.filters import metaclip, uid_tables
+from contrastive_jax.filters.basic import basic_predicate
+from contrastive_jax.filters.counters import FilterCounters, Predicate
+
+log = logging.getLogger(__name__)
+
+FILTER_NAMES = ("basic", "dedup", "score", "metaclip")
+
+
+def default_filters_config() -> ml_collections.ConfigDict:
+    """The `data.filters` group: every filter off by default."""
+    return ml_collections.ConfigDict({
+        "order": FILTER_NAMES,  # the enabled ones run in this order
+        "basic": {
+            "enabled": False,
+            # 0 disables a bound.
+            "min_words": 0, "max_words": 0, "min_chars": 0, "max_chars": 0,
+            "min_image_side": 0, "max_aspect_ratio": 0.0,  # long side / short side
+            "languages": (),  # py3langid codes, e.g. ("en",); empty: no language check
+        },
+        # Keep-lists written by `contrastive-jax data dedup`; an example must be in all.
+        "dedup": {"enabled": False, "keep_lists": ()},
+        # Score file written by `contrastive-jax data score`: keep score >= threshold, or
+        # the top fraction (set exactly one).
+        "score": {"enabled": False, "path": "", "threshold": None, "top_fraction": None},
+        "metaclip": {
+            "enabled": False,
+            "entries_file": "",  # one entry per line; "" -> the dataset's class names
+            "t": 20_000,  # per-entry cap of the balancing
+            "counts_path": "",  # entry-count json, written by the first run; "" -> recount
+            "lowercase": False,
+        },
+    })
+
+
+def filters_active(cfg: ml_collections.ConfigDict | None) -> bool:
+    return cfg is not None and any(cfg[name].enabled for name in FILTER_NAMES)
+
+
+def _check_order(cfg: ml_collections.ConfigDict) -> list[str]:
+    order = list(cfg.order)
+    unknown = [name for name in order if name not in FILTER_NAMES]
+    if unknown or len(set(order)) != len(order):
+        raise ValueError(f"config key 'data.filters.order' must list distinct filters of "
+                         f"{', '.join(FILTER_NAMES)}; got {order}")
+    missing = [name for name in FILTER_NAMES if cfg[name].enabled and name not in order]
+    if missing:
+        raise ValueError(f"config key 'data.filters.order' lacks enabled filter(s) {missing}")
+    return order
+
+
+def check_filters_config(cfg: ml_collections.ConfigDict) -> None:
+    """Checks the `data.filters` keys that need no file; ValueError names the key."""
+    _check_order(cfg)
+    if cfg.basic.enabled:
+        basic_predicate(cfg.basic)  # validates its bounds
+    score = cfg.score
+    if score.enabled and (score.threshold is None) == (score.top_fraction is None):
+        raise ValueError("config group 'data.filters.score' needs exactly one of 'threshold' "
+                         "and 'top_fraction'")
+    if cfg.metaclip.enabled and cfg.metaclip.t <= 0:
+        raise ValueError("config key 'data.filters.metaclip.t' must be positive")
+
+
+def _metaclip(cfg, pool: tf.data.Dataset, dataset: str | None,
+              data_dir: str | None) -> Predicate:
+    if cfg.entries_file:
+        entries = metaclip.read_entries(cfg.entries_file)
+    elif dataset:
+        entries = metaclip.dataset_entries(dataset, data_dir)
+    else:
+        raise ValueError("config key 'data.filters.metaclip.entries_file' is needed here")
+    matcher = metaclip.EntryMatcher(entries, cfg.lowercase)
+    if cfg.counts_path and os.path.exists(cfg.counts_path):
+        counts = metaclip.load_counts(cfg.counts_path, entries)
+    else:
+        counts = metaclip.count_entries(metaclip.caption_strings(pool), matcher)
+        log.info("MetaCLIP: counted %d entries over the pool", len(entries))
+        if cfg.counts_path:
+            metaclip.save_counts(cfg.counts_path, entries, counts)
+    return metaclip.metaclip_predicate(matcher, metaclip.keep_probabilities(counts, cfg.t))
+
+
+def _predicate(name: str, cfg, pool: tf.data.Dataset, dataset, data_dir) -> Predicate:
+    if name == "basic":
+        return basic_predicate(cfg)
+    if name == "dedup":
+        if not cfg.keep_lists:
+            raise ValueError("config key 'data.filters.dedup.keep_lists' is empty")
+        preds = [uid_tables.keep_list_predicate(uid_tables.read_keep_list(p))
+                 for p in cfg.keep_lists]
+        return lambda ex: tf.reduce_all(tf.stack([p(ex) for p in preds]))
+    if name == "score":
+        if not cfg.path:
+            raise ValueError("config key 'data.filters.score.path' is empty")
+        uids, scores = uid_tables.read_scores(cfg.path)
+        cut = uid_tables.score_threshold(scores, cfg.threshold, cfg.top_fraction)
+        log.info("score filter: keeping scores >= %.4f from %s", cut, cfg.path)
+        return uid_tables.score_predicate(uids, scores, cut)
+    return _metaclip(cfg, pool, dataset, data_dir)
+
+
+def apply_filters(
+    ds: tf.data.Dataset,
+    filters_cfg: ml_collections.ConfigDict | None,
+    *,
+    counters: FilterCounters | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    pool: tf.data.Dataset | None = None,
+) -> tf.data.Dataset:
+    """`ds` with the enabled filters applied in `filters_cfg.order`.
+
+    `counters` (optional) receives `filters/<name>/kept|dropped`. `dataset` / `data_dir`
+    name the TFDS dataset whose class names are MetaCLIP's default entries. The MetaCLIP
+    counting pass reads the pool as it reaches that filter (after the filters before it);
+    the pool is `ds` unless given (`ds` must then be finite), e.g. when `ds` is infinite.
+    """
+    if not filters_active(filters_cfg):
+        return ds
+    # The pool as seen by each filter, without touching the counters.
+    uncounted = ds if pool is None else pool
+    for name in _check_order(filters_cfg):
+        cfg = filters_cfg[name]
+        if not cfg.enabled:
+            continue
+        predicate = _predicate(name, cfg, uncounted, dataset, data_dir)
+        uncounted = uncounted.filter(predicate)
+        ds = ds.filter(counters.counted(name, predicate) if counters else predicate)
+    return ds

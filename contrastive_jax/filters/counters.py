@@ -1,0 +1,51 @@
+"""Per-filter kept/dropped counters, updated in-graph by tf.data and read by the train loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tensorflow as tf
+
+Predicate = Callable[[dict[str, tf.Tensor]], tf.Tensor]
+
+
+class FilterCounters:
+    """Holds one pair of int64 tf.Variables per filter; `as_dict()` gives the counts.
+
+    Counts are of examples that reached the filter in this process since the pipeline was
+    built (every epoch passes through the filters again, so they keep growing).
+    """
+
+    def __init__(self):
+        self._vars: dict[str, tuple[tf.Variable, tf.Variable]] = {}
+
+    def pair(self, name: str) -> tuple[tf.Variable, tf.Variable]:
+        if name not in self._vars:
+            # Created eagerly (outside any tf.data function), then captured as resources.
+            with tf.init_scope():
+                self._vars[name] = (tf.Variable(0, dtype=tf.int64, trainable=False),
+                                    tf.Variable(0, dtype=tf.int64, trainable=False))
+        return self._vars[name]
+
+    def counted(self, name: str, predicate: Predicate) -> Predicate:
+        """`predicate` that also adds 1 to `name`'s kept or dropped counter."""
+        kept, dropped = self.pair(name)
+
+        def wrapped(ex: dict[str, tf.Tensor]) -> tf.Tensor:
+            keep = tf.convert_to_tensor(predicate(ex), tf.bool)
+            keep = tf.reshape(keep, [])
+            one = tf.cast(keep, tf.int64)
+            updates = [kept.assign_add(one), dropped.assign_add(1 - one)]
+            # Explicit dependency: tf.data could otherwise prune the unused assignments.
+            with tf.control_dependencies(updates):
+                return tf.identity(keep)
+
+        return wrapped
+
+    def as_dict(self) -> dict[str, int]:
+        """{"filters/<name>/kept": n, "filters/<name>/dropped": m} for every filter."""
+        out = {}
+        for name, (kept, dropped) in self._vars.items():
+            out[f"filters/{name}/kept"] = int(kept.numpy())
+            out[f"filters/{name}/dropped"] = int(dropped.numpy())
+        return out
