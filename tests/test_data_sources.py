@@ -189,7 +189,7 @@ def final_counts(cfg) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def bad_corpus(tmp_path_factory):
-    """Sorted read order: a (3 bad reasons + 3 good), b (truncated after 3), c (missing), d."""
+    """Read order: a (3 bad + 3 good), b (truncated after 3), c (missing), d (2 bad + 5 good)."""
     d = tmp_path_factory.mktemp("bad")
     bad = [(b"not an image", "undecodable", 0), (jpeg(), " ", 1), (jpeg(), "", 2)]
     write_shard(str(d / "a.tfrecord"), bad + [(jpeg(), "ok", 3 + i) for i in range(3)])
@@ -203,6 +203,7 @@ def bad_corpus(tmp_path_factory):
         "caption": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"caf\xe9"]))}))
     with tf.io.TFRecordWriter(str(d / "d.tfrecord")) as w:
         w.write(ex.SerializeToString())
+        w.write(b"\x01\x02 not a tf.train.Example")  # does not parse: counted as undecodable
         for i in range(5):
             w.write(records.serialize_example(jpeg(), "ok", "u", 20 + i))
     return d
@@ -212,7 +213,7 @@ def test_bad_records_counted_per_reason(bad_corpus, tmp_path, caplog):
     files = [str(bad_corpus / f"{n}.tfrecord") for n in "abcd"]
     cfg = data_cfg({"kind": "tfrecord", "pattern": files})
     assert final_counts(cfg) == {
-        "data/seen": 3 + 3 + 5, "data/skipped/undecodable_image": 1,
+        "data/seen": 3 + 3 + 5, "data/skipped/undecodable_image": 2,
         "data/skipped/empty_caption": 2, "data/skipped/non_utf8_caption": 1,
         "data/skipped/truncated_shard": 1, "data/skipped/missing_file": 1}  # fmt: skip
     assert "b.tfrecord" in caplog.text and "c.tfrecord" in caplog.text
