@@ -35,7 +35,8 @@ def load_workdir_config(workdir: str, overrides: Sequence[str] = ()):
 
 
 def evaluate_workdir(workdir: str, step: int | None = None,
-                     overrides: Sequence[str] = ()) -> dict[str, Any]:
+                     overrides: Sequence[str] = (),
+                     details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restores `step` (default: latest) and returns the configured eval metrics."""
     config = load_workdir_config(workdir, overrides)
     distributed.initialize(config)
@@ -51,5 +52,5 @@ def evaluate_workdir(workdir: str, step: int | None = None,
     state, _ = checkpointer.restore(state, shardings, step=step)
     checkpointer.close()
     tokenizer = Tokenizer(os.path.join(workdir, "tokenizer.model"))
-    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
+    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh, details)
     return {"step": int(state.step), **metrics}
