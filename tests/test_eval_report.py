@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 from PIL import Image
 
 from contrastive_jax.evaluate import retrieval
@@ -137,3 +138,71 @@ def test_eval_cli_writes_json_and_markdown_report_with_fewshot(trained_workdir, 
     md = open(os.path.join(out, "report.md")).read()
     assert "| fewshot/fashion_mnist/5shot |" in md and "| ankle boot |" in md
     assert Image.open(os.path.join(out, zs["confusion_png"])).format == "PNG"
+
+
+def test_eval_bad_input_is_one_line(trained_workdir, tmp_path, capsys):
+    from contrastive_jax import cli
+
+    base = ["eval", "--workdir", trained_workdir, "--out", str(tmp_path)]
+    # A checkpoint of another architecture than the (overridden) config.
+    assert cli.main(base + ["--config.model.text.width=48"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    # More shots than the training split has for a class (the fake train split: 200 images).
+    assert cli.main(base + ["--config.evals.zeroshot.enabled=False",
+                            "--config.evals.embedding_stats.enabled=False",
+                            "--config.evals.fewshot.enabled=True",
+                            "--config.evals.fewshot.shots=[1,500]"]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than 500 shots" in err and err.count("\n") == 1
+    assert not os.path.exists(os.path.join(str(tmp_path), "report.json"))
+
+
+def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+    from contrastive_jax.evaluate import runner
+    from contrastive_jax.evaluate.embed import encode_images, encode_texts
+    from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.optimizer import create_optimizer
+    from contrastive_jax.train.state import ModelDef, create_train_state
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(11, 28, 28, 1), dtype=np.uint8)
+    captions = [[f"item {i} view {j}" for j in range(1 + i % 4)] for i in range(11)]
+
+    class MultiCaptionToy(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(28, 28, 1)),
+                "captions": tfds.features.Sequence({"text": tfds.features.Text()})}),
+                disable_shuffling=True)
+
+        def _split_generators(self, dl_manager):
+            return {"test": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(11):
+                yield i, {"image": images[i], "captions": {"text": captions[i]}}
+
+    data_dir = str(tmp_path / "tfds")
+    MultiCaptionToy(data_dir=data_dir).download_and_prepare()
+    config = tiny_config(data={"data_dir": data_dir},
+                         evals={"retrieval": {"enabled": True, "name": "toy", "chunk": 4,
+                                              "dataset": "multi_caption_toy", "num_examples": 0}})
+    flat = [c for caps in captions for c in caps]
+    tokenizer = Tokenizer(train_tokenizer(iter(flat * 20), str(tmp_path / "t"), vocab_size=40))
+    mesh = create_mesh(config.mesh)
+    state, _ = create_train_state(config, create_optimizer(config.optimizer, 10)[0], mesh)
+    model_def = ModelDef(config.model)
+    got = runner.run_retrieval(config, model_def, state, tokenizer, mesh)
+    zimg = encode_images(model_def, state, images.astype(np.float32) / 127.5 - 1.0, mesh)
+    ztxt = encode_texts(model_def, state, tokenizer.encode_batch(flat, 8), mesh)
+    owner = np.repeat(np.arange(11), [len(c) for c in captions])
+    want = retrieval.retrieval_recalls(zimg, ztxt, text_image=owner)
+    assert got.keys() == {f"retrieval/toy/{k}" for k in want}
+    for k, v in want.items():
+        assert got[f"retrieval/toy/{k}"] == pytest.approx(v, abs=1e-6), k
