@@ -176,7 +176,7 @@ def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path)
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
                 "image": tfds.features.Image(shape=(28, 28, 1)),
                 "captions": tfds.features.Sequence({"text": tfds.features.Text()})}),
                 disable_shuffling=True)
