@@ -48,23 +48,36 @@ def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = _split_overrides(extra)
     if sum(x is not None for x in (args.workdir, args.export, args.big_vision)) != 1:
         raise ValueError("eval needs exactly one of --workdir, --export, --big-vision")
+    details: dict = {}  # per-class accuracies, confusion matrices: for the report only
     if args.big_vision is not None:
         from contrastive_jax.evaluate.exported import evaluate_big_vision
 
         if args.config is None or args.tokenizer is None:
             raise ValueError("--big-vision needs --config (data and evals) and --tokenizer "
                              "(the checkpoint's sentencepiece model)")
-        result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides)
+        result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides,
+                                     details)
+        source, out = args.big_vision, os.path.dirname(os.path.abspath(args.big_vision))
     elif args.export is not None:
         from contrastive_jax.evaluate.exported import evaluate_export
 
         if args.step is not None:
             raise ValueError("--step applies to --workdir, not --export")
-        result = evaluate_export(args.export, overrides=overrides)
+        result = evaluate_export(args.export, overrides=overrides, details=details)
+        source, out = args.export, args.export
     else:
         from contrastive_jax.evaluate.workdir import evaluate_workdir
 
-        result = evaluate_workdir(args.workdir, step=args.step, overrides=overrides)
+        result = evaluate_workdir(args.workdir, step=args.step, overrides=overrides,
+                                  details=details)
+        source, out = args.workdir, args.workdir
+    import jax
+
+    from contrastive_jax.evaluate.report import write_report
+
+    if jax.process_index() == 0:  # every process computed the same numbers; one writes
+        paths = write_report(args.out or out, result, details, source=source)
+        result = {**result, "report": paths["json"]}
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -202,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="with --big-vision: configs/NAME.py[:k=v]")
     p.add_argument("--tokenizer", default=None, help="with --big-vision: sentencepiece model")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out", default=None, help="where report.json, report.md and confusion "
+                   "PNGs go (default: the workdir / export dir / the .npz's directory)")
     p.set_defaults(run=_cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint's weights for use outside training")

@@ -102,8 +102,18 @@ def default_config() -> ConfigDict:
             ),
             # Alignment and uniformity (Wang & Isola) on paired held-out examples.
             embedding_stats=ConfigDict(dict(enabled=True, num_examples=1000)),
-            # Image-text retrieval recall@1/5/10 on held-out pairs (one caption per image).
-            retrieval=ConfigDict(dict(enabled=False, name="fashion_mnist", num_examples=1000)),
+            # Image-text retrieval recall@1/5/10. dataset "": held-out pairs of the zero-shot
+            # split (one caption per image). A TFDS name: its `split`, with every caption of
+            # `captions_key` (a sequence of texts, e.g. "captions/text") per image (COCO).
+            retrieval=ConfigDict(dict(enabled=False, name="fashion_mnist", num_examples=1000,
+                                      dataset="", split="test", captions_key="captions/text",
+                                      chunk=1024)),
+            # Few-shot linear probe (big_vision's fewshot_lsr): ridge regression on frozen
+            # image embeddings, `shots` per class drawn from train_split, mean over `seeds`.
+            fewshot=ConfigDict(dict(enabled=False, name="fashion_mnist",
+                                    dataset="fashion_mnist_captions", train_split="train",
+                                    test_split="test", shots=[1, 5, 10, 25], l2_reg=2.0**10,
+                                    seeds=3, batch_size=500)),
         )
     )
     return c

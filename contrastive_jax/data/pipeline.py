@@ -249,6 +249,15 @@ def eval_dataset(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
+def labels(data_config: ml_collections.ConfigDict, split: str, dataset: str | None = None):
+    """int64 [N]: the labels of a split in stored order (the images are not decoded)."""
+    cfg = data_config
+    builder = get_builder(dataset or cfg.dataset, cfg.data_dir)
+    ds = _read(builder, split, skip_images=cfg.image_key).map(lambda ex: ex[cfg.label_key])
+    chunks = list(ds.batch(8192).as_numpy_iterator())
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+
+
 def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
     """Yields the (cleaned) captions of a split as str, skipping images; for tokenizer training.
 

@@ -54,8 +54,9 @@ def restore_workdir(workdir: str, step: int | None = None, overrides: Sequence[s
 
 
 def evaluate_workdir(workdir: str, step: int | None = None,
-                     overrides: Sequence[str] = ()) -> dict[str, Any]:
+                     overrides: Sequence[str] = (),
+                     details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restores `step` (default: latest) and returns the configured eval metrics."""
     config, mesh, state, tokenizer = restore_workdir(workdir, step, overrides)
-    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
+    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh, details)
     return {"step": int(state.step), **metrics}

@@ -49,8 +49,11 @@ def attention(width: int, num_heads: int, dtype: Dtype, param_dtype: Dtype,
 
 
 def attention_mask(mask: Array | None) -> Array | None:
-    """[B, L] key-validity mask -> [B, 1, 1, L], broadcastable over heads and queries."""
-    return None if mask is None else mask[:, None, None, :].astype(bool)
+    """[B, L] key-validity mask -> [B, 1, 1, L], broadcastable over heads and queries; a
+    [B, 1, Lq, Lk] mask (e.g. causal) is used as it is."""
+    if mask is None:
+        return None
+    return (mask if mask.ndim == 4 else mask[:, None, None, :]).astype(bool)
 
 
 class MlpBlock(nnx.Module):

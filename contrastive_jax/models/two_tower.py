@@ -17,6 +17,7 @@ Config schema (see `default_config`; None means "take it from the variant"):
     image.channels    input channels (1 for grey-scale, 3 for RGB)
     image.pool        "map" | "gap" | "cls"
     image.posemb      "learn" | "sincos2d"
+    image.pre_norm    LayerNorm before the encoder (CLIP's pre_layrnorm)
     image.head        always project to embed_dim (else only when width != embed_dim)
     text.variant      e.g. "B" (no patch size); fields below override it
     text.{width, depth, mlp_dim, num_heads}
@@ -25,6 +26,8 @@ Config schema (see `default_config`; None means "take it from the variant"):
     text.pool         "last" | "first" | "mean" | "map" | "final" (SigLIP: last position,
                       no pad masking; see TextTransformer)
     text.head         as image.head
+    text.causal       causal self-attention (CLIP's text tower)
+    proj_bias         the projection heads have a bias (CLIP's have none)
 """
 
 from __future__ import annotations
@@ -48,12 +51,14 @@ def default_config() -> ml_collections.ConfigDict:
     """Full two_tower schema with defaults: a tiny SigLIP-style model for 28x28 grey images."""
     tower = dict(variant=None, width=None, depth=None, mlp_dim=None, num_heads=None)
     image = dict(tower, variant="mu/4", patch_size=None, image_size=28, channels=1,
-                 pool="map", posemb="learn", head=True)
-    text = dict(tower, variant="mu", vocab_size=1000, max_len=16, pool="last", head=True)
+                 pool="map", posemb="learn", head=True, pre_norm=False)
+    text = dict(tower, variant="mu", vocab_size=1000, max_len=16, pool="last", head=True,
+                causal=False)
     # type_safe=False: override values may change type (e.g. variant None -> "B/16").
     return ml_collections.ConfigDict(
         dict(name="two_tower", embed_dim=128, temperature_init=10.0, bias_init=-10.0,
-             dtype="float32", param_dtype="float32", remat="none", image=image, text=text),
+             dtype="float32", param_dtype="float32", remat="none", proj_bias=True,
+             image=image, text=text),
         type_safe=False)
 
 
@@ -63,15 +68,16 @@ def l2_normalize(z: jax.Array) -> jax.Array:
     return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
 
 
-def _projection(width: int, embed_dim: int, head: bool, param_dtype: Any,
+def _projection(width: int, embed_dim: int, head: bool, bias: bool, param_dtype: Any,
                 rngs: nnx.Rngs) -> nnx.Linear | None:
     if not head and width == embed_dim:
         return None
     # lecun-normal, not zeros: two zero-initialised heads give zero embeddings and zero
     # gradients for both towers (big_vision's SigLIP configs set head_zeroinit=False too).
     # The head runs in float32: it is small and produces the final embedding.
-    return nnx.Linear(width, embed_dim, dtype=jnp.float32, param_dtype=param_dtype,
-                      kernel_init=nnx.initializers.lecun_normal(), rngs=rngs)
+    return nnx.Linear(width, embed_dim, use_bias=bias, dtype=jnp.float32,
+                      param_dtype=param_dtype, kernel_init=nnx.initializers.lecun_normal(),
+                      rngs=rngs)
 
 
 class TwoTower(nnx.Module):
@@ -92,15 +98,18 @@ class TwoTower(nnx.Module):
 
         isize = resolve_size(img, tower="image", with_patch=True)
         self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
-                       pool=img["pool"], posemb=img["posemb"], dtype=dtype, param_dtype=pdt,
+                       pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
+                       dtype=dtype, param_dtype=pdt,
                        remat=config["remat"], rngs=rngs)
         tsize = resolve_size(txt, tower="text", with_patch=False)
         self.txt = TextTransformer(**tsize, vocab_size=txt["vocab_size"],
-                                   max_len=txt["max_len"], pool=txt["pool"], dtype=dtype,
+                                   max_len=txt["max_len"], pool=txt["pool"],
+                                   causal=txt["causal"], dtype=dtype,
                                    param_dtype=pdt, remat=config["remat"], rngs=rngs)
         pdt = parse_dtype(pdt)
-        self.img_head = _projection(isize["width"], embed_dim, img["head"], pdt, rngs)
-        self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], pdt, rngs)
+        bias = bool(config["proj_bias"])
+        self.img_head = _projection(isize["width"], embed_dim, img["head"], bias, pdt, rngs)
+        self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], bias, pdt, rngs)
 
         self.t_log = nnx.Param(jnp.asarray(math.log(t_init), jnp.float32))
         b_init = config["bias_init"]
