@@ -11,6 +11,8 @@ Config schema (see `default_config`; None means "take it from the variant"):
     param_dtype       parameter dtype, "float32" (t_log and b are always float32)
     remat             per-block rematerialisation: "none" | "full" | "dots_saveable" |
                       "nothing_saveable" | ... (see transformer.REMAT_NAMES)
+    scan_layers       run each tower's blocks under a scan over layers: compile time stops
+                      growing with depth; params are stacked (see models/layer_stack.py)
     image.variant     e.g. "B/16": named size + patch size; fields below override it
     image.{width, depth, mlp_dim, num_heads, patch_size}
     image.image_size  int or (H, W); must be divisible by the patch size
@@ -53,7 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     # type_safe=False: override values may change type (e.g. variant None -> "B/16").
     return ml_collections.ConfigDict(
         dict(name="two_tower", embed_dim=128, temperature_init=10.0, bias_init=-10.0,
-             dtype="float32", param_dtype="float32", remat="none", image=image, text=text),
+             dtype="float32", param_dtype="float32", remat="none", scan_layers=False,
+             image=image, text=text),
         type_safe=False)
 
 
@@ -93,11 +96,13 @@ class TwoTower(nnx.Module):
         isize = resolve_size(img, tower="image", with_patch=True)
         self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
                        pool=img["pool"], posemb=img["posemb"], dtype=dtype, param_dtype=pdt,
-                       remat=config["remat"], rngs=rngs)
+                       remat=config["remat"],
+                       scan_layers=config["scan_layers"], rngs=rngs)
         tsize = resolve_size(txt, tower="text", with_patch=False)
         self.txt = TextTransformer(**tsize, vocab_size=txt["vocab_size"],
                                    max_len=txt["max_len"], pool=txt["pool"], dtype=dtype,
-                                   param_dtype=pdt, remat=config["remat"], rngs=rngs)
+                                   param_dtype=pdt, remat=config["remat"],
+                       scan_layers=config["scan_layers"], rngs=rngs)
         pdt = parse_dtype(pdt)
         self.img_head = _projection(isize["width"], embed_dim, img["head"], pdt, rngs)
         self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], pdt, rngs)
