@@ -34,8 +34,8 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
     """Compiles the step, runs `steps` timed steps, returns examples/s and timings.
 
     Model FLOPs per step come from XLA's cost analysis of the ORDINARY step (one batch, no
-    remat), summed over devices: recomputation by GradCache or remat is overhead, not model
-    work, and XLA counts a loop body once, not once per iteration. With
+    remat, no scan over layers), summed over devices: recomputation by GradCache or remat
+    is overhead, not model work, and XLA counts a loop body once, not once per iteration. With
     `peak_flops_per_sec` (see flops.matmul_peak) the result includes `mfu`.
     """
     mesh = create_mesh(config.mesh)
@@ -46,6 +46,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
     batch = to_global(synthetic_batch(config, local), mesh)
     plain_model = config.model.copy_and_resolve_references()
     plain_model.remat = "none"
+    plain_model.scan_layers = False  # a scanned loop body would be counted once, not per layer
     plain_step = jit_train_step(make_train_step(ModelDef(plain_model), tx, loss_fn),
                                 shardings, mesh)
     flops = compiled_flops(plain_step.lower(state, batch).compile()) * mesh.size
