@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument("--config", default="configs/demo_siglip.py")
     p.add_argument("--depths", type=int, nargs="+", default=[3, 12])
     args = p.parse_args()
+    # Discarded warm-up: the first trace in a process pays one-time costs (imports, caches).
+    compile_seconds(load_config(args.config, ["model.image.depth=1", "model.text.depth=1",
+                                              "mesh.data=1"]))
     for depth in args.depths:
         for scan in (False, True):
             config = load_config(args.config, [f"model.image.depth={depth}",
