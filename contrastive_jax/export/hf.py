@@ -27,6 +27,7 @@ from contrastive_jax.export.native import (
     write_atomically,
 )
 from contrastive_jax.models import complete_config
+from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
 
 
@@ -92,8 +93,9 @@ def _prefixed(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarr
 
 def _encoder(prefix: str, p: dict) -> dict[str, np.ndarray]:
     out = {}
-    for i in sorted(p["blocks"]):
-        block, pre = p["blocks"][i], f"{prefix}.layers.{i}"
+    blocks = unstack_layers({"blocks": p["blocks"]})["blocks"]  # scan_layers: per layer
+    for i in sorted(blocks, key=int):
+        block, pre = blocks[i], f"{prefix}.layers.{i}"
         out |= _prefixed(f"{pre}.layer_norm1", _norm(block["ln1"]))
         out |= _prefixed(f"{pre}.self_attn", _attention(block["attn"]))
         out |= _prefixed(f"{pre}.layer_norm2", _norm(block["ln2"]))

@@ -47,6 +47,7 @@ class TextTransformer(nnx.Module):
         dtype: str | Dtype = "float32",
         param_dtype: str | Dtype = "float32",
         remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         if pool not in POOLS:
@@ -62,7 +63,8 @@ class TextTransformer(nnx.Module):
         init = nnx.initializers.normal(stddev=width**-0.5)  # big_vision's posemb scale
         self.pos_embedding = nnx.Param(init(rngs.params(), (1, max_len, width), pdt))
         self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
-                               param_dtype=pdt, remat=remat, rngs=rngs)
+                               param_dtype=pdt, remat=remat, scan_layers=scan_layers,
+                               rngs=rngs)
         if pool == "map":
             self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
                                     param_dtype=pdt, rngs=rngs)

@@ -11,6 +11,8 @@ Config schema (see `default_config`; None means "take it from the variant"):
     param_dtype       parameter dtype, "float32" (t_log and b are always float32)
     remat             per-block rematerialisation: "none" | "full" | "dots_saveable" |
                       "nothing_saveable" | ... (see transformer.REMAT_NAMES)
+    scan_layers       run each tower's blocks under a scan over layers: compile time stops
+                      growing with depth; params are stacked (see models/layer_stack.py)
     image.variant     e.g. "B/16": named size + patch size; fields below override it
     image.{width, depth, mlp_dim, num_heads, patch_size}
     image.image_size  int or (H, W); must be divisible by the patch size
@@ -58,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(name="two_tower", embed_dim=128, temperature_init=10.0, bias_init=-10.0,
              dtype="float32", param_dtype="float32", remat="none", proj_bias=True,
+             scan_layers=False,
              image=image, text=text),
         type_safe=False)
 
@@ -99,13 +102,14 @@ class TwoTower(nnx.Module):
         isize = resolve_size(img, tower="image", with_patch=True)
         self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
                        pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
-                       dtype=dtype, param_dtype=pdt,
-                       remat=config["remat"], rngs=rngs)
+                       dtype=dtype, param_dtype=pdt, remat=config["remat"],
+                       scan_layers=config["scan_layers"], rngs=rngs)
         tsize = resolve_size(txt, tower="text", with_patch=False)
         self.txt = TextTransformer(**tsize, vocab_size=txt["vocab_size"],
                                    max_len=txt["max_len"], pool=txt["pool"],
-                                   causal=txt["causal"], dtype=dtype,
-                                   param_dtype=pdt, remat=config["remat"], rngs=rngs)
+                                   causal=txt["causal"], dtype=dtype, param_dtype=pdt,
+                                   remat=config["remat"], scan_layers=config["scan_layers"],
+                                   rngs=rngs)
         pdt = parse_dtype(pdt)
         bias = bool(config["proj_bias"])
         self.img_head = _projection(isize["width"], embed_dim, img["head"], bias, pdt, rngs)

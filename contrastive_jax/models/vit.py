@@ -52,6 +52,7 @@ class ViT(nnx.Module):
         dtype: str | Dtype = "float32",
         param_dtype: str | Dtype = "float32",
         remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         if pool not in POOLS:
@@ -79,7 +80,8 @@ class ViT(nnx.Module):
             self.cls = nnx.Param(jnp.zeros((1, 1, width), pdt))
         self.pre_norm = layer_norm(width, pdt, rngs) if pre_norm else None
         self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
-                               param_dtype=pdt, remat=remat, rngs=rngs)
+                               param_dtype=pdt, remat=remat, scan_layers=scan_layers,
+                               rngs=rngs)
         if pool == "map":
             self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
                                     param_dtype=pdt, rngs=rngs)
