@@ -26,6 +26,8 @@ from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_from import init_params
+from contrastive_jax.train.lock import check_patterns, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
@@ -117,17 +119,24 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
+    lock = lock_patterns(config.train.locked)
+    check_patterns(state.params, lock)
     checkpointer = Checkpointer(workdir, config)
     if checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
         log.info("resumed from step %d", int(state.step))
+    elif config.train.init_from.path:
+        params, copied = init_params(state.params, config.train.init_from)
+        state = state.replace(params=params)
+        log.info("initialised %d params from %s", len(copied), config.train.init_from.path)
 
     loss_fn = loss_from_config(config, mesh)
     model_def = ModelDef(config.model)
     step_fn = jit_train_step(
         make_train_step(model_def, tx, loss_fn,
                         labels_as_positives=config.loss.positives == "labels",
-                        microbatches=config.train.microbatches, mesh=mesh),
+                        microbatches=config.train.microbatches, mesh=mesh, lock=lock,
+                        cached_image_embeddings=config.train.embedding_cache.enabled),
         shardings, mesh)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
 
