@@ -25,7 +25,9 @@ from contrastive_jax.losses import LossFn, create_loss
 from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.embedding_cache import check_image_tower_locked
 from contrastive_jax.train.init_from import init_params
 from contrastive_jax.train.lock import check_patterns, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
@@ -147,10 +149,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     run = setup(config, workdir)
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
+    cached = None
+    if config.train.embedding_cache.enabled:
+        check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
+        cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
+                                               run.mesh)
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=batch_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        start_example=step * batch_size, seed=config.seed).as_numpy_iterator())
+        start_example=step * batch_size, seed=config.seed,
+        image_embeddings=cached).as_numpy_iterator())
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
