@@ -123,6 +123,16 @@ def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_lit(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.lit import bench_lit
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    for result in bench_lit(config, steps=args.steps):
+        _print_json(result)
+    return 0
+
+
 def _cmd_bench_loss_memory(args: argparse.Namespace, extra: Sequence[str]) -> int:
     _simulate_cpu_devices()
     from contrastive_jax.bench.loss_memory import loss_memory_table
@@ -179,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-size", type=int, default=2048,
                    help="side of the float32 matmul whose speed is the MFU peak")
     p.set_defaults(run=_cmd_bench_step)
+
+    p = bench_sub.add_parser(
+        "lit", help="LiT step time: unlocked vs locked image tower vs cached embeddings")
+    p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
+    p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
+    p.set_defaults(run=_cmd_bench_lit)
 
     from contrastive_jax.bench.variants import LOSS_VARIANT_NAMES
 

@@ -1,6 +1,7 @@
 """LiT locking: locked params get no optimizer state, no gradient and no backward pass."""
 
 import math
+import re
 
 import jax
 import ml_collections
@@ -154,3 +155,17 @@ def test_locked_step_builds_no_image_backward(sgd_steps):
     saved = sgd_steps["free"][1] - sgd_steps["locked"][1]
     image_forward = sgd_steps["image_forward"]
     assert 1.7 * image_forward < saved < 2.3 * image_forward, (saved, image_forward)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.locked.patterns=['img/(']", "bad regex"),
+    ("train.init_from.tower=images", "train.init_from.tower"),
+    ("train.init_from.reinit=['(']", "train.init_from.reinit"),
+    ("data.flip=True", "data.flip=False"),
+])
+def test_lit_config_errors_are_one_line(override, message):
+    from contrastive_jax.config import ConfigError, load_config
+
+    overrides = ["train.embedding_cache.enabled=True", override]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("configs/demo_siglip.py", overrides)
