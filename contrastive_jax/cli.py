@@ -178,6 +178,16 @@ def _cmd_bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_lit(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.lit import bench_lit
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    for result in bench_lit(config, steps=args.steps):
+        _print_json(result)
+    return 0
+
+
 def _cmd_bench_loss_memory(args: argparse.Namespace, extra: Sequence[str]) -> int:
     _simulate_cpu_devices()
     from contrastive_jax.bench.loss_memory import loss_memory_table
@@ -252,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", nargs="+", default=["tfrecord"], choices=("tfrecord", "wds"),
                    help="source kinds to time (the same JPEGs in TFRecords or tars)")
     p.set_defaults(run=_cmd_bench_data)
+
+        "lit", help="LiT step time: unlocked vs locked image tower vs cached embeddings")
+    p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
+    p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
+    p.set_defaults(run=_cmd_bench_lit)
 
     from contrastive_jax.bench.variants import LOSS_VARIANT_NAMES
 

@@ -74,6 +74,18 @@ def default_config() -> ConfigDict:
             microbatches=1,
             compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
             cit=default_cit_config(),  # curation in training (contrastive_jax/filters/cit.py)
+            # LiT: locked params get no optimizer state, no weight decay, no backward pass.
+            # image / text lock a whole tower with its head; patterns: regexes on param
+            # paths like 'img/encoder/blocks/0/mlp/fc1/kernel' (see train/lock.py).
+            locked=ConfigDict(dict(image=False, text=False, patterns=())),
+            # Fresh runs copy params from a workdir, an export dir, an exported .npz or a
+            # big_vision .npz; tower: image | text | both | all (all: with t and b too).
+            # reinit: regexes of copied-tower params to keep freshly initialised;
+            # drop_heads: re-initialise the selected towers' projection heads.
+            init_from=ConfigDict(dict(path="", tower="both", reinit=(), drop_heads=False)),
+            # Precompute the locked image tower's embeddings of the train split once and
+            # train on them (the image tower is not run); dir "" -> WORKDIR/embedding_cache.
+            embedding_cache=ConfigDict(dict(enabled=False, dir="")),
         )
     )
     c.optimizer = ConfigDict(
@@ -281,8 +293,40 @@ def validate(config: ConfigDict) -> None:
         check_filters_config(config.data.filters)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _validate_lit(config)
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
+
+
+def _validate_lit(config: ConfigDict) -> None:
+    from contrastive_jax.train.init_from import TOWERS
+
+    train = config.train
+    for key, patterns in (("locked.patterns", train.locked.patterns),
+                          ("init_from.reinit", train.init_from.reinit)):
+        for p in patterns:
+            try:
+                re.compile(p)
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"config key 'train.{key}': bad regex {p!r}: {e}") from e
+    if train.init_from.tower not in TOWERS:
+        raise ConfigError(f"config key 'train.init_from.tower' must be one of {TOWERS}")
+    if train.embedding_cache.enabled:
+        if config.data.flip:
+            raise ConfigError("config key 'train.embedding_cache.enabled' needs "
+                              "'data.flip=False': a cached embedding is of the unflipped image")
+        basic = config.data.filters.basic
+        conflicts = {
+            "train.microbatches > 1": train.microbatches > 1,
+            "data.sources": bool(config.data.sources),  # the cache reads the TFDS split
+            "train.cit.enabled": train.cit.enabled,  # untested with cached images
+            "data.filters.basic image bounds": basic.enabled and bool(
+                basic.min_image_side or basic.max_aspect_ratio),  # images are not decoded
+        }
+        for key, conflict in conflicts.items():
+            if conflict:
+                raise ConfigError(f"config key 'train.embedding_cache.enabled' does not "
+                                  f"combine with '{key}'")
 
 
 def config_to_json(config: ConfigDict) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 
 from contrastive_jax.bench.flops import compiled_flops
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train.lock import lock_patterns
 from contrastive_jax.train.loop import loss_from_config
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
@@ -18,15 +19,23 @@ from contrastive_jax.train.step import jit_train_step, make_train_step
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+    """Random inputs of the config's shapes; unit "image_embedding"s instead of images when
+    `train.embedding_cache` is on (the step then reads those)."""
     rng = np.random.default_rng(0)
     image = config.model.image
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
     vocab, length = config.model.text.vocab_size, config.data.max_len
-    return {
-        "image": rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(np.float32),
+    batch = {
         "text": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
         "label": np.arange(batch_size, dtype=np.int32),
     }
+    if config.train.embedding_cache.enabled:
+        z = rng.normal(size=(batch_size, config.model.embed_dim)).astype(np.float32)
+        batch["image_embedding"] = z / np.linalg.norm(z, axis=1, keepdims=True)
+    else:
+        batch["image"] = rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(
+            np.float32)
+    return batch
 
 
 def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
@@ -47,12 +56,15 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
     plain_model = config.model.copy_and_resolve_references()
     plain_model.remat = "none"
     plain_model.scan_layers = False  # a scanned loop body would be counted once, not per layer
-    plain_step = jit_train_step(make_train_step(ModelDef(plain_model), tx, loss_fn),
+    # Locked params and cached embeddings change the model work itself, so both count.
+    lit = dict(lock=lock_patterns(config.train.locked),
+               cached_image_embeddings=config.train.embedding_cache.enabled)
+    plain_step = jit_train_step(make_train_step(ModelDef(plain_model), tx, loss_fn, **lit),
                                 shardings, mesh)
     flops = compiled_flops(plain_step.lower(state, batch).compile()) * mesh.size
     step_fn = jit_train_step(
         make_train_step(ModelDef(config.model), tx, loss_fn,
-                        microbatches=config.train.microbatches, mesh=mesh),
+                        microbatches=config.train.microbatches, mesh=mesh, **lit),
         shardings, mesh)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
@@ -80,6 +92,8 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
         "compile_s": round(compile_s, 2),
         "microbatches": config.train.microbatches,
         "remat": config.model.remat,
+        "locked": list(lit["lock"]),
+        "embedding_cache": lit["cached_image_embeddings"],
         "flops_per_step": flops,
         "flops_per_sec": flops / seconds,
     }

@@ -98,8 +98,12 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, skip_images: str | None
     return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
 
 
-def _examples(cfg: ml_collections.ConfigDict, builder, split: str) -> tf.data.Dataset:
-    """Image/caption/label/uid records of `split` with empty captions removed (and logged)."""
+def _examples(cfg: ml_collections.ConfigDict, builder, split: str,
+              skip_images: bool = False) -> tf.data.Dataset:
+    """Image/caption/label/uid records of `split` with empty captions removed (and logged).
+
+    `skip_images`: images stay encoded bytes (never decoded), for streams that do not use them.
+    """
     features = builder.info.features
 
     def select(ex):
@@ -108,7 +112,8 @@ def _examples(cfg: ml_collections.ConfigDict, builder, split: str) -> tf.data.Da
         out["uid"] = ex["uid"] if "uid" in features.keys() else tf.constant("")
         return out
 
-    ds = _read(builder, split).map(select, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _read(builder, split, skip_images=cfg.image_key if skip_images else None)
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.filter(lambda ex: preprocess.valid_caption(ex["caption"], ex["uid"]))
 
 
@@ -134,9 +139,10 @@ def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[in
     return int(usable), int(total)
 
 
-def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None):
-    return filters.apply_filters(_examples(cfg, builder, split), cfg.filters, counters=counters,
-                         dataset=cfg.dataset, data_dir=cfg.data_dir)
+def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None,
+              skip_images: bool = False) -> tf.data.Dataset:
+    return filters.apply_filters(_examples(cfg, builder, split, skip_images), cfg.filters,
+                                 counters=counters, dataset=cfg.dataset, data_dir=cfg.data_dir)
 
 
 def train_dataset(
@@ -149,6 +155,7 @@ def train_dataset(
     start_example: int = 0,
     seed: int = 0,
     filter_counters: filters.FilterCounters | None = None,
+    image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
 
@@ -156,6 +163,9 @@ def train_dataset(
     of the split. The stream resumes exactly at `start_example` (see module docstring).
     With `data.sources`, see data/stream.py (batches then carry "data_counts" too).
     `data.filters` apply to the examples of every epoch; `filter_counters` gets their counts.
+    `image_embeddings` = (uids [N], embeddings [N, D]): batches carry "image_embedding"
+    [b, D] looked up by each example's uid instead of "image" (images are not decoded). The
+    stream's order and resume positions are the same as with images.
     """
     cfg = data_config
     if global_batch_size % process_count or start_example % process_count:
@@ -188,7 +198,8 @@ def train_dataset(
         first_epoch, skip = divmod(position, n_usable)
         logging.info("%s %s: resuming at epoch %d + %d examples (%d of %d usable)",
                      cfg.dataset, split, first_epoch, skip, n_usable, n_total)  # fmt: skip
-    examples = _filtered(cfg, builder, split, filter_counters)
+    examples = _filtered(cfg, builder, split, filter_counters,
+                         skip_images=image_embeddings is not None)
     if not position and not list(examples.take(1)):
         # Without this, an epoch with no usable example makes the repeat loop spin forever.
         raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
@@ -209,16 +220,57 @@ def train_dataset(
         ds = ds.enumerate(start=position).map(flip, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch, drop_remainder=True)
 
+    lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
+
     def finish(batch):
         captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
-        return {
-            "image": preprocess.scale_images(batch["image"], cfg.value_range, cfg.image_size),
-            "text": tokenizer.tf_tokenize(captions, cfg.max_len),
-            "label": batch["label"],
-        }
+        out = {"text": tokenizer.tf_tokenize(captions, cfg.max_len), "label": batch["label"]}
+        if lookup is None:
+            out["image"] = preprocess.scale_images(batch["image"], cfg.value_range,
+                                                   cfg.image_size)
+        else:
+            out["image_embedding"] = lookup(batch["uid"])
+        return out
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _embedding_lookup(uids: np.ndarray, embeddings: np.ndarray):
+    """uid string tensor [b] -> rows of `embeddings` [b, D]; an unknown uid is an error."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(uids, tf.string),
+                                            tf.range(len(uids), dtype=tf.int64)),
+        default_value=-1)
+    rows = tf.constant(embeddings, tf.float32)
+
+    def lookup(uid: tf.Tensor) -> tf.Tensor:
+        index = table.lookup(uid)
+        check = tf.debugging.assert_non_negative(
+            index, message="embedding cache has no entry for an example's uid; delete the "
+                           "cache to rebuild it")
+        with tf.control_dependencies([check]):
+            return tf.gather(rows, index)
+
+    return lookup
+
+
+def uid_image_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int):
+    """Yields {"uid" [n], "image" f32 [n,H,W,C]} numpy batches of all of `split`, in stored
+    order (n = batch_size, except the last); for precomputing image embeddings."""
+    cfg = data_config
+    builder = get_builder(cfg.dataset, cfg.data_dir)
+    if "uid" not in builder.info.features.keys():
+        raise ValueError(f"dataset {cfg.dataset!r} has no 'uid' feature, which an embedding "
+                         f"cache is keyed by")
+
+    def finish(batch):
+        return {"uid": batch["uid"],
+                "image": preprocess.scale_images(batch[cfg.image_key], cfg.value_range,
+                                                 cfg.image_size)}
+
+    ds = _read(builder, split).batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    yield from ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
 
 
 def eval_dataset(

@@ -28,7 +28,11 @@ from contrastive_jax.losses import LossFn, create_loss
 from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.embedding_cache import check_image_tower_locked
+from contrastive_jax.train.init_from import init_params
+from contrastive_jax.train.lock import check_patterns, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
@@ -120,17 +124,24 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
+    lock = lock_patterns(config.train.locked)
+    check_patterns(state.params, lock)
     checkpointer = Checkpointer(workdir, config)
     if checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
         log.info("resumed from step %d", int(state.step))
+    elif config.train.init_from.path:
+        params, copied = init_params(state.params, config.train.init_from)
+        state = state.replace(params=params)
+        log.info("initialised %d params from %s", len(copied), config.train.init_from.path)
 
     loss_fn = loss_from_config(config, mesh)
     model_def = ModelDef(config.model)
     step_fn = jit_train_step(
         make_train_step(model_def, tx, loss_fn,
                         labels_as_positives=config.loss.positives == "labels",
-                        microbatches=config.train.microbatches, mesh=mesh),
+                        microbatches=config.train.microbatches, mesh=mesh, lock=lock,
+                        cached_image_embeddings=config.train.embedding_cache.enabled),
         shardings, mesh)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
 
@@ -147,11 +158,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh)
     read_size = batch_size * (config.train.cit.oversample if cit else 1)
     counters = FilterCounters()
+    cached = None
+    if config.train.embedding_cache.enabled:
+        check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
+        cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
+                                               run.mesh)
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_example=step * read_size, seed=config.seed,
-        filter_counters=counters).as_numpy_iterator())
+        filter_counters=counters, image_embeddings=cached).as_numpy_iterator())
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
