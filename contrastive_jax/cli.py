@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source kinds to time (the same JPEGs in TFRecords or tars)")
     p.set_defaults(run=_cmd_bench_data)
 
+    p = bench_sub.add_parser(
         "lit", help="LiT step time: unlocked vs locked image tower vs cached embeddings")
     p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
     p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
