@@ -21,12 +21,13 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     rng = np.random.default_rng(0)
     image = config.model.image
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
-    vocab, length = config.model.text.vocab_size, config.data.max_len
-    return {
-        "image": rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(np.float32),
-        "text": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
-        "label": np.arange(batch_size, dtype=np.int32),
-    }
+    images = rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(np.float32)
+    if "text" in config.model:
+        vocab, length = config.model.text.vocab_size, config.data.max_len
+        text = rng.integers(3, vocab, (batch_size, length)).astype(np.int32)
+    else:  # one tower (CLIPPO): the text is a rendered image of the image's shape
+        text = rng.uniform(-1, 1, images.shape).astype(np.float32)
+    return {"image": images, "text": text, "label": np.arange(batch_size, dtype=np.int32)}
 
 
 def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
