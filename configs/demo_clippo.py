@@ -14,7 +14,7 @@ renders prompt templates that never occur in training captions.
 import ml_collections
 
 
-def get_config(steps: int = 400, text_pair_fraction: float = 0.25) -> ml_collections.ConfigDict:
+def get_config(steps: int = 600, text_pair_fraction: float = 0.25) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = dict(
         name="one_tower",
