@@ -206,6 +206,15 @@ def _cmd_bench_max_batch(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_render(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.render import bench_render
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    _print_json(bench_render(config.data, batch_size=args.batch_size, batches=args.batches))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="contrastive-jax", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -288,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--dim", type=int, default=512, help="embedding size")
     p.set_defaults(run=_cmd_bench_max_batch)
+
+    p = bench_sub.add_parser("render", help="caption rendering (CLIPPO) examples/s per core")
+    p.add_argument("--config", default="configs/demo_clippo.py",
+                   help="configs/NAME.py[:k=v,...] with data.render settings")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batches", type=int, default=40, help="timed batches after warm-up")
+    p.set_defaults(run=_cmd_bench_render)
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
                                                                       required=True)

@@ -228,6 +228,8 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
         if part not in node or not isinstance(node[part], ConfigDict):
             raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r}")
         node = node[part]
+    if dotted == "model.name":
+        use_model_schema(config, text)
     value = _parse_value(text)
     # A string default keeps the override a string: `--config.data.dataset=123` is a name.
     if leaf in node and isinstance(node[leaf], str):
@@ -235,10 +237,25 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
     merge_into(node, {leaf: value}, prefix=".".join(parents) + "." if parents else "")
 
 
+def use_model_schema(config: ConfigDict, name: Any) -> None:
+    """Makes `config.model` the default schema of model `name` (models differ in keys)."""
+    from contrastive_jax.models import default_model_config, known_models
+
+    if name == config.model.get("name"):
+        return
+    if name not in known_models():
+        raise ConfigError(f"config key 'model.name': unknown model {name!r} "
+                          f"(known: {', '.join(known_models())})")
+    config.model = default_model_config(name)
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """Loads `spec`, validates it against the schema and applies `a.b=v` overrides."""
     config = default_config()
-    merge_into(config, load_config_file(spec))
+    loaded = load_config_file(spec)
+    if isinstance(loaded.get("model"), (ConfigDict, dict)) and "name" in loaded["model"]:
+        use_model_schema(config, loaded["model"]["name"])
+    merge_into(config, loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -265,7 +282,8 @@ def validate(config: ConfigDict) -> None:
     if k < 1 or config.train.batch_size % k:
         raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "
                           f"'train.batch_size' ({config.train.batch_size})")
-    text_len = config.model.text.max_len
+    _validate_rendering(config)
+    text_len = config.model.text.max_len if "text" in config.model else None
     if text_len is not None and config.data.max_len > text_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
                           f"'model.text.max_len' ({text_len})")
@@ -327,6 +345,36 @@ def _validate_lit(config: ConfigDict) -> None:
             if conflict:
                 raise ConfigError(f"config key 'train.embedding_cache.enabled' does not "
                                   f"combine with '{key}'")
+
+
+def _validate_rendering(config: ConfigDict) -> None:
+    """A one-tower model reads rendered captions of its own input shape; two towers tokens."""
+    render, image = config.data.render, config.model.image
+    one_tower = config.model.name == "one_tower"
+    if one_tower != bool(render.enabled):
+        raise ConfigError(f"config key 'data.render.enabled' must be {one_tower} for model "
+                          f"{config.model.name!r} (one_tower reads rendered captions)")
+    if not one_tower:
+        return
+    for key, on in (("data.sources", bool(config.data.sources)),  # rendering is on the TFDS path
+                    ("train.cit.enabled", config.train.cit.enabled),  # CiT embeds tokens
+                    ("train.embedding_cache.enabled", config.train.embedding_cache.enabled)):
+        if on:
+            raise ConfigError(f"config key '{key}' is not supported with model 'one_tower'")
+    if image.image_size != config.data.image_size:
+        raise ConfigError(f"config key 'model.image.image_size' ({image.image_size}) must equal "
+                          f"'data.image_size' ({config.data.image_size}): one tower sees both")
+    if render.channels != image.channels:
+        raise ConfigError(f"config key 'data.render.channels' ({render.channels}) must equal "
+                          f"'model.image.channels' ({image.channels})")
+    if not 0.0 <= render.text_pair_fraction <= 1.0:
+        raise ConfigError("config key 'data.render.text_pair_fraction' must be in [0, 1]")
+    from contrastive_jax.data.render_text import canvas_scale
+
+    try:
+        canvas_scale(config.data.image_size, render.font_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def config_to_json(config: ConfigDict) -> str:

@@ -24,11 +24,13 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     rng = np.random.default_rng(0)
     image = config.model.image
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
-    vocab, length = config.model.text.vocab_size, config.data.max_len
-    batch = {
-        "text": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
-        "label": np.arange(batch_size, dtype=np.int32),
-    }
+    batch = {"label": np.arange(batch_size, dtype=np.int32)}
+    if "text" in config.model:
+        vocab, length = config.model.text.vocab_size, config.data.max_len
+        batch["text"] = rng.integers(3, vocab, (batch_size, length)).astype(np.int32)
+    else:  # one tower (CLIPPO): the text is a rendered image of the image's shape
+        batch["text"] = rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(
+            np.float32)
     if config.train.embedding_cache.enabled:
         z = rng.normal(size=(batch_size, config.model.embed_dim)).astype(np.float32)
         batch["image_embedding"] = z / np.linalg.norm(z, axis=1, keepdims=True)

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from contrastive_jax import filters
 from contrastive_jax.data import preprocess
+from contrastive_jax.data.render_text import TextRenderer, default_render_config, text_pairs
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
 
@@ -64,6 +65,7 @@ def default_data_config() -> ml_collections.ConfigDict:
                 "word_swaps": 0,  # EDA: random word swaps per caption
             },
             "filters": filters.default_filters_config(),  # see contrastive_jax/filters
+            "render": default_render_config(),  # CLIPPO: captions rendered as images
         }
     )
 
@@ -147,7 +149,7 @@ def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None 
 
 def train_dataset(
     data_config: ml_collections.ConfigDict,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | TextRenderer,
     *,
     global_batch_size: int,
     process_index: int = 0,
@@ -158,6 +160,10 @@ def train_dataset(
     image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
+
+    With a `TextRenderer` for `tokenizer` (CLIPPO), "text" is the rendered captions
+    f32 [b,H,W,C] and `data.render.text_pair_fraction` of the images become renderings of
+    another caption of the same label.
 
     b = global_batch_size // process_count. Each process reads a disjoint, equal-sized part
     of the split. The stream resumes exactly at `start_example` (see module docstring).
@@ -218,19 +224,24 @@ def train_dataset(
             return {**ex, "image": preprocess.random_flip(ex["image"], key)}
 
         ds = ds.enumerate(start=position).map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
+    # Batches numbered by their position in the stream: the text-pair choice is keyed by it.
+    ds = ds.batch(local_batch, drop_remainder=True).enumerate(start=position // local_batch)
+    pair_fraction = cfg.render.text_pair_fraction if cfg.render.enabled else 0.0
 
     lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
 
-    def finish(batch):
+    def finish(index, batch):
         captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
-        out = {"text": tokenizer.tf_tokenize(captions, cfg.max_len), "label": batch["label"]}
-        if lookup is None:
-            out["image"] = preprocess.scale_images(batch["image"], cfg.value_range,
-                                                   cfg.image_size)
-        else:
+        text = tokenizer.tf_tokenize(captions, cfg.max_len)
+        out = {"text": text, "label": batch["label"]}
+        if lookup is not None:
             out["image_embedding"] = lookup(batch["uid"])
-        return out
+            return out
+        image = preprocess.scale_images(batch["image"], cfg.value_range, cfg.image_size)
+        if pair_fraction > 0:
+            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + process_index, index])
+            image = text_pairs(image, text, batch["label"], pair_fraction, key)
+        return {**out, "image": image}
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
@@ -333,12 +344,22 @@ def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
 TOKENIZER_CAPTIONS = 1_000_000  # per source; plenty for a sentencepiece model
 
 
-def ensure_tokenizer(data_config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
+def text_renderer(data_config: ml_collections.ConfigDict) -> TextRenderer:
+    """Renders captions as the data's images (CLIPPO), in the image value range."""
+    return TextRenderer(data_config.render, image_size=data_config.image_size,
+                        value_range=data_config.value_range, lowercase=data_config.lowercase)
+
+
+def ensure_tokenizer(data_config: ml_collections.ConfigDict,
+                     workdir: str) -> Tokenizer | TextRenderer:
     """The configured tokenizer; without a path, one trained on the train captions.
 
     The trained model is saved as `workdir/tokenizer.model` and reused when present, so a
-    resumed run tokenises exactly as before.
+    resumed run tokenises exactly as before. With `data.render.enabled` (CLIPPO) the
+    captions are rendered instead, and this returns the renderer.
     """
+    if data_config.render.enabled:
+        return text_renderer(data_config)
     if data_config.tokenizer.path:
         return Tokenizer(data_config.tokenizer.path)
     path = os.path.join(workdir, "tokenizer.model")

@@ -52,6 +52,7 @@ def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state:
     data_config = config.data.copy_and_resolve_references()
     data_config.train_split = config.evals.zeroshot.split
     data_config.flip = False
+    data_config.render.text_pair_fraction = 0.0  # real image-caption pairs only (CLIPPO)
     batch = next(pipeline.train_dataset(data_config, tokenizer, global_batch_size=n,
                                         seed=0).as_numpy_iterator())
     zimg = encode_images(model_def, state, batch["image"], mesh)

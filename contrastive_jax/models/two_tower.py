@@ -92,12 +92,7 @@ class TwoTower(nnx.Module):
     def __init__(self, config: Mapping[str, Any], *, rngs: nnx.Rngs):
         img, txt = config["image"], config["text"]
         dtype, pdt = config["dtype"], config["param_dtype"]
-        embed_dim = int(config["embed_dim"])
-        if embed_dim <= 0:
-            raise ValueError(f"embed_dim must be positive, got {embed_dim}.")
-        t_init = float(config["temperature_init"])
-        if not t_init > 0:
-            raise ValueError(f"temperature_init must be > 0, got {t_init}.")
+        embed_dim = self._init_scale_and_bias(config)
 
         isize = resolve_size(img, tower="image", with_patch=True)
         self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
@@ -115,9 +110,18 @@ class TwoTower(nnx.Module):
         self.img_head = _projection(isize["width"], embed_dim, img["head"], bias, pdt, rngs)
         self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], bias, pdt, rngs)
 
+    def _init_scale_and_bias(self, config: Mapping[str, Any]) -> int:
+        """Checks embed_dim and temperature_init, creates t_log and b; returns embed_dim."""
+        embed_dim = int(config["embed_dim"])
+        if embed_dim <= 0:
+            raise ValueError(f"embed_dim must be positive, got {embed_dim}.")
+        t_init = float(config["temperature_init"])
+        if not t_init > 0:
+            raise ValueError(f"temperature_init must be > 0, got {t_init}.")
         self.t_log = nnx.Param(jnp.asarray(math.log(t_init), jnp.float32))
         b_init = config["bias_init"]
         self.b = None if b_init is None else nnx.Param(jnp.asarray(b_init, jnp.float32))
+        return embed_dim
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """images [B, H, W, C] float32 -> [B, D] unit-norm float32."""

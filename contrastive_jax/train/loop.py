@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 
 from contrastive_jax.config import config_to_json
 from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
+from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import counter_metrics
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
@@ -87,7 +88,10 @@ def enable_compilation_cache(directory: str | None) -> None:
         jax.config.update("jax_compilation_cache_dir", directory)
 
 
-def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+def check_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer | TextRenderer) -> None:
+    if "text" not in config.model:  # one tower: rendered captions, no vocabulary
+        return
+    vocab_size = tokenizer.vocab_size
     if vocab_size > config.model.text.vocab_size:
         raise ValueError(f"tokenizer has {vocab_size} pieces but config key "
                          f"'model.text.vocab_size' is {config.model.text.vocab_size}")
@@ -99,7 +103,7 @@ class Run:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | TextRenderer  # TextRenderer: CLIPPO renders captions
     model_def: ModelDef
     state: TrainState
     step_fn: StepFn
@@ -120,7 +124,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         ensure_tokenizer(config.data, workdir)
     multihost_utils.sync_global_devices("tokenizer ready")
     tokenizer = ensure_tokenizer(config.data, workdir)
-    check_vocab(config, tokenizer.vocab_size)
+    check_vocab(config, tokenizer)
 
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
