@@ -121,8 +121,11 @@ def test_exact_resume_with_augmentation(corpus, tokenizer, process_count):
     for p in range(process_count):
         kw = dict(process_index=p, process_count=process_count)
         full = batches(cfg, tokenizer, 9, **kw)
-        # Step 7 is inside the second epoch (24 examples per epoch over all processes).
-        assert_same(full[7:], batches(cfg, tokenizer, 2, start_example=4 * 7, **kw))
+        # Step 3 is inside the first epoch (24 examples per epoch over all processes), where
+        # resume counts no further than its position; step 7 is inside the second epoch.
+        for step in (3, 7):
+            assert_same(full[step : step + 2],
+                        batches(cfg, tokenizer, 2, start_example=4 * step, **kw))
 
 
 def test_mixing_follows_weights_and_resumes(corpus, tokenizer):

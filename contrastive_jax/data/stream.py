@@ -7,10 +7,11 @@ seed from (seed, source, e), `cycle_length` files interleaved in parallel
 pass the caption check and a guarded decode; bad ones are counted per reason and dropped.
 
 Resume: a process that has served p examples of a source starts at epoch p // n and skips
-p % n usable examples of it, n being the process's usable examples per epoch (one counting
-pass, on resume only). Several sources are mixed by a seeded choice stream whose first P
-choices say how many examples each source served, so per-source positions follow from
-the global position. Augmentation seeds come from (seed, process, source, position).
+p % n usable examples of it, n being the process's usable examples per epoch (counted on
+resume only, and only up to p + 1: a resume inside the first epoch reads no further).
+Several sources are mixed by a seeded choice stream whose first P choices say how many
+examples each source served, so per-source positions follow from the global position.
+Augmentation seeds come from (seed, process, source, position).
 """
 
 from __future__ import annotations
@@ -108,13 +109,23 @@ def _epoch_records(source: Source, units: list, cfg, seed: int, k: int):
 _COUNT_CACHE: dict[tuple, int] = {}
 
 
-def usable_per_epoch(source: Source, units: list, cfg, process: tuple[int, int]) -> int:
-    """Usable examples in one epoch of `units` (decodes every image once; cached)."""
+def usable_per_epoch(source: Source, units: list, cfg, process: tuple[int, int],
+                     limit: int | None = None) -> int | None:
+    """Usable examples in one epoch of `units`, or None if there are more than `limit`.
+
+    Decodes up to `limit` + 1 images (all of the epoch without a limit); a full count is
+    cached. A resume inside the first epoch thus never reads the rest of the data.
+    """
     key = (source.name, process, cfg.channels, str(cfg.get("filters", "")))
     if key not in _COUNT_CACHE:
         ds = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
                     cfg, source)  # fmt: skip
-        _COUNT_CACHE[key] = int(ds.reduce(np.int64(0), lambda acc, _: acc + 1))
+        if limit is not None:
+            ds = ds.take(limit + 1)
+        n = int(ds.reduce(np.int64(0), lambda acc, _: acc + 1))
+        if limit is not None and n > limit:
+            return None
+        _COUNT_CACHE[key] = n
     return _COUNT_CACHE[key]
 
 
@@ -152,12 +163,13 @@ def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
     epoch = _epoch_records(source, units, cfg, seed, k)
     first_epoch, skip = 0, 0
     if start:
-        n = usable_per_epoch(source, units, cfg, (process_index, process_count))
+        n = usable_per_epoch(source, units, cfg, (process_index, process_count), limit=start)
         if n == 0:
             raise ValueError(f"{source.name}: no usable example for process {process_index}")
-        first_epoch, skip = divmod(start, n)
-        log.info("%s: resuming at epoch %d + %d examples (%d usable per epoch)", source.name,
-                 first_epoch, skip, n)  # fmt: skip
+        # n None: the first epoch has more than `start` usable examples; resume inside it.
+        first_epoch, skip = (0, start) if n is None else divmod(start, n)
+        log.info("%s: resuming at epoch %d + %d examples (%s usable per epoch)", source.name,
+                 first_epoch, skip, n or f"more than {start}")  # fmt: skip
     elif not list(usable(epoch(tf.constant(0, tf.int64)), cfg, source).take(1)):
         # Without this, a stream with no usable example makes the epoch loop spin forever.
         raise ValueError(f"{source.name}: no usable example for process {process_index}")
