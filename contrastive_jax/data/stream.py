@@ -265,6 +265,8 @@ def source_captions(data_config: ml_collections.ConfigDict, limit: int):
         ds = source.read(units, tf.range(len(units), dtype=tf.int64), data_config.cycle_length)
         ds = ds.map(records.check_caption).filter(lambda r: tf.equal(r["reason"], records.OK))
         ds = ds.map(lambda r: preprocess.clean_captions(r["caption"], data_config.lowercase))
+        # Unparseable records are skipped here; the training stream counts them.
+        ds = ds.ignore_errors()
         for caption in ds.take(limit).as_numpy_iterator():
             yield caption.decode("utf-8")
 
