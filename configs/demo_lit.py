@@ -33,6 +33,7 @@ def get_config(init: str = "", steps: int = 600, cache: bool = True,
         raise ConfigError("configs/demo_lit.py needs init=DIR, a workdir trained with "
                           "configs/demo_siglip.py (e.g. configs/demo_lit.py:init=/tmp/demo_siglip)")
     c = _demo_siglip_config(steps=steps, loss=loss)
+    c.optimizer.warmup_steps = min(50, steps // 10)  # only the text tower, t and b learn
     c.train.update(checkpoint_every=300, locked=dict(image=True),
                    init_from=dict(path=init, tower="image"), embedding_cache=dict(enabled=cache))
     return c
