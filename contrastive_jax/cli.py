@@ -48,23 +48,36 @@ def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = _split_overrides(extra)
     if sum(x is not None for x in (args.workdir, args.export, args.big_vision)) != 1:
         raise ValueError("eval needs exactly one of --workdir, --export, --big-vision")
+    details: dict = {}  # per-class accuracies, confusion matrices: for the report only
     if args.big_vision is not None:
         from contrastive_jax.evaluate.exported import evaluate_big_vision
 
         if args.config is None or args.tokenizer is None:
             raise ValueError("--big-vision needs --config (data and evals) and --tokenizer "
                              "(the checkpoint's sentencepiece model)")
-        result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides)
+        result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides,
+                                     details)
+        source, out = args.big_vision, os.path.dirname(os.path.abspath(args.big_vision))
     elif args.export is not None:
         from contrastive_jax.evaluate.exported import evaluate_export
 
         if args.step is not None:
             raise ValueError("--step applies to --workdir, not --export")
-        result = evaluate_export(args.export, overrides=overrides)
+        result = evaluate_export(args.export, overrides=overrides, details=details)
+        source, out = args.export, args.export
     else:
         from contrastive_jax.evaluate.workdir import evaluate_workdir
 
-        result = evaluate_workdir(args.workdir, step=args.step, overrides=overrides)
+        result = evaluate_workdir(args.workdir, step=args.step, overrides=overrides,
+                                  details=details)
+        source, out = args.workdir, args.workdir
+    import jax
+
+    from contrastive_jax.evaluate.report import write_report
+
+    if jax.process_index() == 0:  # every process computed the same numbers; one writes
+        paths = write_report(args.out or out, result, details, source=source)
+        result = {**result, "report": paths["json"]}
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -92,6 +105,16 @@ def _cmd_data_prepare(args: argparse.Namespace, extra: Sequence[str]) -> int:
     builder = build_fashion_mnist_captions(args.data_dir)
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     print(json.dumps({"dataset": builder.name, "data_dir": builder.data_dir, "splits": splits}))
+    return 0
+
+
+def _cmd_data_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.data.build import build
+
+    result = build(args.input, args.out, prefix=args.prefix,
+                   examples_per_shard=args.examples_per_shard, root=args.root,
+                   verify_images=not args.no_verify_images)  # fmt: skip
+    print(json.dumps(result, sort_keys=True))
     return 0
 
 
@@ -141,6 +164,30 @@ def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.data import bench_data
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    for row in bench_data(config, image_size=args.image_size, patch_size=args.patch_size,
+                          num_examples=args.num_examples,
+                          threads=tuple(args.threads), batches=args.batches,
+                          step_steps=args.steps, with_step=not args.no_step,
+                          kinds=tuple(args.sources)):  # fmt: skip
+        _print_json(row)
+    return 0
+
+
+def _cmd_bench_lit(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.lit import bench_lit
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    for result in bench_lit(config, steps=args.steps):
+        _print_json(result)
+    return 0
+
+
 def _cmd_bench_loss_memory(args: argparse.Namespace, extra: Sequence[str]) -> int:
     _simulate_cpu_devices()
     from contrastive_jax.bench.loss_memory import loss_memory_table
@@ -156,6 +203,15 @@ def _cmd_bench_max_batch(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
     for variant in args.losses:
         _print_json(max_batch(variant, args.memory_gb, args.devices, args.dim))
+    return 0
+
+
+def _cmd_bench_render(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.render import bench_render
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, _split_overrides(extra))
+    _print_json(bench_render(config.data, batch_size=args.batch_size, batches=args.batches))
     return 0
 
 
@@ -178,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="with --big-vision: configs/NAME.py[:k=v]")
     p.add_argument("--tokenizer", default=None, help="with --big-vision: sentencepiece model")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out", default=None, help="where report.json, report.md and confusion "
+                   "PNGs go (default: the workdir / export dir / the .npz's directory)")
     p.set_defaults(run=_cmd_eval)
 
     p = sub.add_parser("export", help="write a checkpoint's weights for use outside training")
@@ -197,6 +255,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-size", type=int, default=2048,
                    help="side of the float32 matmul whose speed is the MFU peak")
     p.set_defaults(run=_cmd_bench_step)
+
+    p = bench_sub.add_parser(
+        "data", help="input pipeline examples/s per core (224 px JPEGs) vs the train step's")
+    p.add_argument("--config", default="configs/demo_siglip.py",
+                   help="model and data config (images become RGB of --image-size)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--patch-size", type=int, default=16, help="of the model's image tower")
+    p.add_argument("--num-examples", type=int, default=2048, help="synthetic JPEGs written")
+    p.add_argument("--threads", type=int, nargs="+", default=[1],
+                   help="tf.data thread counts to time (per core = rate / threads)")
+    p.add_argument("--batches", type=int, default=8, help="timed pipeline batches")
+    p.add_argument("--steps", type=int, default=5, help="timed train steps")
+    p.add_argument("--no-step", action="store_true", help="time the pipeline only")
+    p.add_argument("--sources", nargs="+", default=["tfrecord"], choices=("tfrecord", "wds"),
+                   help="source kinds to time (the same JPEGs in TFRecords or tars)")
+    p.set_defaults(run=_cmd_bench_data)
+
+    p = bench_sub.add_parser(
+        "lit", help="LiT step time: unlocked vs locked image tower vs cached embeddings")
+    p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
+    p.add_argument("--steps", type=int, default=20, help="timed steps after compilation")
+    p.set_defaults(run=_cmd_bench_lit)
 
     from contrastive_jax.bench.variants import LOSS_VARIANT_NAMES
 
@@ -218,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=512, help="embedding size")
     p.set_defaults(run=_cmd_bench_max_batch)
 
+    p = bench_sub.add_parser("render", help="caption rendering (CLIPPO) examples/s per core")
+    p.add_argument("--config", default="configs/demo_clippo.py",
+                   help="configs/NAME.py[:k=v,...] with data.render settings")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batches", type=int, default=40, help="timed batches after warm-up")
+    p.set_defaults(run=_cmd_bench_render)
+
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
                                                                       required=True)
     p = data.add_parser("tokenizer", help="train a sentencepiece model on a caption file")
@@ -229,6 +316,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("prepare-demo", help="build the fashion_mnist_captions TFDS dataset")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir (default ~/tensorflow_datasets)")
     p.set_defaults(run=_cmd_data_prepare)
+
+    p = data.add_parser("build", help="convert a CSV/JSONL image table or webdataset tars to "
+                        "TFRecord shards (resumable)")
+    p.add_argument("--input", required=True,
+                   help="a .csv/.tsv/.jsonl table (columns path, caption[, uid, label, score]) "
+                        "or webdataset .tar file(s): a glob or a directory")
+    p.add_argument("--out", required=True, help="output directory (a rerun resumes there)")
+    p.add_argument("--prefix", default="data", help="shard names: PREFIX-00000-of-0000N")
+    p.add_argument("--examples-per-shard", type=int, default=10_000, help="tables only")
+    p.add_argument("--root", default="", help="image folder of a table (default: its folder)")
+    p.add_argument("--no-verify-images", action="store_true",
+                   help="do not decode images to drop undecodable ones at build time")
+    p.set_defaults(run=_cmd_data_build)
 
     p = data.add_parser("score", help="write uid -> image-caption cosine under a checkpoint",
                         epilog="Score other data with --config.data.KEY=VALUE overrides.")

@@ -74,6 +74,18 @@ def default_config() -> ConfigDict:
             microbatches=1,
             compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
             cit=default_cit_config(),  # curation in training (contrastive_jax/filters/cit.py)
+            # LiT: locked params get no optimizer state, no weight decay, no backward pass.
+            # image / text lock a whole tower with its head; patterns: regexes on param
+            # paths like 'img/encoder/blocks/0/mlp/fc1/kernel' (see train/lock.py).
+            locked=ConfigDict(dict(image=False, text=False, patterns=())),
+            # Fresh runs copy params from a workdir, an export dir, an exported .npz or a
+            # big_vision .npz; tower: image | text | both | all (all: with t and b too).
+            # reinit: regexes of copied-tower params to keep freshly initialised;
+            # drop_heads: re-initialise the selected towers' projection heads.
+            init_from=ConfigDict(dict(path="", tower="both", reinit=(), drop_heads=False)),
+            # Precompute the locked image tower's embeddings of the train split once and
+            # train on them (the image tower is not run); dir "" -> WORKDIR/embedding_cache.
+            embedding_cache=ConfigDict(dict(enabled=False, dir="")),
         )
     )
     c.optimizer = ConfigDict(
@@ -102,8 +114,18 @@ def default_config() -> ConfigDict:
             ),
             # Alignment and uniformity (Wang & Isola) on paired held-out examples.
             embedding_stats=ConfigDict(dict(enabled=True, num_examples=1000)),
-            # Image-text retrieval recall@1/5/10 on held-out pairs (one caption per image).
-            retrieval=ConfigDict(dict(enabled=False, name="fashion_mnist", num_examples=1000)),
+            # Image-text retrieval recall@1/5/10. dataset "": held-out pairs of the zero-shot
+            # split (one caption per image). A TFDS name: its `split`, with every caption of
+            # `captions_key` (a sequence of texts, e.g. "captions/text") per image (COCO).
+            retrieval=ConfigDict(dict(enabled=False, name="fashion_mnist", num_examples=1000,
+                                      dataset="", split="test", captions_key="captions/text",
+                                      chunk=1024)),
+            # Few-shot linear probe (big_vision's fewshot_lsr): ridge regression on frozen
+            # image embeddings, `shots` per class drawn from train_split, mean over `seeds`.
+            fewshot=ConfigDict(dict(enabled=False, name="fashion_mnist",
+                                    dataset="fashion_mnist_captions", train_split="train",
+                                    test_split="test", shots=[1, 5, 10, 25], l2_reg=2.0**10,
+                                    seeds=3, batch_size=500)),
         )
     )
     return c
@@ -206,6 +228,8 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
         if part not in node or not isinstance(node[part], ConfigDict):
             raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r}")
         node = node[part]
+    if dotted == "model.name":
+        use_model_schema(config, text)
     value = _parse_value(text)
     # A string default keeps the override a string: `--config.data.dataset=123` is a name.
     if leaf in node and isinstance(node[leaf], str):
@@ -213,10 +237,25 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
     merge_into(node, {leaf: value}, prefix=".".join(parents) + "." if parents else "")
 
 
+def use_model_schema(config: ConfigDict, name: Any) -> None:
+    """Makes `config.model` the default schema of model `name` (models differ in keys)."""
+    from contrastive_jax.models import default_model_config, known_models
+
+    if name == config.model.get("name"):
+        return
+    if name not in known_models():
+        raise ConfigError(f"config key 'model.name': unknown model {name!r} "
+                          f"(known: {', '.join(known_models())})")
+    config.model = default_model_config(name)
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """Loads `spec`, validates it against the schema and applies `a.b=v` overrides."""
     config = default_config()
-    merge_into(config, load_config_file(spec))
+    loaded = load_config_file(spec)
+    if isinstance(loaded.get("model"), (ConfigDict, dict)) and "name" in loaded["model"]:
+        use_model_schema(config, loaded["model"]["name"])
+    merge_into(config, loaded)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -243,7 +282,8 @@ def validate(config: ConfigDict) -> None:
     if k < 1 or config.train.batch_size % k:
         raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "
                           f"'train.batch_size' ({config.train.batch_size})")
-    text_len = config.model.text.max_len
+    _validate_rendering(config)
+    text_len = config.model.text.max_len if "text" in config.model else None
     if text_len is not None and config.data.max_len > text_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
                           f"'model.text.max_len' ({text_len})")
@@ -253,6 +293,16 @@ def validate(config: ConfigDict) -> None:
         sharding.parse_rules(config.mesh.rules)
     except (ValueError, TypeError, re.error) as e:
         raise ConfigError(f"config key 'mesh.rules': {e}") from e
+    if config.data.sources:
+        from contrastive_jax.data.sources import parse_sources
+
+        try:
+            parse_sources(config.data.sources)
+        except ValueError as e:
+            raise ConfigError(f"config key {e}") from e
+        if config.data.channels != config.model.image.channels:
+            raise ConfigError(f"config key 'data.channels' ({config.data.channels}) differs "
+                              f"from 'model.image.channels' ({config.model.image.channels})")
     from contrastive_jax.filters.apply import check_filters_config
     from contrastive_jax.filters.cit import check_cit_config
 
@@ -261,8 +311,70 @@ def validate(config: ConfigDict) -> None:
         check_filters_config(config.data.filters)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _validate_lit(config)
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
+
+
+def _validate_lit(config: ConfigDict) -> None:
+    from contrastive_jax.train.init_from import TOWERS
+
+    train = config.train
+    for key, patterns in (("locked.patterns", train.locked.patterns),
+                          ("init_from.reinit", train.init_from.reinit)):
+        for p in patterns:
+            try:
+                re.compile(p)
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"config key 'train.{key}': bad regex {p!r}: {e}") from e
+    if train.init_from.tower not in TOWERS:
+        raise ConfigError(f"config key 'train.init_from.tower' must be one of {TOWERS}")
+    if train.embedding_cache.enabled:
+        if config.data.flip:
+            raise ConfigError("config key 'train.embedding_cache.enabled' needs "
+                              "'data.flip=False': a cached embedding is of the unflipped image")
+        basic = config.data.filters.basic
+        conflicts = {
+            "train.microbatches > 1": train.microbatches > 1,
+            "data.sources": bool(config.data.sources),  # the cache reads the TFDS split
+            "train.cit.enabled": train.cit.enabled,  # untested with cached images
+            "data.filters.basic image bounds": basic.enabled and bool(
+                basic.min_image_side or basic.max_aspect_ratio),  # images are not decoded
+        }
+        for key, conflict in conflicts.items():
+            if conflict:
+                raise ConfigError(f"config key 'train.embedding_cache.enabled' does not "
+                                  f"combine with '{key}'")
+
+
+def _validate_rendering(config: ConfigDict) -> None:
+    """A one-tower model reads rendered captions of its own input shape; two towers tokens."""
+    render, image = config.data.render, config.model.image
+    one_tower = config.model.name == "one_tower"
+    if one_tower != bool(render.enabled):
+        raise ConfigError(f"config key 'data.render.enabled' must be {one_tower} for model "
+                          f"{config.model.name!r} (one_tower reads rendered captions)")
+    if not one_tower:
+        return
+    for key, on in (("data.sources", bool(config.data.sources)),  # rendering is on the TFDS path
+                    ("train.cit.enabled", config.train.cit.enabled),  # CiT embeds tokens
+                    ("train.embedding_cache.enabled", config.train.embedding_cache.enabled)):
+        if on:
+            raise ConfigError(f"config key '{key}' is not supported with model 'one_tower'")
+    if image.image_size != config.data.image_size:
+        raise ConfigError(f"config key 'model.image.image_size' ({image.image_size}) must equal "
+                          f"'data.image_size' ({config.data.image_size}): one tower sees both")
+    if render.channels != image.channels:
+        raise ConfigError(f"config key 'data.render.channels' ({render.channels}) must equal "
+                          f"'model.image.channels' ({image.channels})")
+    if not 0.0 <= render.text_pair_fraction <= 1.0:
+        raise ConfigError("config key 'data.render.text_pair_fraction' must be in [0, 1]")
+    from contrastive_jax.data.render_text import canvas_scale
+
+    try:
+        canvas_scale(config.data.image_size, render.font_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def config_to_json(config: ConfigDict) -> str:

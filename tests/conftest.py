@@ -28,3 +28,20 @@ def fake_data_dir(tmp_path_factory, fake_fashion_mnist_source) -> str:
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     fmc.build_fashion_mnist_captions(data_dir, source=fake_fashion_mnist_source)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(fake_data_dir, tmp_path_factory) -> str:
+    """A tiny model trained 6 steps (checkpoints at 3 and 6), shared by export and eval tests."""
+    from helpers import tiny_config
+
+    from contrastive_jax.train import loop
+
+    config = tiny_config(
+        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
+        train={"steps": 6, "checkpoint_every": 3},
+        evals={"zeroshot": {"batch_size": 16}, "embedding_stats": {"num_examples": 32}},
+    )
+    workdir = str(tmp_path_factory.mktemp("run"))
+    loop.train(config, workdir)
+    return workdir

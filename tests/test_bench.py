@@ -29,5 +29,6 @@ def test_bench_step_reports_flops_and_mfu():
     assert peak["flops_per_sec"] > 0
     row = bench_train_step(tiny_config(train={"microbatches": 2}), steps=2,
                            peak_flops_per_sec=peak["flops_per_sec"])
-    assert row["flops_per_step"] > 0 and 0 < row["mfu"]
+    assert row["flops_per_step"] > 0 and 0 < row["mfu"] <= row["mfu_best"]
+    assert 0 < row["step_ms_best"] <= row["step_ms"]
     assert row["microbatches"] == 2 and row["devices"] == jax.device_count()

@@ -1,9 +1,8 @@
-"""Prompt sets, chunked retrieval recall and the closed-form few-shot probe."""
+"""Prompt sets and chunked retrieval recall (the few-shot probe: test_eval_report.py)."""
 
 import numpy as np
 import pytest
 
-from contrastive_jax.evaluate.linear_probe import fewshot_indices, fit_probe, probe_accuracy
 from contrastive_jax.evaluate.prompts import fill, get_prompts
 from contrastive_jax.evaluate.retrieval import positive_ranks, retrieval_recalls
 
@@ -35,30 +34,6 @@ def test_retrieval_ranks_match_a_full_argsort(chunk):
     # Collapsed embeddings: every key ties, so recall@1 is 0, not a perfect score.
     same = np.ones((10, 4)) / 2
     assert retrieval_recalls(same, same)["i2t_r1"] == 0.0
-
-
-def test_linear_probe_is_the_ridge_solution_and_separates_classes():
-    rng = np.random.default_rng(0)
-    centers = 3 * rng.normal(size=(4, 16))
-    labels = rng.integers(0, 4, size=400)
-    x = centers[labels] + 0.3 * rng.normal(size=(400, 16))
-    idx = fewshot_indices(labels[:200], 5)
-    assert len(idx) == 20 and np.all(np.bincount(labels[idx]) == 5)
-    w = fit_probe(x[idx], labels[idx], 4, l2=0.1)
-    # 20 examples > 17 dims: the primal form; equals the normal-equation solution.
-    xb = np.concatenate([x[idx], np.ones((20, 1))], axis=1)
-    y = 2 * np.eye(4)[labels[idx]] - 1
-    np.testing.assert_allclose(w, np.linalg.solve(xb.T @ xb + 0.1 * np.eye(17), xb.T @ y),
-                               atol=1e-10)
-    # 20 examples < 57 dims: the dual form must give the same ridge solution.
-    wide = np.concatenate([x, rng.normal(size=(400, 40))], axis=1)
-    wd = fit_probe(wide[idx], labels[idx], 4, l2=0.1)
-    xw = np.concatenate([wide[idx], np.ones((20, 1))], axis=1)
-    np.testing.assert_allclose(wd, np.linalg.solve(xw.T @ xw + 0.1 * np.eye(57), xw.T @ y),
-                               atol=1e-8)
-    assert probe_accuracy(w, x[200:], labels[200:]) == 1.0
-    with pytest.raises(ValueError, match="fewer than 6 shots"):
-        fewshot_indices(np.array([0] * 5 + [1] * 9), 6)
 
 
 def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):

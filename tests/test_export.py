@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from helpers import tiny_config
 
 from contrastive_jax import cli
 from contrastive_jax.evaluate.exported import evaluate_export
@@ -12,19 +11,6 @@ from contrastive_jax.evaluate.workdir import evaluate_workdir
 from contrastive_jax.export import export_checkpoint, load_exported
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.export.native import restore_params
-from contrastive_jax.train import loop
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(fake_data_dir, tmp_path_factory):
-    config = tiny_config(
-        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 6, "checkpoint_every": 3},
-        evals={"zeroshot": {"batch_size": 16}, "embedding_stats": {"num_examples": 32}},
-    )
-    workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train(config, workdir)
-    return workdir
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])

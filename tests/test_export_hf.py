@@ -13,6 +13,11 @@ torch = pytest.importorskip("torch")
 
 from contrastive_jax.export import export_checkpoint  # noqa: E402
 from contrastive_jax.export.hf import siglip_config, siglip_state_dict  # noqa: E402
+from contrastive_jax.export.hf_clip import (  # noqa: E402
+    clip_config,
+    clip_state_dict,
+    clip_unsupported,
+)
 from contrastive_jax.models import complete_config  # noqa: E402
 from contrastive_jax.train import loop  # noqa: E402
 from contrastive_jax.train.state import ModelDef  # noqa: E402
@@ -21,6 +26,13 @@ SIGLIP_MODEL = {
     "embed_dim": 32,
     "image": {"pool": "map", "head": False, "mlp_dim": 48, "depth": 2},
     "text": {"pool": "final", "head": True, "width": 24, "num_heads": 3, "depth": 2},
+}
+
+
+CLIP_MODEL = {
+    "embed_dim": 24, "bias_init": None, "temperature_init": 14.0, "proj_bias": False,
+    "image": {"pool": "cls", "pre_norm": True, "mlp_dim": 48, "depth": 2},
+    "text": {"pool": "last", "causal": True, "width": 24, "num_heads": 3, "depth": 2},
 }
 
 
@@ -54,6 +66,37 @@ def theirs(hf_model, images, tokens):
     return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_text.numpy()
 
 
+def train_export_compare(config, tmp_path, hf_class, seed):
+    """Trains `config` 3 steps, exports to hf; returns the export dir after checking that
+    `hf_class` loads it and gives our embeddings and logits."""
+    workdir = str(tmp_path / "run")
+    loop.train(config, workdir)
+    out = export_checkpoint(workdir, "hf", str(tmp_path / "hf"))
+    hf_model = hf_class.from_pretrained(out).eval()
+    from contrastive_jax.export.native import restore_params
+
+    _, params, _ = restore_params(workdir)
+    model = ModelDef(complete_config(config.model)).bind(params)
+    images, tokens = inputs(seed=seed)
+    diffs = [np.max(np.abs(a - b)) for a, b in zip(
+        ours(model, images, tokens), theirs(hf_model, images, tokens), strict=True)]
+    assert max(diffs) <= 1e-4, diffs
+    return out
+
+
+def check_processors(out):
+    """The image processor maps uint8 pixels to the model's range; the tokenizer is ours."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    processor = AutoImageProcessor.from_pretrained(out)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(28, 28, 1), dtype=np.uint8)
+    got = processor(images=pixels, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(got[0], pixels[..., 0] / 127.5 - 1.0, atol=1e-5)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+    return tokenizer
+
+
 def test_siglip_state_dict_matches_transformers_numerically():
     from transformers import SiglipModel
 
@@ -84,33 +127,44 @@ def test_siglip_state_dict_matches_transformers_numerically():
         assert np.max(np.abs(a - b)) <= 1e-4, np.max(np.abs(a - b))
 
 
+def test_clip_state_dict_matches_transformers_numerically():
+    from transformers import CLIPModel
+
+    model_config = complete_config(tiny_config(model=CLIP_MODEL).model)
+    assert clip_unsupported(model_config) == []
+    params, _ = ModelDef.init(model_config, jax.random.key(2))
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape,
+                                                                               np.float32),
+                          params)
+    hf_model = CLIPModel(clip_config(model_config)).eval()
+    state = {k: torch.from_numpy(v) for k, v in clip_state_dict(params, model_config).items()}
+    hf_model.load_state_dict(state, strict=True)
+    # CLIP's patch conv has no bias and its class token a position: ours folded in.
+    pos = state["vision_model.embeddings.position_embedding.weight"].numpy()
+    np.testing.assert_array_equal(pos[0], 0)
+    np.testing.assert_allclose(pos[1:], params["img"]["pos_embedding"][0]
+                               + params["img"]["embedding"]["bias"], rtol=1e-6)
+    assert state["text_projection.weight"].shape == (24, 24)  # [out, in], no bias entry
+    model = ModelDef(model_config).bind(params)
+    images, tokens = inputs(seed=4)
+    diffs = [np.max(np.abs(a - b)) for a, b in zip(
+        ours(model, images, tokens), theirs(hf_model, images, tokens), strict=True)]
+    assert max(diffs) <= 1e-4, diffs
+    # Causal and EOS-pooled: what follows the EOS (pads, or anything) changes nothing.
+    longer = np.concatenate([tokens, np.zeros((len(tokens), 3), np.int32)], axis=1)
+    np.testing.assert_allclose(model.encode_text(longer[:, :8]), model.encode_text(tokens))
+
+
 def test_export_hf_directory_loads_in_transformers(fake_data_dir, tmp_path):
-    from transformers import AutoImageProcessor, AutoTokenizer, SiglipModel
+    from transformers import SiglipModel
 
     config = siglip_tiny(
         data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": 3, "checkpoint_every": 3},
         evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
-    workdir = str(tmp_path / "run")
-    loop.train(config, workdir)
-    out = export_checkpoint(workdir, "hf", str(tmp_path / "hf"))
-    hf_model = SiglipModel.from_pretrained(out).eval()
-    from contrastive_jax.export.native import restore_params
-
-    _, params, _ = restore_params(workdir)
-    model = ModelDef(complete_config(config.model)).bind(params)
-    images, tokens = inputs(seed=3)
-    diffs = [np.max(np.abs(a - b)) for a, b in zip(
-        ours(model, images, tokens), theirs(hf_model, images, tokens), strict=True)]
-    assert max(diffs) <= 1e-4, diffs
-
-    # The image processor maps uint8 pixels to the model's value range.
-    processor = AutoImageProcessor.from_pretrained(out)
-    pixels = np.random.default_rng(0).integers(0, 256, size=(28, 28, 1), dtype=np.uint8)
-    got = processor(images=pixels, return_tensors="np")["pixel_values"][0]
-    np.testing.assert_allclose(got[0], pixels[..., 0] / 127.5 - 1.0, atol=1e-5)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
+    out = train_export_compare(config, tmp_path, SiglipModel, seed=3)
+    tokenizer = check_processors(out)
     from contrastive_jax.data.tokenizer import Tokenizer
 
     texts = ["An Ankle BOOT, seen from above!!", "a photo of a t-shirt/top.", "",
@@ -136,6 +190,7 @@ def test_export_hf_refuses_what_siglip_cannot_express(fake_data_dir, tmp_path, c
     assert cli.main(["export", "--checkpoint", workdir, "--format", "hf", "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "image.pool='gap'" in err and "text.pool='last'" in err
+    assert "nor as CLIPModel" in err and "image.pre_norm=False" in err
     assert not os.path.exists(out)
 
 
@@ -148,3 +203,20 @@ def test_demo_siglip_hf_config_is_exportable_and_demo_siglip_is_not():
     assert hf_ready.data.max_len == hf_ready.model.text.max_len
     demo = load_config("configs/demo_siglip.py")
     assert len(unsupported_features(complete_config(demo.model))) == 3
+    clip_ready = complete_config(load_config("configs/demo_clip_hf.py").model)
+    assert clip_unsupported(clip_ready) == [] and unsupported_features(clip_ready)
+    assert len(clip_unsupported(complete_config(load_config("configs/demo_clip.py").model))) == 4
+
+
+def test_export_clip_directory_loads_as_clipmodel(fake_data_dir, tmp_path):
+    from transformers import CLIPModel
+
+    config = tiny_config(
+        model=CLIP_MODEL, loss={"name": "softmax"},
+        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
+        train={"steps": 3, "checkpoint_every": 3},
+        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+    out = train_export_compare(config, tmp_path, CLIPModel, seed=5)
+    check_processors(out)
+    with open(os.path.join(out, "preprocessor_config.json")) as f:
+        assert json.load(f)["crop_size"] == {"height": 28, "width": 28}

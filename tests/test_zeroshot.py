@@ -45,6 +45,12 @@ def test_zeroshot_matches_a_direct_computation_on_any_mesh(fake_data_dir, tmp_pa
         np.testing.assert_allclose(results[-1]["top1"], np.mean(order[:, 0] == labels))
         np.testing.assert_allclose(results[-1]["top5"],
                                    np.mean((order[:, :5] == labels[:, None]).any(-1)))
+        # Confusion [true, predicted] and per-class top-1: padded rows never counted.
+        confusion = np.zeros((10, 10), np.int64)
+        np.add.at(confusion, (labels, order[:, 0]), 1)
+        np.testing.assert_array_equal(results[-1]["confusion"], confusion)
+        np.testing.assert_allclose(results[-1]["per_class"],
+                                   np.diag(confusion) / np.maximum(confusion.sum(1), 1))
     assert results[0]["top1"] == results[1]["top1"]
     np.testing.assert_allclose(classifier, classifier / np.linalg.norm(classifier, axis=-1,
                                                                         keepdims=True))

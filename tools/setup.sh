@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# One-step set-up: the demo data (Debian's real Fashion-MNIST images) and the package with
-# its dependencies and test tools. Safe to run again.
+# One-step set-up: the demo data (Debian's real Fashion-MNIST images), GNU Unifont (CLIPPO's
+# text rendering) and the package with its dependencies and test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  sudo=""
+apt_install_unless() {  # FILE PACKAGE: installs the apt PACKAGE when FILE is missing
+  [ -f "$1" ] && return 0
+  local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq dataset-fashion-mnist
-fi
+  $sudo apt-get install -y -qq "$2"
+}
+
+apt_install_unless /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz dataset-fashion-mnist
+# GNU Unifont glyphs: CLIPPO (configs/demo_clippo.py) renders captions with them.
+apt_install_unless /usr/share/unifont/unifont.hex unifont
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hf]"

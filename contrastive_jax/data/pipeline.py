@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 
 from contrastive_jax import filters
 from contrastive_jax.data import preprocess
+from contrastive_jax.data.render_text import TextRenderer, default_render_config, text_pairs
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
 
@@ -48,7 +49,23 @@ def default_data_config() -> ml_collections.ConfigDict:
             "max_len": 16,  # text tokens per caption, EOS included
             "lowercase": True,
             "tokenizer": {"path": None, "vocab_size": 1000},  # path None -> train on captions
+            # Non-empty: train on these sources instead of `dataset` (see data/sources.py),
+            # e.g. ({"kind": "tfrecord", "pattern": "/data/shards/*.tfrecord", "weight": 1},).
+            "sources": (),
+            "channels": 3,  # sources: decoded image channels
+            "cycle_length": 16,  # sources: files read in parallel (interleaved)
+            # sources: augmentations (Fini et al. 2023, "Improved baselines for VLP").
+            "augment": {
+                "inception_crop": False,
+                "crop_area": (0.05, 1.0),  # fraction of the image a crop covers
+                "crop_aspect": (3 / 4, 4 / 3),
+                "color_jitter": 0.0,  # SimCLR strength; 0 disables
+                "grayscale": 0.0,  # probability
+                "word_deletion": 0.0,  # EDA: probability of dropping each word
+                "word_swaps": 0,  # EDA: random word swaps per caption
+            },
             "filters": filters.default_filters_config(),  # see contrastive_jax/filters
+            "render": default_render_config(),  # CLIPPO: captions rendered as images
         }
     )
 
@@ -83,8 +100,12 @@ def _read(builder: tfds.core.DatasetBuilder, split: str, skip_images: str | None
     return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
 
 
-def _examples(cfg: ml_collections.ConfigDict, builder, split: str) -> tf.data.Dataset:
-    """Image/caption/label/uid records of `split` with empty captions removed (and logged)."""
+def _examples(cfg: ml_collections.ConfigDict, builder, split: str,
+              skip_images: bool = False) -> tf.data.Dataset:
+    """Image/caption/label/uid records of `split` with empty captions removed (and logged).
+
+    `skip_images`: images stay encoded bytes (never decoded), for streams that do not use them.
+    """
     features = builder.info.features
 
     def select(ex):
@@ -93,7 +114,8 @@ def _examples(cfg: ml_collections.ConfigDict, builder, split: str) -> tf.data.Da
         out["uid"] = ex["uid"] if "uid" in features.keys() else tf.constant("")
         return out
 
-    ds = _read(builder, split).map(select, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _read(builder, split, skip_images=cfg.image_key if skip_images else None)
+    ds = ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.filter(lambda ex: preprocess.valid_caption(ex["caption"], ex["uid"]))
 
 
@@ -119,14 +141,15 @@ def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[in
     return int(usable), int(total)
 
 
-def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None):
-    return filters.apply_filters(_examples(cfg, builder, split), cfg.filters, counters=counters,
-                         dataset=cfg.dataset, data_dir=cfg.data_dir)
+def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None,
+              skip_images: bool = False) -> tf.data.Dataset:
+    return filters.apply_filters(_examples(cfg, builder, split, skip_images), cfg.filters,
+                                 counters=counters, dataset=cfg.dataset, data_dir=cfg.data_dir)
 
 
 def train_dataset(
     data_config: ml_collections.ConfigDict,
-    tokenizer: Tokenizer,
+    tokenizer: Tokenizer | TextRenderer,
     *,
     global_batch_size: int,
     process_index: int = 0,
@@ -134,12 +157,21 @@ def train_dataset(
     start_example: int = 0,
     seed: int = 0,
     filter_counters: filters.FilterCounters | None = None,
+    image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
 
+    With a `TextRenderer` for `tokenizer` (CLIPPO), "text" is the rendered captions
+    f32 [b,H,W,C] and `data.render.text_pair_fraction` of the images become renderings of
+    another caption of the same label.
+
     b = global_batch_size // process_count. Each process reads a disjoint, equal-sized part
     of the split. The stream resumes exactly at `start_example` (see module docstring).
+    With `data.sources`, see data/stream.py (batches then carry "data_counts" too).
     `data.filters` apply to the examples of every epoch; `filter_counters` gets their counts.
+    `image_embeddings` = (uids [N], embeddings [N, D]): batches carry "image_embedding"
+    [b, D] looked up by each example's uid instead of "image" (images are not decoded). The
+    stream's order and resume positions are the same as with images.
     """
     cfg = data_config
     if global_batch_size % process_count or start_example % process_count:
@@ -147,6 +179,14 @@ def train_dataset(
             f"global_batch_size={global_batch_size} and start_example={start_example} must "
             f"be multiples of process_count={process_count}"
         )
+    if cfg.sources:
+        from contrastive_jax.data.stream import train_dataset_from_sources
+
+        ds = train_dataset_from_sources(
+            cfg, tokenizer, global_batch_size=global_batch_size, process_index=process_index,
+            process_count=process_count, start_example=start_example, seed=seed,
+            filter_counters=filter_counters)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
     local_batch = global_batch_size // process_count
     builder = get_builder(cfg.dataset, cfg.data_dir)
     # drop_remainder: equal parts, so every process has as many examples per epoch.
@@ -164,7 +204,8 @@ def train_dataset(
         first_epoch, skip = divmod(position, n_usable)
         logging.info("%s %s: resuming at epoch %d + %d examples (%d of %d usable)",
                      cfg.dataset, split, first_epoch, skip, n_usable, n_total)  # fmt: skip
-    examples = _filtered(cfg, builder, split, filter_counters)
+    examples = _filtered(cfg, builder, split, filter_counters,
+                         skip_images=image_embeddings is not None)
     if not position and not list(examples.take(1)):
         # Without this, an epoch with no usable example makes the repeat loop spin forever.
         raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
@@ -183,18 +224,64 @@ def train_dataset(
             return {**ex, "image": preprocess.random_flip(ex["image"], key)}
 
         ds = ds.enumerate(start=position).map(flip, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
+    # Batches numbered by their position in the stream: the text-pair choice is keyed by it.
+    ds = ds.batch(local_batch, drop_remainder=True).enumerate(start=position // local_batch)
+    pair_fraction = cfg.render.text_pair_fraction if cfg.render.enabled else 0.0
 
-    def finish(batch):
+    lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
+
+    def finish(index, batch):
         captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
-        return {
-            "image": preprocess.scale_images(batch["image"], cfg.value_range, cfg.image_size),
-            "text": tokenizer.tf_tokenize(captions, cfg.max_len),
-            "label": batch["label"],
-        }
+        text = tokenizer.tf_tokenize(captions, cfg.max_len)
+        out = {"text": text, "label": batch["label"]}
+        if lookup is not None:
+            out["image_embedding"] = lookup(batch["uid"])
+            return out
+        image = preprocess.scale_images(batch["image"], cfg.value_range, cfg.image_size)
+        if pair_fraction > 0:
+            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + process_index, index])
+            image = text_pairs(image, text, batch["label"], pair_fraction, key)
+        return {**out, "image": image}
 
     ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _embedding_lookup(uids: np.ndarray, embeddings: np.ndarray):
+    """uid string tensor [b] -> rows of `embeddings` [b, D]; an unknown uid is an error."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(uids, tf.string),
+                                            tf.range(len(uids), dtype=tf.int64)),
+        default_value=-1)
+    rows = tf.constant(embeddings, tf.float32)
+
+    def lookup(uid: tf.Tensor) -> tf.Tensor:
+        index = table.lookup(uid)
+        check = tf.debugging.assert_non_negative(
+            index, message="embedding cache has no entry for an example's uid; delete the "
+                           "cache to rebuild it")
+        with tf.control_dependencies([check]):
+            return tf.gather(rows, index)
+
+    return lookup
+
+
+def uid_image_batches(data_config: ml_collections.ConfigDict, split: str, batch_size: int):
+    """Yields {"uid" [n], "image" f32 [n,H,W,C]} numpy batches of all of `split`, in stored
+    order (n = batch_size, except the last); for precomputing image embeddings."""
+    cfg = data_config
+    builder = get_builder(cfg.dataset, cfg.data_dir)
+    if "uid" not in builder.info.features.keys():
+        raise ValueError(f"dataset {cfg.dataset!r} has no 'uid' feature, which an embedding "
+                         f"cache is keyed by")
+
+    def finish(batch):
+        return {"uid": batch["uid"],
+                "image": preprocess.scale_images(batch[cfg.image_key], cfg.value_range,
+                                                 cfg.image_size)}
+
+    ds = _read(builder, split).batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    yield from ds.prefetch(tf.data.AUTOTUNE).with_options(_options()).as_numpy_iterator()
 
 
 def eval_dataset(
@@ -225,9 +312,26 @@ def eval_dataset(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
-    """Yields the (cleaned) captions of a split as str, skipping images; for tokenizer training."""
+def labels(data_config: ml_collections.ConfigDict, split: str, dataset: str | None = None):
+    """int64 [N]: the labels of a split in stored order (the images are not decoded)."""
     cfg = data_config
+    builder = get_builder(dataset or cfg.dataset, cfg.data_dir)
+    ds = _read(builder, split, skip_images=cfg.image_key).map(lambda ex: ex[cfg.label_key])
+    chunks = list(ds.batch(8192).as_numpy_iterator())
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+
+
+def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
+    """Yields the (cleaned) captions of a split as str, skipping images; for tokenizer training.
+
+    With `sources`, the first TOKENIZER_CAPTIONS usable captions of each source.
+    """
+    cfg = data_config
+    if cfg.sources and split is None:
+        from contrastive_jax.data.stream import source_captions
+
+        yield from source_captions(cfg, TOKENIZER_CAPTIONS)
+        return
     builder = get_builder(cfg.dataset, cfg.data_dir)
     ds = _read(builder, split or cfg.train_split, skip_images=cfg.image_key)
     ds = ds.map(lambda ex: preprocess.clean_captions(ex[cfg.text_key], cfg.lowercase))
@@ -237,12 +341,25 @@ def captions(data_config: ml_collections.ConfigDict, split: str | None = None):
                 yield caption.decode("utf-8", "replace")
 
 
-def ensure_tokenizer(data_config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
+TOKENIZER_CAPTIONS = 1_000_000  # per source; plenty for a sentencepiece model
+
+
+def text_renderer(data_config: ml_collections.ConfigDict) -> TextRenderer:
+    """Renders captions as the data's images (CLIPPO), in the image value range."""
+    return TextRenderer(data_config.render, image_size=data_config.image_size,
+                        value_range=data_config.value_range, lowercase=data_config.lowercase)
+
+
+def ensure_tokenizer(data_config: ml_collections.ConfigDict,
+                     workdir: str) -> Tokenizer | TextRenderer:
     """The configured tokenizer; without a path, one trained on the train captions.
 
     The trained model is saved as `workdir/tokenizer.model` and reused when present, so a
-    resumed run tokenises exactly as before.
+    resumed run tokenises exactly as before. With `data.render.enabled` (CLIPPO) the
+    captions are rendered instead, and this returns the renderer.
     """
+    if data_config.render.enabled:
+        return text_renderer(data_config)
     if data_config.tokenizer.path:
         return Tokenizer(data_config.tokenizer.path)
     path = os.path.join(workdir, "tokenizer.model")

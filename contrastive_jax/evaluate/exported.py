@@ -15,7 +15,8 @@ from contrastive_jax.parallel.mesh import create_mesh, replicated
 from contrastive_jax.train.state import ModelDef, TrainState
 
 
-def evaluate_export(export_dir: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_export(export_dir: str, overrides: Sequence[str] = (),
+                     details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Loads the export and runs the evals its training config enables (after overrides)."""
     card, params, tokenizer = load_exported(export_dir)
     config = default_config()
@@ -31,11 +32,13 @@ def evaluate_export(export_dir: str, overrides: Sequence[str] = ()) -> dict[str,
     params = jax.device_put(jax.tree.map(jnp.asarray, params), replicated(mesh))
     state = TrainState(step=jnp.asarray(card["step"], jnp.int32), params=params, rest=rest,
                        opt_state=None)
-    return {"step": int(card["step"]), **run_evals(config, model_def, state, tokenizer, mesh)}
+    metrics = run_evals(config, model_def, state, tokenizer, mesh, details)
+    return {"step": int(card["step"]), **metrics}
 
 
 def evaluate_big_vision(path: str, config_spec: str, tokenizer_path: str,
-                        overrides: Sequence[str] = ()) -> dict[str, Any]:
+                        overrides: Sequence[str] = (),
+                        details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluates a big_vision two_towers `.npz` with the data/evals of `config_spec`.
 
     The model config comes from the checkpoint's shapes. Text is padded to the model's
@@ -55,4 +58,4 @@ def evaluate_big_vision(path: str, config_spec: str, tokenizer_path: str,
     _, rest = ModelDef.init(config.model, jax.random.key(0))
     params = jax.device_put(jax.tree.map(jnp.asarray, params), replicated(mesh))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=None)
-    return run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
+    return run_evals(config, ModelDef(config.model), state, tokenizer, mesh, details)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from contrastive_jax.data import pipeline
+from contrastive_jax.data.multi_caption import flatten_captions, iter_multi_caption
 from contrastive_jax.evaluate import embedding_stats
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
+from contrastive_jax.evaluate.fewshot import run_fewshot
 from contrastive_jax.evaluate.prompts import get_prompts
 from contrastive_jax.evaluate.retrieval import retrieval_recalls
 from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
@@ -20,11 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def run_zeroshot(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-                 tokenizer, mesh: Mesh) -> dict[str, float]:
+                 tokenizer, mesh: Mesh, details: dict[str, Any] | None = None) -> dict[str, float]:
+    """zeroshot/<name>/{top1,top5}; `details` (if given) also gets per-class accuracy and the
+    confusion matrix, which are too many numbers for metrics.jsonl at every eval."""
     zs = config.evals.zeroshot
     data_config = config.data.copy_and_resolve_references()
     data_config.dataset = zs.dataset
-    names = pipeline.class_names(zs.dataset, data_config.data_dir)
+    names = pipeline.class_names(zs.dataset, data_config.data_dir, data_config.label_key)
     classifier = class_embeddings(model_def, state, tokenizer, names, get_prompts(zs.prompts),
                                   config.data.max_len, mesh)
     batches = pipeline.eval_dataset(data_config, split=zs.split,
@@ -33,6 +39,11 @@ def run_zeroshot(config: ml_collections.ConfigDict, model_def: ModelDef, state: 
     key = f"zeroshot/{zs.name}"
     log.info("%s: top1 %.4f top5 %.4f on %d images", key, result["top1"], result["top5"],
              result["count"])
+    if details is not None:
+        details.setdefault("zeroshot", {})[zs.name] = {
+            "class_names": list(names), "count": result["count"],
+            "per_class": {n: float(a) for n, a in zip(names, result["per_class"], strict=True)},
+            "confusion": result["confusion"].tolist()}
     return {f"{key}/top1": result["top1"], f"{key}/top5": result["top5"]}
 
 
@@ -42,6 +53,7 @@ def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state:
     data_config = config.data.copy_and_resolve_references()
     data_config.train_split = config.evals.zeroshot.split
     data_config.flip = False
+    data_config.render.text_pair_fraction = 0.0  # real image-caption pairs only (CLIPPO)
     # Curation is for training data: held-out pairs are measured as they are (a score file
     # or keep-list of the train split would drop every held-out uid).
     data_config.filters = default_filters_config()
@@ -64,21 +76,49 @@ def run_embedding_stats(config: ml_collections.ConfigDict, model_def: ModelDef,
     }
 
 
+def multi_caption_embeddings(config: ml_collections.ConfigDict, model_def: ModelDef,
+                             state: TrainState, tokenizer, mesh: Mesh):
+    """(zimg [N, D], ztxt [M, D], image index of each caption [M]) of `evals.retrieval`'s
+    dataset: every caption of every image (up to num_examples images; 0 = all)."""
+    rc = config.evals.retrieval
+    zimg, ztxt, owner, offset = [], [], [], 0
+    for images, captions in iter_multi_caption(config.data, rc.dataset, rc.split,
+                                               rc.captions_key, rc.num_examples):
+        texts, image_index = flatten_captions(captions)
+        zimg.append(encode_images(model_def, state, images, mesh))
+        ztxt.append(encode_texts(model_def, state,
+                                 tokenizer.encode_batch(texts, config.data.max_len), mesh))
+        owner.append(image_index + offset)
+        offset += len(images)
+    return np.concatenate(zimg), np.concatenate(ztxt), np.concatenate(owner)
+
+
 def run_retrieval(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
                   tokenizer, mesh: Mesh) -> dict[str, float]:
-    """retrieval/<name>/{i2t,t2i}_r{1,5,10} on held-out image-caption pairs."""
+    """retrieval/<name>/{i2t,t2i}_r{1,5,10}: on held-out pairs, or with every caption of a
+    multi-caption dataset (COCO protocol) when `evals.retrieval.dataset` is set."""
     rc = config.evals.retrieval
-    zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh, rc.num_examples)
-    return {f"retrieval/{rc.name}/{k}": v for k, v in retrieval_recalls(zimg, ztxt).items()}
+    if rc.dataset:
+        zimg, ztxt, owner = multi_caption_embeddings(config, model_def, state, tokenizer, mesh)
+        log.info("retrieval/%s: %d images, %d captions", rc.name, len(zimg), len(ztxt))
+    else:
+        zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh, rc.num_examples)
+        owner = None
+    recalls = retrieval_recalls(zimg, ztxt, chunk=rc.chunk, text_image=owner)
+    return {f"retrieval/{rc.name}/{k}": v for k, v in recalls.items()}
 
 
 def run_evals(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-              tokenizer, mesh: Mesh) -> dict[str, float]:
+              tokenizer, mesh: Mesh, details: dict[str, Any] | None = None) -> dict[str, float]:
+    """Scalar metrics of every enabled evaluator; `details` collects per-class accuracies,
+    confusion matrices and per-seed few-shot results for the eval report."""
     metrics: dict[str, float] = {}
     if config.evals.zeroshot.enabled:
-        metrics.update(run_zeroshot(config, model_def, state, tokenizer, mesh))
+        metrics.update(run_zeroshot(config, model_def, state, tokenizer, mesh, details))
     if config.evals.embedding_stats.enabled:
         metrics.update(run_embedding_stats(config, model_def, state, tokenizer, mesh))
     if config.evals.retrieval.enabled:
         metrics.update(run_retrieval(config, model_def, state, tokenizer, mesh))
+    if config.evals.fewshot.enabled:
+        metrics.update(run_fewshot(config, model_def, state, mesh, details))
     return metrics

@@ -7,7 +7,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from contrastive_jax.config import ConfigError, apply_override, default_config, merge_into
+from contrastive_jax.config import (
+    ConfigError,
+    apply_override,
+    default_config,
+    merge_into,
+    use_model_schema,
+)
+from contrastive_jax.data.pipeline import text_renderer
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.parallel import distributed
@@ -23,7 +30,9 @@ def load_workdir_config(workdir: str, overrides: Sequence[str] = ()):
         raise FileNotFoundError(f"{workdir} is not a training workdir: no config.json")
     config = default_config()
     with open(path, encoding="utf-8") as f:
-        merge_into(config, json.load(f))
+        saved = json.load(f)
+    use_model_schema(config, saved.get("model", {}).get("name", config.model.name))
+    merge_into(config, saved)
     # How the training job was launched (e.g. process 0's process_id) is not part of the run.
     config.distributed = default_config().distributed
     for item in overrides:
@@ -49,13 +58,17 @@ def restore_workdir(workdir: str, step: int | None = None, overrides: Sequence[s
                                 f"(have {sorted(checkpointer.manager.all_steps())})")
     state, _ = checkpointer.restore(state, shardings, step=step)
     checkpointer.close()
-    tokenizer = Tokenizer(os.path.join(workdir, "tokenizer.model"))
+    if config.data.render.enabled:  # CLIPPO: prompts are rendered, nothing to load
+        tokenizer = text_renderer(config.data)
+    else:
+        tokenizer = Tokenizer(os.path.join(workdir, "tokenizer.model"))
     return config, mesh, state, tokenizer
 
 
 def evaluate_workdir(workdir: str, step: int | None = None,
-                     overrides: Sequence[str] = ()) -> dict[str, Any]:
+                     overrides: Sequence[str] = (),
+                     details: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restores `step` (default: latest) and returns the configured eval metrics."""
     config, mesh, state, tokenizer = restore_workdir(workdir, step, overrides)
-    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh)
+    metrics = run_evals(config, ModelDef(config.model), state, tokenizer, mesh, details)
     return {"step": int(state.step), **metrics}

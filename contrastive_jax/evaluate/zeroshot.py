@@ -28,7 +28,8 @@ def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_na
 
 @functools.lru_cache(maxsize=8)
 def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
-    """Jitted: (params, rest, classifier, batch) -> per-class counts of top-1/top-5 hits."""
+    """Jitted: (params, rest, classifier, batch) -> per-class top-1/top-5 hits, per-class
+    counts and the [true, predicted] confusion counts of the batch."""
 
     def counts(params, rest, classifier, images, labels, mask):
         z = model_def.bind(params, rest).encode_image(images)
@@ -37,8 +38,9 @@ def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
         hit1 = (top5[:, 0] == labels) * mask
         hit5 = jnp.any(top5 == labels[:, None], axis=-1) * mask
         onehot = jax.nn.one_hot(labels, classifier.shape[0]) * mask[:, None]
-        # Per-class sums over the (sharded) batch: every example counted exactly once.
-        return hit1 @ onehot, hit5 @ onehot, onehot.sum(0)
+        predicted = jax.nn.one_hot(top5[:, 0], classifier.shape[0])
+        # Sums over the (sharded) batch: every example counted exactly once, padding never.
+        return hit1 @ onehot, hit5 @ onehot, onehot.sum(0), onehot.T @ predicted
 
     return jax.jit(counts, out_shardings=replicated(mesh))
 
@@ -52,6 +54,7 @@ def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.nda
     hit1 = np.zeros(num_classes)
     hit5 = np.zeros(num_classes)
     total = np.zeros(num_classes)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
     multiple = num_batch_shards(mesh) * jax.process_count()
     for batch in batches:
         # Padding rows have mask 0, so any batch size splits and counts stay exact.
@@ -59,10 +62,12 @@ def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.nda
                  "mask": batch["mask"].astype(np.float32)}
         local = {k: process_rows(pad_rows(v, multiple)) for k, v in local.items()}
         arrays = to_global(local, mesh)
-        h1, h5, n = jax.device_get(fn(state.params, state.rest, jnp.asarray(classifier),
+        h1, h5, n, conf = jax.device_get(fn(state.params, state.rest, jnp.asarray(classifier),
                                       arrays["image"], arrays["label"], arrays["mask"]))
         hit1 += h1
         hit5 += h5
         total += n
+        confusion += np.rint(conf).astype(np.int64)
     return {"top1": float(hit1.sum() / total.sum()), "top5": float(hit5.sum() / total.sum()),
-            "per_class": hit1 / np.maximum(total, 1), "count": int(total.sum())}
+            "per_class": hit1 / np.maximum(total, 1), "count": int(total.sum()),
+            "confusion": confusion}

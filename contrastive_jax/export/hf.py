@@ -1,15 +1,14 @@
-"""Hugging Face `transformers` export: a SigLIP-architecture model as `SiglipModel`.
+"""Hugging Face `transformers` export: a SigLIP-architecture model as `SiglipModel`, a
+CLIP-architecture one as `CLIPModel` (see export/hf_clip.py).
 
 Only models that transformers computes exactly are exported; anything else is refused with a
-one-line error naming the feature, never silently approximated. `SiglipModel` fixes:
+one-line error naming the features, never silently approximated. `SiglipModel` fixes:
   image: MAP-head pooling (`vision_model.head`), learned position embeddings, no projection
-         after the pool (so image width == embed_dim and `image.head=False`);
+         after the pool (so image width == embed_dim and `image.head=False`), no pre-norm;
   text:  no pad masking and the output at the final position (`text.pool="final"`, as
-         big_vision's SigLIP), followed by a Linear head (`text_model.head`);
+         big_vision's SigLIP), bidirectional, followed by a Linear head (`text_model.head`);
   both:  pre-LN blocks, LayerNorm eps 1e-6, tanh-approximate GELU ("gelu_pytorch_tanh").
 The tokenizer is saved as a T5Tokenizer (see `_save_processors`); pad text to max_len.
-CLIPModel is not offered: its text tower uses a causal attention mask and bias-free
-projections, which our bidirectional text tower and biased heads cannot express.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from contrastive_jax.export.native import (
     write_atomically,
 )
 from contrastive_jax.models import complete_config
+from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
 
 
@@ -52,6 +52,10 @@ def unsupported_features(model: Any) -> list[str]:
     if txt.pool != "final":
         reasons.append(f"text.pool={txt.pool!r} (SiglipModel pools the final position without "
                        "pad masking: text.pool='final')")
+    if img.pre_norm:
+        reasons.append("image.pre_norm=True (SiglipModel has no pre-encoder LayerNorm)")
+    if txt.causal:
+        reasons.append("text.causal=True (SiglipModel's text attention is bidirectional)")
     return reasons
 
 
@@ -89,8 +93,9 @@ def _prefixed(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarr
 
 def _encoder(prefix: str, p: dict) -> dict[str, np.ndarray]:
     out = {}
-    for i in sorted(p["blocks"]):
-        block, pre = p["blocks"][i], f"{prefix}.layers.{i}"
+    blocks = unstack_layers({"blocks": p["blocks"]})["blocks"]  # scan_layers: per layer
+    for i in sorted(blocks, key=int):
+        block, pre = blocks[i], f"{prefix}.layers.{i}"
         out |= _prefixed(f"{pre}.layer_norm1", _norm(block["ln1"]))
         out |= _prefixed(f"{pre}.self_attn", _attention(block["attn"]))
         out |= _prefixed(f"{pre}.layer_norm2", _norm(block["ln2"]))
@@ -128,8 +133,9 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     sd |= _encoder("text_model.encoder", txt["encoder"])
     sd |= _prefixed("text_model.final_layer_norm", _norm(txt["encoder"]["encoder_norm"]))
     if "txt_head" in params:
-        sd |= _prefixed("text_model.head", _linear(params["txt_head"]["kernel"],
-                                                   params["txt_head"]["bias"]))
+        head = params["txt_head"]
+        bias = head.get("bias", np.zeros(head["kernel"].shape[-1], np.float32))  # proj_bias
+        sd |= _prefixed("text_model.head", _linear(head["kernel"], bias))
     else:  # no text projection in our model: an exact identity in SiglipModel's head
         sd["text_model.head.weight"] = np.eye(embed_dim, dtype=np.float32)
         sd["text_model.head.bias"] = np.zeros(embed_dim, np.float32)
@@ -139,10 +145,8 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.float32, order="C") for k, v in sd.items()}
 
 
-def siglip_config(model: Any):
-    """transformers.SiglipConfig for a complete model config."""
-    from transformers import SiglipConfig
-
+def hf_towers(model: Any, **common: Any) -> tuple[dict, dict]:
+    """(text, vision) config kwargs shared by SiglipConfig and CLIPConfig."""
     isize = resolve_size(model.image, tower="image", with_patch=True)
     tsize = resolve_size(model.text, tower="text", with_patch=False)
     size = model.image.image_size
@@ -151,30 +155,44 @@ def siglip_config(model: Any):
     def tower(s: dict) -> dict:
         return dict(hidden_size=s["width"], intermediate_size=s["mlp_dim"],
                     num_hidden_layers=s["depth"], num_attention_heads=s["num_heads"],
-                    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+                    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, **common)
 
     text = dict(tower(tsize), vocab_size=model.text.vocab_size,
-                max_position_embeddings=model.text.max_len, projection_size=model.embed_dim,
-                pad_token_id=0, eos_token_id=1, bos_token_id=None)
+                max_position_embeddings=model.text.max_len, pad_token_id=0, eos_token_id=1,
+                bos_token_id=None)
     vision = dict(tower(isize), num_channels=model.image.channels, image_size=size,
-                  patch_size=isize["patch_size"], vision_use_head=True)
-    return SiglipConfig(text_config=text, vision_config=vision)
+                  patch_size=isize["patch_size"])
+    return text, vision
 
 
-def _save_processors(out: str, card: dict, tokenizer_path: str) -> None:
-    from transformers import AutoTokenizer, SiglipImageProcessor
+def siglip_config(model: Any):
+    """transformers.SiglipConfig for a complete model config."""
+    from transformers import SiglipConfig
+
+    text, vision = hf_towers(model)
+    return SiglipConfig(text_config=dict(text, projection_size=model.embed_dim),
+                        vision_config=dict(vision, vision_use_head=True))
+
+
+def _save_processors(out: str, card: dict, tokenizer_path: str, clip: bool) -> None:
+    from transformers import AutoTokenizer, CLIPImageProcessor, SiglipImageProcessor
 
     lo, hi = card["image"]["value_range"]
     channels = card["image"]["channels"]
     # Processor: x/255 then (x - mean) / std; our range map is lo + x/255 * (hi - lo).
-    mean, std = -lo / (hi - lo), 1.0 / (hi - lo)
+    norm = dict(image_mean=[-lo / (hi - lo)] * channels, image_std=[1.0 / (hi - lo)] * channels,
+                do_convert_rgb=channels == 3)
     size = card["image"]["size"]
-    SiglipImageProcessor(size={"height": size, "width": size}, image_mean=[mean] * channels,
-                         image_std=[std] * channels, do_convert_rgb=channels == 3,
-                         ).save_pretrained(out)
-    # T5Tokenizer, not SiglipTokenizer: SiglipTokenizer strips punctuation before encoding
-    # (big_vision's canonicalisation), ours does not. T5's conventions are exactly ours:
-    # sentencepiece ids, pad 0, eos 1 appended, unk 2, no bos; the model itself normalises.
+    if clip:  # CLIP's recipe: resize the short side, then a centre crop to the model's size
+        processor = CLIPImageProcessor(size={"shortest_edge": size},
+                                       crop_size={"height": size, "width": size}, **norm)
+    else:
+        processor = SiglipImageProcessor(size={"height": size, "width": size}, **norm)
+    processor.save_pretrained(out)
+    # Both models get our sentencepiece model, since CLIPTokenizer is a byte-level BPE that
+    # cannot hold it. T5Tokenizer, not SiglipTokenizer: SiglipTokenizer strips punctuation
+    # before encoding (big_vision's canonicalisation), ours does not. T5's conventions are
+    # exactly ours: sentencepiece ids, pad 0, eos 1 appended, unk 2, no bos.
     shutil.copyfile(tokenizer_path, os.path.join(out, "spiece.model"))
     with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
@@ -185,30 +203,37 @@ def _save_processors(out: str, card: dict, tokenizer_path: str) -> None:
 
 def export_hf(workdir: str, out: str, *, step: int | None = None,
               overwrite: bool = False) -> str:
-    """Writes `workdir`'s checkpoint as a transformers SiglipModel directory."""
+    """Writes `workdir`'s checkpoint as a transformers SiglipModel or CLIPModel directory,
+    whichever computes the model exactly."""
+    from contrastive_jax.export.hf_clip import clip_config, clip_state_dict, clip_unsupported
+
     config, params, step = restore_params(workdir, step)
     model = complete_config(config.model.to_dict())
-    if config.data.max_len != model.text.max_len:
+    siglip_reasons, clip_reasons = unsupported_features(model), clip_unsupported(model)
+    clip = bool(siglip_reasons) and not clip_reasons
+    if siglip_reasons and clip_reasons:
+        raise ValueError("cannot export exactly as transformers SiglipModel: "
+                         + "; ".join(siglip_reasons) + "; nor as CLIPModel: "
+                         + "; ".join(clip_reasons))
+    if not clip and config.data.max_len != model.text.max_len:
         raise ValueError(f"data.max_len {config.data.max_len} != text.max_len "
                          f"{model.text.max_len}: SiglipModel pools position -1 of the padded "
                          "sequence, so both must agree")
-    reasons = unsupported_features(model)
-    if reasons:
-        raise ValueError("cannot export exactly as transformers SiglipModel: "
-                         + "; ".join(reasons))
     import torch
-    from transformers import SiglipModel
+    from transformers import CLIPModel, SiglipModel
 
-    hf_model = SiglipModel(siglip_config(model))
-    state = {k: torch.from_numpy(v) for k, v in siglip_state_dict(params,
-                                                                    model.embed_dim).items()}
-    hf_model.load_state_dict(state, strict=True)
+    if clip:
+        hf_model, tensors = CLIPModel(clip_config(model)), clip_state_dict(params, model)
+    else:
+        hf_model = SiglipModel(siglip_config(model))
+        tensors = siglip_state_dict(params, model.embed_dim)
+    hf_model.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
     card = export_config(config, params, step)
 
     def fill(tmp: str) -> None:
         hf_model.save_pretrained(tmp)
         shutil.copyfile(os.path.join(workdir, TOKENIZER_FILE), os.path.join(tmp, TOKENIZER_FILE))
-        _save_processors(tmp, card, os.path.join(tmp, TOKENIZER_FILE))
+        _save_processors(tmp, card, os.path.join(tmp, TOKENIZER_FILE), clip)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
                   encoding="utf-8") as f:
             json.dump(card, f, indent=2, sort_keys=True)

@@ -123,16 +123,19 @@ def apply_filters(
     counters: FilterCounters | None = None,
     dataset: str | None = None,
     data_dir: str | None = None,
+    pool: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """`ds` with the enabled filters applied in `filters_cfg.order`.
 
     `counters` (optional) receives `filters/<name>/kept|dropped`. `dataset` / `data_dir`
     name the TFDS dataset whose class names are MetaCLIP's default entries. The MetaCLIP
-    counting pass reads the pool as it reaches that filter (after the filters before it).
+    counting pass reads the pool as it reaches that filter (after the filters before it);
+    the pool is `ds` unless given (`ds` must then be finite), e.g. when `ds` is infinite.
     """
     if not filters_active(filters_cfg):
         return ds
-    uncounted = ds  # the pool as seen by each filter, without touching the counters
+    # The pool as seen by each filter, without touching the counters.
+    uncounted = ds if pool is None else pool
     for name in _check_order(filters_cfg):
         cfg = filters_cfg[name]
         if not cfg.enabled:

@@ -1,6 +1,7 @@
-"""Models: ViT and text towers, the two-tower contrastive model, and a name registry."""
+"""Models: ViT and text towers, two-tower and one-tower (CLIPPO) models, a name registry."""
 
-from contrastive_jax.models import two_tower
+from contrastive_jax.models import one_tower, two_tower
+from contrastive_jax.models.one_tower import OneTower
 from contrastive_jax.models.registry import (
     complete_config,
     create_model,
@@ -14,9 +15,11 @@ from contrastive_jax.models.two_tower import TwoTower, l2_normalize
 from contrastive_jax.models.vit import ViT
 
 register_model("two_tower", TwoTower, default_config=two_tower.default_config)
+register_model("one_tower", OneTower, default_config=one_tower.default_config)
 
 __all__ = [
     "SIZES",
+    "OneTower",
     "TextTransformer",
     "TwoTower",
     "ViT",

@@ -27,6 +27,8 @@ class TextTransformer(nnx.Module):
     "final" is big_vision's SigLIP text tower (also Hugging Face's SiglipTextModel): no pad
     masking at all and the output at the final position, so its result depends on the
     padded length; feed it sequences padded to a fixed length, as SigLIP was trained.
+    `causal=True` lets each token attend only to itself and earlier tokens (CLIP's text
+    tower); with "last" pooling that is transformers' CLIPTextModel, which pools the EOS.
     Returns pooled float32 features [B, width]; `return_tokens=True` also returns the
     encoded tokens [B, L, width] and the [B, L] validity mask.
     """
@@ -41,9 +43,11 @@ class TextTransformer(nnx.Module):
         vocab_size: int,
         max_len: int,
         pool: str = "last",
+        causal: bool = False,
         dtype: str | Dtype = "float32",
         param_dtype: str | Dtype = "float32",
         remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         if pool not in POOLS:
@@ -52,14 +56,15 @@ class TextTransformer(nnx.Module):
             raise ValueError(f"Need vocab_size >= 2 and max_len >= 1, got {vocab_size}, "
                              f"{max_len}.")
         self.dtype, pdt = parse_dtype(dtype), parse_dtype(param_dtype)
-        self.pool, self.max_len = pool, int(max_len)
+        self.pool, self.max_len, self.causal = pool, int(max_len), bool(causal)
         self.embedding = nnx.Embed(
             vocab_size, width, dtype=self.dtype, param_dtype=pdt,
             embedding_init=nnx.initializers.normal(stddev=0.02), rngs=rngs)
         init = nnx.initializers.normal(stddev=width**-0.5)  # big_vision's posemb scale
         self.pos_embedding = nnx.Param(init(rngs.params(), (1, max_len, width), pdt))
         self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
-                               param_dtype=pdt, remat=remat, rngs=rngs)
+                               param_dtype=pdt, remat=remat, scan_layers=scan_layers,
+                               rngs=rngs)
         if pool == "map":
             self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
                                     param_dtype=pdt, rngs=rngs)
@@ -76,7 +81,10 @@ class TextTransformer(nnx.Module):
         mask = jnp.ones_like(tokens, bool) if self.pool == "final" else tokens != PAD_ID
         x = self.embedding(tokens)
         x = x + self.pos_embedding[:, :length].astype(x.dtype)
-        x = self.encoder(x, mask)  # float32
+        attend = mask
+        if self.causal:
+            attend = mask[:, None, None, :] & jnp.tril(jnp.ones((length, length), bool))
+        x = self.encoder(x, attend)  # float32
 
         if self.pool == "last":
             idx = last_token_index(mask)

@@ -49,8 +49,11 @@ def attention(width: int, num_heads: int, dtype: Dtype, param_dtype: Dtype,
 
 
 def attention_mask(mask: Array | None) -> Array | None:
-    """[B, L] key-validity mask -> [B, 1, 1, L], broadcastable over heads and queries."""
-    return None if mask is None else mask[:, None, None, :].astype(bool)
+    """[B, L] key-validity mask -> [B, 1, 1, L], broadcastable over heads and queries; a
+    [B, 1, Lq, Lk] mask (e.g. causal) is used as it is."""
+    if mask is None:
+        return None
+    return (mask if mask.ndim == 4 else mask[:, None, None, :]).astype(bool)
 
 
 class MlpBlock(nnx.Module):
@@ -106,27 +109,52 @@ class Encoder(nnx.Module):
 
     `remat` (one of REMAT_NAMES) rematerialises each block in the backward pass: the
     policy says which intermediates are kept; "none" keeps all (no recomputation).
+    `scan_layers` stores the blocks as one block whose params have a leading depth axis
+    (`blocks/ln1/scale` [depth, width] instead of `blocks/0/ln1/scale` [width]) and runs
+    them under `jax.lax.scan`: the block is traced and compiled once, whatever the depth.
     """
 
     def __init__(self, width: int, depth: int, mlp_dim: int, num_heads: int, *,
-                 dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none"):
+                 dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none",
+                 scan_layers: bool = False):
         if remat not in REMAT_NAMES:
             raise ValueError(f"Unknown remat {remat!r}; expected one of {REMAT_NAMES}.")
-        self.remat = remat
-        self.blocks = nnx.List([
-            EncoderBlock(width, mlp_dim, num_heads, dtype=dtype, param_dtype=param_dtype,
-                         rngs=rngs)
-            for _ in range(depth)
-        ])
+        self.remat, self.scan_layers = remat, bool(scan_layers)
+
+        def block(rngs: nnx.Rngs) -> EncoderBlock:
+            return EncoderBlock(width, mlp_dim, num_heads, dtype=dtype,
+                                param_dtype=param_dtype, rngs=rngs)
+
+        if self.scan_layers:
+            # One key per layer, then vmap the constructor: params get a leading depth axis.
+            stacked = nnx.split_rngs(splits=depth)(nnx.vmap(block, in_axes=0, out_axes=0))
+            self.blocks = stacked(rngs)
+        else:
+            self.blocks = nnx.List([block(rngs) for _ in range(depth)])
         self.encoder_norm = layer_norm(width, param_dtype, rngs)
 
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         apply = _apply_block
         if self.remat != "none":
             apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[self.remat])
+        if self.scan_layers:
+            return self.encoder_norm(self._scan(x, mask))
         for block in self.blocks:
             x = apply(block, x, mask)
         return self.encoder_norm(x)
+
+    def _scan(self, x: Array, mask: Array | None) -> Array:
+        # A plain lax.scan over the stacked param state: blocks hold only params (no
+        # dropout RNGs, no batch stats), so nothing needs to flow back out of the loop.
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(carry: Array, layer_state: Any) -> tuple[Array, None]:
+            return nnx.merge(graphdef, layer_state)(carry, mask), None
+
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat])
+        x, _ = jax.lax.scan(body, x, state)
+        return x
 
 
 class MAPHead(nnx.Module):

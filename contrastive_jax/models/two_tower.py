@@ -11,12 +11,15 @@ Config schema (see `default_config`; None means "take it from the variant"):
     param_dtype       parameter dtype, "float32" (t_log and b are always float32)
     remat             per-block rematerialisation: "none" | "full" | "dots_saveable" |
                       "nothing_saveable" | ... (see transformer.REMAT_NAMES)
+    scan_layers       run each tower's blocks under a scan over layers: compile time stops
+                      growing with depth; params are stacked (see models/layer_stack.py)
     image.variant     e.g. "B/16": named size + patch size; fields below override it
     image.{width, depth, mlp_dim, num_heads, patch_size}
     image.image_size  int or (H, W); must be divisible by the patch size
     image.channels    input channels (1 for grey-scale, 3 for RGB)
     image.pool        "map" | "gap" | "cls"
     image.posemb      "learn" | "sincos2d"
+    image.pre_norm    LayerNorm before the encoder (CLIP's pre_layrnorm)
     image.head        always project to embed_dim (else only when width != embed_dim)
     text.variant      e.g. "B" (no patch size); fields below override it
     text.{width, depth, mlp_dim, num_heads}
@@ -25,6 +28,8 @@ Config schema (see `default_config`; None means "take it from the variant"):
     text.pool         "last" | "first" | "mean" | "map" | "final" (SigLIP: last position,
                       no pad masking; see TextTransformer)
     text.head         as image.head
+    text.causal       causal self-attention (CLIP's text tower)
+    proj_bias         the projection heads have a bias (CLIP's have none)
 """
 
 from __future__ import annotations
@@ -48,12 +53,15 @@ def default_config() -> ml_collections.ConfigDict:
     """Full two_tower schema with defaults: a tiny SigLIP-style model for 28x28 grey images."""
     tower = dict(variant=None, width=None, depth=None, mlp_dim=None, num_heads=None)
     image = dict(tower, variant="mu/4", patch_size=None, image_size=28, channels=1,
-                 pool="map", posemb="learn", head=True)
-    text = dict(tower, variant="mu", vocab_size=1000, max_len=16, pool="last", head=True)
+                 pool="map", posemb="learn", head=True, pre_norm=False)
+    text = dict(tower, variant="mu", vocab_size=1000, max_len=16, pool="last", head=True,
+                causal=False)
     # type_safe=False: override values may change type (e.g. variant None -> "B/16").
     return ml_collections.ConfigDict(
         dict(name="two_tower", embed_dim=128, temperature_init=10.0, bias_init=-10.0,
-             dtype="float32", param_dtype="float32", remat="none", image=image, text=text),
+             dtype="float32", param_dtype="float32", remat="none", proj_bias=True,
+             scan_layers=False,
+             image=image, text=text),
         type_safe=False)
 
 
@@ -63,15 +71,16 @@ def l2_normalize(z: jax.Array) -> jax.Array:
     return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
 
 
-def _projection(width: int, embed_dim: int, head: bool, param_dtype: Any,
+def _projection(width: int, embed_dim: int, head: bool, bias: bool, param_dtype: Any,
                 rngs: nnx.Rngs) -> nnx.Linear | None:
     if not head and width == embed_dim:
         return None
     # lecun-normal, not zeros: two zero-initialised heads give zero embeddings and zero
     # gradients for both towers (big_vision's SigLIP configs set head_zeroinit=False too).
     # The head runs in float32: it is small and produces the final embedding.
-    return nnx.Linear(width, embed_dim, dtype=jnp.float32, param_dtype=param_dtype,
-                      kernel_init=nnx.initializers.lecun_normal(), rngs=rngs)
+    return nnx.Linear(width, embed_dim, use_bias=bias, dtype=jnp.float32,
+                      param_dtype=param_dtype, kernel_init=nnx.initializers.lecun_normal(),
+                      rngs=rngs)
 
 
 class TwoTower(nnx.Module):
@@ -83,28 +92,36 @@ class TwoTower(nnx.Module):
     def __init__(self, config: Mapping[str, Any], *, rngs: nnx.Rngs):
         img, txt = config["image"], config["text"]
         dtype, pdt = config["dtype"], config["param_dtype"]
+        embed_dim = self._init_scale_and_bias(config)
+
+        isize = resolve_size(img, tower="image", with_patch=True)
+        self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
+                       pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
+                       dtype=dtype, param_dtype=pdt, remat=config["remat"],
+                       scan_layers=config["scan_layers"], rngs=rngs)
+        tsize = resolve_size(txt, tower="text", with_patch=False)
+        self.txt = TextTransformer(**tsize, vocab_size=txt["vocab_size"],
+                                   max_len=txt["max_len"], pool=txt["pool"],
+                                   causal=txt["causal"], dtype=dtype, param_dtype=pdt,
+                                   remat=config["remat"], scan_layers=config["scan_layers"],
+                                   rngs=rngs)
+        pdt = parse_dtype(pdt)
+        bias = bool(config["proj_bias"])
+        self.img_head = _projection(isize["width"], embed_dim, img["head"], bias, pdt, rngs)
+        self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], bias, pdt, rngs)
+
+    def _init_scale_and_bias(self, config: Mapping[str, Any]) -> int:
+        """Checks embed_dim and temperature_init, creates t_log and b; returns embed_dim."""
         embed_dim = int(config["embed_dim"])
         if embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {embed_dim}.")
         t_init = float(config["temperature_init"])
         if not t_init > 0:
             raise ValueError(f"temperature_init must be > 0, got {t_init}.")
-
-        isize = resolve_size(img, tower="image", with_patch=True)
-        self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
-                       pool=img["pool"], posemb=img["posemb"], dtype=dtype, param_dtype=pdt,
-                       remat=config["remat"], rngs=rngs)
-        tsize = resolve_size(txt, tower="text", with_patch=False)
-        self.txt = TextTransformer(**tsize, vocab_size=txt["vocab_size"],
-                                   max_len=txt["max_len"], pool=txt["pool"], dtype=dtype,
-                                   param_dtype=pdt, remat=config["remat"], rngs=rngs)
-        pdt = parse_dtype(pdt)
-        self.img_head = _projection(isize["width"], embed_dim, img["head"], pdt, rngs)
-        self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], pdt, rngs)
-
         self.t_log = nnx.Param(jnp.asarray(math.log(t_init), jnp.float32))
         b_init = config["bias_init"]
         self.b = None if b_init is None else nnx.Param(jnp.asarray(b_init, jnp.float32))
+        return embed_dim
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """images [B, H, W, C] float32 -> [B, D] unit-norm float32."""

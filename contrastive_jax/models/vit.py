@@ -12,6 +12,7 @@ from contrastive_jax.models.transformer import (
     Dtype,
     Encoder,
     MAPHead,
+    layer_norm,
     parse_dtype,
     posemb_sincos_2d,
 )
@@ -30,8 +31,9 @@ def _pair(x: int | Sequence[int]) -> tuple[int, int]:
 class ViT(nnx.Module):
     """Patchify -> (+ position embeddings) -> pre-LN encoder -> final LN -> pool.
 
-    Returns pooled float32 features [B, width]; with `return_tokens=True` also the
-    encoded patch tokens [B, N, width] (float32, class token removed).
+    `pre_norm=True` adds a LayerNorm between the embeddings and the encoder (CLIP's
+    `pre_layrnorm`). Returns pooled float32 features [B, width]; with `return_tokens=True`
+    also the encoded patch tokens [B, N, width] (float32, class token removed).
     """
 
     def __init__(
@@ -46,9 +48,11 @@ class ViT(nnx.Module):
         channels: int = 3,
         pool: str = "map",
         posemb: str = "learn",
+        pre_norm: bool = False,
         dtype: str | Dtype = "float32",
         param_dtype: str | Dtype = "float32",
         remat: str = "none",
+        scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
         if pool not in POOLS:
@@ -74,8 +78,10 @@ class ViT(nnx.Module):
             self.pos_embedding = nnx.Param(init(rngs.params(), (1, n, width), pdt))
         if pool == "cls":
             self.cls = nnx.Param(jnp.zeros((1, 1, width), pdt))
+        self.pre_norm = layer_norm(width, pdt, rngs) if pre_norm else None
         self.encoder = Encoder(width, depth, mlp_dim, num_heads, dtype=self.dtype,
-                               param_dtype=pdt, remat=remat, rngs=rngs)
+                               param_dtype=pdt, remat=remat, scan_layers=scan_layers,
+                               rngs=rngs)
         if pool == "map":
             self.map_head = MAPHead(width, mlp_dim, num_heads, dtype=self.dtype,
                                     param_dtype=pdt, rngs=rngs)
@@ -99,6 +105,8 @@ class ViT(nnx.Module):
         if self.pool == "cls":
             x = jnp.concatenate([jnp.broadcast_to(self.cls[...], (b, 1, d)).astype(x.dtype), x],
                                 axis=1)
+        if self.pre_norm is not None:
+            x = self.pre_norm(x).astype(self.dtype)
         x = self.encoder(x)  # float32, final LayerNorm applied
 
         if self.pool == "map":

@@ -7,6 +7,10 @@ Then, when the `fsdp` axis has more than one device, a parameter with at least
 `mesh.fsdp_min_size` elements is split over `fsdp` along its largest dimension that no rule
 split and that the axis size divides. Everything else is replicated.
 
+Stacked encoder blocks (`model.scan_layers`: `.../blocks/mlp/fc1/kernel`, no layer index)
+carry a leading depth axis: rules are matched against the per-layer shape and the depth axis
+is never split, so every layer is sharded exactly as in the per-layer layout.
+
 The same function shards the optimizer state: optax's mu/nu mirror the param tree, so their
 leaves end in the same key path; scalars such as `count` have no such path and stay replicated.
 """
@@ -36,6 +40,8 @@ DEFAULT_RULES: list[list[Any]] = [
     [r"mlp/fc1/bias$", ["model"]],
     [r"mlp/fc2/kernel$", ["model", None]],
 ]
+# A stacked-blocks path: `blocks/` followed by a name rather than a layer index.
+_STACKED = re.compile(r"(^|/)blocks/(?!\d+(/|$))")
 # Below this many elements, all-gathering a parameter costs more latency than its memory saves.
 DEFAULT_FSDP_MIN_SIZE = 2**14
 
@@ -106,6 +112,11 @@ def fsdp_dim(shape: Sequence[int], spec: Sequence[SpecEntry], fsdp_size: int) ->
 def param_spec(name: str, shape: Sequence[int], rules: Sequence[Rule],
                axis_sizes: Mapping[str, int], fsdp_min_size: int) -> PartitionSpec:
     """The PartitionSpec of one parameter: its rule (fitted to the mesh), then FSDP."""
+    if _STACKED.search(name) and len(shape) >= 1:
+        # Exactly the spec layer 0 of the per-layer layout gets, behind an unsplit depth axis.
+        per_layer = _STACKED.sub(r"\1blocks/0/", name, count=1)
+        inner = param_spec(per_layer, shape[1:], rules, axis_sizes, fsdp_min_size)
+        return PartitionSpec(None, *inner)
     unknown_axes = set()
     spec = match_rule(name, rules)
     if spec is None:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from contrastive_jax.losses import LossFn
 from contrastive_jax.parallel.mesh import BATCH_AXES
+from contrastive_jax.train.lock import merge_params
 from contrastive_jax.train.state import ModelDef
 
 Params = dict[str, Any]
@@ -68,14 +69,20 @@ def grad_cache_value_and_grad(
     labels: jax.Array | None,
     k: int,
     mesh: Mesh | None = None,
+    locked: Params | None = None,
 ) -> tuple[tuple[jax.Array, tuple[dict, jax.Array, jax.Array]], Params]:
     """Same result as `value_and_grad(loss_of, has_aux=True)(params)` of the plain step.
 
     Returns ((loss, (aux, t, b)), grads); k micro-batches bound the activation memory.
+    `locked`: params held constant (train/lock.py); `params` and the grads are the rest.
     """
+    locked = locked or {}
+
+    def bind(p: Params):
+        return model_def.bind(merge_params(p, locked), rest)
 
     def towers(p: Params, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, jax.Array]:
-        model = model_def.bind(p, rest)
+        model = bind(p)
         return model.encode_image(img), model.encode_text(txt)
 
     images = split_microbatches(image, k, mesh)
@@ -93,7 +100,7 @@ def grad_cache_value_and_grad(
     # (b) Full-batch loss. Differentiating w.r.t. the whole params dict reaches only
     # t_log and b (the towers are not run here): their ONE gradient contribution.
     def head_loss(p: Params, zi: jax.Array, zt: jax.Array):
-        model = model_def.bind(p, rest)
+        model = bind(p)
         t, b = model.temperature(), model.bias()
         loss, aux = loss_fn(zi, zt, t, b, labels)
         return loss, (aux, t, b)

@@ -19,6 +19,8 @@ from jax.sharding import Mesh
 
 from contrastive_jax.config import config_to_json
 from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
+from contrastive_jax.data.render_text import TextRenderer
+from contrastive_jax.data.stream import counter_metrics
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.filters import FilterCounters
@@ -27,7 +29,11 @@ from contrastive_jax.losses import LossFn, create_loss
 from contrastive_jax.losses.family import with_alignment_uniformity
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.embedding_cache import check_image_tower_locked
+from contrastive_jax.train.init_from import init_params
+from contrastive_jax.train.lock import check_patterns, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
@@ -82,7 +88,10 @@ def enable_compilation_cache(directory: str | None) -> None:
         jax.config.update("jax_compilation_cache_dir", directory)
 
 
-def check_vocab(config: ml_collections.ConfigDict, vocab_size: int) -> None:
+def check_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer | TextRenderer) -> None:
+    if "text" not in config.model:  # one tower: rendered captions, no vocabulary
+        return
+    vocab_size = tokenizer.vocab_size
     if vocab_size > config.model.text.vocab_size:
         raise ValueError(f"tokenizer has {vocab_size} pieces but config key "
                          f"'model.text.vocab_size' is {config.model.text.vocab_size}")
@@ -94,7 +103,7 @@ class Run:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | TextRenderer  # TextRenderer: CLIPPO renders captions
     model_def: ModelDef
     state: TrainState
     step_fn: StepFn
@@ -115,21 +124,28 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         ensure_tokenizer(config.data, workdir)
     multihost_utils.sync_global_devices("tokenizer ready")
     tokenizer = ensure_tokenizer(config.data, workdir)
-    check_vocab(config, tokenizer.vocab_size)
+    check_vocab(config, tokenizer)
 
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
+    lock = lock_patterns(config.train.locked)
+    check_patterns(state.params, lock)
     checkpointer = Checkpointer(workdir, config)
     if checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state, shardings)
         log.info("resumed from step %d", int(state.step))
+    elif config.train.init_from.path:
+        params, copied = init_params(state.params, config.train.init_from)
+        state = state.replace(params=params)
+        log.info("initialised %d params from %s", len(copied), config.train.init_from.path)
 
     loss_fn = loss_from_config(config, mesh)
     model_def = ModelDef(config.model)
     step_fn = jit_train_step(
         make_train_step(model_def, tx, loss_fn,
                         labels_as_positives=config.loss.positives == "labels",
-                        microbatches=config.train.microbatches, mesh=mesh),
+                        microbatches=config.train.microbatches, mesh=mesh, lock=lock,
+                        cached_image_embeddings=config.train.embedding_cache.enabled),
         shardings, mesh)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
 
@@ -146,20 +162,30 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh)
     read_size = batch_size * (config.train.cit.oversample if cit else 1)
     counters = FilterCounters()
+    cached = None
+    if config.train.embedding_cache.enabled:
+        check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
+        cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
+                                               run.mesh)
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_example=step * read_size, seed=config.seed,
-        filter_counters=counters).as_numpy_iterator())
+        filter_counters=counters, image_embeddings=cached).as_numpy_iterator())
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
     bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
     state = run.state
+    data_counts = None  # running bad-record counters of `data.sources` streams
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
-            batch = to_global(next(data), run.mesh)
+            batch = next(data)
+            if "data_counts" in batch:
+                counts = batch.pop("data_counts")  # cumulative: the latest is the largest
+                data_counts = counts if data_counts is None else np.maximum(data_counts, counts)
+            batch = to_global(batch, run.mesh)
             if cit:
                 batch, cit_metrics = cit(state, batch, step)
             state, metrics = run.step_fn(state, batch)
@@ -170,6 +196,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
                 metrics["train/lr"] = float(run.schedule(step - 1))
+                if data_counts is not None:
+                    metrics.update(data_counter_metrics(data_counts))
                 metrics.update(counters.as_dict())
                 if cit:
                     metrics.update(jax.device_get(cit_metrics))
@@ -193,6 +221,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.write(step, final)
     writer.close()
     return {"step": step, **{k: float(v) for k, v in final.items()}}
+
+
+def data_counter_metrics(counts: np.ndarray) -> dict[str, float]:
+    """`data/seen` and `data/skipped/<reason>` summed over sources and processes."""
+    if jax.process_count() > 1:  # every process reaches each log step: a safe collective
+        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
+    return counter_metrics(counts)
 
 
 class Throughput:

@@ -14,12 +14,13 @@ from jax.sharding import Mesh
 
 from contrastive_jax.models import create_model
 from contrastive_jax.parallel.sharding import tree_shardings
+from contrastive_jax.train.lock import lock_patterns, split_params
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: dict[str, Any]  # trainable nnx.Param values, as a nested dict
+    params: dict[str, Any]  # all nnx.Param values (locked ones too), as a nested dict
     rest: dict[str, Any]  # any other model state (buffers), never touched by the optimizer
     opt_state: optax.OptState
 
@@ -67,8 +68,10 @@ def create_train_state(
 
     def init(rng: jax.Array) -> TrainState:
         params, rest = ModelDef.init(config.model, rng)
+        # Optimizer state only for trainable params: locked ones have none (train/lock.py).
+        trainable, _ = split_params(params, lock_patterns(config.train.locked))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                          opt_state=tx.init(params))
+                          opt_state=tx.init(trainable))
 
     rng = jax.random.key(config.seed)
     abstract = jax.eval_shape(init, rng)

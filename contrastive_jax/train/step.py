@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import optax
@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 from contrastive_jax.losses import LossFn
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
+from contrastive_jax.train.lock import merge_params, split_params
 from contrastive_jax.train.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
@@ -25,6 +26,8 @@ def make_train_step(
     labels_as_positives: bool = False,
     microbatches: int = 1,
     mesh: Mesh | None = None,
+    lock: Sequence[str] = (),
+    cached_image_embeddings: bool = False,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
@@ -32,19 +35,35 @@ def make_train_step(
     params, XLA's propagation could otherwise move activations onto the params' layout.
     `microbatches` > 1 computes the same gradient with GradCache (train/grad_cache.py),
     holding one micro-batch's activations; `mesh` keeps each micro-batch sharded.
+
+    `lock`: regexes of locked param paths (train/lock.py). The gradient is taken with
+    respect to the trainable sub-dict only and the optimizer state covers only it; the
+    locked params enter as constants, so no backward pass is built for them.
+    `cached_image_embeddings`: the batch holds "image_embedding" [B, D] (the locked image
+    tower's output, precomputed) instead of "image"; the image tower is not run.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
+    if cached_image_embeddings and microbatches > 1:
+        raise ValueError("cached image embeddings do not combine with microbatches > 1")
+    lock = tuple(lock)
 
     def split_batch(x: jax.Array) -> jax.Array:
         return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
 
+    def embed(model, batch: Batch) -> tuple[jax.Array, jax.Array]:
+        if cached_image_embeddings:
+            return batch["image_embedding"], model.encode_text(batch["text"])
+        return model(batch["image"], batch["text"])
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         batch = {k: split_batch(v) for k, v in batch.items()}
+        trainable, locked = split_params(state.params, lock)
+        constant = jax.lax.stop_gradient(locked)
 
-        def loss_of(params):
-            model = model_def.bind(params, state.rest)
-            zimg, ztxt = map(split_batch, model(batch["image"], batch["text"]))
+        def loss_of(trainable_params):
+            model = model_def.bind(merge_params(trainable_params, constant), state.rest)
+            zimg, ztxt = map(split_batch, embed(model, batch))
             t, b = model.temperature(), model.bias()
             labels = batch["label"] if labels_as_positives else None
             loss, aux = loss_fn(zimg, ztxt, t, b, labels)
@@ -53,12 +72,12 @@ def make_train_step(
         if microbatches > 1:
             labels = batch["label"] if labels_as_positives else None
             (loss, (aux, t, b)), grads = grad_cache_value_and_grad(
-                model_def, loss_fn, state.params, state.rest, batch["image"], batch["text"],
-                labels, microbatches, mesh)
+                model_def, loss_fn, trainable, state.rest, batch["image"], batch["text"],
+                labels, microbatches, mesh, locked=constant)
         else:
-            (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+            (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
         metrics = {
             "train/loss": loss,
             "train/t": t,
@@ -67,7 +86,8 @@ def make_train_step(
             # pos_logit, neg_logit, and whatever else the loss reports.
             **{f"train/{name}": value for name, value in aux.items()},
         }
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new_state = state.replace(step=state.step + 1, params=merge_params(trainable, locked),
+                                  opt_state=opt_state)
         return new_state, metrics
 
     return train_step

@@ -1,0 +1,30 @@
+"""Demo CLIP in an architecture transformers' CLIPModel computes exactly (`export --format hf`).
+
+    contrastive-jax train --config configs/demo_clip_hf.py --workdir /tmp/demo_clip_hf
+    contrastive-jax export --checkpoint /tmp/demo_clip_hf --format hf --out /tmp/clip_hf
+
+Differences from demo_clip.py: the image tower pools a class token after a pre-encoder
+LayerNorm (CLIP's pre_layrnorm); the text tower is causal and pools the EOS; both projections
+have no bias; there is no logit bias (softmax loss).
+"""
+
+import ml_collections
+
+
+def get_config(steps: int = 1200) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(
+        embed_dim=128,
+        temperature_init=1 / 0.07,
+        bias_init=None,
+        proj_bias=False,
+        image=dict(variant=None, width=96, depth=3, mlp_dim=384, num_heads=3, patch_size=7,
+                   image_size=28, channels=1, pool="cls", posemb="learn", pre_norm=True),
+        text=dict(variant=None, width=64, depth=1, mlp_dim=256, num_heads=2, vocab_size=256,
+                  max_len=16, pool="last", causal=True),
+    )
+    c.data = dict(dataset="fashion_mnist_captions", max_len=16, tokenizer=dict(vocab_size=256))
+    c.loss = dict(name="softmax_sharded")
+    c.train = dict(batch_size=256, steps=steps, log_every=50, checkpoint_every=400)
+    c.optimizer = dict(lr=2e-3, warmup_steps=min(100, steps // 10), weight_decay=1e-4)
+    return c

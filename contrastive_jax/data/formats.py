@@ -1,0 +1,149 @@
+"""Pure-Python readers of two on-disk forms: webdataset tar shards and (path, caption) tables.
+
+Both yield canonical records (`records.make_record`) and turn failures into marker records
+(truncated shard, missing file) instead of raising, so the caller counts them.
+
+webdataset conventions (as in webdataset's `tariterators.base_plus_ext` and open_clip):
+a sample's key is the member path up to the FIRST dot of its basename, the rest is its
+extension (lowercased); consecutive members with one key form one sample; `.txt` holds
+the caption, `.json` metadata (and the caption under "caption"/"text" when there is no
+`.txt`), and the image is the `.jpg`/`.jpeg`/`.png`/`.webp` member.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tarfile
+from collections.abc import Iterator
+
+from contrastive_jax.data import records
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_KEY_RE = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """('dir/key', 'ext') of a tar member name, or None if the basename has no extension."""
+    match = _KEY_RE.match(name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def stable_uid(source: str, key: str) -> str:
+    """A uid that depends only on the source's file name and the sample's key."""
+    return hashlib.sha1(f"{os.path.basename(source)}/{key}".encode()).hexdigest()
+
+
+def _sample(tar_path: str, key: str, files: dict[str, bytes]) -> dict:
+    meta = {}
+    if "json" in files:
+        try:
+            meta = json.loads(files["json"])
+        except (ValueError, UnicodeDecodeError):
+            meta = {}  # unreadable metadata: the caption check decides the record's fate
+        if not isinstance(meta, dict):
+            meta = {}
+    caption = files.get("txt")
+    if caption is None:
+        text = meta.get("caption", meta.get("text", ""))
+        caption = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else b""
+    image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), b"")
+    uid = str(meta.get("uid", "")) or stable_uid(tar_path, key)
+    score = meta.get("score")
+    label = meta.get("label")
+    return records.make_record(
+        image_bytes=image, caption=caption, uid=uid.encode(),
+        label=int(label) if isinstance(label, int) else -1,
+        score=float(score) if isinstance(score, (int, float)) else math.nan)  # fmt: skip
+
+
+def read_tar(path: str) -> Iterator[dict]:
+    """Samples of one webdataset tar shard in stored order; markers for failures."""
+    if not os.path.exists(path):
+        log.warning("missing shard %s: skipped (counted as missing_file)", path)
+        yield records.marker(records.MISSING, path)
+        return
+    key, files = None, {}
+    try:
+        with tarfile.open(path, "r|*") as tar:  # streaming: no seeks, reads once
+            for member in tar:
+                if not member.isfile():
+                    continue
+                parts = split_key(member.name)
+                if parts is None:
+                    continue
+                if parts[0] != key:
+                    if key is not None:
+                        yield _sample(path, key, files)
+                    key, files = parts[0], {}
+                files[parts[1]] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        # The sample being read when the damage hit is incomplete: not served.
+        log.warning("truncated or damaged shard %s (%s): kept the samples before the damage",
+                    path, e)  # fmt: skip
+        yield records.marker(records.TRUNCATED, path)
+        return
+    if key is not None:
+        yield _sample(path, key, files)
+
+
+def read_tfrecord(path: str) -> Iterator[tuple[bytes, int]]:
+    """(serialized example, reason) of one TFRecord file; a truncated tail becomes a marker."""
+    import tensorflow as tf
+
+    if not os.path.exists(path):
+        log.warning("missing shard %s: skipped (counted as missing_file)", path)
+        yield path.encode(), records.MISSING
+        return
+    try:
+        for serialized in tf.compat.v1.io.tf_record_iterator(path):
+            yield serialized, records.OK
+    except tf.errors.DataLossError as e:
+        log.warning("truncated shard %s (%s): kept the records before the damage", path,
+                    str(e).splitlines()[0])  # fmt: skip
+        yield path.encode(), records.TRUNCATED
+
+
+def read_table(path: str, image_column: str = "path", caption_column: str = "caption",
+               uid_column: str = "uid") -> list[dict]:
+    """Rows of a CSV (with header) or JSONL file as dicts with str image path and bytes caption.
+
+    Captions keep their original bytes (surrogateescape), so a non-UTF-8 caption reaches
+    the pipeline's caption check instead of failing here.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"table file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        if path.endswith((".jsonl", ".json")):
+            items = (json.loads(line) for line in f if line.strip())
+        elif path.endswith((".csv", ".tsv")):
+            items = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
+        else:
+            raise ValueError(f"table {path}: expected a .csv, .tsv or .jsonl file")
+        for i, item in enumerate(items):
+            if image_column not in item or caption_column not in item:
+                raise ValueError(f"table {path} row {i}: needs columns {image_column!r} and "
+                                 f"{caption_column!r}, has {sorted(item)}")
+            label = item.get("label")
+            score = item.get("score")
+            rows.append({
+                "image": str(item[image_column]),
+                "caption": str(item[caption_column]).encode("utf-8", "surrogateescape"),
+                "uid": str(item.get(uid_column) or "") or stable_uid(path, str(i)),
+                "label": int(label) if label not in (None, "") else -1,
+                "score": float(score) if score not in (None, "") else math.nan,
+            })
+    return rows
+
+
+def resolve(root: str, image: str) -> str:
+    """An image path of a table row, relative to `root` unless absolute."""
+    return image if os.path.isabs(image) else os.path.join(root, image)

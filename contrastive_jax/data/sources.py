@@ -1,0 +1,256 @@
+"""Data sources for `data.sources`: tfds, tfrecord, wds (tar), folder (CSV/JSONL + images).
+
+A source is configured as a dict, e.g.
+    {"kind": "tfrecord", "pattern": "/data/laion/*.tfrecord", "weight": 0.7}
+and read as canonical records (see `records`). Every source splits its units (files, or
+table rows for `folder`) between processes so that each process reads a disjoint part, and
+reads its units in an order given to `read`, so the stream can reshuffle them per epoch.
+"""
+
+from __future__ import annotations
+
+import abc
+import glob
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from contrastive_jax.data import formats, records
+
+log = logging.getLogger(__name__)
+
+# Keys each kind accepts (besides kind and weight); values are defaults, None = required.
+_KEYS: dict[str, dict[str, Any]] = {
+    "tfds": {"name": None, "split": "", "data_dir": "", "image_key": "image",
+             "text_key": "caption", "label_key": "label"},
+    "tfrecord": {"pattern": None, "keys": {}},
+    "wds": {"pattern": None},
+    "folder": {"path": None, "root": "", "image_column": "path", "caption_column": "caption",
+               "uid_column": "uid"},
+}  # fmt: skip
+KINDS = tuple(_KEYS)
+
+
+def parse_source(spec: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """A validated source spec with defaults filled in; ValueError (one line) otherwise."""
+    where = f"data.sources[{index}]"
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where} must be a dict with a 'kind', got {spec!r}")
+    kind = spec.get("kind")
+    if kind not in _KEYS:
+        raise ValueError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    allowed = _KEYS[kind]
+    out = {"kind": kind, "weight": 1.0, **allowed}
+    for key, value in spec.items():
+        if key not in out:
+            raise ValueError(f"{where}: unknown key {key!r} for kind {kind!r} "
+                             f"(known: {', '.join(['weight', *allowed])})")
+        out[key] = value
+    for key, default in allowed.items():
+        if default is None and not out[key]:
+            raise ValueError(f"{where}: kind {kind!r} needs {key!r}")
+    weight = out["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise ValueError(f"{where}: weight must be a positive number, got {weight!r}")
+    return out
+
+
+def parse_sources(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [parse_source(s, i) for i, s in enumerate(specs)]
+
+
+def split_units(units: Sequence, process_index: int, process_count: int, name: str) -> list:
+    """units[process_index::process_count]; ValueError if this process would get none."""
+    mine = list(units[process_index::process_count])
+    if not mine:
+        raise ValueError(f"{name}: {len(units)} file(s) cannot feed {process_count} processes "
+                         f"(process {process_index} would read nothing); write more shards")
+    return mine
+
+
+def _glob(pattern: str | Sequence[str], name: str) -> list[str]:
+    """Sorted files of a glob (or a list of globs/paths; listed paths may be missing)."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    files = set()
+    for p in patterns:
+        matches = glob.glob(p)
+        # A listed file that is missing is kept: reading it counts it as missing_file.
+        files.update(matches if matches or glob.has_magic(p) else [p])
+    if not files:
+        raise FileNotFoundError(f"{name}: no file matches {pattern!r}")
+    return sorted(files)
+
+
+class Source(abc.ABC):
+    """Units of data and how to read them, in a given order, as canonical records."""
+
+    name: str
+    shuffle_units = True  # whether per-epoch unit order is shuffled
+
+    @abc.abstractmethod
+    def units(self, process_index: int, process_count: int) -> list:
+        """This process's units (disjoint from the other processes')."""
+
+    @abc.abstractmethod
+    def read(self, units: list, order: tf.Tensor, cycle_length: int) -> tf.data.Dataset:
+        """Canonical records of `units` taken in `order` (int indices into `units`)."""
+
+
+def _interleave_files(files: list[str], order: tf.Tensor, cycle_length: int, read_file):
+    paths = tf.gather(tf.constant(files), order)
+    return tf.data.Dataset.from_tensor_slices(paths).interleave(
+        read_file, cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # fmt: skip
+
+
+class TFRecordSource(Source):
+    """TFRecord shards of tf.train.Example (the `data build` layout; `keys` renames features)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.name = f"tfrecord {spec['pattern']}"
+        self.files = _glob(spec["pattern"], self.name)
+        self.keys = dict(spec["keys"])
+
+    def units(self, process_index, process_count):
+        return split_units(self.files, process_index, process_count, self.name)
+
+    def read(self, units, order, cycle_length):
+        def read_file(path):
+            raw = tf.data.Dataset.from_generator(
+                lambda p: formats.read_tfrecord(p.decode()), args=(path,),
+                output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)))
+            return raw.map(self._to_record)
+
+        return _interleave_files(units, order, cycle_length, read_file)
+
+    def _to_record(self, data, reason):
+        ok = tf.equal(reason, records.OK)
+        parsed = tf.cond(ok, lambda: records.parse_example(data, self.keys),
+                         lambda: _marker_tensors(reason, data))  # fmt: skip
+        return parsed
+
+
+def _marker_tensors(reason: tf.Tensor, uid: tf.Tensor) -> dict[str, tf.Tensor]:
+    return {"image_bytes": tf.constant(b""), "caption": tf.constant(b""), "uid": uid,
+            "label": tf.constant(-1), "score": tf.constant(np.nan, tf.float32),
+            "reason": reason}  # fmt: skip
+
+
+class WdsSource(Source):
+    """webdataset tar shards, read by a Python generator per shard (see `formats.read_tar`)."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.name = f"wds {spec['pattern']}"
+        self.files = _glob(spec["pattern"], self.name)
+
+    def units(self, process_index, process_count):
+        return split_units(self.files, process_index, process_count, self.name)
+
+    def read(self, units, order, cycle_length):
+        spec = {k: v for k, v in records.RECORD_SPEC.items()}
+
+        def read_file(path):
+            return tf.data.Dataset.from_generator(
+                lambda p: formats.read_tar(p.decode()), args=(path,), output_signature=spec)
+
+        return _interleave_files(units, order, cycle_length, read_file)
+
+
+class FolderSource(Source):
+    """An image folder plus a CSV/JSONL table of (path, caption[, uid, label, score])."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.name = f"folder {spec['path']}"
+        self.root = spec["root"] or os.path.dirname(os.path.abspath(spec["path"]))
+        self.rows = formats.read_table(spec["path"], spec["image_column"],
+                                       spec["caption_column"], spec["uid_column"])
+        if not self.rows:
+            raise ValueError(f"{self.name}: the table has no rows")
+
+    def units(self, process_index, process_count):
+        return split_units(self.rows, process_index, process_count, self.name)
+
+    def read(self, units, order, cycle_length):
+        cols = {k: tf.constant([r[k] for r in units]) for k in ("caption", "uid", "label")}
+        cols["score"] = tf.constant([r["score"] for r in units], tf.float32)
+        paths = tf.constant([formats.resolve(self.root, r["image"]) for r in units])
+
+        def row(i):
+            data, reason = tf.numpy_function(_read_image_file, [paths[i]], (tf.string, tf.int32),
+                                             stateful=False)  # fmt: skip
+            data.set_shape([])
+            reason.set_shape([])
+            return {"image_bytes": data, "caption": cols["caption"][i], "uid": cols["uid"][i],
+                    "label": tf.cast(cols["label"][i], tf.int32), "score": cols["score"][i],
+                    "reason": reason}  # fmt: skip
+
+        return tf.data.Dataset.from_tensor_slices(order).map(
+            row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _read_image_file(path: bytes) -> tuple[bytes, np.int32]:
+    try:
+        with open(path, "rb") as f:
+            return f.read(), np.int32(records.OK)
+    except OSError:
+        log.warning("missing image file %s: skipped (counted as missing_file)", path.decode())
+        return b"", np.int32(records.MISSING)
+
+
+class TfdsSource(Source):
+    """A TFDS dataset by name (the project's own builders prepare themselves offline).
+
+    Its images reach the pipeline encoded (as stored, or PNG-encoded when stored raw), so
+    they go through the same guarded decode as every other source. Processes read
+    `tfds.even_splits` parts of the split.
+    """
+
+    shuffle_units = False
+
+    def __init__(self, spec: dict[str, Any], data_config: ml_collections.ConfigDict):
+        from contrastive_jax.data.pipeline import get_builder
+
+        self.spec = spec
+        self.name = f"tfds {spec['name']}"
+        self.split = spec["split"] or data_config.train_split
+        self.builder = get_builder(spec["name"], spec["data_dir"] or data_config.data_dir)
+
+    def units(self, process_index, process_count):
+        import tensorflow_datasets as tfds
+
+        split = tfds.even_splits(self.split, n=process_count, drop_remainder=True)
+        return [split[process_index]]
+
+    def read(self, units, order, cycle_length):
+        import tensorflow_datasets as tfds
+
+        s = self.spec
+        features = self.builder.info.features
+        # An Image feature is stored encoded: read it as is. A raw uint8 tensor feature
+        # (like fashion_mnist_captions') is PNG-encoded so every source yields bytes.
+        encoded = isinstance(features[s["image_key"]], tfds.features.Image)
+        decoders = {s["image_key"]: tfds.decode.SkipDecoding()} if encoded else None
+        ds = self.builder.as_dataset(split=units[0], shuffle_files=False, decoders=decoders)
+
+        def select(ex):
+            label = tf.cast(ex[s["label_key"]], tf.int32) if s["label_key"] else tf.constant(-1)
+            uid = ex["uid"] if "uid" in features.keys() else tf.constant("")
+            image = ex[s["image_key"]] if encoded else tf.io.encode_png(ex[s["image_key"]])
+            return {"image_bytes": image, "caption": ex[s["text_key"]], "uid": uid,
+                    "label": label, "score": tf.constant(np.nan, tf.float32),
+                    "reason": tf.constant(records.OK)}  # fmt: skip
+
+        return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def create_source(spec: dict[str, Any], data_config: ml_collections.ConfigDict) -> Source:
+    """The Source for a parsed spec (see `parse_source`)."""
+    kind = spec["kind"]
+    if kind == "tfds":
+        return TfdsSource(spec, data_config)
+    return {"tfrecord": TFRecordSource, "wds": WdsSource, "folder": FolderSource}[kind](spec)

@@ -1,0 +1,67 @@
+"""The eval report: report.json, report.md and one confusion-matrix PNG per zero-shot set."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from contrastive_jax.evaluate.confusion_png import save_confusion_png
+
+REPORT_JSON, REPORT_MD = "report.json", "report.md"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def report_metrics(metrics: dict[str, float], details: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics plus `zeroshot/<name>/per_class/<class>` accuracies."""
+    out = dict(metrics)
+    for name, zs in details.get("zeroshot", {}).items():
+        for cls, acc in zs["per_class"].items():
+            out[f"zeroshot/{name}/per_class/{cls}"] = acc
+    return out
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Evaluation report (step {report.get('step', '?')})", "",
+             f"Source: `{report.get('source', '')}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(report["metrics"].items())
+              if "/per_class/" not in k]
+    for name, zs in report.get("zeroshot", {}).items():
+        lines += ["", f"## Zero-shot {name}: per-class top-1 ({zs['count']} images)", "",
+                  "| class | top-1 |", "|---|---|"]
+        lines += [f"| {c} | {a:.4f} |" for c, a in zs["per_class"].items()]
+        lines += ["", f"![confusion matrix]({zs['confusion_png']})"]
+    for name, fs in report.get("fewshot", {}).items():
+        lines += ["", f"## Few-shot {name}", "", "| shots | mean | per seed |", "|---|---|---|"]
+        lines += [f"| {k} | {v['mean']:.4f} | {', '.join(f'{a:.4f}' for a in v['per_seed'])} |"
+                  for k, v in fs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str, result: dict[str, Any], details: dict[str, Any],
+                 source: str = "") -> dict[str, str]:
+    """Writes the report files into `out_dir` (created if needed); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = {k: v for k, v in result.items() if k != "step"}
+    report: dict[str, Any] = {"step": result.get("step"), "source": source,
+                              "metrics": report_metrics(metrics, details)}
+    paths = {}
+    for name, zs in details.get("zeroshot", {}).items():
+        png = f"confusion_{_safe(name)}.png"
+        paths[f"confusion/{name}"] = save_confusion_png(
+            os.path.join(out_dir, png), zs["confusion"], zs["class_names"],
+            title=f"zero-shot {name}, step {result.get('step', '?')}")
+        report.setdefault("zeroshot", {})[name] = {**zs, "confusion_png": png}
+    if details.get("fewshot"):
+        report["fewshot"] = details["fewshot"]
+    paths["json"] = os.path.join(out_dir, REPORT_JSON)
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    paths["markdown"] = os.path.join(out_dir, REPORT_MD)
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(_markdown(report))
+    return paths

@@ -1,0 +1,98 @@
+"""Hugging Face `transformers` export of a CLIP-architecture model as `CLIPModel`.
+
+CLIPModel computes exactly what our two-tower model computes when (see `clip_unsupported`):
+  image: class-token pooling (`image.pool="cls"`), a LayerNorm before the encoder
+         (`image.pre_norm=True`: CLIP's pre_layrnorm); the encoder's final LayerNorm on the
+         class token is CLIP's post_layernorm. CLIP's patch embedding has no bias and its
+         class token gets a position embedding, ours the reverse: the conv bias is folded
+         into the patch position embeddings and the class position embedding is zero, which
+         is the same sum. Fixed sincos2d position embeddings are stored as its learned ones.
+  text:  causal attention (`text.causal=True`) pooled at the EOS (`text.pool="last"`: our
+         tokenizer's EOS, id 1, is the last non-pad token, which is where CLIPTextModel pools
+         for eos_token_id=1); pads after the EOS cannot reach it through a causal mask.
+  both:  projections without bias (`proj_bias=False`; no head when width == embed_dim is the
+         identity), tanh GELU ("gelu_pytorch_tanh"), LayerNorm eps 1e-6, no logit bias
+         (`bias_init=None`), logit_scale = log t.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from contrastive_jax.export.hf import _encoder, _norm, _prefixed, hf_towers
+from contrastive_jax.models.sizes import resolve_size
+from contrastive_jax.models.transformer import posemb_sincos_2d
+
+
+def clip_unsupported(model: Any) -> list[str]:
+    """Why `model` (a complete model config) cannot be an exact CLIPModel; [] if it can."""
+    img, txt = model.image, model.text
+    reasons = []
+    if model.name != "two_tower":
+        reasons.append(f"model {model.name!r} (only two_tower)")
+    if model.param_dtype != "float32":
+        reasons.append(f"param_dtype {model.param_dtype}")
+    if img.pool != "cls":
+        reasons.append(f"image.pool={img.pool!r} (CLIPModel pools the class token)")
+    if not img.pre_norm:
+        reasons.append("image.pre_norm=False (CLIPModel has pre_layrnorm)")
+    if isinstance(img.image_size, list | tuple) and len(set(img.image_size)) > 1:
+        reasons.append(f"non-square image_size {img.image_size}")
+    if not txt.causal or txt.pool != "last":
+        reasons.append(f"text.causal={txt.causal}, text.pool={txt.pool!r} (CLIPModel: causal "
+                       "attention pooled at the EOS, text.causal=True and text.pool='last')")
+    if model.proj_bias:
+        reasons.append("proj_bias=True (CLIPModel's projections have no bias)")
+    if model.bias_init is not None:
+        reasons.append("a logit bias b (CLIPModel has none: bias_init=None)")
+    return reasons
+
+
+def _projection(params: dict, name: str, width: int, embed_dim: int) -> np.ndarray:
+    if name in params:
+        return params[name]["kernel"].T  # [in, out] -> torch [out, in]
+    return np.eye(embed_dim, width, dtype=np.float32)  # no head: width == embed_dim
+
+
+def clip_state_dict(params: dict, model: Any) -> dict[str, np.ndarray]:
+    """Our nested params -> CLIPModel's state dict (numpy, float32)."""
+    img, txt = params["img"], params["txt"]
+    isize = resolve_size(model.image, tower="image", with_patch=True)
+    tsize = resolve_size(model.text, tower="text", with_patch=False)
+    kernel = img["embedding"]["kernel"]  # [p, p, C, width]
+    size = model.image.image_size
+    grid = (size if isinstance(size, int) else int(size[0])) // isize["patch_size"]
+    if model.image.posemb == "learn":
+        pos = img["pos_embedding"][0]
+    else:
+        pos = posemb_sincos_2d(grid, grid, isize["width"])[0]
+    patch_pos = pos + img["embedding"]["bias"][None, :]
+    sd = {
+        "vision_model.embeddings.patch_embedding.weight": kernel.transpose(3, 2, 0, 1),
+        "vision_model.embeddings.class_embedding": img["cls"].reshape(-1),
+        "vision_model.embeddings.position_embedding.weight":
+            np.concatenate([np.zeros((1, pos.shape[1]), np.float32), patch_pos]),
+    }
+    sd |= _prefixed("vision_model.pre_layrnorm", _norm(img["pre_norm"]))
+    sd |= _encoder("vision_model.encoder", img["encoder"])
+    sd |= _prefixed("vision_model.post_layernorm", _norm(img["encoder"]["encoder_norm"]))
+    sd["text_model.embeddings.token_embedding.weight"] = txt["embedding"]["embedding"]
+    sd["text_model.embeddings.position_embedding.weight"] = txt["pos_embedding"][0]
+    sd |= _encoder("text_model.encoder", txt["encoder"])
+    sd |= _prefixed("text_model.final_layer_norm", _norm(txt["encoder"]["encoder_norm"]))
+    sd["visual_projection.weight"] = _projection(params, "img_head", isize["width"],
+                                                 model.embed_dim)
+    sd["text_projection.weight"] = _projection(params, "txt_head", tsize["width"],
+                                               model.embed_dim)
+    sd["logit_scale"] = np.reshape(params["t_log"], ())
+    return {k: np.array(v, dtype=np.float32, order="C") for k, v in sd.items()}
+
+
+def clip_config(model: Any):
+    """transformers.CLIPConfig for a complete model config."""
+    from transformers import CLIPConfig
+
+    text, vision = hf_towers(model, projection_dim=model.embed_dim)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=model.embed_dim)

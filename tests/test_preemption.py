@@ -1,0 +1,89 @@
+"""Preemption: a real SIGTERM to a real `contrastive-jax train` process, then a relaunch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+STEPS = 200
+
+
+def _cli(workdir, data_dir, cache_dir) -> list[str]:
+    return [sys.executable, "-m", "contrastive_jax.cli", "train", "--config",
+            f"configs/demo_siglip.py:steps={STEPS}", "--workdir", str(workdir),
+            f"--config.data.data_dir={data_dir}", "--config.train.batch_size=16",
+            "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
+            "--config.train.progress_bar=False", "--config.model.image.depth=1",
+            "--config.model.image.width=32", "--config.model.image.mlp_dim=64",
+            "--config.model.image.num_heads=2", "--config.model.text.width=32",
+            "--config.model.text.mlp_dim=64", "--config.model.embed_dim=16",
+            "--config.evals.zeroshot.batch_size=16",
+            "--config.evals.embedding_stats.num_examples=32",
+            "--config.optimizer.warmup_steps=1",
+            # Shared by the three processes: the relaunch compiles nothing anew.
+            f"--config.train.compilation_cache_dir={cache_dir}"]
+
+
+def _records(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _logged_steps(path) -> int:
+    try:
+        with open(path) as f:
+            return sum(1 for line in f if '"train/loss"' in line)
+    except FileNotFoundError:
+        return 0
+
+
+def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_data_dir,
+                                                                           tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    cache = tmp_path / "xla_cache"
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    # The uninterrupted reference runs alongside the run that gets preempted.
+    full = subprocess.Popen(_cli(full_dir, fake_data_dir, cache), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cut = subprocess.Popen(_cli(cut_dir, fake_data_dir, cache), env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and cut.poll() is None:
+        if _logged_steps(cut_dir / "metrics.jsonl") >= 3:
+            break
+        time.sleep(0.02)
+    assert cut.poll() is None, "the run ended before it could be preempted"
+    cut.send_signal(signal.SIGTERM)  # what Kubernetes / SLURM send before killing a job
+    out, err = cut.communicate(timeout=120)
+    assert cut.returncode == 0, err[-2000:]
+    stopped = json.loads(out.strip().splitlines()[-1])
+    stop_step = stopped["step"]
+    assert stopped["interrupted_by"] == signal.SIGTERM and 3 <= stop_step < STEPS
+    saved = [int(p.name) for p in (cut_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert max(saved) == stop_step  # saved where it stopped, off the 1000-step interval
+    assert max(r["step"] for r in _records(cut_dir)) == stop_step  # no eval ran
+
+    resumed = subprocess.run(_cli(cut_dir, fake_data_dir, cache), env=env,
+                             capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    out_full, err_full = full.communicate(timeout=240)
+    assert full.returncode == 0, err_full[-2000:]
+    final_full = json.loads(out_full.strip().splitlines()[-1])
+    final_resumed = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert final_resumed["step"] == final_full["step"] == STEPS
+    assert "zeroshot/fashion_mnist/top1" in final_full
+    for key, value in final_full.items():
+        np.testing.assert_allclose(final_resumed[key], value, rtol=1e-6, err_msg=key)
+
+    # Step by step, the interrupted-then-resumed run logged the uninterrupted run's losses.
+    def losses(workdir):
+        return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
+
+    ref, got = losses(full_dir), losses(cut_dir)
+    assert sorted(got) == sorted(ref) == list(range(1, STEPS + 1))
+    assert min(s for s in got if s > stop_step) == stop_step + 1
+    np.testing.assert_allclose([got[s] for s in ref], list(ref.values()), rtol=1e-6)
