@@ -40,22 +40,26 @@ def test_selection_indices_topk_and_threshold():
 
 @pytest.fixture(scope="module")
 def run(fake_data_dir, tmp_path_factory):
-    """A 4-step run with CiT (k=2, refresh every 2) and a basic filter on."""
+    """A 4-step run with CiT (k=2, refresh every 2), a basic filter and a train keep-list."""
+    workdir = str(tmp_path_factory.mktemp("cit_run"))
+    keep = os.path.join(workdir, "train_uids.txt")
+    # Only train uids: the held-out eval pairs (test split) must not be filtered by it.
+    uid_tables.write_keep_list(keep, [f"train/{i:06d}" for i in range(200)])
     config = tiny_config(
         data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64,
-              "filters": {"basic": {"enabled": True, "min_words": 3}}},
+              "filters": {"basic": {"enabled": True, "min_words": 3},
+                          "dedup": {"enabled": True, "keep_lists": (keep,)}}},
         train={"steps": 4, "checkpoint_every": 4,
                "cit": {"enabled": True, "oversample": 2, "refresh_every": 2}},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
+        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"num_examples": 16}},
     )
-    workdir = str(tmp_path_factory.mktemp("cit_run"))
     result = loop.train(config, workdir)
     return config, workdir, result
 
 
 def test_training_loop_logs_filter_counters_and_cit_metrics(run):
     config, workdir, result = run
-    assert result["step"] == 4
+    assert result["step"] == 4 and "embeddings/alignment" in result
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     train = [r for r in records if "train/loss" in r]
@@ -63,6 +67,7 @@ def test_training_loop_logs_filter_counters_and_cit_metrics(run):
     # 4 steps x 16 x 2 candidates passed the filter (prefetch may have read ahead).
     assert all(r["filters/basic/kept"] >= 32 * r["step"] for r in train)
     assert train[-1]["filters/basic/dropped"] > 0  # fake captions include 1-2 word ones
+    assert train[-1]["filters/dedup/dropped"] == 0
     assert all(0 <= r["cit/passed"] <= 32 for r in train)
 
 

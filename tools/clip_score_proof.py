@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from contrastive_jax.config import load_config  # noqa: E402
 from contrastive_jax.data.pipeline import get_builder  # noqa: E402
+from contrastive_jax.evaluate.workdir import evaluate_workdir  # noqa: E402
 from contrastive_jax.filters.offline import score_split  # noqa: E402
 from contrastive_jax.filters.uid_tables import read_scores, score_threshold  # noqa: E402
 from contrastive_jax.train.loop import train  # noqa: E402
@@ -50,7 +51,11 @@ def finished(workdir: str, steps: int) -> float | None:
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     done = [r for r in records if r["step"] == steps and KEY in r]
-    return done[-1][KEY] if done else None
+    if done:
+        return done[-1][KEY]
+    if any(r["step"] == steps for r in records):  # trained, but the final eval is missing
+        return evaluate_workdir(workdir, step=steps)[KEY]
+    return None
 
 
 def run(config_args: str, workdir: str, overrides: list[str]) -> dict:

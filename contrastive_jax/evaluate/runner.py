@@ -17,6 +17,7 @@ from contrastive_jax.evaluate.fewshot import run_fewshot
 from contrastive_jax.evaluate.prompts import get_prompts
 from contrastive_jax.evaluate.retrieval import retrieval_recalls
 from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
+from contrastive_jax.filters import default_filters_config
 from contrastive_jax.train.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state:
     data_config.train_split = config.evals.zeroshot.split
     data_config.flip = False
     data_config.render.text_pair_fraction = 0.0  # real image-caption pairs only (CLIPPO)
+    # Curation is for training data: held-out pairs are measured as they are (a score file
+    # or keep-list of the train split would drop every held-out uid).
+    data_config.filters = default_filters_config()
     batch = next(pipeline.train_dataset(data_config, tokenizer, global_batch_size=n,
                                         seed=0).as_numpy_iterator())
     zimg = encode_images(model_def, state, batch["image"], mesh)
