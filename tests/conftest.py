@@ -2,8 +2,13 @@
 
 import os
 
+# 8 devices share 2 cores here: a device thread can wait long for a core, and XLA's CPU
+# collectives abort the whole process when a rendezvous takes over 40 s (seen under load
+# in the scanned 8-device step), so the limits are raised well past any test's length.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=900"
+    " --xla_cpu_collective_timeout_seconds=900"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

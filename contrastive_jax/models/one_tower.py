@@ -21,7 +21,7 @@ from flax import nnx
 from contrastive_jax.models import two_tower
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.transformer import parse_dtype
-from contrastive_jax.models.two_tower import TwoTower, _projection
+from contrastive_jax.models.two_tower import TwoTower, projection_head
 from contrastive_jax.models.vit import ViT
 
 
@@ -44,10 +44,12 @@ class OneTower(TwoTower):
         embed_dim = self._init_scale_and_bias(config)
         size = resolve_size(img, tower="image", with_patch=True)
         self.img = ViT(**size, image_size=img["image_size"], channels=img["channels"],
-                       pool=img["pool"], posemb=img["posemb"], dtype=config["dtype"],
-                       param_dtype=config["param_dtype"], remat=config["remat"], rngs=rngs)
-        self.img_head = _projection(size["width"], embed_dim, img["head"],
-                                    parse_dtype(config["param_dtype"]), rngs)
+                       pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
+                       dtype=config["dtype"], param_dtype=config["param_dtype"],
+                       remat=config["remat"], scan_layers=config["scan_layers"], rngs=rngs)
+        self.img_head = projection_head(size["width"], embed_dim, img["head"],
+                                        bool(config["proj_bias"]),
+                                        parse_dtype(config["param_dtype"]), rngs)
 
     def encode_text(self, rendered: jax.Array) -> jax.Array:
         """Rendered captions [B, H, W, C] -> [B, D]: the very same tower as images."""

@@ -71,7 +71,7 @@ def l2_normalize(z: jax.Array) -> jax.Array:
     return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), 1e-12))
 
 
-def _projection(width: int, embed_dim: int, head: bool, bias: bool, param_dtype: Any,
+def projection_head(width: int, embed_dim: int, head: bool, bias: bool, param_dtype: Any,
                 rngs: nnx.Rngs) -> nnx.Linear | None:
     if not head and width == embed_dim:
         return None
@@ -107,8 +107,8 @@ class TwoTower(nnx.Module):
                                    rngs=rngs)
         pdt = parse_dtype(pdt)
         bias = bool(config["proj_bias"])
-        self.img_head = _projection(isize["width"], embed_dim, img["head"], bias, pdt, rngs)
-        self.txt_head = _projection(tsize["width"], embed_dim, txt["head"], bias, pdt, rngs)
+        self.img_head = projection_head(isize["width"], embed_dim, img["head"], bias, pdt, rngs)
+        self.txt_head = projection_head(tsize["width"], embed_dim, txt["head"], bias, pdt, rngs)
 
     def _init_scale_and_bias(self, config: Mapping[str, Any]) -> int:
         """Checks embed_dim and temperature_init, creates t_log and b; returns embed_dim."""
