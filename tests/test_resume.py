@@ -1,5 +1,6 @@
 """Interrupted runs save on a signal and resume to exactly the uninterrupted result."""
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,19 @@ def test_workdir_of_another_model_is_refused(fake_data_dir, tmp_path):
     other.model.embed_dim = 24
     with pytest.raises(CheckpointMismatchError, match="different model.*model.embed_dim"):
         loop.train(other, workdir)
+    # A checkpoint from before a model option existed lacks it in its metadata: it was made
+    # with the option's default, so it must still resume.
+    checkpoints = os.path.join(workdir, "checkpoints")
+    meta_files = [os.path.join(d, f) for d, _, files in os.walk(checkpoints)
+                  for f in files if os.path.basename(d) == "meta" and f == "metadata"]
+    assert meta_files
+    for path in meta_files:
+        with open(path) as f:
+            meta = json.load(f)
+        del meta["model"]["scan_layers"], meta["model"]["text"]["causal"]
+        with open(path, "w") as f:
+            json.dump(meta, f)
+    assert loop.train(demo_config(fake_data_dir, steps=4), workdir)["step"] == 4
 
 
 def test_ctrl_c_on_the_command_line_saves_and_resumes(fake_data_dir, tmp_path):

@@ -25,6 +25,31 @@ def _model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return model
 
 
+def _fill_defaults(signature: dict, defaults: dict) -> dict:
+    """`signature` with every key it lacks taken from `defaults` (recursively).
+
+    Checkpoints written before a model option existed did not record it; they were made
+    with its default behaviour, so they stay restorable by newer code.
+    """
+    out = dict(signature)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _fill_defaults(out[key], value)
+    return out
+
+
+def _default_signature(name: str) -> dict[str, Any]:
+    from contrastive_jax.models.registry import default_model_config
+
+    try:
+        defaults = default_model_config(name)
+    except (KeyError, ValueError):  # a model this version does not know: nothing to fill
+        return {}
+    return _model_signature(ml_collections.ConfigDict({"model": defaults}))
+
+
 class Checkpointer:
     """Saves every `every` steps (asynchronously), keeps `keep`, restores the latest."""
 
@@ -62,9 +87,10 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = meta["meta"]
-        theirs, ours = meta.get("model"), _model_signature(self.config)
+        theirs, ours = meta.get("model") or {}, _model_signature(self.config)
+        theirs = _fill_defaults(theirs, _default_signature(theirs.get("name", "two_tower")))
         if theirs != ours:
-            diff = sorted(_diff_keys(theirs or {}, ours))
+            diff = sorted(_diff_keys(theirs, ours))
             raise CheckpointMismatchError(
                 f"checkpoints in {self.directory} were written by a different model "
                 f"(model keys differ: {', '.join(diff[:5])}); use a new --workdir")
