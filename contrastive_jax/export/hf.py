@@ -31,15 +31,24 @@ from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
 
 
-def unsupported_features(model: Any) -> list[str]:
-    """Why `model` (a complete model config) cannot be an exact SiglipModel; [] if it can."""
-    img, txt = model.image, model.text
-    isize = resolve_size(img, tower="image", with_patch=True)
+def shared_unsupported(model: Any) -> list[str]:
+    """What neither transformers target (SiglipModel, CLIPModel) can compute exactly."""
     reasons = []
     if model.name != "two_tower":
         reasons.append(f"model {model.name!r} (only two_tower)")
     if model.param_dtype != "float32":
         reasons.append(f"param_dtype {model.param_dtype}")
+    size = model.image.image_size
+    if isinstance(size, list | tuple) and len(set(size)) > 1:
+        reasons.append(f"non-square image_size {size}")
+    return reasons
+
+
+def unsupported_features(model: Any) -> list[str]:
+    """Why `model` (a complete model config) cannot be an exact SiglipModel; [] if it can."""
+    img, txt = model.image, model.text
+    isize = resolve_size(img, tower="image", with_patch=True)
+    reasons = shared_unsupported(model)
     if img.pool != "map":
         reasons.append(f"image.pool={img.pool!r} (SiglipModel pools with its MAP head)")
     if img.posemb != "learn":
@@ -47,8 +56,6 @@ def unsupported_features(model: Any) -> list[str]:
     if img.head or isize["width"] != model.embed_dim:
         reasons.append("an image projection head (SiglipModel has none: need image.head=False "
                        "and image width == embed_dim)")
-    if isinstance(img.image_size, list | tuple) and len(set(img.image_size)) > 1:
-        reasons.append(f"non-square image_size {img.image_size}")
     if txt.pool != "final":
         reasons.append(f"text.pool={txt.pool!r} (SiglipModel pools the final position without "
                        "pad masking: text.pool='final')")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastive_jax.export.hf import _encoder, _norm, _prefixed, hf_towers
+from contrastive_jax.export.hf import _encoder, _norm, _prefixed, hf_towers, shared_unsupported
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.transformer import posemb_sincos_2d
 
@@ -29,17 +29,11 @@ from contrastive_jax.models.transformer import posemb_sincos_2d
 def clip_unsupported(model: Any) -> list[str]:
     """Why `model` (a complete model config) cannot be an exact CLIPModel; [] if it can."""
     img, txt = model.image, model.text
-    reasons = []
-    if model.name != "two_tower":
-        reasons.append(f"model {model.name!r} (only two_tower)")
-    if model.param_dtype != "float32":
-        reasons.append(f"param_dtype {model.param_dtype}")
+    reasons = shared_unsupported(model)
     if img.pool != "cls":
         reasons.append(f"image.pool={img.pool!r} (CLIPModel pools the class token)")
     if not img.pre_norm:
         reasons.append("image.pre_norm=False (CLIPModel has pre_layrnorm)")
-    if isinstance(img.image_size, list | tuple) and len(set(img.image_size)) > 1:
-        reasons.append(f"non-square image_size {img.image_size}")
     if not txt.causal or txt.pool != "last":
         reasons.append(f"text.causal={txt.causal}, text.pool={txt.pool!r} (CLIPModel: causal "
                        "attention pooled at the EOS, text.causal=True and text.pool='last')")
