@@ -9,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from contrastive_jax import cpu_host
 from contrastive_jax.bench.flops import compiled_flops
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.lock import lock_patterns
@@ -98,8 +99,15 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
         "embedding_cache": lit["cached_image_embeddings"],
         "flops_per_step": flops,
         "flops_per_sec": flops / seconds,
+        "cpu_malloc_tuned": cpu_host.malloc_tuned(),
     }
     if peak_flops_per_sec:
-        result["mfu"] = round(flops / seconds / peak_flops_per_sec, 4)
-        result["mfu_best"] = round(flops / best / peak_flops_per_sec, 4)
+        result.update(mfu_from_peak(result, peak_flops_per_sec))
     return result
+
+
+def mfu_from_peak(result: dict[str, Any], peak_flops_per_sec: float) -> dict[str, float]:
+    """`mfu` (median step) and `mfu_best` (best step) of a `bench_train_step` result."""
+    flops = result["flops_per_step"]
+    return {"mfu": round(flops / (result["step_ms"] / 1e3) / peak_flops_per_sec, 4),
+            "mfu_best": round(flops / (result["step_ms_best"] / 1e3) / peak_flops_per_sec, 4)}

@@ -1,0 +1,85 @@
+"""Process settings that make XLA's CPU backend fast; the CLI applies them before jax starts.
+
+Why the malloc settings: an XLA:CPU executable gets one temporary buffer per call, as large
+as its biggest live set (180 MB for the demo step at batch 256). It is allocated from a
+thread-pool thread, so glibc serves it from a per-thread arena; an arena heap holds at most
+64 MB, so glibc falls back to `mmap` and `munmap`s it again on free. Every step then
+page-faults all 180 MB afresh: 44k faults and ~120 ms of kernel time per demo step (profiled
+with `getrusage` and `strace`). With one arena, no mmap'd chunks and a high trim threshold,
+the buffer is reused from the heap and stays mapped. On hosts with accelerators the temporary
+buffers live on the device and the host allocator serves the input pipeline, whose many
+threads are better off with many arenas, so `auto` leaves those hosts alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import sys
+
+ENV_MALLOC = "CONTRASTIVE_JAX_CPU_MALLOC"  # auto (default) | on | off
+# glibc mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_TRIM_THRESHOLD = 1 << 30  # give freed heap memory back to the OS only above 1 GiB
+_applied = False
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                        "jax_rocm7_plugin", "libtpu")
+
+
+def accelerator_plugin_installed() -> bool:
+    """True when a GPU/TPU plugin for jax is importable (jax would then not run on the CPU)."""
+    return any(importlib.util.find_spec(name) is not None for name in _ACCELERATOR_PLUGINS)
+
+
+def wants_cpu_malloc(environ: dict[str, str] | None = None) -> bool:
+    """Whether to apply `keep_large_buffers_mapped`, from CONTRASTIVE_JAX_CPU_MALLOC."""
+    environ = os.environ if environ is None else environ
+    mode = environ.get(ENV_MALLOC, "auto").strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"{ENV_MALLOC}={mode!r}: expected auto, on or off")
+    if mode != "auto":
+        return mode == "on"
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not accelerator_plugin_installed()
+
+
+def keep_large_buffers_mapped() -> bool:
+    """One malloc arena, no mmap'd chunks, 1 GiB trim threshold (see the module docstring).
+
+    Call it before any thread allocates (before jax or TensorFlow start): threads that
+    already own an arena keep it. Returns False where glibc's mallopt is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    global _applied
+    _applied = all(mallopt(param, value) == 1 for param, value in (
+        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+    return _applied
+
+
+def malloc_tuned() -> bool:
+    """Whether `keep_large_buffers_mapped` succeeded in this process (benchmarks report it)."""
+    return _applied
+
+
+def set_cpu_devices(count: int) -> None:
+    """Splits the host into `count` jax CPU devices (e.g. one per core), so a data-parallel
+    mesh runs each device's element-wise work on its own core. Only before jax's backends
+    start; the error says so otherwise."""
+    if count < 1:
+        raise ValueError(f"--cpu-devices must be >= 1, got {count}")
+    import jax
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("set_cpu_devices must run before jax's backends start")
+    jax.config.update("jax_num_cpu_devices", count)

@@ -1,0 +1,94 @@
+"""CPU process settings: the malloc tuning keeps a large buffer mapped across frees (the cause
+of XLA:CPU's per-step page faults), when it applies, and `bench step --cpu-devices`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from contrastive_jax import cpu_host
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A thread (like XLA's thread pool) allocates, touches and frees 192 MiB three times; the
+# page faults of the last two rounds are printed. Without the tuning glibc serves each
+# round with a fresh mmap, so every page faults again.
+_FAULTS_CHILD = """
+import ctypes, resource, sys, threading
+from contrastive_jax import cpu_host
+if sys.argv[1] == "on":
+    assert cpu_host.keep_large_buffers_mapped() and cpu_host.malloc_tuned()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 192 << 20
+faults = []
+def rounds():
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ptr = libc.malloc(size)
+        ctypes.memset(ptr, 1, size)
+        libc.free(ptr)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+thread = threading.Thread(target=rounds)
+thread.start()
+thread.join()
+print(sum(faults[1:]))
+"""
+
+
+def _faults(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _FAULTS_CHILD, mode], capture_output=True,
+                         text=True, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_tuned_malloc_reuses_a_large_buffer_instead_of_faulting_it_in_again():
+    pages = 2 * (192 << 20) // 4096
+    assert _faults("off") > pages // 2  # every 4 KiB page faults again (fewer with THP)
+    assert _faults("on") < pages // 50
+
+
+def test_when_the_malloc_tuning_applies():
+    assert cpu_host.wants_cpu_malloc({"CONTRASTIVE_JAX_CPU_MALLOC": "on",
+                                      "JAX_PLATFORMS": "cuda"})
+    assert not cpu_host.wants_cpu_malloc({"CONTRASTIVE_JAX_CPU_MALLOC": "off"})
+    assert cpu_host.wants_cpu_malloc({"JAX_PLATFORMS": "cpu"})
+    assert not cpu_host.wants_cpu_malloc({"JAX_PLATFORMS": "tpu,cpu"})
+    assert cpu_host.wants_cpu_malloc({}) == (not cpu_host.accelerator_plugin_installed())
+    with pytest.raises(ValueError, match="CONTRASTIVE_JAX_CPU_MALLOC='yes'"):
+        cpu_host.wants_cpu_malloc({"CONTRASTIVE_JAX_CPU_MALLOC": "yes"})
+
+
+def test_cpu_devices_after_jax_started_is_refused():
+    import jax
+
+    jax.devices()
+    with pytest.raises(RuntimeError, match="before jax's backends start"):
+        cpu_host.set_cpu_devices(2)
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env}
+    return subprocess.run([sys.executable, "-m", "contrastive_jax.cli", *args], env=env,
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def test_bench_step_with_one_device_per_core_and_tuned_malloc():
+    out = _cli("bench", "step", "--config", "configs/demo_siglip.py", "--steps", "2",
+               "--cpu-devices", "2", "--matmul-size", "256", "--config.train.batch_size=16",
+               CONTRASTIVE_JAX_CPU_MALLOC="on")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["devices"] == 2 and row["cpu_malloc_tuned"] is True and row["mfu"] > 0
+
+
+def test_a_bad_malloc_setting_is_one_line():
+    out = _cli("bench", "step", "--config", "configs/demo_siglip.py",
+               CONTRASTIVE_JAX_CPU_MALLOC="maybe")
+    assert out.returncode == 2
+    assert out.stderr.strip() == ("error: CONTRASTIVE_JAX_CPU_MALLOC='maybe': expected auto, "
+                                  "on or off")
