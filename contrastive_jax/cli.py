@@ -369,19 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tune_cpu_malloc() -> None:
-    """In a fresh process only (not when a test calls main() after jax started): malloc
-    settings that keep XLA:CPU's per-step buffers mapped (see contrastive_jax/cpu_host.py)."""
+def main(argv: Sequence[str] | None = None) -> int:
     from contrastive_jax import cpu_host
 
-    if "jax" not in sys.modules and "tensorflow" not in sys.modules \
-            and cpu_host.wants_cpu_malloc():
-        cpu_host.keep_large_buffers_mapped()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
     try:
-        _tune_cpu_malloc()
+        cpu_host.tune_malloc_before_jax()
     except ValueError as e:  # a bad CONTRASTIVE_JAX_CPU_MALLOC value
         print(f"error: {e}", file=sys.stderr)
         return 2

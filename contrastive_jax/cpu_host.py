@@ -66,6 +66,14 @@ def keep_large_buffers_mapped() -> bool:
     return _applied
 
 
+def tune_malloc_before_jax() -> bool:
+    """`keep_large_buffers_mapped` when wanted, in a fresh process only: once jax or
+    TensorFlow have started (e.g. a test calling the CLI's main()), their threads own arenas."""
+    if "jax" in sys.modules or "tensorflow" in sys.modules or not wants_cpu_malloc():
+        return False
+    return keep_large_buffers_mapped()
+
+
 def malloc_tuned() -> bool:
     """Whether `keep_large_buffers_mapped` succeeded in this process (benchmarks report it)."""
     return _applied
