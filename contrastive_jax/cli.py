@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from contrastive_jax import cpu_host
 
     try:
-        cpu_host.tune_malloc_before_jax()
+        cpu_host.tune_before_jax()
     except ValueError as e:  # a bad CONTRASTIVE_JAX_CPU_MALLOC value
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Process settings that make XLA's CPU backend fast; the CLI applies them before jax starts.
+"""Process settings for XLA's CPU backend (fast and deadlock-free); the CLI applies them
+before jax starts.
 
 Why the malloc settings: an XLA:CPU executable gets one temporary buffer per call, as large
 as its biggest live set (180 MB for the demo step at batch 256). It is allocated from a
@@ -9,6 +10,13 @@ with `getrusage` and `strace`). With one arena, no mmap'd chunks and a high trim
 the buffer is reused from the heap and stays mapped. On hosts with accelerators the temporary
 buffers live on the device and the host allocator serves the input pipeline, whose many
 threads are better off with many arenas, so `auto` leaves those hosts alone.
+
+Why the thread pool: XLA:CPU runs all simulated devices' work on one pool of
+max(cores, devices) threads, and a collective holds its thread until every participant
+arrives. The executor runs independent thunks concurrently, so one device can hold two
+threads in collectives (seen with the scanned step on a data=2, fsdp=2, model=2 mesh: each
+device waiting at a different op id); then the last device gets no thread and the rendezvous
+never completes: 5 of 10 runs aborted with 8 threads, 0 of 10 with 16.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import re
 import sys
 
 ENV_MALLOC = "CONTRASTIVE_JAX_CPU_MALLOC"  # auto (default) | on | off
@@ -24,6 +33,7 @@ ENV_MALLOC = "CONTRASTIVE_JAX_CPU_MALLOC"  # auto (default) | on | off
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _TRIM_THRESHOLD = 1 << 30  # give freed heap memory back to the OS only above 1 GiB
 _applied = False
+ENV_POOL = "PJRT_NPROC"  # read by XLA when the CPU client starts: its thread-pool size
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                         "jax_rocm7_plugin", "libtpu")
 
@@ -66,17 +76,45 @@ def keep_large_buffers_mapped() -> bool:
     return _applied
 
 
-def tune_malloc_before_jax() -> bool:
-    """`keep_large_buffers_mapped` when wanted, in a fresh process only: once jax or
-    TensorFlow have started (e.g. a test calling the CLI's main()), their threads own arenas."""
-    if "jax" in sys.modules or "tensorflow" in sys.modules or not wants_cpu_malloc():
-        return False
-    return keep_large_buffers_mapped()
+def tune_before_jax() -> None:
+    """In a fresh process only (not once jax or TensorFlow have started, e.g. in a test that
+    calls the CLI's main(): their threads own arenas, the CPU client its pool):
+    `keep_large_buffers_mapped` when wanted and `widen_cpu_thread_pool` for the devices the
+    environment asks for."""
+    if "jax" in sys.modules or "tensorflow" in sys.modules:
+        return
+    if wants_cpu_malloc():
+        keep_large_buffers_mapped()
+    widen_cpu_thread_pool(cpu_devices_requested())
 
 
 def malloc_tuned() -> bool:
     """Whether `keep_large_buffers_mapped` succeeded in this process (benchmarks report it)."""
     return _applied
+
+
+def cpu_devices_requested(environ: dict[str, str] | None = None) -> int:
+    """The number of jax CPU devices the environment asks for: JAX_NUM_CPU_DEVICES, else
+    XLA_FLAGS' --xla_force_host_platform_device_count, else 1."""
+    environ = os.environ if environ is None else environ
+    if environ.get("JAX_NUM_CPU_DEVICES", "").strip().isdigit():
+        return int(environ["JAX_NUM_CPU_DEVICES"])
+    found = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
+                       environ.get("XLA_FLAGS", ""))
+    return int(found[-1]) if found else 1
+
+
+def widen_cpu_thread_pool(devices: int, environ: dict[str, str] | None = None) -> int | None:
+    """Sizes XLA's CPU thread pool at 2 threads per device (at least one per core), so a
+    device can hold two collectives at once without starving another (module docstring).
+    Before jax's CPU client starts; a PJRT_NPROC the user set is left alone. Returns the
+    size set, or None."""
+    environ = os.environ if environ is None else environ
+    if devices <= 1 or ENV_POOL in environ:
+        return None
+    threads = max(os.cpu_count() or 1, 2 * devices)
+    environ[ENV_POOL] = str(threads)
+    return threads
 
 
 def set_cpu_devices(count: int) -> None:
@@ -90,4 +128,5 @@ def set_cpu_devices(count: int) -> None:
 
     if xla_bridge.backends_are_initialized():
         raise RuntimeError("set_cpu_devices must run before jax's backends start")
+    widen_cpu_thread_pool(count)
     jax.config.update("jax_num_cpu_devices", count)

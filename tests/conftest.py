@@ -2,15 +2,19 @@
 
 import os
 
-# 8 devices share 2 cores here: a device thread can wait long for a core, and XLA's CPU
-# collectives abort the whole process when a rendezvous takes over 40 s (seen under load
-# in the scanned 8-device step), so the limits are raised well past any test's length.
+from contrastive_jax import cpu_host  # imports no jax: the environment below must come first
+
+# 8 devices share 2 cores here, so a device thread can wait a while for a core; XLA's CPU
+# collectives abort the whole process when a rendezvous takes over 40 s. The limit is raised
+# to 3 minutes: past any wait for a core, short enough that a real deadlock fails fast.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    " --xla_cpu_collective_call_terminate_timeout_seconds=900"
-    " --xla_cpu_collective_timeout_seconds=900"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=180"
+    " --xla_cpu_collective_timeout_seconds=180"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# 16 pool threads for the 8 devices: one device may hold two collectives at once.
+cpu_host.widen_cpu_thread_pool(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -63,6 +63,30 @@ def test_when_the_malloc_tuning_applies():
         cpu_host.wants_cpu_malloc({"CONTRASTIVE_JAX_CPU_MALLOC": "yes"})
 
 
+def test_devices_requested_and_the_pool_widened_for_them():
+    assert cpu_host.cpu_devices_requested({}) == 1
+    assert cpu_host.cpu_devices_requested({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"
+                                           " --xla_cpu_enable_fast_math=false"}) == 4
+    assert cpu_host.cpu_devices_requested({"JAX_NUM_CPU_DEVICES": "6", "XLA_FLAGS": ""}) == 6
+    environ = {}
+    assert cpu_host.widen_cpu_thread_pool(1, environ) is None and environ == {}
+    assert cpu_host.widen_cpu_thread_pool(8, environ) == max(os.cpu_count(), 16)
+    assert environ == {"PJRT_NPROC": str(max(os.cpu_count(), 16))}
+    assert cpu_host.widen_cpu_thread_pool(8, {"PJRT_NPROC": "3"}) is None  # the user's choice
+
+
+def test_this_test_process_runs_xla_on_two_pool_threads_per_device():
+    """conftest widened the pool before jax started: count XLA's threads, don't assume them."""
+    import jax
+
+    jax.devices()
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    assert sum("XLAEigen" in name for name in names) >= 2 * jax.device_count() == 16
+
+
 def test_cpu_devices_after_jax_started_is_refused():
     import jax
 
