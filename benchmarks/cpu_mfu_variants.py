@@ -27,6 +27,12 @@ VARIANTS = {  # name: (environment, extra `bench step` arguments)
     "devices_per_core": ({"CONTRASTIVE_JAX_CPU_MALLOC": "off"}, ["--cpu-devices", str(CORES)]),
     "malloc_devices_per_core": ({"CONTRASTIVE_JAX_CPU_MALLOC": "on"},
                                 ["--cpu-devices", str(CORES)]),
+    # One pool thread per device, as XLA sizes it (the CLI gives two; see cpu_host.py).
+    "malloc_devices_per_core_pool_1x": ({"CONTRASTIVE_JAX_CPU_MALLOC": "on",
+                                         "PJRT_NPROC": str(CORES)},
+                                        ["--cpu-devices", str(CORES)]),
+    "malloc_2_devices_per_core": ({"CONTRASTIVE_JAX_CPU_MALLOC": "on"},
+                                  ["--cpu-devices", str(2 * CORES)]),
     "malloc_devices_per_core_concurrency": (
         {"CONTRASTIVE_JAX_CPU_MALLOC": "on",
          "XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},

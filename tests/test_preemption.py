@@ -7,25 +7,45 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 
+from contrastive_jax.config import load_config
+from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.optimizer import create_optimizer
+from contrastive_jax.train.state import create_train_state
+
 STEPS = 200
+CONFIG = f"configs/demo_siglip.py:steps={STEPS}"
+
+
+def _overrides(data_dir, cache_dir) -> list[str]:
+    return [f"data.data_dir={data_dir}", "train.batch_size=16", "train.log_every=1",
+            "train.checkpoint_every=1000", "train.progress_bar=False", "model.image.depth=1",
+            "model.image.width=32", "model.image.mlp_dim=64", "model.image.num_heads=2",
+            "model.text.width=32", "model.text.mlp_dim=64", "model.embed_dim=16",
+            "evals.zeroshot.batch_size=16", "evals.embedding_stats.num_examples=32",
+            "optimizer.warmup_steps=1",
+            # Shared by the three processes: the relaunch compiles nothing anew.
+            f"train.compilation_cache_dir={cache_dir}"]
 
 
 def _cli(workdir, data_dir, cache_dir) -> list[str]:
-    return [sys.executable, "-m", "contrastive_jax.cli", "train", "--config",
-            f"configs/demo_siglip.py:steps={STEPS}", "--workdir", str(workdir),
-            f"--config.data.data_dir={data_dir}", "--config.train.batch_size=16",
-            "--config.train.log_every=1", "--config.train.checkpoint_every=1000",
-            "--config.train.progress_bar=False", "--config.model.image.depth=1",
-            "--config.model.image.width=32", "--config.model.image.mlp_dim=64",
-            "--config.model.image.num_heads=2", "--config.model.text.width=32",
-            "--config.model.text.mlp_dim=64", "--config.model.embed_dim=16",
-            "--config.evals.zeroshot.batch_size=16",
-            "--config.evals.embedding_stats.num_examples=32",
-            "--config.optimizer.warmup_steps=1",
-            # Shared by the three processes: the relaunch compiles nothing anew.
-            f"--config.train.compilation_cache_dir={cache_dir}"]
+    return [sys.executable, "-m", "contrastive_jax.cli", "train", "--config", CONFIG,
+            "--workdir", str(workdir),
+            *[f"--config.{item}" for item in _overrides(data_dir, cache_dir)]]
+
+
+def _final_params(workdir, data_dir, cache_dir):
+    """The last checkpoint's step, metadata and params, restored as the trainer would."""
+    config = load_config(CONFIG, _overrides(data_dir, cache_dir))
+    tx, _ = create_optimizer(config.optimizer, config.train.steps)
+    state, shardings = create_train_state(config, tx, create_mesh(config.mesh))
+    checkpointer = Checkpointer(str(workdir), config)
+    state, meta = checkpointer.restore(state, shardings)
+    checkpointer.close()
+    return int(state.step), meta, jax.device_get(state.params)
 
 
 def _records(workdir) -> list[dict]:
@@ -78,6 +98,16 @@ def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_
     assert "zeroshot/fashion_mnist/top1" in final_full
     for key, value in final_full.items():
         np.testing.assert_allclose(final_resumed[key], value, rtol=1e-6, err_msg=key)
+    # Bit for bit the same params, and as many examples seen, as without the preemption.
+    step_a, meta_a, params_a = _final_params(full_dir, fake_data_dir, cache)
+    step_b, meta_b, params_b = _final_params(cut_dir, fake_data_dir, cache)
+    assert step_a == step_b == STEPS
+    assert meta_a["examples_seen"] == meta_b["examples_seen"] == STEPS * 16
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The relaunch appended to the same metrics file: steps 1..stop, then stop+1..STEPS.
+    logged = [r["step"] for r in _records(cut_dir) if "train/loss" in r]
+    assert logged == list(range(1, STEPS + 1))
 
     # Step by step, the interrupted-then-resumed run logged the uninterrupted run's losses.
     def losses(workdir):
