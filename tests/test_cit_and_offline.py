@@ -68,6 +68,7 @@ def test_training_loop_logs_filter_counters_and_cit_metrics(run):
     assert all(r["filters/basic/kept"] >= 32 * r["step"] for r in train)
     assert train[-1]["filters/basic/dropped"] > 0  # fake captions include 1-2 word ones
     assert train[-1]["filters/dedup/dropped"] == 0
+    assert type(train[-1]["filters/basic/kept"]) is int  # counters stay JSON integers
     assert all(0 <= r["cit/passed"] <= 32 for r in train)
 
 

@@ -271,6 +271,7 @@ def test_train_loop_writes_data_counters(bad_corpus, tmp_path):
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     last = [x for x in lines if "data/seen" in x][-1]
     assert last["step"] == 2 and last["data/seen"] >= 16
+    assert type(last["data/seen"]) is int  # a count, written as 16, not 16.0
     for reason in records.REASONS:  # two epochs of 11: every bad record met at least once
         assert last[f"data/skipped/{reason}"] >= 1, reason
 

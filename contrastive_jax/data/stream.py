@@ -251,10 +251,10 @@ def train_dataset_from_sources(
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def counter_metrics(counts: np.ndarray) -> dict[str, float]:
+def counter_metrics(counts: np.ndarray) -> dict[str, int]:
     """{"data/seen": ..., "data/skipped/<reason>": ...} from [S, K] (or [K]) counts."""
     totals = np.asarray(counts).reshape(-1, _NUM_COUNTERS).sum(axis=0)
-    return {key: float(v) for key, v in zip(records.COUNTER_KEYS, totals, strict=True)}
+    return {key: int(v) for key, v in zip(records.COUNTER_KEYS, totals, strict=True)}
 
 
 def source_captions(data_config: ml_collections.ConfigDict, limit: int):

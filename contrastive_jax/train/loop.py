@@ -223,7 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {"step": step, **{k: float(v) for k, v in final.items()}}
 
 
-def data_counter_metrics(counts: np.ndarray) -> dict[str, float]:
+def data_counter_metrics(counts: np.ndarray) -> dict[str, int]:
     """`data/seen` and `data/skipped/<reason>` summed over sources and processes."""
     if jax.process_count() > 1:  # every process reaches each log step: a safe collective
         counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)

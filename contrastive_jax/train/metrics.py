@@ -12,8 +12,11 @@ import numpy as np
 import tqdm
 
 
-def _scalar(value) -> float:
-    return float(np.asarray(value))
+def _scalar(value) -> float | int:
+    """A metric as a JSON number; counters (integer values) stay integers: 113936, not
+    113936.0, so scripts that sum or compare them get exact ints back."""
+    array = np.asarray(value)
+    return int(array) if array.dtype.kind in "iub" else float(array)
 
 
 class MetricsWriter:
@@ -33,7 +36,7 @@ class MetricsWriter:
 
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
-    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    def write(self, step: int, metrics: Mapping[str, float | int]) -> None:
         if not self.enabled:
             return
         values = {k: _scalar(v) for k, v in metrics.items()}
