@@ -1,16 +1,51 @@
-"""Export to npz / safetensors: round trip, zero-shot parity with the checkpoint, bad input."""
+"""Export to npz / safetensors: round trip, zero-shot parity with the checkpoint, bad input;
+the weights-only restore that export and eval use."""
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from contrastive_jax import cli
 from contrastive_jax.evaluate.exported import evaluate_export
-from contrastive_jax.evaluate.workdir import evaluate_workdir
+from contrastive_jax.evaluate.workdir import evaluate_workdir, load_workdir_config
 from contrastive_jax.export import export_checkpoint, load_exported
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.export.native import restore_params
+from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from contrastive_jax.train.optimizer import create_optimizer
+from contrastive_jax.train.state import create_train_state, weights_state_shapes
+
+
+def test_weights_restore_skips_the_optimizer_and_equals_the_full_restore(trained_workdir):
+    config = load_workdir_config(trained_workdir)
+    mesh = create_mesh(config.mesh)
+    tx, _ = create_optimizer(config.optimizer, config.train.steps)
+    state, shardings = create_train_state(config, tx, mesh)
+    checkpointer = Checkpointer(trained_workdir, config)
+    full, meta_full = checkpointer.restore(state, shardings, step=3)
+    checkpointer.close()
+    shapes, weight_shardings = weights_state_shapes(config, mesh)
+    assert shapes.opt_state is None  # shapes only: nothing computed, no optimizer state
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes))
+    checkpointer = Checkpointer(trained_workdir, config)
+    weights, meta = checkpointer.restore_weights(shapes, weight_shardings, step=3)
+    checkpointer.close()
+    assert meta == meta_full and int(weights.step) == 3 and weights.opt_state is None
+    got = jax.tree_util.tree_leaves_with_path((weights.params, weights.rest))
+    want = jax.tree.leaves((full.params, full.rest))
+    assert len(got) == len(want) > 0
+    for (path, a), b in zip(got, want, strict=True):
+        assert a.sharding == b.sharding, jax.tree_util.keystr(path)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                      err_msg=jax.tree_util.keystr(path))
+    other = load_workdir_config(trained_workdir)
+    other.model.embed_dim += 8
+    shapes, weight_shardings = weights_state_shapes(other, mesh)
+    with pytest.raises(CheckpointMismatchError, match="model.embed_dim"):
+        Checkpointer(trained_workdir, other).restore_weights(shapes, weight_shardings)
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])

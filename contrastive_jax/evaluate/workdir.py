@@ -20,8 +20,7 @@ from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import create_mesh
 from contrastive_jax.train.checkpoint import Checkpointer
-from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
+from contrastive_jax.train.state import ModelDef, weights_state_shapes
 
 
 def load_workdir_config(workdir: str, overrides: Sequence[str] = ()):
@@ -48,15 +47,14 @@ def restore_workdir(workdir: str, step: int | None = None, overrides: Sequence[s
     config = load_workdir_config(workdir, overrides)
     distributed.initialize(config)
     mesh = create_mesh(config.mesh)
-    tx, _ = create_optimizer(config.optimizer, config.train.steps)
-    state, shardings = create_train_state(config, tx, mesh)
+    shapes, shardings = weights_state_shapes(config, mesh)  # no optimizer state
     checkpointer = Checkpointer(workdir, config)
     if checkpointer.latest_step() is None:
         raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
     if step is not None and step not in checkpointer.manager.all_steps():
         raise FileNotFoundError(f"no checkpoint for step {step} in {checkpointer.directory} "
                                 f"(have {sorted(checkpointer.manager.all_steps())})")
-    state, _ = checkpointer.restore(state, shardings, step=step)
+    state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
     checkpointer.close()
     if config.data.render.enabled:  # CLIPPO: prompts are rendered, nothing to load
         tokenizer = text_renderer(config.data)

@@ -32,13 +32,11 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, dict, in
     from contrastive_jax.evaluate.workdir import load_workdir_config
     from contrastive_jax.parallel.mesh import create_mesh
     from contrastive_jax.train.checkpoint import Checkpointer
-    from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import create_train_state
+    from contrastive_jax.train.state import weights_state_shapes
 
     config = load_workdir_config(workdir)
     mesh = create_mesh(config.mesh, devices=jax.devices()[:1])
-    tx, _ = create_optimizer(config.optimizer, config.train.steps)
-    state, shardings = create_train_state(config, tx, mesh)
+    shapes, shardings = weights_state_shapes(config, mesh)
     checkpointer = Checkpointer(workdir, config)
     try:
         steps = sorted(checkpointer.manager.all_steps())
@@ -47,7 +45,7 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, dict, in
         if step is not None and step not in steps:
             raise FileNotFoundError(f"no checkpoint for step {step} in "
                                     f"{checkpointer.directory} (have {steps})")
-        state, _ = checkpointer.restore(state, shardings, step=step)
+        state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
     finally:
         checkpointer.close()
     return config, jax.tree.map(np.asarray, jax.device_get(state.params)), int(state.step)

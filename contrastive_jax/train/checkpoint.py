@@ -85,6 +85,28 @@ class Checkpointer:
                 step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
         """Restores `step` (default: latest) into the shardings of `state`."""
         step = self.latest_step() if step is None else step
+        meta = self._checked_meta(step)
+        target = abstract_state(state, shardings)
+        restored = self._restore_state(step, ocp.args.StandardRestore(target))
+        return restored, meta
+
+    def restore_weights(self, shapes: TrainState, shardings: TrainState,
+                        step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """Step, params and model state of `step` (default: latest), without reading the
+        optimizer state (2x the params under Adam): for evaluation and export.
+        `shapes`/`shardings` from `state.weights_state_shapes`. Use a Checkpointer for
+        either this or `restore`/`save`: orbax binds one reader to the item."""
+        step = self.latest_step() if step is None else step
+        meta = self._checked_meta(step)
+        target = abstract_state(shapes, shardings)
+        item = {"step": target.step, "params": target.params, "rest": target.rest}
+        restored = self._restore_state(step, ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+        return TrainState(opt_state=None, **restored), meta
+
+    def _checked_meta(self, step: int) -> dict[str, Any]:
+        """The checkpoint's metadata, after checking its model against this config's."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = meta["meta"]
         theirs, ours = meta.get("model") or {}, _model_signature(self.config)
@@ -94,15 +116,15 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f"checkpoints in {self.directory} were written by a different model "
                 f"(model keys differ: {', '.join(diff[:5])}); use a new --workdir")
-        target = abstract_state(state, shardings)
+        return meta
+
+    def _restore_state(self, step: int, args: ocp.args.CheckpointArgs) -> Any:
         try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+            return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
         except (ValueError, KeyError) as e:
             raise CheckpointMismatchError(
                 f"checkpoint {step} in {self.directory} does not fit this run's state: "
                 f"{str(e).splitlines()[0][:200]}") from e
-        return restored["state"], meta
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -80,6 +80,20 @@ def create_train_state(
     return state, shardings
 
 
+def weights_state_shapes(config: ml_collections.ConfigDict,
+                         mesh: Mesh) -> tuple[TrainState, TrainState]:
+    """(shapes, shardings) of a state without optimizer state (`opt_state=None`), for
+    evaluation and export: nothing is computed, and nothing for the optimizer exists."""
+
+    def init(rng: jax.Array) -> TrainState:
+        params, rest = ModelDef.init(config.model, rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                          opt_state=None)
+
+    shapes = jax.eval_shape(init, jax.random.key(config.seed))
+    return shapes, state_shardings(shapes, mesh, config.mesh)
+
+
 def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
     """ShapeDtypeStructs carrying shardings, as orbax restores want them."""
     return jax.tree.map(
