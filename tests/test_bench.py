@@ -32,3 +32,6 @@ def test_bench_step_reports_flops_and_mfu():
     assert row["flops_per_step"] > 0 and 0 < row["mfu"] <= row["mfu_best"]
     assert 0 < row["step_ms_best"] <= row["step_ms"]
     assert row["microbatches"] == 2 and row["devices"] == jax.device_count()
+    # The ordinary step is timed and counted from one compilation: the same model FLOPs.
+    ordinary = bench_train_step(tiny_config(), steps=1)
+    assert ordinary["flops_per_step"] == row["flops_per_step"]
