@@ -49,13 +49,10 @@ def restore_workdir(workdir: str, step: int | None = None, overrides: Sequence[s
     mesh = create_mesh(config.mesh)
     shapes, shardings = weights_state_shapes(config, mesh)  # no optimizer state
     checkpointer = Checkpointer(workdir, config)
-    if checkpointer.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-    if step is not None and step not in checkpointer.manager.all_steps():
-        raise FileNotFoundError(f"no checkpoint for step {step} in {checkpointer.directory} "
-                                f"(have {sorted(checkpointer.manager.all_steps())})")
-    state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
-    checkpointer.close()
+    try:
+        state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
+    finally:
+        checkpointer.close()
     if config.data.render.enabled:  # CLIPPO: prompts are rendered, nothing to load
         tokenizer = text_renderer(config.data)
     else:

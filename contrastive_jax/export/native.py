@@ -39,12 +39,6 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[Any, dict, in
     shapes, shardings = weights_state_shapes(config, mesh)
     checkpointer = Checkpointer(workdir, config)
     try:
-        steps = sorted(checkpointer.manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-        if step is not None and step not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in "
-                                    f"{checkpointer.directory} (have {steps})")
         state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
     finally:
         checkpointer.close()

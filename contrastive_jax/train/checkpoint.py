@@ -95,8 +95,15 @@ class Checkpointer:
         """Step, params and model state of `step` (default: latest), without reading the
         optimizer state (2x the params under Adam): for evaluation and export.
         `shapes`/`shardings` from `state.weights_state_shapes`. Use a Checkpointer for
-        either this or `restore`/`save`: orbax binds one reader to the item."""
-        step = self.latest_step() if step is None else step
+        either this or `restore`/`save`: orbax binds one reader to the item. A missing
+        checkpoint is a FileNotFoundError naming the steps there are."""
+        steps = sorted(self.manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                                    f"(have {steps})")
+        step = steps[-1] if step is None else step
         meta = self._checked_meta(step)
         target = abstract_state(shapes, shardings)
         item = {"step": target.step, "params": target.params, "rest": target.rest}
