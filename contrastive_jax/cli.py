@@ -152,8 +152,7 @@ def _print_json(obj: dict) -> None:
 
 
 def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from contrastive_jax.bench.flops import matmul_peak
-    from contrastive_jax.bench.train_step import bench_train_step, mfu_from_peak
+    from contrastive_jax.bench.train_step import bench_step_against_peak
     from contrastive_jax.config import load_config
 
     if args.cpu_devices:
@@ -161,14 +160,8 @@ def _cmd_bench_step(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
         set_cpu_devices(args.cpu_devices)
     config = load_config(args.config, _split_overrides(extra))
-    # The peak is taken before and after the step and the higher one kept: on a shared
-    # machine one low measurement of the peak would inflate the MFU.
-    before = matmul_peak(args.matmul_size, dtype=config.model.dtype)
-    result = bench_train_step(config, steps=args.steps)
-    after = matmul_peak(args.matmul_size, dtype=config.model.dtype)
-    peak = max(before, after, key=lambda row: row["flops_per_sec"])
-    _print_json(peak)
-    _print_json({**result, **mfu_from_peak(result, peak["flops_per_sec"])})
+    for row in bench_step_against_peak(config, args.steps, args.matmul_size):
+        _print_json(row)
     return 0
 
 

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from contrastive_jax import cpu_host
-from contrastive_jax.bench.flops import compiled_flops
+from contrastive_jax.bench.flops import compiled_flops, matmul_peak
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.lock import lock_patterns
 from contrastive_jax.train.loop import loss_from_config
@@ -116,3 +116,15 @@ def mfu_from_peak(result: dict[str, Any], peak_flops_per_sec: float) -> dict[str
     flops = result["flops_per_step"]
     return {"mfu": round(flops / (result["step_ms"] / 1e3) / peak_flops_per_sec, 4),
             "mfu_best": round(flops / (result["step_ms_best"] / 1e3) / peak_flops_per_sec, 4)}
+
+
+def bench_step_against_peak(config: ml_collections.ConfigDict, steps: int,
+                            matmul_size: int | None = None) -> tuple[dict, dict]:
+    """(matmul peak row, step result with `mfu`). The peak, in the model's compute dtype, is
+    taken before and after the step and the higher one kept: on a shared machine one low
+    measurement of the peak would inflate the MFU."""
+    before = matmul_peak(matmul_size, dtype=config.model.dtype)
+    result = bench_train_step(config, steps=steps)
+    after = matmul_peak(matmul_size, dtype=config.model.dtype)
+    peak = max(before, after, key=lambda row: row["flops_per_sec"])
+    return peak, {**result, **mfu_from_peak(result, peak["flops_per_sec"])}
