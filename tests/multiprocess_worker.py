@@ -80,11 +80,18 @@ def main(argv: list[str]) -> None:
     port, num_processes, process_id = map(int, argv)
     # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from contrastive_jax.parallel.distributed import initialize
+    from contrastive_jax.parallel.distributed import initialize, process_0_says, summed_counters
 
     config = worker_config(port, num_processes, process_id)
     assert initialize(config)
-    print(json.dumps(run(config)), flush=True)
+    result = run(config)
+    # What the train loop does with each process's filter and data counters at a log step;
+    # "big" is past int32, and the processes list the keys in different orders.
+    me = jax.process_index()
+    counts = {"big": 2**40 + me, "small": me + 1}
+    result["summed_counters"] = summed_counters(dict(reversed(counts.items())) if me else counts)
+    result["process_0_says"] = process_0_says(me == 0)  # e.g. "the counts file exists"
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ class FilterCounters:
     """Holds one pair of int64 tf.Variables per filter; `as_dict()` gives the counts.
 
     Counts are of examples that reached the filter in this process since the pipeline was
-    built (every epoch passes through the filters again, so they keep growing).
+    built (every epoch passes through the filters again, so they keep growing); the train
+    loop sums them over processes (`distributed.summed_counters`).
     """
 
     def __init__(self):

@@ -17,6 +17,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -62,3 +63,38 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
     log.info("process %d of %d, %d local of %d devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def summed_over_processes(values: np.ndarray) -> np.ndarray:
+    """An int64 array summed over all processes, exactly; a collective every process calls.
+
+    The values travel as int32 pairs: jax without x64 would truncate int64 to int32, and a
+    long run's example counts pass 2**31.
+    """
+    values = np.ascontiguousarray(values, np.int64)
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(values.view(np.int32)))
+    return np.ascontiguousarray(gathered).view(np.int64).sum(axis=0)
+
+
+def summed_counters(counts: dict[str, int]) -> dict[str, int]:
+    """`counts` (the same keys in every process, any order) summed over all processes.
+
+    A collective: every process calls it at the same point (the train loop: each log step).
+    """
+    names = sorted(counts)
+    totals = summed_over_processes(np.array([counts[name] for name in names], np.int64))
+    return {name: int(total) for name, total in zip(names, totals, strict=True)}
+
+
+def process_0_says(answer: bool) -> bool:
+    """Process 0's `answer` in every process (a collective): for choices that must agree,
+    such as whether a shared file exists yet."""
+    if jax.process_count() == 1:
+        return answer
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(answer)))

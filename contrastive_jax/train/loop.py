@@ -198,7 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 metrics["train/lr"] = float(run.schedule(step - 1))
                 if data_counts is not None:
                     metrics.update(data_counter_metrics(data_counts))
-                metrics.update(counters.as_dict())
+                metrics.update(distributed.summed_counters(counters.as_dict()))
                 if cit:
                     metrics.update(jax.device_get(cit_metrics))
                 writer.write(step, metrics)
@@ -225,9 +225,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def data_counter_metrics(counts: np.ndarray) -> dict[str, int]:
     """`data/seen` and `data/skipped/<reason>` summed over sources and processes."""
-    if jax.process_count() > 1:  # every process reaches each log step: a safe collective
-        counts = np.asarray(multihost_utils.process_allgather(counts)).sum(axis=0)
-    return counter_metrics(counts)
+    return distributed.summed_counters(counter_metrics(counts))
 
 
 class Throughput:
