@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -91,23 +92,46 @@ def test_metaclip_matching_follows_metaclip():
     assert metaclip.EntryMatcher(entries, lowercase=True).match("Boot") == [0]
 
 
-def test_metaclip_balancing_matches_reference_and_is_order_free(tmp_path):
-    entries = ["coat", "dress", "bag"]
-    rng = random.Random(0)
-    words = ["coat", "dress", "bag", "hat"]
-    rows = [(f"u{i:03d}", " and ".join(rng.sample(words, rng.randint(1, 2))), (28, 28))
-            for i in range(300)]
-    t = 40
-    # Reference: MetaCLIP's balancing.py with random.random() -> uid_uniform(uid, entry).
+def test_metaclip_matching_equals_the_plain_scan_on_random_captions():
+    # Entries with punctuation, doubled and edge spaces, an empty one and a repeat: the span
+    # lookup must find exactly what MetaCLIP's `f" {e} " in text` finds, ids and all.
+    entries = ["boot", "ankle boot", "bag", "t-shirt", "new york", "x . y", "a  bag", "", " ",
+               "boot", "york ,", "!", "a"]
+    words = ["boot", "ankle", "bag", "bags", "Boot", "t-shirt", "a", "", "x.y", "new", "york",
+             ",", "!", "\t", "  "]
+    rng = random.Random(1)
+    matcher = metaclip.EntryMatcher(entries)
+    for _ in range(2000):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(0, 12)))
+        if rng.random() < 0.3:
+            text = text.replace(" ", "")
+        assert matcher.match(text) == reference_substr_matching(text, entries), repr(text)
+
+
+def reference_balancing(rows, entries: list[str], t: int, pool=None) -> list[str]:
+    """Uids of `rows` MetaCLIP's balancing.py keeps, counting over `pool` (default: `rows`),
+    with random.random() replaced by uid_uniform(uid, entry)."""
     counts = np.zeros(len(entries), np.uint64)
-    matched = {uid: reference_substr_matching(c, entries) for uid, c, _ in rows}
-    for ids in matched.values():
-        for e in ids:
+    for _, caption, _ in rows if pool is None else pool:
+        for e in reference_substr_matching(caption, entries):
             counts[e] += 1
     counts[counts < t] = t
     prob = t / counts
-    expected = [uid for uid, _, _ in rows
-                if any(uid_uniform(uid, e) < prob[e] for e in matched[uid])]
+    return [uid for uid, caption, _ in rows
+            if any(uid_uniform(uid, e) < prob[e]
+                   for e in reference_substr_matching(caption, entries))]
+
+
+def metaclip_rows(n: int = 300) -> list[tuple[str, str, tuple[int, int]]]:
+    rng = random.Random(0)
+    words = ["coat", "dress", "bag", "hat"]
+    return [(f"u{i:03d}", " and ".join(rng.sample(words, rng.randint(1, 2))), (28, 28))
+            for i in range(n)]
+
+
+def test_metaclip_balancing_matches_reference_and_is_order_free(tmp_path):
+    entries, rows, t = ["coat", "dress", "bag"], metaclip_rows(), 40
+    expected = reference_balancing(rows, entries, t)
     assert 0 < len(expected) < len(rows)
 
     counts_path = str(tmp_path / "counts.json")
@@ -119,9 +143,31 @@ def test_metaclip_balancing_matches_reference_and_is_order_free(tmp_path):
                                   "filters/metaclip/dropped": len(rows) - len(expected)}
     # The counts file was written once and is reused; a reversed order keeps the same set.
     assert metaclip.load_counts(counts_path, entries).tolist() == [
-        sum(e in ids for ids in matched.values()) for e in range(3)]
+        sum(entries[e] in c for _, c, _ in rows) for e in range(3)]
     reversed_ds = apply_filters(examples(rows[::-1]), cfg)
     assert sorted(kept_uids(reversed_ds)) == sorted(expected)
+
+
+def test_metaclip_counts_cover_every_process_part_of_the_pool(tmp_path, monkeypatch):
+    # This process is process 1 of 2 and reads half the pool; process 0 reads the other half.
+    # Balancing must use the whole pool's counts (else each process keeps about twice as many
+    # examples of common entries as `t` allows), and only process 0 writes the counts file.
+    from contrastive_jax.parallel import distributed
+
+    entries, rows, t = ["coat", "dress", "bag"], metaclip_rows(), 40
+    mine, theirs = rows[1::2], rows[0::2]
+    their_counts = metaclip.count_entries((c for _, c, _ in theirs),
+                                          metaclip.EntryMatcher(entries))
+    monkeypatch.setattr(distributed, "summed_over_processes", lambda c: c + their_counts)
+    monkeypatch.setattr(distributed, "process_0_says", lambda answer: False)  # no file yet
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    counts_path = tmp_path / "counts.json"
+    cfg = config(metaclip=dict(entries_file=_write(tmp_path / "e.txt", entries), t=t,
+                               counts_path=str(counts_path)))
+    expected = reference_balancing(mine, entries, t, pool=rows)
+    assert expected != reference_balancing(mine, entries, t)  # the pool's counts matter here
+    assert kept_uids(apply_filters(examples(mine), cfg)) == expected
+    assert not counts_path.exists()
 
 
 def _write(path, lines) -> str:
