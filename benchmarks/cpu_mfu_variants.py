@@ -38,6 +38,21 @@ VARIANTS = {  # name: (environment, extra `bench step` arguments)
          "XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"},
         ["--cpu-devices", str(CORES)]),
 }
+# XLA:CPU flags tried on the default set-up (malloc tuning, one device per core).
+XLA_FLAG_VARIANTS = {
+    "ynn_dot_eltwise_reduce": "--xla_cpu_experimental_ynn_fusion_type="
+                              "dot,eltwise,reduce,individual_dot",
+    "ynn_dot_eltwise": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,individual_dot",
+    "xnn_graph_greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode="
+                        "XNN_GRAPH_FUSION_MODE_GREEDY",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "legacy_emitters": "--xla_cpu_use_fusion_emitters=false",
+    "fast_math": "--xla_cpu_enable_fast_math=true",
+    "default_scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+}
+for _name, _flags in XLA_FLAG_VARIANTS.items():
+    VARIANTS[f"malloc_devices_per_core_{_name}"] = (
+        {"CONTRASTIVE_JAX_CPU_MALLOC": "on", "XLA_FLAGS": _flags}, ["--cpu-devices", str(CORES)])
 KEYS = ("devices", "step_ms", "step_ms_best", "mfu", "mfu_best", "cpu_malloc_tuned")
 
 
