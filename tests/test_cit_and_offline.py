@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,46 @@ def test_cit_picks_rows_matching_metadata_and_refreshes_every_n(run):
     select = make_select_fn(model_def, mesh, 16, "threshold", 2.0)  # nothing passes
     _, m = select(state.params, state.rest, to_global(candidates, mesh), selector.metadata_emb)
     assert int(m["cit/passed"]) == 0
+
+
+def _train_records(workdir: str) -> dict[int, dict]:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return {r["step"]: r for r in map(json.loads, f) if "train/loss" in r}
+
+
+def _final_params(config, workdir: str):
+    from contrastive_jax.train.checkpoint import Checkpointer
+    from contrastive_jax.train.state import weights_state_shapes
+
+    mesh = create_mesh(config.mesh)
+    shapes, shardings = weights_state_shapes(config, mesh)
+    state, _ = Checkpointer(workdir, config).restore_weights(shapes, shardings)
+    return jax.device_get(state.params)
+
+
+def test_cit_resume_selects_exactly_as_the_uninterrupted_run(run, tmp_path, monkeypatch):
+    # The fixture's run refreshes the metadata embeddings at steps 0 and 2 (0-based). This
+    # one is stopped by SIGTERM during step 2 and saves at 3; resumed, its step 3 must use
+    # the embeddings computed at step 2 (saved with the checkpoint), not fresh ones.
+    config, workdir, _ = run
+    cut = str(tmp_path / "cut")
+    select = CitSelector.__call__
+
+    def preempted_in_step_2(self, state, candidates, step):
+        if step == 2:
+            signal.raise_signal(signal.SIGTERM)  # the loop finishes the step, saves, stops
+        return select(self, state, candidates, step)
+
+    monkeypatch.setattr(CitSelector, "__call__", preempted_in_step_2)
+    assert loop.train(config, cut) == {"step": 3, "interrupted_by": signal.SIGTERM}
+    monkeypatch.setattr(CitSelector, "__call__", select)
+    assert loop.train(config, cut)["step"] == 4
+    full, resumed = _train_records(workdir), _train_records(cut)
+    for key in ("cit/score_candidates", "cit/score_selected", "cit/passed", "train/loss"):
+        assert resumed[4][key] == full[4][key], key
+    for a, b in zip(jax.tree.leaves(_final_params(config, cut)),
+                    jax.tree.leaves(_final_params(config, workdir)), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_data_score_and_dedup_on_the_run(run, tmp_path, capsys):

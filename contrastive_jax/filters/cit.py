@@ -8,24 +8,29 @@ highest cosine to the metadata embeddings (e.g. class names), and gathers B rows
   those that pass); if fewer than B pass, the batch is filled with the best of the rest, so
   the shape stays static. `cit/passed` reports how many passed.
 The metadata embeddings are recomputed from the current params every `refresh_every` steps
-(and when a run starts or resumes). The train step itself is unchanged.
+and when a run starts; checkpoints carry the ones in use, so a resumed run selects exactly
+as the uninterrupted one. The train step itself is unchanged.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
+from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.state import ModelDef, TrainState
 
+log = logging.getLogger(__name__)
 KEEP_MODES = ("topk", "threshold")
 
 
@@ -117,6 +122,26 @@ class CitSelector:
                                self.max_len, self.mesh)
         self.metadata_emb = jax.device_put(jnp.asarray(emb), replicated(self.mesh))
         self.refreshed_at.append(step)
+
+    def checkpoint_extra(self) -> dict[str, jax.Array] | None:
+        """What a resumed run needs to select as this run would: the metadata embeddings in
+        use and the step they were computed at (saved with each checkpoint)."""
+        if self.metadata_emb is None:
+            return None
+        at = jax.device_put(np.int32(self.refreshed_at[-1]), replicated(self.mesh))
+        return {"cit_metadata_emb": self.metadata_emb, "cit_refreshed_at": at}
+
+    def resume(self, state: TrainState, step: int, checkpointer: Checkpointer) -> None:
+        """Takes the metadata embeddings saved with checkpoint `step`, so that the steps up
+        to the next refresh select exactly as the interrupted run would have."""
+        self.refresh(state, step)  # gives the restore its shapes; kept if nothing was saved
+        saved = checkpointer.restore_extra(step, self.checkpoint_extra())
+        if saved is None:
+            log.warning("checkpoint %d holds no CiT metadata embeddings; using ones computed "
+                        "at the resume step", step)
+            return
+        self.metadata_emb = saved["cit_metadata_emb"]
+        self.refreshed_at[-1] = int(saved["cit_refreshed_at"])
 
     def __call__(self, state: TrainState, candidates: dict[str, jax.Array],
                  step: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:

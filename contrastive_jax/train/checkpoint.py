@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -67,19 +68,29 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, *, examples_seen: int, force: bool = False) -> bool:
-        """Starts a save when the interval says so (or `force`); returns whether it did."""
+    def save(self, state: TrainState, *, examples_seen: int, force: bool = False,
+             extra: dict[str, Any] | None = None) -> bool:
+        """Starts a save when the interval says so (or `force`); returns whether it did.
+        `extra`: a pytree of arrays the run needs besides the state to resume exactly."""
         step = int(state.step)
         if step in self.manager.all_steps():
             return False  # e.g. the final save right after an interval save of the same step
         meta = {"step": step, "examples_seen": examples_seen,
                 "model": _model_signature(self.config)}
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=force,
-        )
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if extra is not None:
+            items["extra"] = ocp.args.StandardSave(extra)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore_extra(self, step: int, target: dict[str, Any]) -> dict[str, Any] | None:
+        """The `extra` saved with `step`, shaped and sharded like `target`; None when that
+        checkpoint has none (e.g. written before the feature that needs it was on)."""
+        if "extra" not in self.manager.item_metadata(step):
+            return None
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                             sharding=x.sharding), target)
+        return self.manager.restore(step, args=ocp.args.Composite(
+            extra=ocp.args.StandardRestore(target)))["extra"]
 
     def restore(self, state: TrainState, shardings: TrainState,
                 step: int | None = None) -> tuple[TrainState, dict[str, Any]]:

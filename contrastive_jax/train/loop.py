@@ -160,6 +160,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     cit = None
     if config.train.cit.enabled:
         cit = CitSelector(config, run.model_def, run.tokenizer, run.mesh)
+        if step:
+            cit.resume(run.state, step, run.checkpointer)
+    saved_with_state = cit.checkpoint_extra if cit else lambda: None
     read_size = batch_size * (config.train.cit.oversample if cit else 1)
     counters = FilterCounters()
     cached = None
@@ -191,7 +194,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             state, metrics = run.step_fn(state, batch)
             step += 1
             bar.update(batch_size)
-            run.checkpointer.save(state, examples_seen=step * batch_size)
+            run.checkpointer.save(state, examples_seen=step * batch_size,
+                                  extra=saved_with_state())
             if step % config.train.log_every == 0 or step == total_steps:
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
@@ -211,7 +215,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     writer.write(step, evaluate(state))
                 timer.restart(step)  # eval time is not training time
         bar.close()
-        run.checkpointer.save(state, examples_seen=step * batch_size, force=True)
+        run.checkpointer.save(state, examples_seen=step * batch_size, force=True,
+                              extra=saved_with_state())
         run.checkpointer.close()
     if stop.signal is not None:
         log.warning("stopped by signal %d at step %d; checkpoint saved", stop.signal, step)
