@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
     port, num_processes, process_id = map(int, argv)
     # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from contrastive_jax.parallel.distributed import initialize, process_0_says, summed_counters
+    from contrastive_jax.parallel.distributed import initialize, summed_counters
 
     config = worker_config(port, num_processes, process_id)
     assert initialize(config)
@@ -90,7 +90,6 @@ def main(argv: list[str]) -> None:
     me = jax.process_index()
     counts = {"big": 2**40 + me, "small": me + 1}
     result["summed_counters"] = summed_counters(dict(reversed(counts.items())) if me else counts)
-    result["process_0_says"] = process_0_says(me == 0)  # e.g. "the counts file exists"
     print(json.dumps(result), flush=True)
 
 

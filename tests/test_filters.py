@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -148,26 +147,24 @@ def test_metaclip_balancing_matches_reference_and_is_order_free(tmp_path):
     assert sorted(kept_uids(reversed_ds)) == sorted(expected)
 
 
-def test_metaclip_counts_cover_every_process_part_of_the_pool(tmp_path, monkeypatch):
-    # This process is process 1 of 2 and reads half the pool; process 0 reads the other half.
-    # Balancing must use the whole pool's counts (else each process keeps about twice as many
-    # examples of common entries as `t` allows), and only process 0 writes the counts file.
-    from contrastive_jax.parallel import distributed
-
-    entries, rows, t = ["coat", "dress", "bag"], metaclip_rows(), 40
-    mine, theirs = rows[1::2], rows[0::2]
-    their_counts = metaclip.count_entries((c for _, c, _ in theirs),
-                                          metaclip.EntryMatcher(entries))
-    monkeypatch.setattr(distributed, "summed_over_processes", lambda c: c + their_counts)
-    monkeypatch.setattr(distributed, "process_0_says", lambda answer: False)  # no file yet
-    monkeypatch.setattr(jax, "process_index", lambda: 1)
-    counts_path = tmp_path / "counts.json"
-    cfg = config(metaclip=dict(entries_file=_write(tmp_path / "e.txt", entries), t=t,
-                               counts_path=str(counts_path)))
-    expected = reference_balancing(mine, entries, t, pool=rows)
-    assert expected != reference_balancing(mine, entries, t)  # the pool's counts matter here
-    assert kept_uids(apply_filters(examples(mine), cfg)) == expected
-    assert not counts_path.exists()
+def test_metaclip_counts_the_whole_train_split_in_every_process(fake_data_dir, tmp_path):
+    # Process 1 of 2 trains on half the split, but must balance with the whole split's counts
+    # (with its half's, each of P processes would keep ~P times as many examples of a common
+    # entry as `t` allows) and so with the same counts as every other process.
+    cfg = pipeline.default_data_config()
+    cfg.update(data_dir=fake_data_dir, shuffle_buffer=64)
+    tokenizer = pipeline.ensure_tokenizer(cfg, str(tmp_path))
+    counts = {}
+    for process_index, process_count in [(0, 1), (1, 2)]:
+        path = str(tmp_path / f"counts_{process_index}_of_{process_count}.json")
+        cfg.filters.metaclip.update(enabled=True, t=5, counts_path=path)
+        ds = pipeline.train_dataset(cfg, tokenizer, global_batch_size=16,
+                                    process_index=process_index, process_count=process_count)
+        next(ds.as_numpy_iterator())  # building it ran the counting pass
+        entries = metaclip.dataset_entries(cfg.dataset)
+        counts[process_count] = metaclip.load_counts(path, entries)
+    assert counts[1].sum() > 100  # the entries do occur in the fake captions
+    np.testing.assert_array_equal(counts[2], counts[1])
 
 
 def _write(path, lines) -> str:

@@ -62,7 +62,6 @@ def test_two_processes_match_one_process_of_eight_devices():
         np.testing.assert_allclose(result["zeroshot"]["top5"], reference["zeroshot"]["top5"])
         # Counters summed over the processes, exactly, whatever order each process built them.
         assert result["summed_counters"] == {"big": 2**41 + 1, "small": 1 + 2}
-        assert result["process_0_says"] is True  # process 1 answered False itself
     assert reference["losses"][-1] < reference["losses"][0]
 
 

@@ -143,8 +143,13 @@ def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[in
 
 def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None,
               skip_images: bool = False) -> tf.data.Dataset:
+    """`split` (this process's part of the train split) through `data.filters`. MetaCLIP
+    counts over the whole train split, so every process balances with the same counts."""
+    pool = None if split == cfg.train_split else _examples(cfg, builder, cfg.train_split,
+                                                           skip_images)
     return filters.apply_filters(_examples(cfg, builder, split, skip_images), cfg.filters,
-                                 counters=counters, dataset=cfg.dataset, data_dir=cfg.data_dir)
+                                 counters=counters, dataset=cfg.dataset, data_dir=cfg.data_dir,
+                                 pool=pool)
 
 
 def train_dataset(

@@ -18,7 +18,6 @@ import tensorflow as tf
 from contrastive_jax.filters import metaclip, uid_tables
 from contrastive_jax.filters.basic import basic_predicate
 from contrastive_jax.filters.counters import FilterCounters, Predicate
-from contrastive_jax.parallel import distributed
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +88,11 @@ def _metaclip(cfg, pool: tf.data.Dataset, dataset: str | None,
     else:
         raise ValueError("config key 'data.filters.metaclip.entries_file' is needed here")
     matcher = metaclip.EntryMatcher(entries, cfg.lowercase)
-    # Each process reads its own part of the pool; balancing needs the whole pool's counts.
-    # Whether to count is process 0's call, so that all processes join the sum or none does.
-    if distributed.process_0_says(bool(cfg.counts_path) and os.path.exists(cfg.counts_path)):
+    if cfg.counts_path and os.path.exists(cfg.counts_path):
         counts = metaclip.load_counts(cfg.counts_path, entries)
     else:
+        # The pool is the whole dataset in every process, so all count alike; one writes.
         counts = metaclip.count_entries(metaclip.caption_strings(pool), matcher)
-        counts = distributed.summed_over_processes(counts)
         log.info("MetaCLIP: counted %d entries over the pool", len(entries))
         if cfg.counts_path and jax.process_index() == 0:
             metaclip.save_counts(cfg.counts_path, entries, counts)

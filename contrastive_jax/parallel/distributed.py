@@ -89,12 +89,3 @@ def summed_counters(counts: dict[str, int]) -> dict[str, int]:
     totals = summed_over_processes(np.array([counts[name] for name in names], np.int64))
     return {name: int(total) for name, total in zip(names, totals, strict=True)}
 
-
-def process_0_says(answer: bool) -> bool:
-    """Process 0's `answer` in every process (a collective): for choices that must agree,
-    such as whether a shared file exists yet."""
-    if jax.process_count() == 1:
-        return answer
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(answer)))
