@@ -6,6 +6,7 @@ and epochs are concatenated before batching. Resuming at `start_example` (exampl
 GLOBAL stream consumed, i.e. step * global_batch_size) starts at epoch `pos // n` and skips
 `pos % n` examples of it, where pos is this process's share of `start_example` and n the
 number of usable examples in its part; so a resumed stream equals the uninterrupted one.
+n is counted only up to pos + 1, so a resume inside the first epoch reads no further.
 """
 
 from __future__ import annotations
@@ -119,26 +120,27 @@ def _examples(cfg: ml_collections.ConfigDict, builder, split: str,
     return ds.filter(lambda ex: preprocess.valid_caption(ex["caption"], ex["uid"]))
 
 
-def _count_usable(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[int, int]:
-    """(examples with a usable caption, total) in `split`; reads captions only."""
+def _usable_up_to(cfg: ml_collections.ConfigDict, builder, split: str, limit: int) -> int:
+    """Usable examples in one epoch of `split` (after `data.filters`), counting no further
+    than `limit`. Without filters it reads captions only."""
+    filtered = filters.filters_active(cfg.filters)
     key = (str(builder.data_dir), split, cfg.text_key, cfg.image_key)
-    if key not in _COUNT_CACHE:
-        _COUNT_CACHE[key] = _count_pass(cfg, builder, split)
-    return _COUNT_CACHE[key]
+    if not filtered and key in _EPOCH_SIZES:
+        return min(_EPOCH_SIZES[key], limit)
+    if filtered:
+        ds = _filtered(cfg, builder, split)
+    else:  # the same rule as the caption filter in _examples, or positions would drift
+        ds = _read(builder, split, skip_images=cfg.image_key)
+        ds = ds.filter(lambda ex: preprocess.has_text(ex[cfg.text_key]))
+    n = int(ds.take(limit).reduce(np.int64(0), lambda acc, _: acc + 1))
+    if not filtered and n < limit:
+        _EPOCH_SIZES[key] = n
+    return n
 
 
-# (dataset dir, split, keys) -> counts; prepared TFDS data does not change under a version.
-_COUNT_CACHE: dict[tuple[str, str, str, str], tuple[int, int]] = {}
-
-
-def _count_pass(cfg: ml_collections.ConfigDict, builder, split: str) -> tuple[int, int]:
-    ds = _read(builder, split, skip_images=cfg.image_key)
-    # Same rule as the filter in _examples, or resume positions would drift.
-    ok = ds.map(lambda ex: preprocess.has_text(ex[cfg.text_key]))
-    usable, total = ok.reduce(
-        (np.int64(0), np.int64(0)), lambda acc, v: (acc[0] + tf.cast(v, tf.int64), acc[1] + 1)
-    )
-    return int(usable), int(total)
+# (dataset dir, split, keys) -> usable examples per epoch without filters; prepared TFDS
+# data does not change under a version.
+_EPOCH_SIZES: dict[tuple[str, str, str, str], int] = {}
 
 
 def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None = None,
@@ -200,15 +202,15 @@ def train_dataset(
     position = start_example // process_count  # examples this process has already served
     first_epoch, skip = 0, 0
     if position:
-        # Only a resume needs the epoch length; it costs one pass over the captions.
-        n_usable, n_total = _count_usable(cfg, builder, split)
-        if filters.filters_active(cfg.filters):  # an epoch is what passes the filters
-            n_usable = int(_filtered(cfg, builder, split).reduce(np.int64(0), lambda n, _: n + 1))
+        # Only a resume needs the epoch length, and only past `position`: counting stops at
+        # position + 1, so a resume inside the first epoch reads no further than it.
+        n_usable = _usable_up_to(cfg, builder, split, position + 1)
         if n_usable == 0:
             raise ValueError(f"{cfg.dataset} {split}: no example with a usable caption")
-        first_epoch, skip = divmod(position, n_usable)
-        logging.info("%s %s: resuming at epoch %d + %d examples (%d of %d usable)",
-                     cfg.dataset, split, first_epoch, skip, n_usable, n_total)  # fmt: skip
+        first_epoch, skip = divmod(position, n_usable)  # (0, position) inside epoch 0
+        logging.info("%s %s: resuming at epoch %d + %d examples (%s usable per epoch)",
+                     cfg.dataset, split, first_epoch, skip,
+                     n_usable if n_usable <= position else f"more than {position}")
     examples = _filtered(cfg, builder, split, filter_counters,
                          skip_images=image_embeddings is not None)
     if not position and not list(examples.take(1)):
