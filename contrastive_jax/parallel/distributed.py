@@ -85,7 +85,8 @@ def summed_counters(counts: dict[str, int]) -> dict[str, int]:
 
     A collective: every process calls it at the same point (the train loop: each log step).
     """
+    if not counts:  # e.g. no filter: nothing to exchange (every process has no keys)
+        return {}
     names = sorted(counts)
     totals = summed_over_processes(np.array([counts[name] for name in names], np.int64))
     return {name: int(total) for name, total in zip(names, totals, strict=True)}
-
