@@ -54,3 +54,15 @@ def trained_workdir(fake_data_dir, tmp_path_factory) -> str:
     workdir = str(tmp_path_factory.mktemp("run"))
     loop.train(config, workdir)
     return workdir
+
+
+def pytest_sessionfinish(session) -> None:
+    """Frees jax's compiled programs while the run is still the worker's own: under xdist,
+    execnet sends SIGINT to a worker still busy 5 s after it reported the session finished,
+    and collecting a whole session's executables at interpreter exit can take that long."""
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
