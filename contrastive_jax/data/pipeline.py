@@ -147,8 +147,9 @@ def _filtered(cfg, builder, split: str, counters: filters.FilterCounters | None 
               skip_images: bool = False) -> tf.data.Dataset:
     """`split` (this process's part of the train split) through `data.filters`. MetaCLIP
     counts over the whole train split, so every process balances with the same counts."""
-    pool = None if split == cfg.train_split else _examples(cfg, builder, cfg.train_split,
-                                                           skip_images)
+    whole_split = (filters.filters_active(cfg.filters) and cfg.filters.metaclip.enabled
+                   and split != cfg.train_split)
+    pool = _examples(cfg, builder, cfg.train_split, skip_images) if whole_split else None
     return filters.apply_filters(_examples(cfg, builder, split, skip_images), cfg.filters,
                                  counters=counters, dataset=cfg.dataset, data_dir=cfg.data_dir,
                                  pool=pool)

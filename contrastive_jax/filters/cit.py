@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from jax.sharding import Mesh
 
 from contrastive_jax.data.tokenizer import Tokenizer
@@ -125,11 +124,8 @@ class CitSelector:
 
     def checkpoint_extra(self) -> dict[str, jax.Array] | None:
         """What a resumed run needs to select as this run would: the metadata embeddings in
-        use and the step they were computed at (saved with each checkpoint)."""
-        if self.metadata_emb is None:
-            return None
-        at = jax.device_put(np.int32(self.refreshed_at[-1]), replicated(self.mesh))
-        return {"cit_metadata_emb": self.metadata_emb, "cit_refreshed_at": at}
+        use (saved with each checkpoint)."""
+        return None if self.metadata_emb is None else {"cit_metadata_emb": self.metadata_emb}
 
     def resume(self, state: TrainState, step: int, checkpointer: Checkpointer) -> None:
         """Takes the metadata embeddings saved with checkpoint `step`, so that the steps up
@@ -141,7 +137,7 @@ class CitSelector:
                         "at the resume step", step)
             return
         self.metadata_emb = saved["cit_metadata_emb"]
-        self.refreshed_at[-1] = int(saved["cit_refreshed_at"])
+        self.refreshed_at.pop()  # those in use come from the interrupted run's last refresh
 
     def __call__(self, state: TrainState, candidates: dict[str, jax.Array],
                  step: int) -> tuple[dict[str, jax.Array], dict[str, Any]]:

@@ -87,8 +87,7 @@ class Checkpointer:
         checkpoint has none (e.g. written before the feature that needs it was on)."""
         if "extra" not in self.manager.item_metadata(step):
             return None
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                             sharding=x.sharding), target)
+        target = abstract_state(target, jax.tree.map(lambda x: x.sharding, target))
         return self.manager.restore(step, args=ocp.args.Composite(
             extra=ocp.args.StandardRestore(target)))["extra"]
 
