@@ -19,6 +19,7 @@ from helpers import tiny_config
 from contrastive_jax.cli import main
 from contrastive_jax.data.pipeline import ensure_tokenizer
 from contrastive_jax.evaluate.embed import encode_texts
+from contrastive_jax.export.native import restore_params
 from contrastive_jax.filters import uid_tables
 from contrastive_jax.filters.cit import CitSelector, make_select_fn, selection_indices
 from contrastive_jax.parallel.mesh import create_mesh, to_global
@@ -110,16 +111,6 @@ def _train_records(workdir: str) -> dict[int, dict]:
         return {r["step"]: r for r in map(json.loads, f) if "train/loss" in r}
 
 
-def _final_params(config, workdir: str):
-    from contrastive_jax.train.checkpoint import Checkpointer
-    from contrastive_jax.train.state import weights_state_shapes
-
-    mesh = create_mesh(config.mesh)
-    shapes, shardings = weights_state_shapes(config, mesh)
-    state, _ = Checkpointer(workdir, config).restore_weights(shapes, shardings)
-    return jax.device_get(state.params)
-
-
 def test_cit_resume_selects_exactly_as_the_uninterrupted_run(run, tmp_path, monkeypatch):
     # The fixture's run refreshes the metadata embeddings at steps 0 and 2 (0-based). This
     # one is stopped by SIGTERM during step 2 and saves at 3; resumed, its step 3 must use
@@ -140,8 +131,8 @@ def test_cit_resume_selects_exactly_as_the_uninterrupted_run(run, tmp_path, monk
     full, resumed = _train_records(workdir), _train_records(cut)
     for key in ("cit/score_candidates", "cit/score_selected", "cit/passed", "train/loss"):
         assert resumed[4][key] == full[4][key], key
-    for a, b in zip(jax.tree.leaves(_final_params(config, cut)),
-                    jax.tree.leaves(_final_params(config, workdir)), strict=True):
+    for a, b in zip(jax.tree.leaves(restore_params(cut)[1]),
+                    jax.tree.leaves(restore_params(workdir)[1]), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
