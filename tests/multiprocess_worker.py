@@ -1,8 +1,10 @@
 """One process of the multi-process test: trains a tiny model on synthetic batches, then runs
-zero-shot counting; prints {"losses": [...], "zeroshot": {...}} as JSON on the last line.
+zero-shot counting; writes {"losses": [...], "zeroshot": {...}} as JSON to RESULT_PATH.
 
-Run by tests/test_multiprocess.py as `python tests/multiprocess_worker.py PORT NUM_PROCS ID`
-with 4 CPU devices per process; `run()` is also called in the test process on 8 devices.
+Run by tests/test_multiprocess.py as
+`python tests/multiprocess_worker.py PORT NUM_PROCS ID RESULT_PATH` with 4 CPU devices per
+process; a file, not stdout, because gloo's C++ logging writes to the same stdout and can land
+in the middle of a Python line. `run()` is also called in the test process on 8 devices.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def worker_config(port: int = 0, num_processes: int = 0, process_id: int = -1):
 
 
 def main(argv: list[str]) -> None:
-    port, num_processes, process_id = map(int, argv)
+    port, num_processes, process_id = map(int, argv[:3])
+    result_path = argv[3]
     # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from contrastive_jax.parallel.distributed import initialize, summed_counters
@@ -90,7 +93,8 @@ def main(argv: list[str]) -> None:
     me = jax.process_index()
     counts = {"big": 2**40 + me, "small": me + 1}
     result["summed_counters"] = summed_counters(dict(reversed(counts.items())) if me else counts)
-    print(json.dumps(result), flush=True)
+    with open(result_path, "w") as f:
+        json.dump(result, f)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -23,7 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(num_processes: int = 2, devices_per_process: int = 4) -> list[dict]:
+def launch(tmp_path: pathlib.Path, num_processes: int = 2,
+           devices_per_process: int = 4) -> list[dict]:
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
@@ -31,26 +33,22 @@ def launch(num_processes: int = 2, devices_per_process: int = 4) -> list[dict]:
            "PYTHONPATH": os.pathsep.join([ROOT, TESTS])}
     procs = [subprocess.Popen(
         [sys.executable, os.path.join(TESTS, "multiprocess_worker.py"), str(port),
-         str(num_processes), str(i)],
+         str(num_processes), str(i), str(tmp_path / f"result{i}.json")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(num_processes)]
-    results = []
     try:
         for proc in procs:
             out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, err[-3000:]
-            # Gloo's C++ logging shares stdout and may be flushed after the result line.
-            lines = [line for line in out.splitlines() if line.startswith("{")]
-            results.append(json.loads(lines[-1]))
+            assert proc.returncode == 0, (out + err)[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return results
+    return [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(num_processes)]
 
 
-def test_two_processes_match_one_process_of_eight_devices():
-    results = launch()
+def test_two_processes_match_one_process_of_eight_devices(tmp_path):
+    results = launch(tmp_path)
     reference = run(worker_config(), devices=jax.devices()[:8])
     assert reference["process_count"] == 1
     for result in results:
