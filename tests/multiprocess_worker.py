@@ -83,7 +83,11 @@ def main(argv: list[str]) -> None:
     result_path = argv[3]
     # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from contrastive_jax.parallel.distributed import initialize, summed_counters
+    from contrastive_jax.parallel.distributed import (
+        gathered_over_processes,
+        initialize,
+        summed_counters,
+    )
 
     config = worker_config(port, num_processes, process_id)
     assert initialize(config)
@@ -93,6 +97,8 @@ def main(argv: list[str]) -> None:
     me = jax.process_index()
     counts = {"big": 2**40 + me, "small": me + 1}
     result["summed_counters"] = summed_counters(dict(reversed(counts.items())) if me else counts)
+    # What checkpoints store of the stream positions: every process's row, in process order.
+    result["gathered"] = gathered_over_processes(np.array([2**41 + me, me])).tolist()
     with open(result_path, "w") as f:
         json.dump(result, f)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.data import pipeline, preprocess
+from contrastive_jax.data import pipeline, positions, preprocess
 from contrastive_jax.data.tokenizer import EOS_ID, Tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 
@@ -93,6 +93,29 @@ def test_exact_resume_within_and_across_epochs(cfg, tokenizer, flip):
         same = (a == b).all(axis=(1, 2, 3))
         mirrored = (a[:, :, ::-1] == b).all(axis=(1, 2, 3))
         assert (same | mirrored).all() and same.any() and mirrored.any()
+
+
+def test_saved_stream_positions_resume_exactly_without_counting_an_epoch(cfg, tokenizer,
+                                                                         monkeypatch):
+    config = cfg.copy_and_resolve_references()
+    config.filters.basic.update(enabled=True, max_chars=1000)  # filtered: counting decodes
+    bs, n = 32, 16  # 512 examples = 2.56 epochs of 200
+    full = take(pipeline.train_dataset(config, tokenizer, global_batch_size=bs, seed=3), n)
+    # One source; after batch k the position is (epoch, examples of it served).
+    served = [positions.decode(b["stream_position"][0]) for b in full]
+    assert served[0] == (0, 32) and served[6] == (1, 24) and served[12] == (2, 16)
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("a resume with saved positions counted an epoch")
+
+    monkeypatch.setattr(pipeline, "_usable_up_to", no_counting)
+    for k in (7, 13):  # resume after batch k - 1: in epochs 1 and 2
+        resumed = pipeline.train_dataset(
+            config, tokenizer, global_batch_size=bs, seed=3, start_example=k * bs,
+            resume_positions=full[k - 1]["stream_position"].tolist())
+        assert_same(take(resumed, n - k), full[k:])
+    with pytest.raises(AssertionError, match="counted an epoch"):  # without them it counts
+        pipeline.train_dataset(config, tokenizer, global_batch_size=bs, start_example=7 * bs)
 
 
 def test_two_processes_read_disjoint_halves_and_resume(cfg, tokenizer):

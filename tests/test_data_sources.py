@@ -15,7 +15,7 @@ import tensorflow as tf
 from helpers import tiny_config
 
 from contrastive_jax.config import ConfigError, validate
-from contrastive_jax.data import formats, pipeline, records, stream
+from contrastive_jax.data import formats, pipeline, positions, records, stream
 from contrastive_jax.data.sources import create_source, parse_source
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.filters import FilterCounters
@@ -286,6 +286,25 @@ def test_tfds_source_mixed_with_tfrecords(fake_data_dir, corpus, tokenizer):
     assert 16 < len(from_tfds) < 48  # weights 1:1 over 64 examples
     seen = bs[-1]["data_counts"][:, 0]
     assert seen.tolist() == [len(from_tfds), 64 - len(from_tfds)]
+
+
+def test_saved_positions_resume_a_filtered_mixture_without_counting(corpus, tokenizer,
+                                                                     monkeypatch):
+    cfg = data_cfg(tfrecords(corpus, weight=3.0), tfrecords(corpus, "b", weight=1.0))
+    cfg.filters.basic.update(enabled=True, max_chars=16)  # source a: 10 of 24 kept
+    full = batches(cfg, tokenizer, 30)
+    running = np.maximum.accumulate(np.stack([b["stream_position"] for b in full]))
+    # 120 examples: source a (10 usable per epoch) is several epochs in; b (12) at least one.
+    epochs = [positions.decode(p)[0] for p in running[-1]]
+    assert epochs[0] >= 5 and epochs[1] >= 1, epochs
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("a resume with saved positions counted an epoch")
+
+    monkeypatch.setattr(stream, "usable_per_epoch", no_counting)
+    for k in (11, 23):
+        assert_same(full[k:k + 4], batches(cfg, tokenizer, 4, start_example=4 * k,
+                                           resume_positions=running[k - 1].tolist()))
 
 
 def test_filters_apply_to_sources_and_keep_resume_exact(corpus, tokenizer):

@@ -60,6 +60,8 @@ def test_two_processes_match_one_process_of_eight_devices(tmp_path):
         np.testing.assert_allclose(result["zeroshot"]["top5"], reference["zeroshot"]["top5"])
         # Counters summed over the processes, exactly, whatever order each process built them.
         assert result["summed_counters"] == {"big": 2**41 + 1, "small": 1 + 2}
+        # Each process's int64 row, in process order (checkpointed stream positions).
+        assert result["gathered"] == [[2**41, 0], [2**41 + 1, 1]]
     assert reference["losses"][-1] < reference["losses"][0]
 
 

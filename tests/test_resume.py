@@ -1,6 +1,8 @@
 """Resuming: a workdir of another model is refused; Ctrl-C on the command line saves and
-resumes. (SIGTERM mid-run and the bit-exact resume: test_preemption.py.)"""
+resumes; a resume past the first epoch starts at the checkpoint's stream position without
+counting an epoch. (SIGTERM to a real process, bit-exact: test_preemption.py.)"""
 
+import itertools
 import json
 import os
 import signal
@@ -8,9 +10,13 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 from helpers import tiny_config
 
+from contrastive_jax.data import pipeline, positions
+from contrastive_jax.export.native import restore_params
 from contrastive_jax.train import loop
 from contrastive_jax.train.checkpoint import CheckpointMismatchError
 
@@ -74,3 +80,41 @@ def test_ctrl_c_on_the_command_line_saves_and_resumes(fake_data_dir, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert f'"step": {saved[-1] + 2}' in resume.stdout
+
+
+def _last_loss(workdir) -> float:
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        return [r for r in map(json.loads, f) if "train/loss" in r][-1]["train/loss"]
+
+
+def test_resume_past_the_first_epoch_starts_at_the_saved_stream_position(
+        fake_data_dir, tmp_path, monkeypatch):
+    # 200 examples per epoch, 16 per step: step 15 is 40 examples into epoch 1.
+    config = demo_config(fake_data_dir, steps=18, checkpoint_every=5)
+    config.data.filters.basic.update(enabled=True, max_chars=1000)  # counting would decode
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    loop.train(config, full)
+    to_global, calls = loop.to_global, itertools.count(1)
+
+    def preempted_in_step_15(batch, mesh):
+        if next(calls) == 15:
+            signal.raise_signal(signal.SIGTERM)  # the loop finishes the step, saves, stops
+        return to_global(batch, mesh)
+
+    monkeypatch.setattr(loop, "to_global", preempted_in_step_15)
+    assert loop.train(config, cut) == {"step": 15, "interrupted_by": signal.SIGTERM}
+    with open(os.path.join(cut, "checkpoints", "15", "meta", "metadata")) as f:
+        meta = json.load(f)
+    assert meta["stream"]["examples_read"] == 15 * 16
+    assert [positions.decode(p) for p in meta["stream"]["positions"][0]] == [(1, 40)]
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("the resume counted an epoch")
+
+    monkeypatch.setattr(loop, "to_global", to_global)
+    monkeypatch.setattr(pipeline, "_usable_up_to", no_counting)
+    assert loop.train(config, cut)["step"] == 18
+    assert _last_loss(cut) == _last_loss(full)
+    for a, b in zip(jax.tree.leaves(restore_params(cut)[1]),
+                    jax.tree.leaves(restore_params(full)[1]), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -6,13 +6,15 @@ and epochs are concatenated before batching. Resuming at `start_example` (exampl
 GLOBAL stream consumed, i.e. step * global_batch_size) starts at epoch `pos // n` and skips
 `pos % n` examples of it, where pos is this process's share of `start_example` and n the
 number of usable examples in its part; so a resumed stream equals the uninterrupted one.
-n is counted only up to pos + 1, so a resume inside the first epoch reads no further.
+n is counted only up to pos + 1, so a resume inside the first epoch reads no further; with
+the stream position saved in the checkpoint (data/positions.py) it is not counted at all.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
@@ -20,7 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from contrastive_jax import filters
-from contrastive_jax.data import preprocess
+from contrastive_jax.data import positions, preprocess
 from contrastive_jax.data.render_text import TextRenderer, default_render_config, text_pairs
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
@@ -166,6 +168,7 @@ def train_dataset(
     seed: int = 0,
     filter_counters: filters.FilterCounters | None = None,
     image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
+    resume_positions: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text" i32 [b,L], "label" i32 [b]}.
 
@@ -180,6 +183,9 @@ def train_dataset(
     `image_embeddings` = (uids [N], embeddings [N, D]): batches carry "image_embedding"
     [b, D] looked up by each example's uid instead of "image" (images are not decoded). The
     stream's order and resume positions are the same as with images.
+    Batches also carry "stream_position" int64 [S] (one per source; S = 1 without
+    `data.sources`); `resume_positions`, the latest of them when resuming at `start_example`,
+    spares the resume the counting of an epoch (data/positions.py).
     """
     cfg = data_config
     if global_batch_size % process_count or start_example % process_count:
@@ -193,7 +199,7 @@ def train_dataset(
         ds = train_dataset_from_sources(
             cfg, tokenizer, global_batch_size=global_batch_size, process_index=process_index,
             process_count=process_count, start_example=start_example, seed=seed,
-            filter_counters=filter_counters)
+            filter_counters=filter_counters, resume_positions=resume_positions)
         return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
     local_batch = global_batch_size // process_count
     builder = get_builder(cfg.dataset, cfg.data_dir)
@@ -202,7 +208,12 @@ def train_dataset(
 
     position = start_example // process_count  # examples this process has already served
     first_epoch, skip = 0, 0
-    if position:
+    saved = positions.resume_points(resume_positions, 1) if position else None
+    if saved:
+        (first_epoch, skip), = saved
+        logging.info("%s %s: resuming at epoch %d + %d examples (saved stream position)",
+                     cfg.dataset, split, first_epoch, skip)
+    elif position:
         # Only a resume needs the epoch length, and only past `position`: counting stops at
         # position + 1, so a resume inside the first epoch reads no further than it.
         n_usable = _usable_up_to(cfg, builder, split, position + 1)
@@ -221,10 +232,11 @@ def train_dataset(
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
         # A new explicit seed per epoch: a different order each epoch, reproducible anywhere.
         epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + e
-        return examples.shuffle(cfg.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        ds = examples.shuffle(cfg.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        return ds.map(lambda ex: {**ex, "epoch": e})
 
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = ds.skip(skip)
+    ds = positions.tag_served(ds, first_epoch).skip(skip)
     if cfg.flip:
         # Flip decided by (seed, process, stream position): identical on resume.
         def flip(pos, ex):
@@ -241,7 +253,8 @@ def train_dataset(
     def finish(index, batch):
         captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
         text = tokenizer.tf_tokenize(captions, cfg.max_len)
-        out = {"text": text, "label": batch["label"]}
+        out = {"text": text, "label": batch["label"],
+               positions.KEY: tf.reduce_max(batch[positions.KEY], keepdims=True)}
         if lookup is not None:
             out["image_embedding"] = lookup(batch["uid"])
             return out

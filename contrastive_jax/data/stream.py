@@ -8,7 +8,8 @@ pass the caption check and a guarded decode; bad ones are counted per reason and
 
 Resume: a process that has served p examples of a source starts at epoch p // n and skips
 p % n usable examples of it, n being the process's usable examples per epoch (counted on
-resume only, and only up to p + 1: a resume inside the first epoch reads no further).
+resume only, and only up to p + 1: a resume inside the first epoch reads no further), or
+at the position saved in the checkpoint (data/positions.py), which needs no counting.
 Several sources are mixed by a seeded choice stream whose first P choices say how many
 examples each source served, so per-source positions follow from the global position.
 Augmentation seeds come from (seed, process, source, position).
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.data import augment, preprocess, records
+from contrastive_jax.data import augment, positions, preprocess, records
 from contrastive_jax.data.sources import Source, create_source, parse_sources
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.filters import FilterCounters, apply_filters, filters_active
@@ -100,7 +101,8 @@ def _epoch_records(source: Source, units: list, cfg, seed: int, k: int):
             order = tf.random.experimental.stateless_shuffle(order, seed=epoch_seed)
         ds = source.read(units, order, cfg.cycle_length)
         shuffle_seed = (tf.constant(seed, tf.int64) * 1_000_003 + k) * 65_537 + e
-        return ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return ds.map(lambda record: {**record, "epoch": e})
 
     return epoch
 
@@ -149,20 +151,28 @@ def _augment(cfg, seed: int, stream_id: int, k: int, num_sources: int):
             caption = augment.random_word_deletion(caption, example_seed, aug.word_deletion)
         if aug.word_swaps > 0:
             caption = augment.random_word_swap(caption, example_seed, aug.word_swaps)
-        placed = tf.one_hot(k, num_sources, dtype=tf.int64)[:, None] * ex["counts"][None, :]
-        return {"image": image, "caption": caption, "label": ex["label"], "counts": placed}
+        mine = tf.one_hot(k, num_sources, dtype=tf.int64)
+        return {"image": image, "caption": caption, "label": ex["label"],
+                "counts": mine[:, None] * ex["counts"][None, :],
+                positions.KEY: mine * ex[positions.KEY]}
 
     return fn
 
 
 def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
                   process_index: int, process_count: int, start: int,
-                  counters: FilterCounters | None = None) -> tf.data.Dataset:
-    """Infinite augmented examples of one source for one process, from its `start`-th."""
+                  counters: FilterCounters | None = None,
+                  resume: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """Infinite augmented examples of one source for one process, from its `start`-th;
+    `resume` = (epoch, skip), where that example is, when the checkpoint saved it."""
     units = source.units(process_index, process_count)
     epoch = _epoch_records(source, units, cfg, seed, k)
     first_epoch, skip = 0, 0
-    if start:
+    if start and resume:
+        first_epoch, skip = resume
+        log.info("%s: resuming at epoch %d + %d examples (saved stream position)",
+                 source.name, first_epoch, skip)
+    elif start:
         n = usable_per_epoch(source, units, cfg, (process_index, process_count), limit=start)
         if n == 0:
             raise ValueError(f"{source.name}: no usable example for process {process_index}")
@@ -174,7 +184,8 @@ def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
         # Without this, a stream with no usable example makes the epoch loop spin forever.
         raise ValueError(f"{source.name}: no usable example for process {process_index}")
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = usable(ds, cfg, source, counters).skip(skip).enumerate(start=start)
+    ds = positions.tag_served(usable(ds, cfg, source, counters), first_epoch)
+    ds = ds.skip(skip).enumerate(start=start)
     stream_id = process_index * num_sources + k
     return ds.map(_augment(cfg, seed, stream_id, k, num_sources),
                   num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
@@ -214,8 +225,11 @@ def train_dataset_from_sources(
     data_config: ml_collections.ConfigDict, tokenizer: Tokenizer, *, global_batch_size: int,
     process_index: int = 0, process_count: int = 1, start_example: int = 0, seed: int = 0,
     filter_counters: FilterCounters | None = None,
+    resume_positions: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
-    """Infinite host-local batches {"image", "text", "label", "data_counts" int64 [S, K]}.
+    """Infinite host-local batches {"image", "text", "label", "data_counts" int64 [S, K],
+    "stream_position" int64 [S]} (see data/positions.py for the last and for
+    `resume_positions`).
 
     "data_counts" holds, per source, the cumulative [seen, skipped per reason] of this
     process's stream (since it started) up to the batch's last example; see COUNTER_KEYS.
@@ -226,10 +240,11 @@ def train_dataset_from_sources(
     position = start_example // process_count
     weights = [s["weight"] for s in specs]
     starts = mixture_positions(weights, seed, position) if len(sources) > 1 else [position]
+    saved = positions.resume_points(resume_positions, len(sources)) if position else None
     streams = [
         source_stream(src, cfg, k=k, num_sources=len(sources), seed=seed,
                       process_index=process_index, process_count=process_count, start=start,
-                      counters=filter_counters)
+                      counters=filter_counters, resume=saved[k] if saved else None)
         for k, (src, start) in enumerate(zip(sources, starts, strict=True))
     ]  # fmt: skip
     if len(streams) == 1:
@@ -246,6 +261,7 @@ def train_dataset_from_sources(
             "text": tokenizer.tf_tokenize(batch["caption"], cfg.max_len),
             "label": batch["label"],
             "data_counts": tf.reduce_max(batch["counts"], axis=0),
+            positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0),
         }
 
     return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)

@@ -65,19 +65,25 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
     return True
 
 
-def summed_over_processes(values: np.ndarray) -> np.ndarray:
-    """An int64 array summed over all processes, exactly; a collective every process calls.
+def gathered_over_processes(values: np.ndarray) -> np.ndarray:
+    """Every process's int64 array, stacked [process_count, ...] in process order, exactly;
+    a collective every process calls.
 
     The values travel as int32 pairs: jax without x64 would truncate int64 to int32, and a
     long run's example counts pass 2**31.
     """
     values = np.ascontiguousarray(values, np.int64)
     if jax.process_count() == 1:
-        return values
+        return values[None]
     from jax.experimental import multihost_utils
 
     gathered = np.asarray(multihost_utils.process_allgather(values.view(np.int32)))
-    return np.ascontiguousarray(gathered).view(np.int64).sum(axis=0)
+    return np.ascontiguousarray(gathered).view(np.int64)
+
+
+def summed_over_processes(values: np.ndarray) -> np.ndarray:
+    """An int64 array summed over all processes, exactly (see gathered_over_processes)."""
+    return gathered_over_processes(values).sum(axis=0)
 
 
 def summed_counters(counts: dict[str, int]) -> dict[str, int]:

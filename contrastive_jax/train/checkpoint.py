@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -69,14 +70,22 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, state: TrainState, *, examples_seen: int, force: bool = False,
-             extra: dict[str, Any] | None = None) -> bool:
+             extra: dict[str, Any] | None = None,
+             stream: Callable[[], Any] | None = None) -> bool:
         """Starts a save when the interval says so (or `force`); returns whether it did.
-        `extra`: a pytree of arrays the run needs besides the state to resume exactly."""
+        `extra`: a pytree of arrays the run needs besides the state to resume exactly.
+        `stream`: called only when a save starts, for the input stream's JSON-able state
+        (saved as meta["stream"]); it may run a collective, since every process decides
+        alike."""
         step = int(state.step)
         if step in self.manager.all_steps():
             return False  # e.g. the final save right after an interval save of the same step
+        if not force and not self.manager.should_save(step):
+            return False
         meta = {"step": step, "examples_seen": examples_seen,
                 "model": _model_signature(self.config)}
+        if stream is not None:
+            meta["stream"] = stream()
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if extra is not None:
             items["extra"] = ocp.args.StandardSave(extra)

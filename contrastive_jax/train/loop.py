@@ -20,7 +20,6 @@ from jax.sharding import Mesh
 from contrastive_jax.config import config_to_json
 from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
 from contrastive_jax.data.render_text import TextRenderer
-from contrastive_jax.data.stream import counter_metrics
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.filters import FilterCounters
@@ -38,6 +37,7 @@ from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
 from contrastive_jax.train.step import StepFn, jit_train_step, make_train_step
+from contrastive_jax.train.stream_progress import StreamProgress, saved_positions
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class Run:
     step_fn: StepFn
     schedule: optax.Schedule
     checkpointer: Checkpointer
+    resumed_meta: dict[str, Any]  # the restored checkpoint's metadata; {} on a fresh start
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -131,8 +132,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     lock = lock_patterns(config.train.locked)
     check_patterns(state.params, lock)
     checkpointer = Checkpointer(workdir, config)
+    resumed_meta = {}
     if checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state, shardings)
+        state, resumed_meta = checkpointer.restore(state, shardings)
         log.info("resumed from step %d", int(state.step))
     elif config.train.init_from.path:
         params, copied = init_params(state.params, config.train.init_from)
@@ -147,7 +149,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                         microbatches=config.train.microbatches, mesh=mesh, lock=lock,
                         cached_image_embeddings=config.train.embedding_cache.enabled),
         shardings, mesh)
-    return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer)
+    return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer,
+               resumed_meta)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -170,38 +173,40 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
         cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
                                                run.mesh)
+    resume_positions = saved_positions(run.resumed_meta, step * read_size) if step else None
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_example=step * read_size, seed=config.seed,
-        filter_counters=counters, image_embeddings=cached).as_numpy_iterator())
+        filter_counters=counters, image_embeddings=cached,
+        resume_positions=resume_positions).as_numpy_iterator())
+    progress = StreamProgress(resume_positions)
+    state = run.state
+
+    def save(force: bool = False) -> None:
+        run.checkpointer.save(state, examples_seen=step * batch_size, force=force,
+                              extra=saved_with_state(),
+                              stream=lambda: progress.checkpoint_state(step * read_size))
+
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
     bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
-    state = run.state
-    data_counts = None  # running bad-record counters of `data.sources` streams
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
-            batch = next(data)
-            if "data_counts" in batch:
-                counts = batch.pop("data_counts")  # cumulative: the latest is the largest
-                data_counts = counts if data_counts is None else np.maximum(data_counts, counts)
-            batch = to_global(batch, run.mesh)
+            batch = to_global(progress.take(next(data)), run.mesh)
             if cit:
                 batch, cit_metrics = cit(state, batch, step)
             state, metrics = run.step_fn(state, batch)
             step += 1
             bar.update(batch_size)
-            run.checkpointer.save(state, examples_seen=step * batch_size,
-                                  extra=saved_with_state())
+            save()
             if step % config.train.log_every == 0 or step == total_steps:
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
                 metrics["train/lr"] = float(run.schedule(step - 1))
-                if data_counts is not None:
-                    metrics.update(data_counter_metrics(data_counts))
+                metrics.update(progress.counter_metrics())
                 metrics.update(distributed.summed_counters(counters.as_dict()))
                 if cit:
                     metrics.update(jax.device_get(cit_metrics))
@@ -215,8 +220,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     writer.write(step, evaluate(state))
                 timer.restart(step)  # eval time is not training time
         bar.close()
-        run.checkpointer.save(state, examples_seen=step * batch_size, force=True,
-                              extra=saved_with_state())
+        save(force=True)
         run.checkpointer.close()
     if stop.signal is not None:
         log.warning("stopped by signal %d at step %d; checkpoint saved", stop.signal, step)
@@ -226,11 +230,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.write(step, final)
     writer.close()
     return {"step": step, **{k: float(v) for k, v in final.items()}}
-
-
-def data_counter_metrics(counts: np.ndarray) -> dict[str, int]:
-    """`data/seen` and `data/skipped/<reason>` summed over sources and processes."""
-    return distributed.summed_counters(counter_metrics(counts))
 
 
 class Throughput:
