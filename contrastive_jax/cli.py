@@ -15,6 +15,9 @@ import sys
 from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
+# TensorFlow 2.21 prints its oneDNN notice whatever the level above, which would break the
+# one-line errors. oneDNN speeds TF's matmuls and convolutions; the input pipeline has none.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def _split_overrides(extra: Sequence[str]) -> list[str]:
