@@ -31,6 +31,10 @@ VARIANTS = {  # name: (environment, extra `bench step` arguments)
     "malloc_devices_per_core_pool_1x": ({"CONTRASTIVE_JAX_CPU_MALLOC": "on",
                                          "PJRT_NPROC": str(CORES)},
                                         ["--cpu-devices", str(CORES)]),
+    # The CLI's heap on 4 KiB pages: it restarts with glibc.malloc.hugetlb=1 unless set.
+    "malloc_devices_per_core_no_huge_pages": ({"CONTRASTIVE_JAX_CPU_MALLOC": "on",
+                                               "GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+                                              ["--cpu-devices", str(CORES)]),
     "malloc_2_devices_per_core": ({"CONTRASTIVE_JAX_CPU_MALLOC": "on"},
                                   ["--cpu-devices", str(2 * CORES)]),
     "malloc_devices_per_core_concurrency": (
@@ -53,12 +57,14 @@ XLA_FLAG_VARIANTS = {
 for _name, _flags in XLA_FLAG_VARIANTS.items():
     VARIANTS[f"malloc_devices_per_core_{_name}"] = (
         {"CONTRASTIVE_JAX_CPU_MALLOC": "on", "XLA_FLAGS": _flags}, ["--cpu-devices", str(CORES)])
-KEYS = ("devices", "step_ms", "step_ms_best", "mfu", "mfu_best", "cpu_malloc_tuned")
+KEYS = ("devices", "step_ms", "step_ms_best", "mfu", "mfu_best", "cpu_malloc_tuned",
+        "cpu_heap_huge_pages")
 
 
 def run_variant(name: str, config: str, steps: int) -> dict:
     env_extra, args = VARIANTS[name]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env_extra}
+    env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env_extra}
     cmd = [sys.executable, "-m", "contrastive_jax.cli", "bench", "step", "--config", config,
            "--steps", str(steps), *args]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

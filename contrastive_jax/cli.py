@@ -369,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from contrastive_jax import cpu_host
 
     try:
+        if argv is None:  # the command line, not a caller of main()
+            cpu_host.restart_with_huge_pages(cli_file=__file__)  # returns unless it restarts
         cpu_host.tune_before_jax()
     except ValueError as e:  # a bad CONTRASTIVE_JAX_CPU_MALLOC value
         print(f"error: {e}", file=sys.stderr)

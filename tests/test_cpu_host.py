@@ -1,5 +1,6 @@
 """CPU process settings: the malloc tuning keeps a large buffer mapped across frees (the cause
-of XLA:CPU's per-step page faults), when it applies, and `bench step --cpu-devices`."""
+of XLA:CPU's per-step page faults), its heap on transparent huge pages, when each applies,
+and `bench step --cpu-devices`."""
 
 import json
 import os
@@ -52,6 +53,57 @@ def test_tuned_malloc_reuses_a_large_buffer_instead_of_faulting_it_in_again():
     assert _faults("on") < pages // 50
 
 
+# The tuned heap serves 64 MiB, touched; prints how much of this process is on huge pages.
+_HUGE_PAGES_CHILD = """
+import ctypes
+from contrastive_jax import cpu_host
+assert cpu_host.keep_large_buffers_mapped()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+size = 64 << 20
+ctypes.memset(libc.malloc(size), 1, size)
+with open("/proc/self/smaps_rollup") as f:
+    print([int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")][0])
+"""
+MADVISE_THP = cpu_host.thp_mode() == "madvise" and (cpu_host.glibc_version() or (0,)) >= (2, 35)
+
+
+def _huge_page_kib(tunables: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_CHILD], env=env,
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(not MADVISE_THP, reason="needs THP mode madvise and glibc >= 2.35")
+def test_the_hugetlb_tunable_puts_the_tuned_heap_on_huge_pages():
+    assert _huge_page_kib("") < 4096  # THP madvise: nothing asked, 4 KiB pages
+    assert _huge_page_kib("glibc.malloc.hugetlb=1") >= 48 << 10  # most of the 64 MiB
+
+
+def test_when_the_process_restarts_for_huge_pages(tmp_path):
+    new = (2, 36)
+    assert cpu_host.huge_page_tunables({}, "madvise", new) == "glibc.malloc.hugetlb=1"
+    assert (cpu_host.huge_page_tunables({"GLIBC_TUNABLES": "glibc.malloc.check=0"},
+                                        "madvise", new)
+            == "glibc.malloc.check=0:glibc.malloc.hugetlb=1")  # the user's tunables kept
+    # No restart: set already (after the restart, or the user's own choice, e.g. =0), every
+    # large mapping gets huge pages anyway, THP off, no glibc, a glibc without the tunable.
+    for environ, thp, glibc in (({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, "madvise", new),
+                                ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", new),
+                                ({}, "always", new), ({}, "never", new), ({}, None, new),
+                                ({}, "madvise", None), ({}, "madvise", (2, 34))):
+        assert cpu_host.huge_page_tunables(environ, thp, glibc) is None, (environ, thp, glibc)
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    assert cpu_host.thp_mode(str(mode)) == "madvise"
+    assert cpu_host.thp_mode(str(tmp_path / "missing")) is None
+    assert cpu_host.heap_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}) == (
+        MADVISE_THP or cpu_host.thp_mode() == "always")
+
+
 def test_when_the_malloc_tuning_applies():
     assert cpu_host.wants_cpu_malloc({"CONTRASTIVE_JAX_CPU_MALLOC": "on",
                                       "JAX_PLATFORMS": "cuda"})
@@ -96,7 +148,8 @@ def test_cpu_devices_after_jax_started_is_refused():
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env}
+    env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env}
     return subprocess.run([sys.executable, "-m", "contrastive_jax.cli", *args], env=env,
                           cwd=ROOT, capture_output=True, text=True)
 
@@ -108,6 +161,8 @@ def test_bench_step_with_one_device_per_core_and_tuned_malloc():
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["devices"] == 2 and row["cpu_malloc_tuned"] is True and row["mfu"] > 0
+    # The CLI restarted itself with the hugetlb tunable (this environment has none).
+    assert row["cpu_heap_huge_pages"] is (MADVISE_THP or cpu_host.thp_mode() == "always")
 
 
 def test_a_bad_malloc_setting_is_one_line():

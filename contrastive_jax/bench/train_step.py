@@ -105,6 +105,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
         "flops_per_step": flops,
         "flops_per_sec": flops / seconds,
         "cpu_malloc_tuned": cpu_host.malloc_tuned(),
+        "cpu_heap_huge_pages": cpu_host.heap_huge_pages(),
     }
     if peak_flops_per_sec:
         result.update(mfu_from_peak(result, peak_flops_per_sec))
