@@ -21,8 +21,8 @@ import jax  # noqa: E402
 
 from contrastive_jax.bench.train_step import synthetic_batch  # noqa: E402
 from contrastive_jax.config import load_config  # noqa: E402
+from contrastive_jax.losses import loss_from_config  # noqa: E402
 from contrastive_jax.parallel.mesh import create_mesh, to_global  # noqa: E402
-from contrastive_jax.train.loop import loss_from_config  # noqa: E402
 from contrastive_jax.train.optimizer import create_optimizer  # noqa: E402
 from contrastive_jax.train.state import ModelDef, create_train_state  # noqa: E402
 from contrastive_jax.train.step import jit_train_step, make_train_step  # noqa: E402

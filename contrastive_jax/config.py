@@ -29,8 +29,7 @@ class ConfigError(UserError, ValueError):
 
 def default_config() -> ConfigDict:
     """The full schema with defaults. Config files override parts of it."""
-    from contrastive_jax.data.pipeline import default_data_config
-    from contrastive_jax.filters.cit import default_cit_config
+    from contrastive_jax.data.schema import default_cit_config, default_data_config
     from contrastive_jax.models import default_model_config
     from contrastive_jax.parallel import sharding
 
@@ -303,8 +302,7 @@ def validate(config: ConfigDict) -> None:
         if config.data.channels != config.model.image.channels:
             raise ConfigError(f"config key 'data.channels' ({config.data.channels}) differs "
                               f"from 'model.image.channels' ({config.model.image.channels})")
-    from contrastive_jax.filters.apply import check_filters_config
-    from contrastive_jax.filters.cit import check_cit_config
+    from contrastive_jax.data.schema import check_cit_config, check_filters_config
 
     try:
         check_cit_config(config.train.cit)
@@ -369,7 +367,7 @@ def _validate_rendering(config: ConfigDict) -> None:
                           f"'model.image.channels' ({image.channels})")
     if not 0.0 <= render.text_pair_fraction <= 1.0:
         raise ConfigError("config key 'data.render.text_pair_fraction' must be in [0, 1]")
-    from contrastive_jax.data.render_text import canvas_scale
+    from contrastive_jax.data.schema import canvas_scale
 
     try:
         canvas_scale(config.data.image_size, render.font_size)

@@ -1,4 +1,10 @@
-"""Benchmark code on tiny cases: the right keys, and max-batch's search is exact."""
+"""Benchmark code on tiny cases: the right keys, max-batch's search is exact, and `bench step`
+runs without TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 from helpers import tiny_config
@@ -35,3 +41,28 @@ def test_bench_step_reports_flops_and_mfu():
     # The ordinary step is timed and counted from one compilation: the same model FLOPs.
     ordinary = bench_train_step(tiny_config(), steps=1)
     assert ordinary["flops_per_step"] == row["flops_per_step"]
+
+
+# The CLI's `bench step` with TensorFlow made unimportable, as on an accelerator host that
+# has jax but not the input stack: the step's benchmark reads no data.
+_NO_TENSORFLOW = """
+import json, sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ImportError(f"{name} is not installed here")
+sys.meta_path.insert(0, NoTensorFlow())
+from contrastive_jax.cli import main
+assert main(["bench", "step", "--config", "configs/demo_siglip.py", "--steps", "1",
+             "--matmul-size", "128", "--config.train.batch_size=8"]) == 0
+assert not any(name.split(".")[0] == "tensorflow" for name in sys.modules)
+"""
+
+
+def test_bench_step_needs_no_tensorflow():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW], cwd=root, capture_output=True,
+                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["bench"] == "train_step" and row["flops_per_step"] > 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.data import pipeline, positions, preprocess
+from contrastive_jax.data import pipeline, positions, preprocess, schema
 from contrastive_jax.data.tokenizer import EOS_ID, Tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 
@@ -17,7 +17,7 @@ N_TRAIN, N_TEST = 200, 50
 
 @pytest.fixture(scope="session")
 def cfg(fake_data_dir):  # conftest: 200 train / 50 test fake examples
-    config = pipeline.default_data_config()
+    config = schema.default_data_config()
     config.data_dir = fake_data_dir
     config.shuffle_buffer = 64  # smaller than an epoch: exercises the buffered shuffle
     config.tokenizer.vocab_size = 300
@@ -47,7 +47,7 @@ def assert_same(a, b):
 
 
 def test_default_config_keys():
-    config = pipeline.default_data_config()
+    config = schema.default_data_config()
     assert config.dataset == "fashion_mnist_captions" and config.data_dir is None
     assert {"path", "vocab_size"} == set(config.tokenizer.keys())
     for key in ("train_split", "eval_split", "image_size", "value_range", "flip",

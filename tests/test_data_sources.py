@@ -15,7 +15,7 @@ import tensorflow as tf
 from helpers import tiny_config
 
 from contrastive_jax.config import ConfigError, validate
-from contrastive_jax.data import formats, pipeline, positions, records, stream
+from contrastive_jax.data import formats, pipeline, positions, records, schema, stream
 from contrastive_jax.data.sources import create_source, parse_source
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.filters import FilterCounters
@@ -65,7 +65,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
 
 
 def data_cfg(*sources, **overrides):
-    cfg = pipeline.default_data_config()
+    cfg = schema.default_data_config()
     cfg.sources = tuple(sources)
     cfg.image_size, cfg.max_len, cfg.shuffle_buffer, cfg.cycle_length = 8, 8, 5, 2
     for key, value in overrides.items():

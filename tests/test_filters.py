@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.data import pipeline
+from contrastive_jax.data import pipeline, schema
 from contrastive_jax.filters import (
     FilterCounters,
     apply_filters,
@@ -151,7 +151,7 @@ def test_metaclip_counts_the_whole_train_split_in_every_process(fake_data_dir, t
     # Process 1 of 2 trains on half the split, but must balance with the whole split's counts
     # (with its half's, each of P processes would keep ~P times as many examples of a common
     # entry as `t` allows) and so with the same counts as every other process.
-    cfg = pipeline.default_data_config()
+    cfg = schema.default_data_config()
     cfg.update(data_dir=fake_data_dir, shuffle_buffer=64)
     tokenizer = pipeline.ensure_tokenizer(cfg, str(tmp_path))
     counts = {}
@@ -211,7 +211,7 @@ def test_keep_lists_intersect_and_filters_compose_in_order(tmp_path):
 
 @pytest.fixture(scope="module")
 def filtered_cfg(fake_data_dir, tmp_path_factory):
-    cfg = pipeline.default_data_config()
+    cfg = schema.default_data_config()
     cfg.data_dir = fake_data_dir
     cfg.shuffle_buffer = 64
     cfg.tokenizer.vocab_size = 300

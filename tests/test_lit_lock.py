@@ -11,6 +11,7 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax.bench.flops import compiled_flops
+from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import path_name
 from contrastive_jax.train.lock import (
@@ -20,7 +21,6 @@ from contrastive_jax.train.lock import (
     param_names,
     split_params,
 )
-from contrastive_jax.train.loop import loss_from_config
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import jit_train_step, make_train_step

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import synthetic_batches, tiny_config
 
+from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel.mesh import create_mesh, to_global
-from contrastive_jax.train.loop import loss_from_config
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import jit_train_step, make_train_step

@@ -11,9 +11,9 @@ import numpy as np
 
 from contrastive_jax import cpu_host
 from contrastive_jax.bench.flops import compiled_flops, matmul_peak
+from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.lock import lock_patterns
-from contrastive_jax.train.loop import loss_from_config
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import jit_train_step, make_train_step

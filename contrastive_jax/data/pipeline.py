@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from contrastive_jax import filters
 from contrastive_jax.data import positions, preprocess
-from contrastive_jax.data.render_text import TextRenderer, default_render_config, text_pairs
+from contrastive_jax.data.render_text import TextRenderer, text_pairs
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
 
@@ -32,45 +32,6 @@ _LOCAL_BUILDERS = {
     "fashion_mnist_captions": fashion_mnist_captions.build_fashion_mnist_captions,
     "fashion_mnist_captions_noisy": fashion_mnist_noisy.build_fashion_mnist_noisy,
 }
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """Every data key with its default; config validation rejects keys not listed here."""
-    return ml_collections.ConfigDict(
-        {
-            "dataset": "fashion_mnist_captions",  # TFDS name
-            "data_dir": None,  # None -> TFDS default (~/tensorflow_datasets)
-            "train_split": "train",
-            "eval_split": "test",
-            "image_key": "image",
-            "text_key": "caption",
-            "label_key": "label",  # None or "" -> labels are -1
-            "image_size": 28,  # resized when the stored size differs
-            "value_range": (-1.0, 1.0),
-            "flip": False,  # random horizontal flip (train only)
-            "shuffle_buffer": 10_000,
-            "max_len": 16,  # text tokens per caption, EOS included
-            "lowercase": True,
-            "tokenizer": {"path": None, "vocab_size": 1000},  # path None -> train on captions
-            # Non-empty: train on these sources instead of `dataset` (see data/sources.py),
-            # e.g. ({"kind": "tfrecord", "pattern": "/data/shards/*.tfrecord", "weight": 1},).
-            "sources": (),
-            "channels": 3,  # sources: decoded image channels
-            "cycle_length": 16,  # sources: files read in parallel (interleaved)
-            # sources: augmentations (Fini et al. 2023, "Improved baselines for VLP").
-            "augment": {
-                "inception_crop": False,
-                "crop_area": (0.05, 1.0),  # fraction of the image a crop covers
-                "crop_aspect": (3 / 4, 4 / 3),
-                "color_jitter": 0.0,  # SimCLR strength; 0 disables
-                "grayscale": 0.0,  # probability
-                "word_deletion": 0.0,  # EDA: probability of dropping each word
-                "word_swaps": 0,  # EDA: random word swaps per caption
-            },
-            "filters": filters.default_filters_config(),  # see contrastive_jax/filters
-            "render": default_render_config(),  # CLIPPO: captions rendered as images
-        }
-    )
 
 
 def get_builder(dataset: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:

@@ -21,40 +21,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax.data.schema import canvas_scale
 from contrastive_jax.data.unifont import DEFAULT_FONT_PATH, GLYPH_SIZE, REPLACEMENT, load_unifont
 
 SPACE = 0x20
-
-
-def default_render_config() -> ml_collections.ConfigDict:
-    """`data.render`: captions become images of the data's image size (CLIPPO)."""
-    return ml_collections.ConfigDict(dict(
-        enabled=False,  # True: the batch's "text" is a rendered image, not token ids
-        font_path=DEFAULT_FONT_PATH,  # GNU Unifont .hex (Debian/Ubuntu package `unifont`)
-        font_size=16,  # glyph height in px: 16 / k (k = 1, 2, 4, 8, 16) or a multiple of 16
-        max_lines=0,  # 0: as many as fit
-        foreground=0,  # ink intensity, 0..255 (CLIPPO: black text ...)
-        background=255,  # ... on white)
-        channels=1,  # the grey rendering is repeated over this many channels
-        text_pair_fraction=0.0,  # share of training pairs made text/text (see pipeline)
-    ))
-
-
-def canvas_scale(image_size: int, font_size: int) -> tuple[int, int, int]:
-    """(native canvas side, downscale factor, upscale factor) for a square image."""
-    if font_size <= 0:
-        raise ValueError(f"data.render.font_size must be positive, got {font_size}")
-    if font_size < GLYPH_SIZE:
-        down = GLYPH_SIZE // font_size
-        if GLYPH_SIZE % font_size:
-            raise ValueError(f"data.render.font_size {font_size} must divide 16 or be a "
-                             f"multiple of 16")
-        return image_size * down, down, 1
-    up = font_size // GLYPH_SIZE
-    if font_size % GLYPH_SIZE or image_size % up:
-        raise ValueError(f"data.render.font_size {font_size} must divide 16 or be a multiple "
-                         f"of 16 that divides 16 * image_size ({image_size})")
-    return image_size // up, 1, up
 
 
 def _word_widths(width: tf.Tensor, is_space: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

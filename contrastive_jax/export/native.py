@@ -12,14 +12,16 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.flat import flatten, unflatten
+
+if TYPE_CHECKING:  # the tokenizer loads TensorFlow; only load_exported needs it
+    from contrastive_jax.data.tokenizer import Tokenizer
 
 CONFIG_FILE = "export_config.json"
 TOKENIZER_FILE = "tokenizer.model"
@@ -179,4 +181,6 @@ def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Toke
     tok_path = os.path.join(export_dir, card["text"]["tokenizer"])
     if not os.path.isfile(tok_path):
         raise FileNotFoundError(f"missing tokenizer file {tok_path}")
+    from contrastive_jax.data.tokenizer import Tokenizer
+
     return card, params, Tokenizer(tok_path)

@@ -15,68 +15,15 @@ import jax
 import ml_collections
 import tensorflow as tf
 
+from contrastive_jax.data.schema import FILTER_NAMES, filter_order
 from contrastive_jax.filters import metaclip, uid_tables
 from contrastive_jax.filters.basic import basic_predicate
 from contrastive_jax.filters.counters import FilterCounters, Predicate
 
 log = logging.getLogger(__name__)
 
-FILTER_NAMES = ("basic", "dedup", "score", "metaclip")
-
-
-def default_filters_config() -> ml_collections.ConfigDict:
-    """The `data.filters` group: every filter off by default."""
-    return ml_collections.ConfigDict({
-        "order": FILTER_NAMES,  # the enabled ones run in this order
-        "basic": {
-            "enabled": False,
-            # 0 disables a bound.
-            "min_words": 0, "max_words": 0, "min_chars": 0, "max_chars": 0,
-            "min_image_side": 0, "max_aspect_ratio": 0.0,  # long side / short side
-            "languages": (),  # py3langid codes, e.g. ("en",); empty: no language check
-        },
-        # Keep-lists written by `contrastive-jax data dedup`; an example must be in all.
-        "dedup": {"enabled": False, "keep_lists": ()},
-        # Score file written by `contrastive-jax data score`: keep score >= threshold, or
-        # the top fraction (set exactly one).
-        "score": {"enabled": False, "path": "", "threshold": None, "top_fraction": None},
-        "metaclip": {
-            "enabled": False,
-            "entries_file": "",  # one entry per line; "" -> the dataset's class names
-            "t": 20_000,  # per-entry cap of the balancing
-            "counts_path": "",  # entry-count json, written by the first run; "" -> recount
-            "lowercase": False,
-        },
-    })
-
-
 def filters_active(cfg: ml_collections.ConfigDict | None) -> bool:
     return cfg is not None and any(cfg[name].enabled for name in FILTER_NAMES)
-
-
-def _check_order(cfg: ml_collections.ConfigDict) -> list[str]:
-    order = list(cfg.order)
-    unknown = [name for name in order if name not in FILTER_NAMES]
-    if unknown or len(set(order)) != len(order):
-        raise ValueError(f"config key 'data.filters.order' must list distinct filters of "
-                         f"{', '.join(FILTER_NAMES)}; got {order}")
-    missing = [name for name in FILTER_NAMES if cfg[name].enabled and name not in order]
-    if missing:
-        raise ValueError(f"config key 'data.filters.order' lacks enabled filter(s) {missing}")
-    return order
-
-
-def check_filters_config(cfg: ml_collections.ConfigDict) -> None:
-    """Checks the `data.filters` keys that need no file; ValueError names the key."""
-    _check_order(cfg)
-    if cfg.basic.enabled:
-        basic_predicate(cfg.basic)  # validates its bounds
-    score = cfg.score
-    if score.enabled and (score.threshold is None) == (score.top_fraction is None):
-        raise ValueError("config group 'data.filters.score' needs exactly one of 'threshold' "
-                         "and 'top_fraction'")
-    if cfg.metaclip.enabled and cfg.metaclip.t <= 0:
-        raise ValueError("config key 'data.filters.metaclip.t' must be positive")
 
 
 def _metaclip(cfg, pool: tf.data.Dataset, dataset: str | None,
@@ -138,7 +85,7 @@ def apply_filters(
         return ds
     # The pool as seen by each filter, without touching the counters.
     uncounted = ds if pool is None else pool
-    for name in _check_order(filters_cfg):
+    for name in filter_order(filters_cfg):
         cfg = filters_cfg[name]
         if not cfg.enabled:
             continue

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax.data.schema import check_basic_bounds
 from contrastive_jax.filters.counters import Predicate
 
 
@@ -56,13 +57,7 @@ def language_in(caption: tf.Tensor, languages: Sequence[str]) -> tf.Tensor:
 
 def basic_predicate(cfg: ml_collections.ConfigDict) -> Predicate:
     """Keeps an example whose caption and image pass every bound set in `cfg` (0: unset)."""
-    for key in ("min_words", "max_words", "min_chars", "max_chars", "min_image_side",
-                "max_aspect_ratio"):
-        if cfg[key] < 0:
-            raise ValueError(f"config key 'data.filters.basic.{key}' must be >= 0")
-    if cfg.max_aspect_ratio and cfg.max_aspect_ratio < 1:
-        raise ValueError("config key 'data.filters.basic.max_aspect_ratio' must be >= 1 "
-                         "(0 disables it)")
+    check_basic_bounds(cfg)
     languages = tuple(cfg.languages)
 
     def predicate(ex: dict[str, tf.Tensor]) -> tf.Tensor:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from contrastive_jax.data.schema import check_cit_config
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
@@ -30,30 +31,6 @@ from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
-KEEP_MODES = ("topk", "threshold")
-
-
-def default_cit_config() -> ml_collections.ConfigDict:
-    """The `train.cit` group."""
-    return ml_collections.ConfigDict({
-        "enabled": False,
-        "oversample": 4,  # k: candidates per step = k * train.batch_size
-        "keep": "topk",  # or "threshold"
-        "threshold": 0.0,  # "threshold" mode: cosine a candidate needs to pass
-        "refresh_every": 100,  # steps between recomputing the metadata embeddings
-        "metadata": "",  # file, one entry per line; "" -> class names of data.dataset
-    })
-
-
-def check_cit_config(cfg: ml_collections.ConfigDict) -> None:
-    if cfg.keep not in KEEP_MODES:
-        raise ValueError(f"config key 'train.cit.keep' must be one of {KEEP_MODES}, "
-                         f"got {cfg.keep!r}")
-    if cfg.oversample < 1 or cfg.refresh_every < 1:
-        raise ValueError("config keys 'train.cit.oversample' and 'train.cit.refresh_every' "
-                         "must be >= 1")
-
-
 def selection_indices(scores: jax.Array, batch_size: int, keep: str,
                       threshold: float) -> tuple[jax.Array, jax.Array]:
     """(indices [batch_size] of the chosen candidates, number of candidates that passed)."""

@@ -1,16 +1,18 @@
 """Contrastive losses: softmax (CLIP) and sigmoid (SigLIP); reference, sharded, ring.
 
-Use `create_loss(name, mesh=..., batch_axes=...)`; see design.md, "Losses: the heart".
+Use `create_loss(name, mesh=..., batch_axes=...)`, or `loss_from_config(config, mesh)` for a
+run's `loss.*` keys; see design.md, "Losses: the heart".
 """
 
 from contrastive_jax.losses.reference import sigmoid_loss, softmax_loss
-from contrastive_jax.losses.registry import LOSS_NAMES, LossFn, create_loss
+from contrastive_jax.losses.registry import LOSS_NAMES, LossFn, create_loss, loss_from_config
 from contrastive_jax.losses.sharded import sigmoid_loss_ring, softmax_loss_sharded
 
 __all__ = [
     "LOSS_NAMES",
     "LossFn",
     "create_loss",
+    "loss_from_config",
     "sigmoid_loss",
     "sigmoid_loss_ring",
     "softmax_loss",

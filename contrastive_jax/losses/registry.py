@@ -16,6 +16,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax.losses import family, reference, sharded
+from contrastive_jax.parallel.mesh import BATCH_AXES
 
 Metrics = dict[str, jax.Array]
 
@@ -121,4 +122,24 @@ def create_loss(
             )
         return mapped(*args)
 
+    return loss_fn
+
+
+# Per loss: its create_loss options and the `loss.*` config keys they come from.
+_LOSS_OPTIONS = {
+    "sigmoid_chunked": {"bidirectional": "bidirectional"},
+    "hn_nce": {"alpha": "hn_alpha", "beta": "hn_beta"},
+    "debiased_softmax": {"tau_plus": "tau_plus"},
+    "macl": {"beta": "macl_beta"},
+}
+
+
+def loss_from_config(config: Any, mesh: Mesh) -> LossFn:
+    """The loss of a run's config (`loss.*`), sharded over the mesh's batch axes, with the
+    alignment / uniformity terms when their weights are set."""
+    cfg = config.loss
+    options = {arg: cfg[key] for arg, key in _LOSS_OPTIONS.get(cfg.name, {}).items()}
+    loss_fn = create_loss(cfg.name, mesh=mesh, batch_axes=BATCH_AXES, **options)
+    if cfg.align_weight or cfg.uniform_weight:
+        loss_fn = family.with_alignment_uniformity(loss_fn, cfg.align_weight, cfg.uniform_weight)
     return loss_fn

@@ -24,10 +24,9 @@ from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.filters import FilterCounters
 from contrastive_jax.filters.cit import CitSelector
-from contrastive_jax.losses import LossFn, create_loss
-from contrastive_jax.losses.family import with_alignment_uniformity
+from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel import distributed
-from contrastive_jax.parallel.mesh import BATCH_AXES, batch_size_per_process, create_mesh, to_global
+from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.embedding_cache import check_image_tower_locked
@@ -62,24 +61,6 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-# Per loss: its create_loss options and the `loss.*` config keys they come from.
-_LOSS_OPTIONS = {
-    "sigmoid_chunked": {"bidirectional": "bidirectional"},
-    "hn_nce": {"alpha": "hn_alpha", "beta": "hn_beta"},
-    "debiased_softmax": {"tau_plus": "tau_plus"},
-    "macl": {"beta": "macl_beta"},
-}
-
-
-def loss_from_config(config: ml_collections.ConfigDict, mesh: Mesh) -> LossFn:
-    cfg = config.loss
-    options = {arg: cfg[key] for arg, key in _LOSS_OPTIONS.get(cfg.name, {}).items()}
-    loss_fn = create_loss(cfg.name, mesh=mesh, batch_axes=BATCH_AXES, **options)
-    if cfg.align_weight or cfg.uniform_weight:
-        loss_fn = with_alignment_uniformity(loss_fn, cfg.align_weight, cfg.uniform_weight)
-    return loss_fn
 
 
 def enable_compilation_cache(directory: str | None) -> None:
