@@ -31,6 +31,11 @@ def decode(position: int) -> tuple[int, int]:
 def tag_served(ds: tf.data.Dataset, first_epoch: int) -> tf.data.Dataset:
     """Adds KEY (a scalar) to examples that carry their "epoch": counts them per epoch.
 
+    A sequential scan, for streams whose epochs are only known after filtering (data.sources,
+    where bad records drop out after the epoch loop). Where the usable examples exist per
+    epoch (the TFDS path), zip each epoch with a `tf.data.Dataset.range` from
+    `encode(e, 1)` instead: no function per example.
+
     Applied before skipping to the resume offset, so the skipped examples are counted too.
     """
     def count(state, ex):
