@@ -9,7 +9,8 @@ pass the caption check and a guarded decode; bad ones are counted per reason and
 Resume: a process that has served p examples of a source starts at epoch p // n and skips
 p % n usable examples of it, n being the process's usable examples per epoch (counted on
 resume only, and only up to p + 1: a resume inside the first epoch reads no further), or
-at the position saved in the checkpoint (data/positions.py), which needs no counting.
+at the position saved in the checkpoint (data/positions.py): epoch e and r raw records of
+it read, which needs no counting and skips those r records without decoding them.
 Several sources are mixed by a seeded choice stream whose first P choices say how many
 examples each source served, so per-source positions follow from the global position.
 Augmentation seeds come from (seed, process, source, position).
@@ -77,11 +78,17 @@ def _count(state, element):
 def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict,
            source: Source | None = None, counters: FilterCounters | None = None
            ) -> tf.data.Dataset:
-    """Canonical records -> decoded usable examples with cumulative "counts" [K].
+    """Canonical records -> decoded usable examples with cumulative "counts" [K]; records
+    zipped with their stream position (as `_epoch_records` yields them) keep it as KEY.
 
     With a `source`, its `data.filters` apply too (see curation_hook).
     """
-    ds = ds.map(records.check_caption, num_parallel_calls=tf.data.AUTOTUNE)
+    if isinstance(ds.element_spec, tuple):  # (record, stream position): _epoch_records
+        def check(record, position):
+            return {**records.check_caption(record), positions.KEY: position}
+    else:
+        check = records.check_caption
+    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.enumerate().map(_decode(data_config.channels), num_parallel_calls=tf.data.AUTOTUNE)
     # A decode error drops the element here; the gap in indices counts it in _count.
     ds = ds.ignore_errors()
@@ -102,7 +109,11 @@ def _epoch_records(source: Source, units: list, cfg, seed: int, k: int):
         ds = source.read(units, order, cfg.cycle_length)
         shuffle_seed = (tf.constant(seed, tf.int64) * 1_000_003 + k) * 65_537 + e
         ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-        return ds.map(lambda record: {**record, "epoch": e})
+        # Each record's stream position, in raw records: (epoch, records of it read up to and
+        # with this one). Raw, not usable, so a saved resume skips records undecoded.
+        # Zipped, not mapped: usable() merges it into the record in a map it runs anyway.
+        read = tf.data.Dataset.range(positions.encode(e, 1), positions.encode(e + 1, 0))
+        return tf.data.Dataset.zip((ds, read))
 
     return epoch
 
@@ -164,7 +175,7 @@ def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
                   counters: FilterCounters | None = None,
                   resume: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Infinite augmented examples of one source for one process, from its `start`-th;
-    `resume` = (epoch, skip), where that example is, when the checkpoint saved it."""
+    `resume` = (epoch, raw records of it already read), saved by the checkpoint."""
     units = source.units(process_index, process_count)
     epoch = _epoch_records(source, units, cfg, seed, k)
     first_epoch, skip = 0, 0
@@ -184,8 +195,11 @@ def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
         # Without this, a stream with no usable example makes the epoch loop spin forever.
         raise ValueError(f"{source.name}: no usable example for process {process_index}")
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    ds = positions.tag_served(usable(ds, cfg, source, counters), first_epoch)
-    ds = ds.skip(skip).enumerate(start=start)
+    if start and resume:  # `skip` counts raw records: skipped before anything is decoded
+        ds = usable(ds.skip(skip), cfg, source, counters)
+    else:  # `skip` counts usable examples
+        ds = usable(ds, cfg, source, counters).skip(skip)
+    ds = ds.enumerate(start=start)
     stream_id = process_index * num_sources + k
     return ds.map(_augment(cfg, seed, stream_id, k, num_sources),
                   num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
