@@ -2,9 +2,9 @@
 there without first counting an epoch.
 
 A position is `epoch * STRIDE + served`: `served` elements of epoch `epoch` have been read,
-counted by zipping each epoch with a range from `encode(epoch, 1)` (no function per
-example): usable examples on the TFDS path (data/pipeline.py), raw records on the
-`data.sources` path (data/stream.py, so a resume skips them undecoded). Batches carry
+counted by zipping each epoch with `of_epoch(epoch)` (no function per example): usable
+examples on the TFDS path (data/pipeline.py), raw records on the `data.sources` path
+(data/stream.py, so a resume skips them undecoded). Batches carry
 "stream_position" int64 [S], per source the position after the batch's last example (0
 where the batch has none of that source); positions only grow, so the running maximum over
 the batches a run consumed is where its stream stands. Checkpoints store every process's
@@ -24,6 +24,12 @@ KEY = "stream_position"
 
 def encode(epoch: tf.Tensor, served: tf.Tensor) -> tf.Tensor:
     return tf.cast(epoch, tf.int64) * STRIDE + tf.cast(served, tf.int64)
+
+
+def of_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+    """The positions of epoch `epoch`'s elements in order, to zip beside them: encode(epoch,
+    1), encode(epoch, 2), ... (an enumerate, so no function runs per element)."""
+    return tf.data.Dataset.range(encode(epoch, 1), encode(epoch + 1, 0))
 
 
 def decode(position: int) -> tuple[int, int]:

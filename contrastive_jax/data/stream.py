@@ -112,8 +112,7 @@ def _epoch_records(source: Source, units: list, cfg, seed: int, k: int):
         # Each record's stream position, in raw records: (epoch, records of it read up to and
         # with this one). Raw, not usable, so a saved resume skips records undecoded.
         # Zipped, not mapped: usable() merges it into the record in a map it runs anyway.
-        read = tf.data.Dataset.range(positions.encode(e, 1), positions.encode(e + 1, 0))
-        return tf.data.Dataset.zip((ds, read))
+        return tf.data.Dataset.zip((ds, positions.of_epoch(e)))
 
     return epoch
 
@@ -181,7 +180,7 @@ def source_stream(source: Source, cfg, *, k: int, num_sources: int, seed: int,
     first_epoch, skip = 0, 0
     if start and resume:
         first_epoch, skip = resume
-        log.info("%s: resuming at epoch %d + %d examples (saved stream position)",
+        log.info("%s: resuming at epoch %d + %d raw records (saved stream position)",
                  source.name, first_epoch, skip)
     elif start:
         n = usable_per_epoch(source, units, cfg, (process_index, process_count), limit=start)
