@@ -1,11 +1,29 @@
-"""Errors that mean "the input is wrong", reported to users as one line, not a traceback."""
+"""The project's own error type: failures caused by the user's input.
+
+The CLI turns exactly these into one line on stderr with exit code 2. Anything else is a
+bug (ours or a library's) and keeps its traceback, so never raise these for internal
+invariants. The subclasses also derive from the matching built-in, so callers that catch
+ValueError / FileNotFoundError around the library keep working.
+"""
 
 from __future__ import annotations
 
 
 class UserError(Exception):
-    """Base class for failures caused by the user's input (config, data, workdir)."""
+    """Base class for failures caused by the user's input (config, data, checkpoints)."""
 
 
-# Standard exceptions our checks raise for bad input; the CLI reports them in one line too.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError)
+class ConfigError(UserError, ValueError):
+    """A config key or value is wrong; the message names the key."""
+
+
+class DataError(UserError, ValueError):
+    """The data (a dataset, a source, a table, a file's content) cannot serve the run."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """A file, directory or checkpoint the user named does not exist."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be restored into this run (another model, unreadable, corrupt)."""
