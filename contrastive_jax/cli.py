@@ -386,11 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.run(args, extra)
-    except Exception as e:  # noqa: BLE001 - expected failures become one line
-        from contrastive_jax.errors import USER_ERRORS
+    except Exception as e:  # noqa: BLE001 - only the project's own error type is one line
+        from contrastive_jax.errors import UserError
 
-        if args.debug or not isinstance(e, USER_ERRORS):
-            raise
+        if args.debug or not isinstance(e, UserError):
+            raise  # a bug: keep its traceback (exit 1)
         print(f"error: {e}", file=sys.stderr)
         return 2
 
