@@ -75,7 +75,9 @@ def test_value_and_gradients_match_the_formula(name, options, direct, t):
     ours = lambda x, y, t: loss_fn(x, y, t)[0]  # noqa: E731
     theirs = lambda x, y, t: both_directions(direct, x, y, t)  # noqa: E731
     t = jnp.float32(t)
-    np.testing.assert_allclose(ours(x, y, t), theirs(x, y, t), rtol=1e-5)
+    # atol: where every row's loss is ~1e-8 (debiased at t=12: the clip binds), the float32
+    # transcription's log(e^a / (e^a + tiny)) rounds to 0; ours is exact (float64 agrees).
+    np.testing.assert_allclose(ours(x, y, t), theirs(x, y, t), rtol=1e-5, atol=1e-7)
     for g_ours, g_theirs in zip(jax.grad(ours, argnums=(0, 1, 2))(x, y, t),
                                 jax.grad(theirs, argnums=(0, 1, 2))(x, y, t), strict=True):
         # float32 exp() of logits up to t in the transcription: compare at its precision.
@@ -89,6 +91,62 @@ def test_special_cases_reduce_to_clip():
                                rtol=1e-6)
     np.testing.assert_allclose(family.debiased_softmax_loss(x, y, 5.0, tau_plus=0.0)[0], clip,
                                rtol=1e-6)
+
+
+def debiased_float64(x, y, t, tau_plus=0.1):
+    """Chuang et al.'s formula in float64, each row scaled by e^{-m} (m: its largest term,
+    or the clip's -t) so no term over- or underflows:
+
+        L_i = log(e^{L_ii} + N g_i) - L_ii,
+        N g_i = max((S_i - N tau e^{L_ii}) / (1 - tau), N e^{-t}),  S_i = sum_{j != i} e^{L_ij}
+    """
+    s = t * (np.asarray(x, np.float64) @ np.asarray(y, np.float64).T)
+
+    def rows(logits):
+        n, out = logits.shape[0] - 1, []
+        for i, row in enumerate(logits):
+            m = max(row.max(), -t)
+            e = np.exp(row - m)
+            estimate = (np.delete(e, i).sum() - n * tau_plus * e[i]) / (1 - tau_plus)
+            ng = max(estimate, n * np.exp(-t - m))
+            out.append(np.log(e[i] + ng) - (row[i] - m))
+        return np.mean(out)
+
+    return 0.5 * (rows(s) + rows(s.T))
+
+
+EYE2 = [[1.0, 0.0], [0.0, 1.0]]
+# A positive logit 2t below its row's largest (issue 19); and rows where the clip binds
+# (positive 0, negative -t: the estimate is negative, N e^{-t} is used).
+FAR_BELOW = (EYE2, [[-1.0, 0.0], [1.0, 0.0]])
+CLIPPED = (EYE2, [[0.0, 1.0], [-1.0, 0.0]])
+
+
+# One compilation for every case (same shapes; t is an argument).
+_debiased_vg = jax.jit(jax.value_and_grad(
+    lambda x, y, t: family.debiased_softmax_loss(x, y, t, tau_plus=0.1)[0], argnums=(0, 1, 2)))
+
+
+@pytest.mark.parametrize("t", [2.0, 50.0, 100.0])
+@pytest.mark.parametrize("case", [FAR_BELOW, CLIPPED], ids=["far_below", "clipped"])
+def test_debiased_is_finite_and_exact_at_large_t(case, t):
+    x, y = (np.asarray(a, np.float64) for a in case)
+    value, grads = _debiased_vg(jnp.float32(x), jnp.float32(y), jnp.float32(t))
+    np.testing.assert_allclose(value, debiased_float64(x, y, t), rtol=1e-6)
+    # Gradients: finite, and equal to central differences of the float64 formula.
+    h = 1e-6
+    for arg, grad in enumerate(grads):
+        assert np.all(np.isfinite(grad)), (arg, grad)
+        wrt = [x, y, np.float64(t)][arg]
+        numeric = np.zeros(np.shape(wrt))
+        for k in np.ndindex(numeric.shape):
+            step = np.zeros(np.shape(wrt))
+            step[k] = h
+            plus = [x, y, t]
+            minus = [x, y, t]
+            plus[arg], minus[arg] = wrt + step, wrt - step
+            numeric[k] = (debiased_float64(*plus) - debiased_float64(*minus)) / (2 * h)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-4, atol=1e-4, err_msg=str(arg))
 
 
 def test_alignment_uniformity_terms():

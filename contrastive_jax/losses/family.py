@@ -79,18 +79,36 @@ def hn_nce_loss(
     return loss, metrics_from_sums(logit_sums(logits, positive_mask(*logits.shape, None)))
 
 
+def _log1mexp(a: jax.Array) -> jax.Array:
+    """log(1 - e^a) for a < 0, accurate both near 0 and far below it."""
+    return jnp.where(a > -0.6931472, jnp.log(-jnp.expm1(a)), jnp.log1p(-jnp.exp(a)))
+
+
 def _debiased_rows(logits: jax.Array, t: jax.Array, tau_plus: float) -> jax.Array:
+    """Per-row debiased loss, in log space: log(e^{L_ii} + N g_i) - L_ii.
+
+    Linear sums overflow (or their positive term underflows) once logits of one row are
+    ~87 apart, as at t >= 50; every term here is a log, so nothing leaves float32's range.
+    """
     n = logits.shape[0]
+    pos = jnp.diagonal(logits)
+    if n == 1:  # no negatives: e^{L_ii} / e^{L_ii}
+        return jnp.zeros_like(pos)
     num_neg = n - 1.0
-    shift = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    exp = jnp.exp(logits - shift)  # every term of the row, scaled by e^{-shift}
-    pos = jnp.diagonal(exp)
-    neg_sum = jnp.sum(jnp.where(_off_diagonal(n), exp, 0.0), axis=-1)
-    # Estimated true-negative mass, clipped at its theoretical minimum N e^{-t}
-    # (cosine similarity >= -1).
-    floor = num_neg * jnp.exp(-jnp.asarray(t, jnp.float32) - shift[:, 0])
-    neg_mass = jnp.maximum((neg_sum - num_neg * tau_plus * pos) / (1.0 - tau_plus), floor)
-    return jnp.log(pos + neg_mass) - jnp.log(pos)
+    log_neg_sum = jax.nn.logsumexp(jnp.where(_off_diagonal(n), logits, -jnp.inf), axis=-1)
+    # N g_i's clip at its theoretical minimum N e^{-t} (cosine similarity >= -1).
+    log_floor = jnp.log(num_neg) - jnp.asarray(t, jnp.float32)
+    if tau_plus > 0:
+        # log(sum_{j != i} e^{L_ij} - N tau_plus e^{L_ii}) = log_neg_sum + log(1 - e^a):
+        # defined while a < 0; otherwise the estimate is <= 0 and the clip takes over.
+        a = jnp.log(num_neg * tau_plus) + pos - log_neg_sum
+        valid = a < 0
+        log_estimate = log_neg_sum + _log1mexp(jnp.where(valid, a, -1.0)) - jnp.log1p(-tau_plus)
+        log_estimate = jnp.where(valid, log_estimate, -jnp.inf)
+    else:
+        log_estimate = log_neg_sum
+    # log(e^{L_ii} + N g_i) - L_ii, as softplus: exact also where N g_i << e^{L_ii}.
+    return jax.nn.softplus(jnp.maximum(log_estimate, log_floor) - pos)
 
 
 def debiased_softmax_loss(
