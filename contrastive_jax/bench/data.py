@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.data import pipeline, records
+from contrastive_jax.data import records
+from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 _WORDS = ("a photo of the small large red blue green dog cat car tree house person street "
@@ -73,7 +74,7 @@ def bench_pipeline(data_config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     """Examples/s of the sources pipeline with tf.data on `threads` threads."""
     cfg = data_config.copy_and_resolve_references()
     cfg.sources = ({"kind": kind, "pattern": pattern},)
-    ds = pipeline.train_dataset(cfg, tokenizer, global_batch_size=batch_size)
+    ds = train_dataset(cfg, tokenizer, global_batch_size=batch_size)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1

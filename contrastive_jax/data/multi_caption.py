@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import preprocess
-from contrastive_jax.data.pipeline import _read, get_builder
+from contrastive_jax.datasets.catalogue import get_builder, read_split
 
 
 def _feature(example: dict, key: str):
@@ -29,7 +29,7 @@ def iter_multi_caption(data_config: ml_collections.ConfigDict, dataset: str, spl
     of the first `limit` examples of `split` (all when 0), in stored order."""
     cfg = data_config
     builder = get_builder(dataset, cfg.data_dir)
-    ds = _read(builder, split)
+    ds = read_split(builder, split)
     if limit:
         ds = ds.take(limit)
 

@@ -2,9 +2,8 @@
 there without first counting an epoch.
 
 A position is `epoch * STRIDE + served`: `served` elements of epoch `epoch` have been read,
-counted by zipping each epoch with `of_epoch(epoch)` (no function per example): usable
-examples on the TFDS path (data/pipeline.py), raw records on the `data.sources` path
-(data/stream.py, so a resume skips them undecoded). Batches carry
+counted by zipping each epoch with `of_epoch(epoch)` (no function per example), in raw
+records (data/examples.py), so a resume skips them undecoded. Batches carry
 "stream_position" int64 [S], per source the position after the batch's last example (0
 where the batch has none of that source); positions only grow, so the running maximum over
 the batches a run consumed is where its stream stands. Checkpoints store every process's

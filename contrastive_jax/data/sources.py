@@ -1,10 +1,12 @@
-"""Data sources for `data.sources`: tfds, tfrecord, wds (tar), folder (CSV/JSONL + images).
+"""Data sources: tfds, tfrecord, wds (tar), folder (CSV/JSONL + images).
 
 A source is configured as a dict, e.g.
     {"kind": "tfrecord", "pattern": "/data/laion/*.tfrecord", "weight": 0.7}
-and read as canonical records (see `records`). Every source splits its units (files, or
-table rows for `folder`) between processes so that each process reads a disjoint part, and
-reads its units in an order given to `read`, so the stream can reshuffle them per epoch.
+and read as canonical records (see `records`). A run without `data.sources` reads
+`data.dataset` as a one-source mixture of kind `tfds` (`source_specs`). Every source
+splits its units (files, table rows for `folder`, split parts for `tfds`) between processes
+so that each process reads a disjoint part, and reads its units in an order given to
+`read`, so the stream can reshuffle them per epoch.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import abc
 import glob
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -21,6 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import formats, records
+from contrastive_jax.datasets.catalogue import get_builder
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
+from contrastive_jax.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +38,31 @@ _KEYS: dict[str, dict[str, Any]] = {
     "folder": {"path": None, "root": "", "image_column": "path", "caption_column": "caption",
                "uid_column": "uid"},
 }  # fmt: skip
-KINDS = tuple(_KEYS)
 
 
 def parse_source(spec: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
-    """A validated source spec with defaults filled in; ValueError (one line) otherwise."""
+    """A validated source spec with defaults filled in; ConfigError (one line) otherwise."""
     where = f"data.sources[{index}]"
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where} must be a dict with a 'kind', got {spec!r}")
     kind = spec.get("kind")
-    if kind not in _KEYS:
-        raise ValueError(f"{where}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    if kind not in SOURCES:
+        raise ConfigError(f"config key '{where}.kind': unknown source kind {kind!r} "
+                          f"(known: {', '.join(SOURCES.names())})")
     allowed = _KEYS[kind]
     out = {"kind": kind, "weight": 1.0, **allowed}
     for key, value in spec.items():
         if key not in out:
-            raise ValueError(f"{where}: unknown key {key!r} for kind {kind!r} "
+            raise ConfigError(f"config key '{where}.{key}': unknown for kind {kind!r} "
                              f"(known: {', '.join(['weight', *allowed])})")
         out[key] = value
     for key, default in allowed.items():
         if default is None and not out[key]:
-            raise ValueError(f"{where}: kind {kind!r} needs {key!r}")
+            raise ConfigError(f"config key '{where}.{key}' is needed by kind {kind!r}")
     weight = out["weight"]
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise ValueError(f"{where}: weight must be a positive number, got {weight!r}")
+        raise ConfigError(f"config key '{where}.weight' must be a positive number, "
+                          f"got {weight!r}")
     return out
 
 
@@ -68,7 +74,7 @@ def split_units(units: Sequence, process_index: int, process_count: int, name: s
     """units[process_index::process_count]; ValueError if this process would get none."""
     mine = list(units[process_index::process_count])
     if not mine:
-        raise ValueError(f"{name}: {len(units)} file(s) cannot feed {process_count} processes "
+        raise DataError(f"{name}: {len(units)} file(s) cannot feed {process_count} processes "
                          f"(process {process_index} would read nothing); write more shards")
     return mine
 
@@ -82,7 +88,7 @@ def _glob(pattern: str | Sequence[str], name: str) -> list[str]:
         # A listed file that is missing is kept: reading it counts it as missing_file.
         files.update(matches if matches or glob.has_magic(p) else [p])
     if not files:
-        raise FileNotFoundError(f"{name}: no file matches {pattern!r}")
+        raise InputNotFoundError(f"{name}: no file matches {pattern!r}")
     return sorted(files)
 
 
@@ -91,6 +97,7 @@ class Source(abc.ABC):
 
     name: str
     shuffle_units = True  # whether per-epoch unit order is shuffled
+    class_names_dataset: str | None = None  # a TFDS dataset whose class names label it
 
     @abc.abstractmethod
     def units(self, process_index: int, process_count: int) -> list:
@@ -170,7 +177,7 @@ class FolderSource(Source):
         self.rows = formats.read_table(spec["path"], spec["image_column"],
                                        spec["caption_column"], spec["uid_column"])
         if not self.rows:
-            raise ValueError(f"{self.name}: the table has no rows")
+            raise DataError(f"{self.name}: the table has no rows")
 
     def units(self, process_index, process_count):
         return split_units(self.rows, process_index, process_count, self.name)
@@ -205,20 +212,25 @@ def _read_image_file(path: bytes) -> tuple[bytes, np.int32]:
 class TfdsSource(Source):
     """A TFDS dataset by name (the project's own builders prepare themselves offline).
 
-    Its images reach the pipeline encoded (as stored, or PNG-encoded when stored raw), so
-    they go through the same guarded decode as every other source. Processes read
+    An Image feature is stored encoded and goes through the same guarded decode as every
+    other source. A raw uint8 tensor feature (fashion_mnist_captions') is already decoded:
+    it is passed on as "image", so no codec runs per example. Processes read
     `tfds.even_splits` parts of the split.
     """
 
     shuffle_units = False
 
     def __init__(self, spec: dict[str, Any], data_config: ml_collections.ConfigDict):
-        from contrastive_jax.data.pipeline import get_builder
-
         self.spec = spec
         self.name = f"tfds {spec['name']}"
+        self.class_names_dataset = spec["name"]
         self.split = spec["split"] or data_config.train_split
         self.builder = get_builder(spec["name"], spec["data_dir"] or data_config.data_dir)
+        features = self.builder.info.features
+        for key in ("image_key", "text_key", "label_key"):
+            if spec[key] and spec[key] not in features:
+                raise DataError(f"{self.name} has no feature {spec[key]!r} (its {key}); "
+                                f"features: {', '.join(features.keys())}")
 
     def units(self, process_index, process_count):
         import tensorflow_datasets as tfds
@@ -231,26 +243,47 @@ class TfdsSource(Source):
 
         s = self.spec
         features = self.builder.info.features
-        # An Image feature is stored encoded: read it as is. A raw uint8 tensor feature
-        # (like fashion_mnist_captions') is PNG-encoded so every source yields bytes.
         encoded = isinstance(features[s["image_key"]], tfds.features.Image)
         decoders = {s["image_key"]: tfds.decode.SkipDecoding()} if encoded else None
-        ds = self.builder.as_dataset(split=units[0], shuffle_files=False, decoders=decoders)
+        # Called while tf.data traces an epoch: autograph must not try to convert TFDS's
+        # (wrapt-decorated) method, or it warns on every run.
+        as_dataset = tf.autograph.experimental.do_not_convert(self.builder.as_dataset)
+        ds = as_dataset(split=units[0], shuffle_files=False, decoders=decoders)
 
         def select(ex):
             label = tf.cast(ex[s["label_key"]], tf.int32) if s["label_key"] else tf.constant(-1)
             uid = ex["uid"] if "uid" in features.keys() else tf.constant("")
-            image = ex[s["image_key"]] if encoded else tf.io.encode_png(ex[s["image_key"]])
-            return {"image_bytes": image, "caption": ex[s["text_key"]], "uid": uid,
+            image_key = "image_bytes" if encoded else "image"
+            return {image_key: ex[s["image_key"]], "caption": ex[s["text_key"]], "uid": uid,
                     "label": label, "score": tf.constant(np.nan, tf.float32),
                     "reason": tf.constant(records.OK)}  # fmt: skip
 
         return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+SOURCES: Registry[Callable[[dict[str, Any], ml_collections.ConfigDict], Source]] = Registry(
+    "source kind", {
+        "tfds": TfdsSource,
+        "tfrecord": lambda spec, _: TFRecordSource(spec),
+        "wds": lambda spec, _: WdsSource(spec),
+        "folder": lambda spec, _: FolderSource(spec),
+    }, config_key="data.sources[].kind")  # fmt: skip
+KINDS = SOURCES.names()
+
+
+def source_specs(data_config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+    """The run's sources, parsed: `data.sources`, or `data.dataset` as one tfds source."""
+    cfg = data_config
+    if cfg.sources:
+        return parse_sources(cfg.sources)
+    if not cfg.dataset:
+        raise ConfigError("config key 'data.dataset' is empty and 'data.sources' too: "
+                          "name a TFDS dataset or list sources")
+    return [parse_source({"kind": "tfds", "name": cfg.dataset, "split": cfg.train_split,
+                          "data_dir": cfg.data_dir or "", "image_key": cfg.image_key,
+                          "text_key": cfg.text_key, "label_key": cfg.label_key or ""})]
+
+
 def create_source(spec: dict[str, Any], data_config: ml_collections.ConfigDict) -> Source:
     """The Source for a parsed spec (see `parse_source`)."""
-    kind = spec["kind"]
-    if kind == "tfds":
-        return TfdsSource(spec, data_config)
-    return {"tfrecord": TFRecordSource, "wds": WdsSource, "folder": FolderSource}[kind](spec)
+    return SOURCES[spec["kind"]](spec, data_config)

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
-from contrastive_jax.filters.uid_random import uid_uniform
+from contrastive_jax.datasets.uid_random import uid_uniform
 
 NOISY_FRACTION = 0.3
 

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 
 from contrastive_jax.data.schema import check_cit_config
 from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.checkpoint import Checkpointer
@@ -70,8 +71,6 @@ def metadata_entries(config: ml_collections.ConfigDict) -> list[str]:
         with open(path, encoding="utf-8") as f:
             entries = [line.strip() for line in f if line.strip()]
     else:
-        from contrastive_jax.data.pipeline import class_names  # lazy: the pipeline imports us
-
         entries = class_names(config.data.dataset, config.data.data_dir)
     if not entries:
         raise ValueError("CiT metadata is empty")

@@ -9,8 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import preprocess
-from contrastive_jax.data.pipeline import get_builder
 from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.datasets.catalogue import get_builder
 
 
 def split_batches(

@@ -22,8 +22,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax.datasets.catalogue import class_names
+from contrastive_jax.datasets.uid_random import uid_uniform
 from contrastive_jax.filters.counters import Predicate
-from contrastive_jax.filters.uid_random import uid_uniform
 
 _PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")
 _CHARS_TO_SPACE = ("\t", "\n", "\r")
@@ -125,8 +126,6 @@ def dataset_entries(dataset: str, data_dir: str | None = None) -> list[str]:
 
     if dataset == "fashion_mnist_captions":
         return [name for names in fmc.SYNONYMS.values() for name in names]
-    from contrastive_jax.data.pipeline import class_names  # lazy: the pipeline imports us
-
     return class_names(dataset, data_dir)
 
 

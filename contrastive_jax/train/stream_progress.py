@@ -1,6 +1,11 @@
-"""What the train loop keeps from each batch besides the arrays it trains on: the running
-bad-record counters of `data.sources` and the stream position that checkpoints save so a
-resume needs no counting pass (data/positions.py)."""
+"""Where the training stream stands: examples read and trained on, the running bad-record
+counters, and the per-source stream positions that checkpoints save so a resume needs no
+counting pass (data/positions.py).
+
+A process's stream of examples does not depend on the batch size (data/stream.py), so
+"examples read" is all a resume needs to continue at the exact next unread example, even
+with another `train.batch_size` or CiT `oversample` than the run that saved it.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +14,83 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from contrastive_jax.data import positions
 from contrastive_jax.data.stream import counter_metrics
+from contrastive_jax.errors import CheckpointError
 from contrastive_jax.parallel import distributed
 
 log = logging.getLogger(__name__)
 
 
+def read_size(config: ml_collections.ConfigDict) -> int:
+    """Examples the stream yields per step: CiT reads `oversample` candidates per example."""
+    cit = config.train.cit
+    return config.train.batch_size * (cit.oversample if cit.enabled else 1)
+
+
+def examples_read_at(meta: dict[str, Any], step: int, config: ml_collections.ConfigDict) -> int:
+    """Global examples the run that saved `meta` (at `step`) had read from the stream."""
+    stream = meta.get("stream") or {}
+    if "examples_read" in stream:
+        return int(stream["examples_read"])
+    # Checkpoints written before the stream state was saved record only examples trained on,
+    # step x that run's batch size; its read size is known only if the batch size is unchanged.
+    seen, batch_size = meta.get("examples_seen"), config.train.batch_size
+    if seen is not None and seen != step * batch_size:
+        raise CheckpointError(
+            f"checkpoint {step} records no stream position and was trained with "
+            f"train.batch_size={seen // max(step, 1)}; resume it with that "
+            f"'train.batch_size' (the examples it read cannot be recovered otherwise)")
+    return step * read_size(config)
+
+
 def saved_positions(meta: dict[str, Any], examples_read: int) -> list[int] | None:
     """This process's stream position saved in a checkpoint's `meta`; None when it has none
-    (older checkpoints) or it was saved by another number of processes or at another read
-    position (a changed batch size): the pipeline then counts, as it always could."""
-    saved = meta.get("stream")
-    if not saved:
+    (older checkpoints) or it was saved by another number of processes: the stream then
+    counts, as it always could."""
+    saved = meta.get("stream") or {}
+    if not saved.get("positions"):
         return None
-    if (saved["examples_read"] != examples_read
-            or len(saved["positions"]) != jax.process_count()):
-        log.info("the checkpoint's stream positions (%d processes, %d examples read) do not fit "
-                 "this run (%d, %d): counting instead", len(saved["positions"]),
-                 saved["examples_read"], jax.process_count(), examples_read)
+    if saved["examples_read"] != examples_read or len(saved["positions"]) != jax.process_count():
+        log.warning("the checkpoint's stream positions (%d processes, %d examples read) do not "
+                    "fit this run (%d processes): each process's stream is new, and resumes "
+                    "by counting", len(saved["positions"]), saved["examples_read"],
+                    jax.process_count())
         return None
     return [int(p) for p in saved["positions"][jax.process_index()]]
 
 
 class StreamProgress:
-    """Takes "data_counts" and "stream_position" out of each host batch and keeps their
-    running maxima (both only grow along the stream)."""
+    """Counts examples read and trained on, and takes "data_counts" and "stream_position"
+    out of each host batch, keeping their running maxima (both only grow along the stream)."""
 
-    def __init__(self, resume_positions: Sequence[int] | None = None):
+    def __init__(self, examples_read: int = 0, examples_trained: int = 0,
+                 resume_positions: Sequence[int] | None = None):
+        self.examples_read = examples_read
+        self.examples_trained = examples_trained
         self.counts: np.ndarray | None = None
         self.position = None if resume_positions is None else np.asarray(resume_positions,
                                                                           np.int64)
 
-    def take(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`batch` without the two; keeps their latest values."""
+    @classmethod
+    def resume(cls, meta: dict[str, Any], step: int,
+               config: ml_collections.ConfigDict) -> StreamProgress:
+        """The progress of the checkpoint (`meta`, `step`) a run resumes from (0: fresh)."""
+        if not step:
+            return cls()
+        read = examples_read_at(meta, step, config)
+        trained = int(meta.get("examples_seen", step * config.train.batch_size))
+        return cls(read, trained, saved_positions(meta, read))
+
+    def take(self, batch: dict[str, np.ndarray], read: int, trained: int
+             ) -> dict[str, np.ndarray]:
+        """`batch` (of `read` global examples, `trained` of them trained on) without the
+        two; keeps their latest values."""
+        self.examples_read += read
+        self.examples_trained += trained
         batch = dict(batch)
         if "data_counts" in batch:
             self.counts = _running_max(self.counts, batch.pop("data_counts"))
@@ -59,12 +105,12 @@ class StreamProgress:
             return {}
         return distributed.summed_counters(counter_metrics(self.counts))
 
-    def checkpoint_state(self, examples_read: int) -> dict[str, Any] | None:
-        """Every process's position (a collective), for the checkpoint's meta."""
-        if self.position is None:
-            return None
-        gathered = distributed.gathered_over_processes(self.position)
-        return {"examples_read": examples_read, "positions": gathered.tolist()}
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Examples read and every process's position (a collective), for the checkpoint."""
+        state: dict[str, Any] = {"examples_read": self.examples_read}
+        if self.position is not None:
+            state["positions"] = distributed.gathered_over_processes(self.position).tolist()
+        return state
 
 
 def _running_max(old: np.ndarray | None, new: np.ndarray) -> np.ndarray:

@@ -1,0 +1,259 @@
+"""One source's examples for one process: epochs, bad-record counts, filters, exact resume.
+
+Per source and process, the stream is a fixed function of (config, seed, process):
+epoch e reads this process's units (files[process::count], or a TFDS split's even part) in
+an order shuffled with a seed from (seed, source, e), `cycle_length` files interleaved in
+parallel (deterministically), through a shuffle buffer seeded from (seed, source, e).
+Records then pass the caption check and a guarded decode; bad ones are counted per reason
+and dropped; then `data.filters` run. Nothing here depends on the batch size.
+
+Resume: a process that has served p examples of a source starts at the position saved in
+the checkpoint (data/positions.py: epoch e and r raw records of it read, skipped without
+decoding them), or, without one, at epoch p // n plus p % n usable examples, n being the
+process's usable examples per epoch (counted only up to p + 1: a resume inside the first
+epoch reads no further). Augmentation seeds come from (seed, process, source, position).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from contrastive_jax.data import augment, positions, preprocess, records
+from contrastive_jax.data.sources import Source
+from contrastive_jax.errors import DataError
+from contrastive_jax.filters import FilterCounters, apply_filters, filters_active
+
+log = logging.getLogger(__name__)
+
+NUM_COUNTERS = len(records.COUNTER_KEYS)
+
+
+def _curation(ds: tf.data.Dataset, cfg: ml_collections.ConfigDict, source: Source,
+              counters: FilterCounters | None) -> tf.data.Dataset:
+    """Applies `data.filters` to decoded examples ("image" uint8, "caption", "uid", ...).
+
+    The filters run in the resume counting pass too (without `counters`), so resume stays
+    exact. MetaCLIP counts its entries over the whole source (all processes' parts), so
+    every process balances with the same counts.
+    """
+    if not filters_active(cfg.filters):
+        return ds
+    units = source.units(0, 1)
+    pool = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
+                  cfg)  # fmt: skip
+    # MetaCLIP's default entries are a TFDS dataset's class names: only a tfds source has them.
+    return apply_filters(ds, cfg.filters, counters=counters, pool=pool,
+                         dataset=source.class_names_dataset, data_dir=cfg.data_dir)
+
+
+def _check_and_decode(channels: int, positioned: bool):
+    """One map per record (each tf.data map costs per element): the caption check, the
+    stream position merged in (`epoch_records` zips it beside the record), the decode."""
+
+    def fn(index, element):
+        record, position = element if positioned else (element, None)
+        record = records.check_caption(record)
+        if positioned:
+            record = {**record, positions.KEY: position}
+        if "image" in record:  # stored decoded (a TFDS tensor feature): nothing to decode
+            return index, record
+        ok = tf.equal(record["reason"], records.OK)
+        image = tf.cond(ok, lambda: augment.decode(record["image_bytes"], channels),
+                        lambda: tf.zeros([1, 1, channels], tf.uint8))  # fmt: skip
+        out = {k: v for k, v in record.items() if k != "image_bytes"}
+        return index, {**out, "image": image}
+
+    return fn
+
+
+def _count(state, element):
+    """Cumulative [seen, skipped per reason]; dropped indices were undecodable images."""
+    previous, counts = state
+    index, ex = element
+    counts = counts + tf.one_hot(ex["reason"], NUM_COUNTERS, dtype=tf.int64)
+    counts = counts + (index - previous - 1) * tf.one_hot(records.UNDECODABLE, NUM_COUNTERS,
+                                                          dtype=tf.int64)  # fmt: skip
+    return (index, counts), {**ex, "counts": counts}
+
+
+def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict,
+           source: Source | None = None, counters: FilterCounters | None = None
+           ) -> tf.data.Dataset:
+    """Canonical records -> decoded usable examples with cumulative "counts" [K]; records
+    zipped with their stream position (as `epoch_records` yields them) keep it as KEY.
+
+    With a `source`, its `data.filters` apply too.
+    """
+    positioned = isinstance(ds.element_spec, tuple)  # (record, position): epoch_records
+    if _stored_decoded(ds):
+        ds = _usable_in_blocks(ds, positioned)
+    else:
+        ds = ds.enumerate().map(_check_and_decode(data_config.channels, positioned),
+                                num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
+        # A decode error drops the element here; the gap in indices counts it in _count.
+        ds = ds.ignore_errors()
+        init = (tf.constant(-1, tf.int64), tf.zeros([NUM_COUNTERS], tf.int64))
+        ds = ds.scan(init, _count)
+        ds = ds.filter(lambda ex: tf.equal(ex["reason"], records.OK))
+    return ds if source is None else _curation(ds, data_config, source, counters)
+
+
+_BLOCK = 256  # records checked and counted together when nothing needs decoding
+
+
+def _stored_decoded(ds: tf.data.Dataset) -> bool:
+    """Records that carry a decoded image of a fixed shape (a TFDS tensor feature)."""
+    spec = ds.element_spec[0] if isinstance(ds.element_spec, tuple) else ds.element_spec
+    return "image" in spec and all(v.shape.is_fully_defined() for v in spec.values())
+
+
+def _usable_in_blocks(ds: tf.data.Dataset, positioned: bool) -> tf.data.Dataset:
+    """The per-record path's result (same examples, same cumulative counts) for records
+    with nothing to decode, computed a block of records at a time: a tf.data function per
+    record costs more than the checks themselves."""
+
+    def check(*element):
+        record = records.check_caption(element[0])
+        return {**record, positions.KEY: element[1]} if positioned else record
+
+    def count(previous, block):
+        counts = previous + tf.cumsum(tf.one_hot(block["reason"], NUM_COUNTERS,
+                                                 dtype=tf.int64), axis=0)  # fmt: skip
+        return counts[-1], {**block, "counts": counts}
+
+    def keep_usable(block):
+        ok = tf.equal(block["reason"], records.OK)
+        return {k: tf.boolean_mask(v, ok) for k, v in block.items()}
+
+    ds = ds.batch(_BLOCK).map(check, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.scan(tf.zeros([NUM_COUNTERS], tf.int64), count)
+    return ds.map(keep_usable, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def epoch_records(source: Source, units: list, cfg: ml_collections.ConfigDict, seed: int,
+                  k: int):
+    """e -> the raw records of epoch e, each zipped with its stream position."""
+    n = len(units)
+
+    def epoch(e):
+        epoch_seed = tf.stack([tf.constant(seed * 1_000_003 + k, tf.int64), e])
+        order = tf.range(n, dtype=tf.int64)
+        if source.shuffle_units:
+            order = tf.random.experimental.stateless_shuffle(order, seed=epoch_seed)
+        ds = source.read(units, order, cfg.cycle_length)
+        shuffle_seed = (tf.constant(seed, tf.int64) * 1_000_003 + k) * 65_537 + e
+        ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        # Each record's stream position, in raw records: (epoch, records of it read up to and
+        # with this one). Raw, not usable, so a saved resume skips records undecoded.
+        # Zipped, not mapped: usable() merges it into the record in a map it runs anyway.
+        return tf.data.Dataset.zip((ds, positions.of_epoch(e)))
+
+    return epoch
+
+
+# (source name, process, channels, filters) -> usable examples per epoch of that part.
+_COUNT_CACHE: dict[tuple, int] = {}
+
+
+def usable_per_epoch(source: Source, units: list, cfg: ml_collections.ConfigDict,
+                     process: tuple[int, int], limit: int | None = None) -> int | None:
+    """Usable examples in one epoch of `units`, or None if there are more than `limit`.
+
+    Decodes up to `limit` + 1 images (all of the epoch without a limit); a full count is
+    cached. A resume inside the first epoch thus never reads the rest of the data.
+    """
+    key = (source.name, process, cfg.channels, str(cfg.get("filters", "")))
+    if key not in _COUNT_CACHE:
+        ds = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
+                    cfg, source)  # fmt: skip
+        if limit is not None:
+            ds = ds.take(limit + 1)
+        n = int(ds.reduce(np.int64(0), lambda acc, _: acc + 1))
+        if limit is not None and n > limit:
+            return None
+        _COUNT_CACHE[key] = n
+    return _COUNT_CACHE[key]
+
+
+def _augment(cfg: ml_collections.ConfigDict, seed: int, stream_id: int, k: int,
+             num_sources: int, keep_images: bool):
+    aug = cfg.augment
+
+    def fn(position, ex):
+        example_seed = tf.stack([tf.constant(seed * 4099 + stream_id, tf.int64), position])
+        out = {"label": ex["label"], "uid": ex["uid"]}
+        if keep_images:
+            out["image"] = _augment_image(ex["image"], cfg, example_seed)
+        # Stripping and lowercasing commute with the word ops: done per batch in the finish.
+        caption = ex["caption"]
+        if aug.word_deletion > 0:
+            caption = augment.random_word_deletion(caption, example_seed, aug.word_deletion)
+        if aug.word_swaps > 0:
+            caption = augment.random_word_swap(caption, example_seed, aug.word_swaps)
+        mine = tf.one_hot(k, num_sources, dtype=tf.int64)
+        return {**out, "caption": caption,
+                "counts": mine[:, None] * ex["counts"][None, :],
+                positions.KEY: mine * ex[positions.KEY]}
+
+    return fn
+
+
+def _augment_image(image: tf.Tensor, cfg: ml_collections.ConfigDict,
+                   example_seed: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, C] -> float32 [S, S, C] in [0, 255], augmented."""
+    aug = cfg.augment
+    size = cfg.image_size
+    if aug.inception_crop:
+        image = augment.inception_crop(image, example_seed, aug.crop_area, aug.crop_aspect)
+    if aug.inception_crop or tuple(image.shape[:2]) != (size, size):
+        image = augment.resize(image, size)
+    else:  # stored at the model's size (a TFDS tensor feature): no resampling
+        image = tf.cast(image, tf.float32)
+    if cfg.flip:
+        image = augment.flip(image, example_seed)
+    if aug.color_jitter > 0:
+        image = augment.color_jitter(image, example_seed, aug.color_jitter)
+    if aug.grayscale > 0:
+        image = augment.random_grayscale(image, example_seed, aug.grayscale)
+    return image
+
+
+def source_stream(source: Source, cfg: ml_collections.ConfigDict, *, k: int,
+                  num_sources: int, seed: int, process_index: int, process_count: int,
+                  start: int, counters: FilterCounters | None = None,
+                  resume: tuple[int, int] | None = None,
+                  keep_images: bool = True) -> tf.data.Dataset:
+    """Infinite augmented examples of one source for one process, from its `start`-th;
+    `resume` = (epoch, raw records of it already read), saved by the checkpoint.
+    `keep_images=False` drops the images after the checks (embedding-cache runs)."""
+    units = source.units(process_index, process_count)
+    epoch = epoch_records(source, units, cfg, seed, k)
+    first_epoch, skip = 0, 0
+    if start and resume:
+        first_epoch, skip = resume
+        log.info("%s: resuming at epoch %d + %d raw records (saved stream position)",
+                 source.name, first_epoch, skip)
+    elif start:
+        n = usable_per_epoch(source, units, cfg, (process_index, process_count), limit=start)
+        if n == 0:
+            raise DataError(f"{source.name}: no usable example for process {process_index}")
+        # n None: the first epoch has more than `start` usable examples; resume inside it.
+        first_epoch, skip = (0, start) if n is None else divmod(start, n)
+        log.info("%s: resuming at epoch %d + %d examples (%s usable per epoch)", source.name,
+                 first_epoch, skip, n or f"more than {start}")  # fmt: skip
+    elif not list(usable(epoch(tf.constant(0, tf.int64)), cfg, source).take(1)):
+        # Without this, a stream with no usable example makes the epoch loop spin forever.
+        raise DataError(f"{source.name}: no usable example for process {process_index}")
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+    if start and resume:  # `skip` counts raw records: skipped before anything is decoded
+        ds = usable(ds.skip(skip), cfg, source, counters)
+    else:  # `skip` counts usable examples
+        ds = usable(ds, cfg, source, counters).skip(skip)
+    ds = ds.enumerate(start=start)
+    stream_id = process_index * num_sources + k
+    return ds.map(_augment(cfg, seed, stream_id, k, num_sources, keep_images),
+                  num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip
