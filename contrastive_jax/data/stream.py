@@ -145,6 +145,14 @@ def _whole_source(source: Source, cfg: ml_collections.ConfigDict) -> tf.data.Dat
     return source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length)
 
 
+def whole_sources(data_config: ml_collections.ConfigDict) -> Iterator[tf.data.Dataset]:
+    """Per training source, all of its usable examples ("image" uint8 decoded, "caption",
+    "uid", "label", ...) in stored order, unfiltered and unaugmented: for the passes that
+    read the data once (embedding cache, `data score`, `data dedup`)."""
+    for source in train_sources(data_config)[0]:
+        yield usable(_whole_source(source, data_config), data_config)
+
+
 def uid_image_batches(data_config: ml_collections.ConfigDict,
                       batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """{"uid" [n], "image" f32 [n,H,W,C]} numpy batches of every usable example of every
@@ -157,9 +165,8 @@ def uid_image_batches(data_config: ml_collections.ConfigDict,
         image = preprocess.scale_images(ex["image"], (0.0, 255.0), cfg.image_size)
         return {"uid": ex["uid"], "image": image * ((hi - lo) / 255.0) + lo}
 
-    for source in train_sources(cfg)[0]:
-        ds = usable(_whole_source(source, cfg), cfg).map(scaled,
-                                                          num_parallel_calls=tf.data.AUTOTUNE)
+    for ds in whole_sources(cfg):
+        ds = ds.map(scaled, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
         yield from ds.as_numpy_iterator()
 
