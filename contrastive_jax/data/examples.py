@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.data import augment, positions, preprocess, records
+from contrastive_jax.data import augment, positions, records
 from contrastive_jax.data.sources import Source
 from contrastive_jax.errors import DataError
 from contrastive_jax.filters import FilterCounters, apply_filters, filters_active

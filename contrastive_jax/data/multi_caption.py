@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from contrastive_jax.data import preprocess
 from contrastive_jax.datasets.catalogue import get_builder, read_split
+from contrastive_jax.errors import DataError
 
 
 def _feature(example: dict, key: str):
@@ -17,7 +18,7 @@ def _feature(example: dict, key: str):
     value = example
     for part in key.split("/"):
         if not isinstance(value, dict) or part not in value:
-            raise ValueError(f"retrieval: dataset has no feature {key!r}")
+            raise DataError(f"retrieval: dataset has no feature {key!r}")
         value = value[part]
     return value
 
@@ -51,7 +52,7 @@ def iter_multi_caption(data_config: ml_collections.ConfigDict, dataset: str, spl
     if images:
         yield np.stack(images), captions
     if not seen:
-        raise ValueError(f"retrieval: {dataset} {split} has no examples")
+        raise DataError(f"retrieval: {dataset} {split} has no examples")
 
 
 def flatten_captions(captions: list[list[str]]) -> tuple[list[str], np.ndarray]:
@@ -60,7 +61,7 @@ def flatten_captions(captions: list[list[str]]) -> tuple[list[str], np.ndarray]:
     for i, caps in enumerate(captions):
         usable = [c for c in caps if c.strip()]
         if not usable:
-            raise ValueError(f"retrieval: image {i} has no non-empty caption")
+            raise DataError(f"retrieval: image {i} has no non-empty caption")
         texts += usable
         owner += [i] * len(usable)
     return texts, np.asarray(owner, np.int64)

@@ -44,7 +44,7 @@ def parse_source(spec: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
     """A validated source spec with defaults filled in; ConfigError (one line) otherwise."""
     where = f"data.sources[{index}]"
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{where} must be a dict with a 'kind', got {spec!r}")
+        raise ConfigError(f"{where} must be a dict with a 'kind', got {spec!r}")
     kind = spec.get("kind")
     if kind not in SOURCES:
         raise ConfigError(f"config key '{where}.kind': unknown source kind {kind!r} "

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from contrastive_jax.datasets import idx
+from contrastive_jax.errors import InputNotFoundError
 
 DEFAULT_SOURCE_DIR = "/usr/share/datasets/fashion-mnist"
 SOURCE_DIR_ENV = "CONTRASTIVE_JAX_FASHION_MNIST_DIR"
@@ -126,7 +127,7 @@ def check_source(directory: str | os.PathLike) -> None:
     missing = [os.path.join(directory, f) for pair in _FILES.values() for f in pair]
     missing = [p for p in missing if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"Fashion-MNIST idx files not found in {directory} (missing "
             f"{', '.join(os.path.basename(p) for p in missing)}): install them with "
             f"'sudo apt-get install dataset-fashion-mnist' or set {SOURCE_DIR_ENV} to the "

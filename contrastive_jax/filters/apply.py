@@ -16,6 +16,7 @@ import ml_collections
 import tensorflow as tf
 
 from contrastive_jax.data.schema import FILTER_NAMES, filter_order
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.filters import metaclip, uid_tables
 from contrastive_jax.filters.basic import basic_predicate
 from contrastive_jax.filters.counters import FilterCounters, Predicate
@@ -33,7 +34,7 @@ def _metaclip(cfg, pool: tf.data.Dataset, dataset: str | None,
     elif dataset:
         entries = metaclip.dataset_entries(dataset, data_dir)
     else:
-        raise ValueError("config key 'data.filters.metaclip.entries_file' is needed here")
+        raise ConfigError("config key 'data.filters.metaclip.entries_file' is needed here")
     matcher = metaclip.EntryMatcher(entries, cfg.lowercase)
     if cfg.counts_path and os.path.exists(cfg.counts_path):
         counts = metaclip.load_counts(cfg.counts_path, entries)
@@ -51,13 +52,13 @@ def _predicate(name: str, cfg, pool: tf.data.Dataset, dataset, data_dir) -> Pred
         return basic_predicate(cfg)
     if name == "dedup":
         if not cfg.keep_lists:
-            raise ValueError("config key 'data.filters.dedup.keep_lists' is empty")
+            raise ConfigError("config key 'data.filters.dedup.keep_lists' is empty")
         preds = [uid_tables.keep_list_predicate(uid_tables.read_keep_list(p))
                  for p in cfg.keep_lists]
         return lambda ex: tf.reduce_all(tf.stack([p(ex) for p in preds]))
     if name == "score":
         if not cfg.path:
-            raise ValueError("config key 'data.filters.score.path' is empty")
+            raise ConfigError("config key 'data.filters.score.path' is empty")
         uids, scores = uid_tables.read_scores(cfg.path)
         cut = uid_tables.score_threshold(scores, cfg.threshold, cfg.top_fraction)
         log.info("score filter: keeping scores >= %.4f from %s", cut, cfg.path)

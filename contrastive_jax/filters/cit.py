@@ -26,6 +26,7 @@ from jax.sharding import Mesh
 from contrastive_jax.data.schema import check_cit_config
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.datasets.catalogue import class_names
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.checkpoint import Checkpointer
@@ -67,13 +68,16 @@ def metadata_entries(config: ml_collections.ConfigDict) -> list[str]:
     path = config.train.cit.metadata
     if path:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"CiT metadata file not found: {path}")
+            raise InputNotFoundError(f"config key 'train.cit.metadata': no file {path}")
         with open(path, encoding="utf-8") as f:
             entries = [line.strip() for line in f if line.strip()]
+    elif config.data.sources:  # `data.dataset` is not what these sources are about
+        raise ConfigError("config key 'train.cit.metadata' is needed with 'data.sources' "
+                          "(without it CiT uses the class names of 'data.dataset')")
     else:
         entries = class_names(config.data.dataset, config.data.data_dir)
     if not entries:
-        raise ValueError("CiT metadata is empty")
+        raise DataError(f"CiT metadata is empty ({path or config.data.dataset})")
     return [e.lower() for e in entries] if config.data.lowercase else entries
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.filters.kmeans import spherical_kmeans
 
 
@@ -40,7 +41,7 @@ def semdedup_keep(uids: Sequence[str], emb: np.ndarray, eps: float, clusters: in
                   seed: int = 0, iters: int = 20) -> list[str]:
     """Uids SemDeDup keeps from embeddings `emb` [N, D] (normalized here)."""
     if not 0 < eps < 2:
-        raise ValueError(f"SemDeDup eps must be in (0, 2), got {eps}")
+        raise ConfigError(f"SemDeDup eps must be in (0, 2), got {eps}")
     # Sorted by uid first: k-means' start, and so the result, must not depend on row order.
     by_uid = np.argsort(np.asarray(list(uids)), kind="stable")
     uids = np.asarray(list(uids))[by_uid]

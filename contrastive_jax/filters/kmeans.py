@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from contrastive_jax.errors import ConfigError
+
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -18,7 +20,7 @@ def spherical_kmeans(x: np.ndarray, k: int, iters: int = 20,
     x = _normalize(np.asarray(x, np.float32))
     n = len(x)
     if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= clusters <= examples, got {k} and {n}")
+        raise ConfigError(f"k-means needs 1 <= clusters <= examples, got {k} and {n}")
     rng = np.random.default_rng(seed)
     centroids = [x[rng.integers(n)]]
     dist = 1.0 - x @ centroids[0]

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.datasets.uid_random import uid_uniform
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.filters.counters import Predicate
 
 _PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")
@@ -51,7 +52,7 @@ class EntryMatcher:
 
     def __init__(self, entries: Sequence[str], lowercase: bool = False):
         if not entries:
-            raise ValueError("MetaCLIP filter: the entry list is empty")
+            raise DataError("MetaCLIP filter: the entry list is empty")
         self.entries = list(entries)
         self.lowercase = lowercase
         self._ids: dict[str, list[int]] = {}  # " e " -> ids (a list may repeat an entry)
@@ -84,7 +85,7 @@ def count_entries(captions: Iterable[str], matcher: EntryMatcher) -> np.ndarray:
 def keep_probabilities(counts: np.ndarray, t: int) -> np.ndarray:
     """p[e] = t / max(count[e], t): entries rarer than t keep everything."""
     if t <= 0:
-        raise ValueError(f"config key 'data.filters.metaclip.t' must be positive, got {t}")
+        raise ConfigError(f"config key 'data.filters.metaclip.t' must be positive, got {t}")
     return t / np.maximum(np.asarray(counts, np.float64), t)
 
 
@@ -106,7 +107,7 @@ def load_counts(path: str, entries: Sequence[str]) -> np.ndarray:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if data.get("entries") != list(entries):
-        raise ValueError(f"MetaCLIP counts file {path} was counted for another entry list; "
+        raise DataError(f"MetaCLIP counts file {path} was counted for another entry list; "
                          "delete it to recount")
     return np.asarray(data["counts"], np.int64)
 
@@ -114,7 +115,7 @@ def load_counts(path: str, entries: Sequence[str]) -> np.ndarray:
 def read_entries(path: str) -> list[str]:
     """One entry per line; blank lines are skipped."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MetaCLIP entry file not found: {path}")
+        raise InputNotFoundError(f"MetaCLIP entry file not found: {path}")
     with open(path, encoding="utf-8") as f:
         entries = [line.strip() for line in f]
     return [e for e in entries if e]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.filters.counters import Predicate
 
 
@@ -22,9 +23,9 @@ def write_scores(path: str, uids: Sequence[str], scores: np.ndarray) -> None:
     uids = np.asarray(list(uids), dtype=str)
     scores = np.asarray(scores, np.float32)
     if len(uids) != len(scores):
-        raise ValueError(f"{len(uids)} uids but {len(scores)} scores")
+        raise DataError(f"{len(uids)} uids but {len(scores)} scores")
     if len(np.unique(uids)) != len(uids):
-        raise ValueError("score file uids must be unique (the dataset has repeated uids)")
+        raise DataError("score file uids must be unique (the dataset has repeated uids)")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the name
         np.savez(f, uids=uids, scores=scores)
@@ -33,11 +34,11 @@ def write_scores(path: str, uids: Sequence[str], scores: np.ndarray) -> None:
 def read_scores(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(uids str [N], scores float32 [N]) from a score file."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"score file not found: {path} (write it with "
+        raise InputNotFoundError(f"score file not found: {path} (write it with "
                                 "`contrastive-jax data score`)")
     with np.load(path) as data:
         if "uids" not in data or "scores" not in data:
-            raise ValueError(f"{path} is not a score file (needs arrays 'uids' and 'scores')")
+            raise DataError(f"{path} is not a score file (needs arrays 'uids' and 'scores')")
         return data["uids"].astype(str), data["scores"].astype(np.float32)
 
 
@@ -49,15 +50,15 @@ def score_threshold(scores: np.ndarray, threshold: float | None,
     >= the ceil(f * N)-th largest score (ties at the cut are all kept).
     """
     if (threshold is None) == (top_fraction is None):
-        raise ValueError("config group 'data.filters.score' needs exactly one of 'threshold' "
+        raise ConfigError("config group 'data.filters.score' needs exactly one of 'threshold' "
                          "and 'top_fraction'")
     if threshold is not None:
         return float(threshold)
     if not 0 < top_fraction <= 1:
-        raise ValueError(f"config key 'data.filters.score.top_fraction' must be in (0, 1], "
+        raise ConfigError(f"config key 'data.filters.score.top_fraction' must be in (0, 1], "
                          f"got {top_fraction}")
     if not len(scores):
-        raise ValueError("score file is empty")
+        raise DataError("score file is empty")
     k = math.ceil(top_fraction * len(scores))
     return float(np.sort(scores)[::-1][k - 1])
 
@@ -82,7 +83,7 @@ def write_keep_list(path: str, uids: Sequence[str]) -> None:
 
 def read_keep_list(path: str) -> list[str]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"keep-list not found: {path} (write it with "
+        raise InputNotFoundError(f"keep-list not found: {path} (write it with "
                                 "`contrastive-jax data dedup`)")
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.rstrip("\n")]
