@@ -37,6 +37,8 @@ import os
 import re
 import sys
 
+from contrastive_jax.errors import ConfigError  # imports nothing: jax stays unloaded
+
 ENV_MALLOC = "CONTRASTIVE_JAX_CPU_MALLOC"  # auto (default) | on | off
 # glibc mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -60,7 +62,7 @@ def wants_cpu_malloc(environ: dict[str, str] | None = None) -> bool:
     environ = os.environ if environ is None else environ
     mode = environ.get(ENV_MALLOC, "auto").strip().lower()
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"{ENV_MALLOC}={mode!r}: expected auto, on or off")
+        raise ConfigError(f"{ENV_MALLOC}={mode!r}: expected auto, on or off")
     if mode != "auto":
         return mode == "on"
     platforms = environ.get("JAX_PLATFORMS", "")
@@ -195,7 +197,7 @@ def set_cpu_devices(count: int) -> None:
     mesh runs each device's element-wise work on its own core. Only before jax's backends
     start; the error says so otherwise."""
     if count < 1:
-        raise ValueError(f"--cpu-devices must be >= 1, got {count}")
+        raise ConfigError(f"--cpu-devices must be >= 1, got {count}")
     import jax
     from jax._src import xla_bridge
 

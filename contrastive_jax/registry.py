@@ -30,8 +30,8 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         if name not in self._entries:
-            where = f" (config key '{self.config_key}')" if self.config_key else ""
-            raise ConfigError(f"unknown {self.kind} {name!r}{where}; known: "
+            where = f"config key '{self.config_key}': " if self.config_key else ""
+            raise ConfigError(f"{where}unknown {self.kind} {name!r}; known: "
                               f"{', '.join(self._entries)}")
         return self._entries[name]
 

@@ -14,6 +14,45 @@ def test_clip_prompt_sets():
     assert fill("itap of a {}.", "shirt") == "itap of a shirt."
 
 
+def test_unknown_prompt_set_names_its_key():
+    from contrastive_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="config key 'evals.zeroshot.prompts': unknown prompt "
+                                          "set 'clip_81'; known: fashion_mnist_heldout"):
+        get_prompts("clip_81")
+    with pytest.raises(ConfigError, match="config key 'evals.retrieval.chunk' must be >= 1"):
+        retrieval_recalls(np.eye(2), np.eye(2), chunk=0)
+
+
+def test_run_evals_builds_every_enabled_evaluator_of_the_table_the_same_way(monkeypatch):
+    from contrastive_jax.config import default_config
+    from contrastive_jax.errors import ConfigError
+    from contrastive_jax.evaluate import runner
+    from contrastive_jax.registry import Registry
+
+    assert set(runner.EVALUATORS) == set(default_config().evals)  # one per evals group
+    with pytest.raises(ConfigError, match="config key 'evals': unknown evaluator 'linear'"):
+        runner.EVALUATORS["linear"]
+    calls = []
+
+    def fake(kind):
+        def run(config, model_def, state, tokenizer, mesh, details):
+            calls.append((kind, model_def, state, tokenizer, mesh, details))
+            return {f"{kind}/x/m": 1.0}
+        return run
+
+    monkeypatch.setattr(runner, "EVALUATORS",
+                        Registry("evaluator", {k: fake(k) for k in runner.EVALUATORS}))
+    config = default_config()
+    config.evals.zeroshot.enabled = False
+    config.evals.fewshot.enabled = True
+    details = {}
+    metrics = runner.run_evals(config, "model", "state", "tok", "mesh", details)
+    assert metrics == {"embedding_stats/x/m": 1.0, "fewshot/x/m": 1.0}
+    assert calls == [(k, "model", "state", "tok", "mesh", details)
+                     for k in ("embedding_stats", "fewshot")]
+
+
 def unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from helpers import synthetic_batches, tiny_config
 
-from contrastive_jax.losses import create_loss, family, softmax_loss
+from contrastive_jax.config import load_config
+from contrastive_jax.errors import ConfigError
+from contrastive_jax.losses import LOSSES, create_loss, family, softmax_loss
 from contrastive_jax.parallel.mesh import create_mesh
 
 B, D = 6, 5
@@ -179,6 +181,29 @@ def test_reference_only_losses_refuse_a_split_batch_and_labels():
         family.macl_loss(x, y, 5.0, labels=jnp.arange(B))
     with pytest.raises(ValueError, match="tau_plus"):
         family.debiased_softmax_loss(x, y, 5.0, tau_plus=1.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["loss.positives=labels"], "config key 'loss.positives': loss 'hn_nce' defines positives "
+                                "as the diagonal only"),
+    (["loss.hn_alpha=-1"], "config key 'loss.hn_alpha', 'loss.hn_beta': hn_nce needs alpha"),
+    (["loss.name=debiased_softmax", "loss.tau_plus=1.5"], "config key 'loss.tau_plus': "),
+    (["loss.name=macl", "loss.macl_beta=1"], "config key 'loss.macl_beta': macl needs"),
+    (["loss.name=triplet"], "config key 'loss.name': unknown loss 'triplet'; known: softmax"),
+])
+def test_bad_loss_options_are_config_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/demo_siglip.py", ["loss.name=hn_nce", *override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_options_are_checked_when_the_loss_is_created_and_a_split_batch_names_the_key():
+    with pytest.raises(ValueError, match="tau_plus"):  # before anything is traced
+        create_loss("debiased_softmax", tau_plus=1.0)
+    mesh8 = create_mesh({"data": -1}, devices=jax.devices()[:8])
+    with pytest.raises(ConfigError, match="config key 'loss.name': loss 'macl' is reference"):
+        create_loss("macl", mesh=mesh8, batch_axes=("data",))
+    assert LOSSES["sigmoid_chunked"].options == {"bidirectional": "bidirectional"}
 
 
 @pytest.mark.parametrize("loss", ["hn_nce", "debiased_softmax", "macl"])

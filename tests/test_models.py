@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.models import (
     SIZES,
     TextTransformer,
@@ -200,24 +201,31 @@ def test_head_skipped_only_when_allowed():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"image.image_size": 10}, "not divisible by patch_size"),
-    ({"image.pool": "max"}, "Unknown image pool"),
-    ({"text.pool": "cls"}, "Unknown text pool"),
-    ({"image.posemb": "rope"}, "Unknown posemb"),
-    ({"image.variant": "XXL/16"}, "Unknown model variant"),
-    ({"text.variant": "B/16"}, "only image towers"),
-    ({"image.width": None}, r"image: \['width'\] not set"),
-    ({"image.num_heads": 5}, "not divisible by num_heads"),
-    ({"dtype": "float16"}, "Unknown dtype"),
-    ({"name": "three_tower"}, "Unknown model name 'three_tower'; known models"),
+    ({"image.image_size": 10}, "'model.image.image_size' .* not divisible by patch_size"),
+    ({"image.pool": "max"}, "'model.image.pool': unknown image pool"),
+    ({"text.pool": "cls"}, "'model.text.pool': unknown text pool"),
+    ({"image.posemb": "rope"}, "'model.image.posemb': unknown posemb"),
+    ({"image.posemb": "sincos2d", "image.width": 34, "image.num_heads": 2},
+     "'model.image.width' \\(34\\) must be a multiple of 4"),
+    ({"image.variant": "XXL/16"}, "'model.image.variant': unknown model variant"),
+    ({"text.variant": "B/16"}, "'model.text.variant'.* only image towers"),
+    ({"image.width": None}, r"\['model.image.width'\] not set"),
+    ({"image.num_heads": 5}, "'model.image.width' \\(32\\) is not divisible by num_heads"),
+    ({"text.vocab_size": 1}, "'model.text.vocab_size' must be >= 2"),
+    ({"dtype": "float16"}, "'model.dtype': unknown dtype"),
+    ({"param_dtype": "int8"}, "'model.param_dtype': unknown dtype"),
+    ({"remat": "some"}, "'model.remat': unknown remat"),
+    ({"embed_dim": 0}, "'model.embed_dim' must be positive"),
+    ({"name": "three_tower"}, "config key 'model.name': unknown model 'three_tower'; known: "),
 ])
-def test_bad_configs(overrides, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_configs_are_one_line_config_errors_naming_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match) as info:
         create_model(tiny_config(**overrides), rngs=nnx.Rngs(0))
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_config_key_and_partial_config():
-    with pytest.raises(ValueError, match="Unknown model config key 'image.colour'"):
+    with pytest.raises(ConfigError, match="unknown config key 'model.image.colour'"):
         create_model({"image": {"colour": 3}}, rngs=nnx.Rngs(0))
     assert "two_tower" in known_models()
     model = nnx.eval_shape(

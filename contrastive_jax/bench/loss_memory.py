@@ -11,14 +11,16 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from contrastive_jax.bench.variants import LOSS_VARIANTS
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import create_loss
 
 
 def _mesh(num_devices: int) -> Mesh:
     devices = jax.devices()
     if num_devices > len(devices):
-        raise ValueError(f"{num_devices} devices requested, {len(devices)} available "
-                         "(on a CPU set XLA_FLAGS=--xla_force_host_platform_device_count=8)")
+        raise ConfigError(f"--devices: {num_devices} devices requested, {len(devices)} "
+                          "available (on a CPU set "
+                          "XLA_FLAGS=--xla_force_host_platform_device_count=8)")
     return Mesh(devices[:num_devices], ("data",))
 
 

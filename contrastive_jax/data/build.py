@@ -21,11 +21,11 @@ from typing import Any
 import tqdm
 
 from contrastive_jax.data import formats, records
-from contrastive_jax.errors import UserError
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 
 
-class BuildError(UserError):
-    """The build cannot run with these arguments (one-line message)."""
+class BuildError(DataError):
+    """The output directory holds another build (one-line message)."""
 
 
 def _image_ok(data: bytes) -> bool:
@@ -80,7 +80,7 @@ def _table_shards(path: str, root: str, per_shard: int) -> list[Callable[[], Ite
 def _tar_shards(pattern: str) -> list[Callable[[], Iterator[dict]]]:
     files = sorted(glob.glob(os.path.join(pattern, "*.tar") if os.path.isdir(pattern) else pattern))
     if not files:
-        raise BuildError(f"no tar shard matches {pattern!r}")
+        raise InputNotFoundError(f"--input: no tar shard matches {pattern!r}")
     return [lambda f=f: formats.read_tar(f) for f in files]
 
 
@@ -97,7 +97,7 @@ def build(input_path: str, out_dir: str, *, prefix: str = "data", examples_per_s
     import tensorflow as tf
 
     if examples_per_shard < 1:
-        raise BuildError("--examples-per-shard must be >= 1")
+        raise ConfigError("--examples-per-shard must be >= 1")
     is_table = input_path.endswith((".csv", ".tsv", ".jsonl", ".json"))
     if is_table:
         shards = _table_shards(input_path, root, examples_per_shard)

@@ -20,9 +20,11 @@ import math
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from contrastive_jax.data import records
+from contrastive_jax.errors import DataError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -119,29 +121,46 @@ def read_table(path: str, image_column: str = "path", caption_column: str = "cap
     the pipeline's caption check instead of failing here.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"table file not found: {path}")
+        raise InputNotFoundError(f"table file not found: {path}")
     rows = []
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         if path.endswith((".jsonl", ".json")):
-            items = (json.loads(line) for line in f if line.strip())
+            items = _json_lines(path, f)
         elif path.endswith((".csv", ".tsv")):
             items = csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ",")
         else:
-            raise ValueError(f"table {path}: expected a .csv, .tsv or .jsonl file")
+            raise DataError(f"table {path}: expected a .csv, .tsv or .jsonl file")
         for i, item in enumerate(items):
-            if image_column not in item or caption_column not in item:
-                raise ValueError(f"table {path} row {i}: needs columns {image_column!r} and "
-                                 f"{caption_column!r}, has {sorted(item)}")
+            if not isinstance(item, dict) or image_column not in item or (
+                    caption_column not in item):
+                raise DataError(f"table {path} row {i}: needs columns {image_column!r} and "
+                                f"{caption_column!r}, has "
+                                f"{sorted(item) if isinstance(item, dict) else item!r}")
             label = item.get("label")
             score = item.get("score")
+            try:
+                label = int(label) if label not in (None, "") else -1
+                score = float(score) if score not in (None, "") else math.nan
+            except (TypeError, ValueError) as e:  # int() / float() of the row's own text
+                raise DataError(f"table {path} row {i}: label {label!r} or score {score!r} "
+                                "is not a number") from e
             rows.append({
                 "image": str(item[image_column]),
                 "caption": str(item[caption_column]).encode("utf-8", "surrogateescape"),
                 "uid": str(item.get(uid_column) or "") or stable_uid(path, str(i)),
-                "label": int(label) if label not in (None, "") else -1,
-                "score": float(score) if score not in (None, "") else math.nan,
+                "label": label,
+                "score": score,
             })
     return rows
+
+
+def _json_lines(path: str, lines: Iterable[str]) -> Iterator[Any]:
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"table {path} line {number} is not JSON: {e}") from e
 
 
 def resolve(root: str, image: str) -> str:

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from contrastive_jax.data.schema import canvas_scale
 from contrastive_jax.data.unifont import DEFAULT_FONT_PATH, GLYPH_SIZE, REPLACEMENT, load_unifont
+from contrastive_jax.errors import ConfigError
 
 SPACE = 0x20
 
@@ -150,7 +151,8 @@ class TextRenderer:
         canvas_scale(image_size, cfg.font_size)  # fail early on a bad size
         for key in ("foreground", "background"):
             if not 0 <= cfg[key] <= 255:
-                raise ValueError(f"data.render.{key} must be in [0, 255], got {cfg[key]}")
+                raise ConfigError(f"config key 'data.render.{key}' must be in [0, 255], got "
+                                  f"{cfg[key]}")
         load_unifont(cfg.font_path)
         self.options = dict(image_size=int(image_size), font_size=int(cfg.font_size),
                             max_lines=int(cfg.max_lines), lowercase=bool(lowercase),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from contrastive_jax.data.unifont import DEFAULT_FONT_PATH, GLYPH_SIZE
+from contrastive_jax.errors import ConfigError
 
 FILTER_NAMES = ("basic", "dedup", "score", "metaclip")  # data.filters
 KEEP_MODES = ("topk", "threshold")  # train.cit.keep
@@ -85,10 +86,10 @@ def check_basic_bounds(cfg: ml_collections.ConfigDict) -> None:
     for key in ("min_words", "max_words", "min_chars", "max_chars", "min_image_side",
                 "max_aspect_ratio"):
         if cfg[key] < 0:
-            raise ValueError(f"config key 'data.filters.basic.{key}' must be >= 0")
+            raise ConfigError(f"config key 'data.filters.basic.{key}' must be >= 0")
     if cfg.max_aspect_ratio and cfg.max_aspect_ratio < 1:
-        raise ValueError("config key 'data.filters.basic.max_aspect_ratio' must be >= 1 "
-                         "(0 disables it)")
+        raise ConfigError("config key 'data.filters.basic.max_aspect_ratio' must be >= 1 "
+                          "(0 disables it)")
 
 
 def filter_order(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -96,25 +97,25 @@ def filter_order(cfg: ml_collections.ConfigDict) -> list[str]:
     order = list(cfg.order)
     unknown = [name for name in order if name not in FILTER_NAMES]
     if unknown or len(set(order)) != len(order):
-        raise ValueError(f"config key 'data.filters.order' must list distinct filters of "
-                         f"{', '.join(FILTER_NAMES)}; got {order}")
+        raise ConfigError(f"config key 'data.filters.order' must list distinct filters of "
+                          f"{', '.join(FILTER_NAMES)}; got {order}")
     missing = [name for name in FILTER_NAMES if cfg[name].enabled and name not in order]
     if missing:
-        raise ValueError(f"config key 'data.filters.order' lacks enabled filter(s) {missing}")
+        raise ConfigError(f"config key 'data.filters.order' lacks enabled filter(s) {missing}")
     return order
 
 
 def check_filters_config(cfg: ml_collections.ConfigDict) -> None:
-    """Checks the `data.filters` keys that need no file; ValueError names the key."""
+    """Checks the `data.filters` keys that need no file; ConfigError names the key."""
     filter_order(cfg)
     if cfg.basic.enabled:
         check_basic_bounds(cfg.basic)
     score = cfg.score
     if score.enabled and (score.threshold is None) == (score.top_fraction is None):
-        raise ValueError("config group 'data.filters.score' needs exactly one of 'threshold' "
-                         "and 'top_fraction'")
+        raise ConfigError("config group 'data.filters.score' needs exactly one of 'threshold' "
+                          "and 'top_fraction'")
     if cfg.metaclip.enabled and cfg.metaclip.t <= 0:
-        raise ValueError("config key 'data.filters.metaclip.t' must be positive")
+        raise ConfigError("config key 'data.filters.metaclip.t' must be positive")
 
 
 def default_render_config() -> ml_collections.ConfigDict:
@@ -134,17 +135,19 @@ def default_render_config() -> ml_collections.ConfigDict:
 def canvas_scale(image_size: int, font_size: int) -> tuple[int, int, int]:
     """(native canvas side, downscale factor, upscale factor) for a square image."""
     if font_size <= 0:
-        raise ValueError(f"data.render.font_size must be positive, got {font_size}")
+        raise ConfigError(f"config key 'data.render.font_size' must be positive, got "
+                          f"{font_size}")
     if font_size < GLYPH_SIZE:
         down = GLYPH_SIZE // font_size
         if GLYPH_SIZE % font_size:
-            raise ValueError(f"data.render.font_size {font_size} must divide 16 or be a "
-                             f"multiple of 16")
+            raise ConfigError(f"config key 'data.render.font_size': font_size {font_size} must "
+                              "divide 16 or be a multiple of 16")
         return image_size * down, down, 1
     up = font_size // GLYPH_SIZE
     if font_size % GLYPH_SIZE or image_size % up:
-        raise ValueError(f"data.render.font_size {font_size} must divide 16 or be a multiple "
-                         f"of 16 that divides 16 * image_size ({image_size})")
+        raise ConfigError(f"config key 'data.render.font_size': font_size {font_size} must "
+                          f"divide 16 or be a multiple of 16 that divides 16 * image_size "
+                          f"({image_size})")
     return image_size // up, 1, up
 
 
@@ -161,10 +164,10 @@ def default_cit_config() -> ml_collections.ConfigDict:
 
 
 def check_cit_config(cfg: ml_collections.ConfigDict) -> None:
-    """Checks the `train.cit` keys; ValueError names the key."""
+    """Checks the `train.cit` keys; ConfigError names the key."""
     if cfg.keep not in KEEP_MODES:
-        raise ValueError(f"config key 'train.cit.keep' must be one of {KEEP_MODES}, "
-                         f"got {cfg.keep!r}")
+        raise ConfigError(f"config key 'train.cit.keep' must be one of {KEEP_MODES}, "
+                          f"got {cfg.keep!r}")
     if cfg.oversample < 1 or cfg.refresh_every < 1:
-        raise ValueError("config keys 'train.cit.oversample' and 'train.cit.refresh_every' "
-                         "must be >= 1")
+        raise ConfigError("config keys 'train.cit.oversample' and 'train.cit.refresh_every' "
+                          "must be >= 1")

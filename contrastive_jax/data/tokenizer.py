@@ -11,6 +11,8 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
+
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
@@ -59,6 +61,9 @@ def train_tokenizer(
 def train_tokenizer_cli(input_path: str, out_prefix: str, vocab_size: int) -> str:
     """Trains from a text file with one caption per line (blank lines ignored)."""
 
+    if not os.path.isfile(input_path):
+        raise InputNotFoundError(f"caption file not found: {input_path}")
+
     def lines() -> Iterable[str]:
         with open(input_path, encoding="utf-8") as f:
             for line in f:
@@ -75,11 +80,17 @@ class Tokenizer:
 
     def __init__(self, model_path: str):
         self.model_path = model_path
+        if not os.path.isfile(model_path):
+            raise InputNotFoundError(f"sentencepiece model not found: {model_path}")
         with open(model_path, "rb") as f:
             self._proto = f.read()
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        except RuntimeError as e:  # sentencepiece's only error for a proto it cannot parse
+            raise DataError(f"{model_path} is not a sentencepiece model: "
+                            f"{str(e).strip()}") from e
         if self._sp.pad_id() != PAD_ID or self._sp.eos_id() != EOS_ID:
-            raise ValueError(
+            raise DataError(
                 f"{model_path}: expected pad_id={PAD_ID} and eos_id={EOS_ID}, got "
                 f"{self._sp.pad_id()} and {self._sp.eos_id()}"
             )
@@ -92,7 +103,8 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str], max_len: int) -> np.ndarray:
         """int32 [N, max_len]: ids then EOS; too long -> truncated with EOS kept last."""
         if max_len < 1:
-            raise ValueError(f"max_len must be >= 1 (room for EOS), got {max_len}")
+            raise ConfigError(f"config key 'data.max_len' must be >= 1 (room for EOS), got "
+                              f"{max_len}")
         ids = self._sp.encode(list(texts), out_type=int)
         out = np.zeros((len(ids), max_len), dtype=np.int32)
         for row, seq in zip(out, ids, strict=True):

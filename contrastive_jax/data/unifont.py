@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from contrastive_jax.errors import UserError
+from contrastive_jax.errors import DataError, InputNotFoundError
 
 DEFAULT_FONT_PATH = "/usr/share/unifont/unifont.hex"
 GLYPH_SIZE = 16  # every Unifont glyph is 16 px tall; slots are 16 px wide
@@ -37,8 +37,9 @@ def unpack(bits: np.ndarray) -> np.ndarray:
     return np.unpackbits(bits, axis=-1).reshape(*bits.shape[:-1], GLYPH_SIZE, GLYPH_SIZE)
 
 
-def parse_hex(lines) -> GlyphTable:
-    """Parses unifont.hex lines (str or bytes); raises ValueError naming a malformed line."""
+def parse_hex(lines, name: str = "unifont hex") -> GlyphTable:
+    """Parses unifont.hex lines (str or bytes) of file `name`; raises DataError naming a
+    malformed line."""
     codes: list[int] = []
     rows: list[bytes] = []
     widths: list[int] = []
@@ -55,7 +56,7 @@ def parse_hex(lines) -> GlyphTable:
         except ValueError:
             cp, raw = -1, b""
         if not sep or cp < 0 or len(raw) not in (16, 32, 64):
-            raise ValueError(f"unifont hex line {number} is malformed: {line[:40]!r}")
+            raise DataError(f"{name} line {number} is malformed: {line[:40]!r}")
         if cp > 0xFFFF or len(raw) == 64:
             continue
         if len(raw) == 16:  # 8 px rows: pad each row to two bytes
@@ -80,7 +81,8 @@ def parse_hex(lines) -> GlyphTable:
 def load_unifont(path: str = DEFAULT_FONT_PATH) -> GlyphTable:
     """The glyph table of `path`, parsed once per process (about a second for all of BMP)."""
     if not os.path.isfile(path):
-        raise UserError(f"Unifont glyphs not found at {path}: install the apt package "
-                        f"'unifont' (sudo apt-get install unifont) or set data.render.font_path")
+        raise InputNotFoundError(f"Unifont glyphs not found at {path}: install the apt package "
+                                 "'unifont' (sudo apt-get install unifont) or set "
+                                 "data.render.font_path")
     with open(path, "rb") as f:
-        return parse_hex(f)
+        return parse_hex(f, name=path)

@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from contrastive_jax.data import pipeline
+from contrastive_jax.data.eval_data import eval_dataset, labels
+from contrastive_jax.datasets.catalogue import class_names
+from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images
 from contrastive_jax.evaluate.linear_probe import class_permutations, fit_probe, probe_accuracy
 from contrastive_jax.train.state import ModelDef, TrainState
@@ -24,8 +26,8 @@ def embed_split(data_config: ml_collections.ConfigDict, model_def: ModelDef, sta
     positions `keep` only (sorted), so a few-shot train set never embeds the whole split."""
     wanted = None if keep is None else np.sort(np.asarray(keep))
     zs, labels, position = [], [], 0
-    for batch in pipeline.eval_dataset(data_config, split=split,
-                                       batch_size=batch_size).as_numpy_iterator():
+    for batch in eval_dataset(data_config, split=split,
+                              batch_size=batch_size).as_numpy_iterator():
         valid = batch["mask"] > 0
         rows = np.arange(position, position + int(valid.sum()))
         position += len(rows)
@@ -39,7 +41,7 @@ def embed_split(data_config: ml_collections.ConfigDict, model_def: ModelDef, sta
         if wanted is not None and position > wanted[-1]:
             break
     if not zs:
-        raise ValueError(f"{data_config.dataset} {split}: no examples to embed")
+        raise DataError(f"dataset {data_config.dataset!r} split {split!r}: no examples to embed")
     return np.concatenate(zs), np.concatenate(labels).astype(np.int64)
 
 
@@ -53,8 +55,9 @@ def fewshot_accuracies(train_z: np.ndarray, train_labels: np.ndarray, test_z: np
         for k in shots:
             short = [c for c, p in enumerate(perms) if len(p) < k]
             if short:
-                raise ValueError(f"few-shot: class {short[0]} has {len(perms[short[0]])} "
-                                 f"training examples, fewer than {k} shots")
+                raise DataError(f"config key 'evals.fewshot.shots': class {short[0]} has "
+                                f"{len(perms[short[0]])} training examples, fewer than {k} "
+                                "shots")
             idx = np.concatenate([p[:k] for p in perms])
             probe = fit_probe(train_z[idx], train_labels[idx], num_classes, l2_reg)
             out[k].append(probe_accuracy(probe, test_z, test_labels))
@@ -62,16 +65,19 @@ def fewshot_accuracies(train_z: np.ndarray, train_labels: np.ndarray, test_z: np
 
 
 def run_fewshot(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-                mesh: Mesh, details: dict[str, Any] | None = None) -> dict[str, float]:
-    """fewshot/<name>/<k>shot: test accuracy of the probe, averaged over seeds."""
+                tokenizer: Any, mesh: Mesh, details: dict[str, Any] | None = None
+                ) -> dict[str, float]:
+    """fewshot/<name>/<k>shot: test accuracy of the probe, averaged over seeds (images
+    only: the evaluator signature's `tokenizer` is unused)."""
+    del tokenizer
     fc = config.evals.fewshot
     if not fc.shots or min(fc.shots) < 1 or fc.seeds < 1:
-        raise ValueError("config key 'evals.fewshot': shots must be positive and seeds >= 1")
+        raise ConfigError("config key 'evals.fewshot': shots must be positive and seeds >= 1")
     data_config = config.data.copy_and_resolve_references()
     data_config.dataset = fc.dataset
-    num_classes = len(pipeline.class_names(fc.dataset, data_config.data_dir,
-                                           data_config.label_key))
-    train_labels = pipeline.labels(data_config, fc.train_split)
+    num_classes = len(class_names(fc.dataset, data_config.data_dir,
+                                  data_config.label_key))
+    train_labels = labels(data_config, fc.train_split)
     # Only the examples some seed's largest shot set uses are embedded.
     most = max(fc.shots)
     keep = np.unique(np.concatenate(

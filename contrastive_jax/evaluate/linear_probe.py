@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from contrastive_jax.errors import DataError
+
 BIAS_CONSTANT = 100.0
 DEFAULT_L2_REG = 2.0**10
 
@@ -25,11 +27,11 @@ def class_permutations(labels: np.ndarray, num_classes: int, seed: int) -> list[
 
 def fewshot_indices(labels: np.ndarray, shots: int, num_classes: int,
                     seed: int = 0) -> np.ndarray:
-    """`shots` indices per class, deterministic in `seed`; ValueError if a class has fewer."""
+    """`shots` indices per class, deterministic in `seed`; DataError if a class has fewer."""
     picked = []
     for c, order in enumerate(class_permutations(labels, num_classes, seed)):
         if len(order) < shots:
-            raise ValueError(f"class {c} has {len(order)} examples, fewer than {shots} shots")
+            raise DataError(f"class {c} has {len(order)} examples, fewer than {shots} shots")
         picked.append(order[:shots])
     return np.concatenate(picked)
 

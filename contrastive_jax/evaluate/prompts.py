@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES, fill_template
 from contrastive_jax.evaluate.clip_templates import CLIP_80, CLIP_BEST_7
+from contrastive_jax.registry import Registry
 
-PROMPT_SETS: dict[str, tuple[str, ...]] = {
+PROMPT_SETS: Registry[tuple[str, ...]] = Registry("prompt set", {
     # Held out from the demo's training captions: zero-shot, not template matching.
     "fashion_mnist_heldout": tuple(ZEROSHOT_TEMPLATES),
     "class_name": ("{}",),
     "clip_80": CLIP_80,
     "clip_best_7": CLIP_BEST_7,
-}
+}, config_key="evals.zeroshot.prompts")
 
 
 def get_prompts(name: str) -> tuple[str, ...]:
-    if name not in PROMPT_SETS:
-        raise ValueError(f"unknown prompt set {name!r}; known: {', '.join(PROMPT_SETS)}")
+    """The templates of prompt set `name`; an unknown name is a ConfigError."""
     return PROMPT_SETS[name]
 
 

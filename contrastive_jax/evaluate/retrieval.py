@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contrastive_jax.errors import ConfigError, DataError
+
 
 def _similarities(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """[q, D] x [k, D] -> [q, k]; the only place a similarity block is formed."""
@@ -28,7 +30,7 @@ def _check(zimg: np.ndarray, ztxt: np.ndarray, text_image: np.ndarray) -> None:
     if len(text_image) and (text_image.min() < 0 or text_image.max() >= len(zimg)):
         raise ValueError(f"caption image indices must lie in [0, {len(zimg)})")
     if np.any(np.bincount(text_image, minlength=len(zimg)) == 0):
-        raise ValueError("every image needs at least one caption")
+        raise DataError("retrieval: every image needs at least one caption")
 
 
 def text_to_image_ranks(ztxt: np.ndarray, zimg: np.ndarray, text_image: np.ndarray,
@@ -71,7 +73,7 @@ def retrieval_recalls(zimg: np.ndarray, ztxt: np.ndarray, ks: Sequence[int] = (1
     """{i2t_r1, ..., t2i_r10}. Without `text_image`, (zimg[i], ztxt[i]) are the pairs;
     with it, caption j belongs to image text_image[j] (several captions per image)."""
     if chunk < 1:
-        raise ValueError(f"retrieval chunk must be >= 1, got {chunk}")
+        raise ConfigError(f"config key 'evals.retrieval.chunk' must be >= 1, got {chunk}")
     if text_image is None:
         if zimg.shape != ztxt.shape:
             raise ValueError(f"need paired embeddings of equal shape, got {zimg.shape} and "

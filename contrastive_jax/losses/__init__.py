@@ -5,12 +5,21 @@ run's `loss.*` keys; see design.md, "Losses: the heart".
 """
 
 from contrastive_jax.losses.reference import sigmoid_loss, softmax_loss
-from contrastive_jax.losses.registry import LOSS_NAMES, LossFn, create_loss, loss_from_config
+from contrastive_jax.losses.registry import (
+    LOSS_NAMES,
+    LOSSES,
+    LossFn,
+    check_loss_config,
+    create_loss,
+    loss_from_config,
+)
 from contrastive_jax.losses.sharded import sigmoid_loss_ring, softmax_loss_sharded
 
 __all__ = [
+    "LOSSES",
     "LOSS_NAMES",
     "LossFn",
+    "check_loss_config",
     "create_loss",
     "loss_from_config",
     "sigmoid_loss",

@@ -26,6 +26,22 @@ def _check_no_labels(name: str, labels: jax.Array | None) -> None:
                          "use loss.positives='pairs'")
 
 
+def check_hn_nce_options(alpha: float = 1.0, beta: float = 0.5) -> None:
+    """Option checks, also run by `create_loss` before anything is traced."""
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"hn_nce needs alpha >= 0 and beta >= 0, got {alpha}, {beta}")
+
+
+def check_debiased_options(tau_plus: float = 0.1) -> None:
+    if not 0 <= tau_plus < 1:
+        raise ValueError(f"debiased_softmax needs 0 <= tau_plus < 1, got {tau_plus}")
+
+
+def check_macl_options(beta: float = 0.5) -> None:
+    if not 0 <= beta < 1:
+        raise ValueError(f"macl needs 0 <= beta < 1 (keeps tau_A > 0), got {beta}")
+
+
 def _logits(zimg: jax.Array, ztxt: jax.Array, t: jax.Array) -> jax.Array:
     return jnp.asarray(t, jnp.float32) * similarities(zimg, ztxt)
 
@@ -71,8 +87,7 @@ def hn_nce_loss(
     """
     del b
     _check_no_labels("hn_nce", labels)
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"hn_nce needs alpha >= 0 and beta >= 0, got {alpha}, {beta}")
+    check_hn_nce_options(alpha, beta)
     logits = _logits(zimg, ztxt, t)
     loss = 0.5 * (jnp.mean(_hn_nce_rows(logits, alpha, beta))
                   + jnp.mean(_hn_nce_rows(logits.T, alpha, beta)))
@@ -130,8 +145,7 @@ def debiased_softmax_loss(
     """
     del b
     _check_no_labels("debiased_softmax", labels)
-    if not 0 <= tau_plus < 1:
-        raise ValueError(f"debiased_softmax needs 0 <= tau_plus < 1, got {tau_plus}")
+    check_debiased_options(tau_plus)
     logits = _logits(zimg, ztxt, t)
     loss = 0.5 * (jnp.mean(_debiased_rows(logits, t, tau_plus))
                   + jnp.mean(_debiased_rows(logits.T, t, tau_plus)))
@@ -166,8 +180,7 @@ def macl_loss(
     """
     del b
     _check_no_labels("macl", labels)
-    if not 0 <= beta < 1:
-        raise ValueError(f"macl needs 0 <= beta < 1 (keeps tau_A > 0), got {beta}")
+    check_macl_options(beta)
     sims = similarities(zimg, ztxt)
     alignment = jax.lax.stop_gradient(jnp.mean(jnp.diagonal(sims)))
     logits = jnp.asarray(t, jnp.float32) * sims / (1.0 + beta * alignment)

@@ -1,4 +1,5 @@
-"""Loss registry: `create_loss(name, mesh=..., batch_axes=...)` -> a jit-able LossFn.
+"""Loss registry: the literal table `LOSSES` (each loss with its options and the `loss.*`
+keys they come from); `create_loss(name, mesh=..., batch_axes=...)` -> a jit-able LossFn.
 
 A LossFn takes GLOBAL arrays (sharded along `batch_axes` on `mesh`) and returns
 `(loss, metrics)`. Sharded losses are wrapped in `jax.shard_map` here, so callers never
@@ -8,15 +9,18 @@ deal with shard-local code.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import family, reference, sharded
 from contrastive_jax.parallel.mesh import BATCH_AXES
+from contrastive_jax.registry import Registry
 
 Metrics = dict[str, jax.Array]
 
@@ -34,25 +38,36 @@ class LossFn(Protocol):
     ) -> tuple[jax.Array, Metrics]: ...
 
 
-class _Entry(NamedTuple):
+class LossEntry(NamedTuple):
+    """One loss: its function and how `create_loss` and a run's `loss.*` keys build it."""
+
     fn: Callable[..., tuple[jax.Array, Metrics]]
-    sharded: bool  # True: shard-local, needs a mesh and an `axis_name` kwarg.
-    kwargs: tuple[str, ...]  # Extra keyword arguments `create_loss` accepts.
+    sharded: bool = False  # True: shard-local, needs a mesh and an `axis_name` kwarg.
+    # The extra keyword arguments `create_loss` accepts -> the `loss.*` key each comes from.
+    options: Mapping[str, str] = MappingProxyType({})
+    check: Callable[..., None] | None = None  # the options' values; raises ValueError
     # Reference-only: refuses a mesh that splits the batch rather than gathering it.
     single_shard: bool = False
+    takes_labels: bool = True  # False: positives are the diagonal (no loss.positives=labels)
 
 
-_REGISTRY: dict[str, _Entry] = {
-    "softmax": _Entry(reference.softmax_loss, False, ()),
-    "softmax_sharded": _Entry(sharded.softmax_loss_sharded, True, ()),
-    "sigmoid": _Entry(reference.sigmoid_loss, False, ()),
-    "sigmoid_chunked": _Entry(sharded.sigmoid_loss_ring, True, ("bidirectional",)),
-    "hn_nce": _Entry(family.hn_nce_loss, False, ("alpha", "beta"), single_shard=True),
-    "debiased_softmax": _Entry(family.debiased_softmax_loss, False, ("tau_plus",),
-                               single_shard=True),
-    "macl": _Entry(family.macl_loss, False, ("beta",), single_shard=True),
-}
-LOSS_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+LOSSES: Registry[LossEntry] = Registry("loss", {
+    "softmax": LossEntry(reference.softmax_loss),
+    "softmax_sharded": LossEntry(sharded.softmax_loss_sharded, sharded=True),
+    "sigmoid": LossEntry(reference.sigmoid_loss),
+    "sigmoid_chunked": LossEntry(sharded.sigmoid_loss_ring, sharded=True,
+                                 options={"bidirectional": "bidirectional"}),
+    "hn_nce": LossEntry(family.hn_nce_loss, options={"alpha": "hn_alpha", "beta": "hn_beta"},
+                        check=family.check_hn_nce_options, single_shard=True,
+                        takes_labels=False),
+    "debiased_softmax": LossEntry(family.debiased_softmax_loss,
+                                  options={"tau_plus": "tau_plus"},
+                                  check=family.check_debiased_options, single_shard=True,
+                                  takes_labels=False),
+    "macl": LossEntry(family.macl_loss, options={"beta": "macl_beta"},
+                      check=family.check_macl_options, single_shard=True, takes_labels=False),
+}, config_key="loss.name")
+LOSS_NAMES: tuple[str, ...] = LOSSES.names()
 
 
 def create_loss(
@@ -68,30 +83,30 @@ def create_loss(
     their shard-local form in `shard_map` over `batch_axes`; B must be divisible by
     the product of those axes' sizes.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown loss {name!r}; known losses: {', '.join(LOSS_NAMES)}")
-    entry = _REGISTRY[name]
-    unknown = sorted(set(kwargs) - set(entry.kwargs))
-    if unknown:
+    entry = LOSSES[name]  # an unknown name is a ConfigError naming 'loss.name'
+    unknown = sorted(set(kwargs) - set(entry.options))
+    if unknown:  # a caller's bug: loss_from_config passes exactly entry.options
         raise ValueError(
-            f"Loss {name!r} got unexpected options {unknown}; it accepts {list(entry.kwargs)}"
+            f"Loss {name!r} got unexpected options {unknown}; it accepts {list(entry.options)}"
         )
+    if entry.check is not None:
+        entry.check(**kwargs)
     if entry.single_shard and mesh is not None:
         shards = 1
         for axis in batch_axes:
             shards *= mesh.shape.get(axis, 1)
-        if shards > 1:
-            raise ValueError(
-                f"Loss {name!r} is reference-only (it needs whole rows of the B x B logits) "
-                f"and refuses a mesh that splits the batch over {shards} devices; use a "
-                f"1-device mesh, or softmax_sharded / sigmoid_chunked")
+        if shards > 1:  # the mesh comes from the run's config: the user's choice to change
+            raise ConfigError(
+                f"config key 'loss.name': loss {name!r} is reference-only (it needs whole rows "
+                f"of the B x B logits) and refuses a mesh that splits the batch over {shards} "
+                f"devices; use a 1-device mesh, or softmax_sharded / sigmoid_chunked")
     if not entry.sharded:
         return functools.partial(entry.fn, **kwargs) if kwargs else entry.fn
     if mesh is None:
         raise ValueError(
             f"Loss {name!r} is sharded and needs a mesh: create_loss({name!r}, mesh=..., "
             f"batch_axes=...), or use one of the reference losses "
-            f"{[k for k, e in _REGISTRY.items() if not e.sharded]}."
+            f"{[k for k, e in LOSSES.items() if not e.sharded]}."
         )
     batch_axes = tuple(batch_axes)
     missing = [a for a in batch_axes if a not in mesh.axis_names]
@@ -125,21 +140,31 @@ def create_loss(
     return loss_fn
 
 
-# Per loss: its create_loss options and the `loss.*` config keys they come from.
-_LOSS_OPTIONS = {
-    "sigmoid_chunked": {"bidirectional": "bidirectional"},
-    "hn_nce": {"alpha": "hn_alpha", "beta": "hn_beta"},
-    "debiased_softmax": {"tau_plus": "tau_plus"},
-    "macl": {"beta": "macl_beta"},
-}
+def _options(entry: LossEntry, loss_config: Any) -> dict[str, Any]:
+    return {arg: loss_config[key] for arg, key in entry.options.items()}
+
+
+def check_loss_config(loss_config: Any) -> None:
+    """ConfigError, naming the `loss.*` key, for values the named loss cannot use."""
+    entry = LOSSES[loss_config.name]
+    if loss_config.positives == "labels" and not entry.takes_labels:
+        raise ConfigError(f"config key 'loss.positives': loss {loss_config.name!r} defines "
+                          "positives as the diagonal only; use 'pairs'")
+    if entry.check is not None:
+        try:
+            entry.check(**_options(entry, loss_config))
+        except ValueError as e:  # the check compares numbers; it raises nothing else
+            keys = ", ".join(f"'loss.{key}'" for key in entry.options.values())
+            raise ConfigError(f"config key {keys}: {e}") from e
 
 
 def loss_from_config(config: Any, mesh: Mesh) -> LossFn:
     """The loss of a run's config (`loss.*`), sharded over the mesh's batch axes, with the
     alignment / uniformity terms when their weights are set."""
     cfg = config.loss
-    options = {arg: cfg[key] for arg, key in _LOSS_OPTIONS.get(cfg.name, {}).items()}
-    loss_fn = create_loss(cfg.name, mesh=mesh, batch_axes=BATCH_AXES, **options)
+    check_loss_config(cfg)
+    loss_fn = create_loss(cfg.name, mesh=mesh, batch_axes=BATCH_AXES,
+                          **_options(LOSSES[cfg.name], cfg))
     if cfg.align_weight or cfg.uniform_weight:
         loss_fn = family.with_alignment_uniformity(loss_fn, cfg.align_weight, cfg.uniform_weight)
     return loss_fn

@@ -1,23 +1,20 @@
 """Models: ViT and text towers, two-tower and one-tower (CLIPPO) models, a name registry."""
 
-from contrastive_jax.models import one_tower, two_tower
 from contrastive_jax.models.one_tower import OneTower
 from contrastive_jax.models.registry import (
+    MODELS,
     complete_config,
     create_model,
     default_model_config,
     known_models,
-    register_model,
 )
 from contrastive_jax.models.sizes import SIZES, decode_variant
 from contrastive_jax.models.text import TextTransformer
 from contrastive_jax.models.two_tower import TwoTower, l2_normalize
 from contrastive_jax.models.vit import ViT
 
-register_model("two_tower", TwoTower, default_config=two_tower.default_config)
-register_model("one_tower", OneTower, default_config=one_tower.default_config)
-
 __all__ = [
+    "MODELS",
     "SIZES",
     "OneTower",
     "TextTransformer",
@@ -29,5 +26,4 @@ __all__ = [
     "default_model_config",
     "known_models",
     "l2_normalize",
-    "register_model",
 ]

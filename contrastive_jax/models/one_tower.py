@@ -49,7 +49,8 @@ class OneTower(TwoTower):
                        remat=config["remat"], scan_layers=config["scan_layers"], rngs=rngs)
         self.img_head = projection_head(size["width"], embed_dim, img["head"],
                                         bool(config["proj_bias"]),
-                                        parse_dtype(config["param_dtype"]), rngs)
+                                        parse_dtype(config["param_dtype"],
+                                                    key="model.param_dtype"), rngs)
 
     def encode_text(self, rendered: jax.Array) -> jax.Array:
         """Rendered captions [B, H, W, C] -> [B, D]: the very same tower as images."""

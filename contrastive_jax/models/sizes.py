@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from contrastive_jax.errors import ConfigError
+
 
 class Size(NamedTuple):
     width: int
@@ -35,17 +37,23 @@ SIZES: dict[str, Size] = {
 SIZE_FIELDS = Size._fields
 
 
-def decode_variant(variant: str | None) -> dict[str, int]:
-    """"B/16" -> {width, depth, mlp_dim, num_heads, patch_size}; "B" omits patch_size."""
+def decode_variant(variant: str | None, key: str | None = None) -> dict[str, int]:
+    """"B/16" -> {width, depth, mlp_dim, num_heads, patch_size}; "B" omits patch_size.
+
+    A bad name is a ConfigError, naming the config key `key` it came from when given.
+    """
     if variant is None:
         return {}
-    name, sep, patch = variant.partition("/")
+    where = f"config key {key!r}: " if key else ""
+    name, sep, patch = str(variant).partition("/")
     if name not in SIZES:
-        raise ValueError(f"Unknown model variant {variant!r}; known sizes: {list(SIZES)}.")
+        raise ConfigError(f"{where}unknown model variant {variant!r}; known sizes: "
+                          f"{list(SIZES)}")
     out: dict[str, int] = SIZES[name]._asdict()
     if sep:
         if not patch.isdigit() or int(patch) <= 0:
-            raise ValueError(f"Bad patch size in variant {variant!r}; expected e.g. 'B/16'.")
+            raise ConfigError(f"{where}bad patch size in variant {variant!r}; expected e.g. "
+                              "'B/16'")
         out["patch_size"] = int(patch)
     return out
 
@@ -53,22 +61,26 @@ def decode_variant(variant: str | None) -> dict[str, int]:
 def resolve_size(cfg: Mapping[str, Any], *, tower: str, with_patch: bool) -> dict[str, int]:
     """Named size from `cfg["variant"]`, overridden by any explicit (non-None) field.
 
-    Returns width/depth/mlp_dim/num_heads (and patch_size if `with_patch`); raises a
-    ValueError naming the tower when a value is missing from both the variant and cfg.
+    Returns width/depth/mlp_dim/num_heads (and patch_size if `with_patch`); a ConfigError
+    names the key (`model.<tower>.*`) of a value missing from both the variant and cfg, or bad.
     """
     fields = SIZE_FIELDS + (("patch_size",) if with_patch else ())
-    out = decode_variant(cfg.get("variant"))
+    group = f"model.{tower}"
+    out = decode_variant(cfg.get("variant"), key=f"{group}.variant")
     if "patch_size" in out and not with_patch:
-        raise ValueError(f"{tower}: variant {cfg.get('variant')!r} has a patch size, "
-                         "which only image towers take.")
+        raise ConfigError(f"config key '{group}.variant': variant {cfg.get('variant')!r} has a "
+                          "patch size, which only image towers take")
     for key in fields:
         if cfg.get(key) is not None:
             out[key] = int(cfg[key])
-    missing = [k for k in fields if k not in out]
+    missing = [f"{group}.{k}" for k in fields if k not in out]
     if missing:
-        raise ValueError(f"{tower}: {missing} not set; give a `variant` (e.g. 'B/16') "
-                         "or set them explicitly.")
+        raise ConfigError(f"config keys {missing} not set; give '{group}.variant' (e.g. "
+                          "'B/16') or set them explicitly")
     bad = [k for k in fields if out[k] <= 0]
     if bad:
-        raise ValueError(f"{tower}: {bad} must be positive, got {[out[k] for k in bad]}.")
+        raise ConfigError(f"config key '{group}.{bad[0]}' must be positive, got {out[bad[0]]}")
+    if out["width"] % out["num_heads"]:  # every attention layer of the tower splits width
+        raise ConfigError(f"config key '{group}.width' ({out['width']}) is not divisible by "
+                          f"num_heads ({out['num_heads']})")
     return out

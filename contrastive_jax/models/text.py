@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.transformer import Dtype, Encoder, MAPHead, parse_dtype
 
 POOLS = ("last", "first", "mean", "map", "final")
@@ -50,12 +51,17 @@ class TextTransformer(nnx.Module):
         scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
+        # The arguments are the run's `model.text.*` keys (and `model.*` for the dtypes).
         if pool not in POOLS:
-            raise ValueError(f"Unknown text pool {pool!r}; expected one of {POOLS}.")
-        if vocab_size < 2 or max_len < 1:
-            raise ValueError(f"Need vocab_size >= 2 and max_len >= 1, got {vocab_size}, "
-                             f"{max_len}.")
-        self.dtype, pdt = parse_dtype(dtype), parse_dtype(param_dtype)
+            raise ConfigError(f"config key 'model.text.pool': unknown text pool {pool!r}; "
+                              f"expected one of {POOLS}")
+        if vocab_size < 2:
+            raise ConfigError(f"config key 'model.text.vocab_size' must be >= 2, got "
+                              f"{vocab_size}")
+        if max_len < 1:
+            raise ConfigError(f"config key 'model.text.max_len' must be >= 1, got {max_len}")
+        self.dtype = parse_dtype(dtype)
+        pdt = parse_dtype(param_dtype, key="model.param_dtype")
         self.pool, self.max_len, self.causal = pool, int(max_len), bool(causal)
         self.embedding = nnx.Embed(
             vocab_size, width, dtype=self.dtype, param_dtype=pdt,

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from contrastive_jax.errors import ConfigError
+
 Array = jax.Array
 Dtype = Any
 
@@ -21,11 +23,13 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _DENSE_INIT = nnx.initializers.xavier_uniform()
 
 
-def parse_dtype(name: str | Dtype) -> Dtype:
-    """Maps "float32" | "bfloat16" (or a dtype) to a jnp dtype; anything else is an error."""
+def parse_dtype(name: str | Dtype, key: str = "model.dtype") -> Dtype:
+    """Maps "float32" | "bfloat16" (or a dtype) to a jnp dtype; any other name is a
+    ConfigError naming the config key `key` it came from."""
     if isinstance(name, str):
         if name not in _DTYPES:
-            raise ValueError(f"Unknown dtype {name!r}; expected one of {sorted(_DTYPES)}.")
+            raise ConfigError(f"config key {key!r}: unknown dtype {name!r}; expected one of "
+                              f"{sorted(_DTYPES)}")
         return _DTYPES[name]
     return jnp.dtype(name).type
 
@@ -118,7 +122,8 @@ class Encoder(nnx.Module):
                  dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none",
                  scan_layers: bool = False):
         if remat not in REMAT_NAMES:
-            raise ValueError(f"Unknown remat {remat!r}; expected one of {REMAT_NAMES}.")
+            raise ConfigError(f"config key 'model.remat': unknown remat {remat!r}; expected one "
+                              f"of {REMAT_NAMES}")
         self.remat, self.scan_layers = remat, bool(scan_layers)
 
         def block(rngs: nnx.Rngs) -> EncoderBlock:

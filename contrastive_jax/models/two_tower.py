@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.text import TextTransformer
 from contrastive_jax.models.transformer import parse_dtype
@@ -105,7 +106,7 @@ class TwoTower(nnx.Module):
                                    causal=txt["causal"], dtype=dtype, param_dtype=pdt,
                                    remat=config["remat"], scan_layers=config["scan_layers"],
                                    rngs=rngs)
-        pdt = parse_dtype(pdt)
+        pdt = parse_dtype(pdt, key="model.param_dtype")
         bias = bool(config["proj_bias"])
         self.img_head = projection_head(isize["width"], embed_dim, img["head"], bias, pdt, rngs)
         self.txt_head = projection_head(tsize["width"], embed_dim, txt["head"], bias, pdt, rngs)
@@ -114,10 +115,10 @@ class TwoTower(nnx.Module):
         """Checks embed_dim and temperature_init, creates t_log and b; returns embed_dim."""
         embed_dim = int(config["embed_dim"])
         if embed_dim <= 0:
-            raise ValueError(f"embed_dim must be positive, got {embed_dim}.")
+            raise ConfigError(f"config key 'model.embed_dim' must be positive, got {embed_dim}")
         t_init = float(config["temperature_init"])
         if not t_init > 0:
-            raise ValueError(f"temperature_init must be > 0, got {t_init}.")
+            raise ConfigError(f"config key 'model.temperature_init' must be > 0, got {t_init}")
         self.t_log = nnx.Param(jnp.asarray(math.log(t_init), jnp.float32))
         b_init = config["bias_init"]
         self.b = None if b_init is None else nnx.Param(jnp.asarray(b_init, jnp.float32))

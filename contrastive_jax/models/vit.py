@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.transformer import (
     Dtype,
     Encoder,
@@ -55,14 +56,22 @@ class ViT(nnx.Module):
         scan_layers: bool = False,
         rngs: nnx.Rngs,
     ):
+        # The arguments are the run's `model.image.*` keys (and `model.*` for the dtypes).
         if pool not in POOLS:
-            raise ValueError(f"Unknown image pool {pool!r}; expected one of {POOLS}.")
+            raise ConfigError(f"config key 'model.image.pool': unknown image pool {pool!r}; "
+                              f"expected one of {POOLS}")
         if posemb not in POSEMBS:
-            raise ValueError(f"Unknown posemb {posemb!r}; expected one of {POSEMBS}.")
+            raise ConfigError(f"config key 'model.image.posemb': unknown posemb {posemb!r}; "
+                              f"expected one of {POSEMBS}")
+        if posemb == "sincos2d" and width % 4:
+            raise ConfigError(f"config key 'model.image.width' ({width}) must be a multiple "
+                              "of 4 for sincos2d position embeddings")
         patch, size = _pair(patch_size), _pair(image_size)
         if size[0] % patch[0] or size[1] % patch[1]:
-            raise ValueError(f"image_size {size} is not divisible by patch_size {patch}.")
-        self.dtype, pdt = parse_dtype(dtype), parse_dtype(param_dtype)
+            raise ConfigError(f"config key 'model.image.image_size' {size} is not divisible by "
+                              f"patch_size {patch}")
+        self.dtype = parse_dtype(dtype)
+        pdt = parse_dtype(param_dtype, key="model.param_dtype")
         self.pool, self.posemb_type = pool, posemb
         self.image_size, self.channels = size, int(channels)
         self.grid = (size[0] // patch[0], size[1] // patch[1])

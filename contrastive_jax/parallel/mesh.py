@@ -8,6 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from contrastive_jax.errors import ConfigError
+
 # Axis order is fixed so that a config only says sizes. Batch axes split the examples.
 AXIS_ORDER = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
@@ -17,22 +19,26 @@ SHARDING_KEYS = ("rules", "fsdp_min_size")
 
 
 def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
-    """Resolves one -1 entry to the devices left over; checks the product."""
+    """Resolves one -1 entry to the devices left over; checks the product. The sizes are the
+    config's `mesh.*` keys, so a bad one is a ConfigError naming them."""
     unknown = set(axis_sizes) - set(AXIS_ORDER) - set(SHARDING_KEYS)
     if unknown:
-        raise ValueError(f"unknown mesh axes {sorted(unknown)}; known: {list(AXIS_ORDER)}")
+        raise ConfigError(f"config key 'mesh': unknown mesh axes {sorted(unknown)}; known: "
+                          f"{list(AXIS_ORDER)}")
     sizes = {name: int(axis_sizes.get(name, 1)) for name in AXIS_ORDER}
     free = [name for name, size in sizes.items() if size == -1]
     if len(free) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {free}")
+        raise ConfigError(f"config keys {[f'mesh.{n}' for n in free]}: at most one mesh axis "
+                          "may be -1")
     fixed = int(np.prod([s for s in sizes.values() if s != -1]))
     if free:
         if num_devices % fixed:
-            raise ValueError(f"{num_devices} devices do not divide into mesh axes {sizes}")
+            raise ConfigError(f"config key 'mesh': {num_devices} devices do not divide into "
+                              f"mesh axes {sizes}")
         sizes[free[0]] = num_devices // fixed
     if int(np.prod(list(sizes.values()))) != num_devices:
-        raise ValueError(f"mesh {sizes} needs {np.prod(list(sizes.values()))} devices, "
-                         f"have {num_devices}")
+        raise ConfigError(f"config key 'mesh': mesh {sizes} needs "
+                          f"{np.prod(list(sizes.values()))} devices, have {num_devices}")
     return sizes
 
 
@@ -60,15 +66,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_size_per_process(global_batch: int, mesh: Mesh) -> int:
-    """Examples each process loads; checks the global batch splits evenly over devices."""
+def batch_size_per_process(global_batch: int, mesh: Mesh, key: str = "train.batch_size") -> int:
+    """Examples each process loads; checks the global batch (config key `key`) splits evenly
+    over devices."""
     num_shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
     if global_batch % num_shards:
-        raise ValueError(f"global batch {global_batch} does not divide over {num_shards} "
-                         f"batch shards of mesh {dict(mesh.shape)}")
+        raise ConfigError(f"config key {key!r}: global batch {global_batch} does not divide "
+                          f"over {num_shards} batch shards of mesh {dict(mesh.shape)}")
     if global_batch % jax.process_count():
-        raise ValueError(f"global batch {global_batch} does not divide over "
-                         f"{jax.process_count()} processes")
+        raise ConfigError(f"config key {key!r}: global batch {global_batch} does not divide "
+                          f"over {jax.process_count()} processes")
     return global_batch // jax.process_count()
 
 

@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from contrastive_jax.errors import ConfigError
+
 SpecEntry = str | tuple[str, ...] | None
 Rule = tuple[re.Pattern, tuple[SpecEntry, ...]]
 
@@ -122,13 +124,13 @@ def param_spec(name: str, shape: Sequence[int], rules: Sequence[Rule],
     if spec is None:
         spec = (None,) * len(shape)
     elif len(spec) != len(shape):
-        raise ValueError(f"sharding rule spec {spec} for {name!r} has {len(spec)} entries, "
-                         f"but the parameter has shape {tuple(shape)}")
+        raise ConfigError(f"config key 'mesh.rules': sharding rule spec {spec} for {name!r} "
+                          f"has {len(spec)} entries, but the parameter has shape {tuple(shape)}")
     for entry in spec:
         unknown_axes |= set(_axes(entry)) - set(axis_sizes)
     if unknown_axes:
-        raise ValueError(f"sharding rule for {name!r} names unknown mesh axes "
-                         f"{sorted(unknown_axes)}; known: {sorted(axis_sizes)}")
+        raise ConfigError(f"config key 'mesh.rules': sharding rule for {name!r} names unknown "
+                          f"mesh axes {sorted(unknown_axes)}; known: {sorted(axis_sizes)}")
     fitted = _fit(spec, shape, axis_sizes)
     fsdp = axis_sizes.get("fsdp", 1)
     used = {a for entry in fitted for a in _axes(entry)}

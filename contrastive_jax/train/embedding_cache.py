@@ -4,10 +4,11 @@ With the image tower (and its head) locked, its embedding of a training image ne
 changes, so LiT can compute it once per example and train the text tower on the cache: the
 step then runs no image tower at all (train/step.py, `cached_image_embeddings`).
 
-The cache holds the L2-normalised embeddings of the whole train split, keyed by each
-example's `uid`, in `DIR/<dataset>_<split>.npz` with a fingerprint of the image params. The
-training stream stays the same stream of examples (same order, same resume positions);
-only its final map swaps each image for its cached embedding (data/pipeline.py), so
+The cache holds the L2-normalised embeddings of every usable example of the training
+sources, keyed by each example's `uid`, in `DIR/<sources>.npz` with a fingerprint of the
+image params. The training stream stays the same stream of examples (same order, same
+resume positions); only its finish step swaps each image for its cached embedding
+(data/stream.py), so
 resuming works exactly as without the cache. Data augmentation (`data.flip`) is refused:
 a cached embedding is of one fixed view of the image.
 """
@@ -15,6 +16,7 @@ a cached embedding is of one fixed view of the image.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -24,7 +26,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from contrastive_jax.data.pipeline import uid_image_batches
+from contrastive_jax.data.stream import uid_image_batches
+from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images
 from contrastive_jax.train.lock import TOWER_PATTERNS, is_locked, param_names
 from contrastive_jax.train.state import ModelDef, TrainState
@@ -34,7 +37,12 @@ log = logging.getLogger(__name__)
 
 def cache_file(config: ml_collections.ConfigDict, workdir: str) -> str:
     directory = config.train.embedding_cache.dir or os.path.join(workdir, "embedding_cache")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.data.dataset}_{config.data.train_split}")
+    data = config.data
+    if data.sources:  # a digest of the source list: another list is another cache
+        name = "sources_" + hashlib.sha256(json.dumps(
+            [dict(s) for s in data.sources], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    else:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.dataset}_{data.train_split}")
     return os.path.join(directory, f"{name}.npz")
 
 
@@ -43,7 +51,7 @@ def check_image_tower_locked(params: dict, lock: tuple[str, ...]) -> None:
     free = [n for n in param_names(params)
             if is_locked(n, TOWER_PATTERNS["image"]) and not is_locked(n, lock)]
     if free:
-        raise ValueError(f"config key 'train.embedding_cache.enabled' needs the whole image "
+        raise ConfigError(f"config key 'train.embedding_cache.enabled' needs the whole image "
                          f"tower locked ('train.locked.image=True'); {free[0]!r} is trainable")
 
 
@@ -67,9 +75,10 @@ def _flat_host(params: dict) -> dict[str, np.ndarray]:
 def compute_embeddings(config: ml_collections.ConfigDict, model_def: ModelDef,
                        state: TrainState, mesh: Mesh,
                        batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """(uids [N], embeddings [N, D] float32) of every train-split image, in stored order."""
+    """(uids [N], embeddings [N, D] float32) of every usable training image, in stored
+    order."""
     uids, rows = [], []
-    for batch in uid_image_batches(config.data, config.data.train_split, batch_size):
+    for batch in uid_image_batches(config.data, batch_size):
         n = len(batch["uid"])
         images = batch["image"]
         if n < batch_size:  # one compiled shape for every batch
@@ -78,9 +87,9 @@ def compute_embeddings(config: ml_collections.ConfigDict, model_def: ModelDef,
         rows.append(encode_images(model_def, state, images, mesh)[:n])
         uids.append(np.array([u.decode("utf-8") for u in batch["uid"]]))
     uids = np.concatenate(uids)
-    if len(np.unique(uids)) != len(uids):
-        raise ValueError(f"dataset {config.data.dataset!r} has duplicate uids; an embedding "
-                         f"cache needs them unique")
+    if len(np.unique(uids)) != len(uids) or (uids == "").any():
+        raise DataError("the training data has empty or duplicate uids; an embedding cache "
+                        "is keyed by uid and needs them unique")
     return uids, np.concatenate(rows).astype(np.float32)
 
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import LossFn
 from contrastive_jax.parallel.mesh import BATCH_AXES
 from contrastive_jax.train.lock import merge_params
@@ -44,8 +45,9 @@ def split_microbatches(x: jax.Array, k: int, mesh: Mesh | None = None) -> jax.Ar
     if mesh is not None:
         shards = math.prod(mesh.shape[a] for a in BATCH_AXES)
         if y.shape[1] % shards:
-            raise ValueError(f"micro-batches of {y.shape[1]} examples do not split over "
-                             f"{shards} batch shards; use fewer micro-batches")
+            raise ConfigError(f"config key 'train.microbatches': micro-batches of {y.shape[1]} "
+                              f"examples do not split over {shards} batch shards; use fewer "
+                              "micro-batches")
         y = jax.lax.with_sharding_constraint(
             y, NamedSharding(mesh, PartitionSpec(None, BATCH_AXES)))
     return y

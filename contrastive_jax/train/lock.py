@@ -18,6 +18,8 @@ from typing import Any
 
 import ml_collections
 
+from contrastive_jax.errors import ConfigError
+
 TOWER_PATTERNS = {"image": (r"^img/", r"^img_head/"), "text": (r"^txt/", r"^txt_head/")}
 
 Params = dict[Any, Any]
@@ -81,15 +83,15 @@ def param_names(params: Mapping, prefix: str = "") -> list[str]:
 
 def check_patterns(params: Mapping, patterns: Sequence[str],
                    what: str = "train.locked.patterns") -> None:
-    """One-line ValueError for an invalid regex, one matching nothing, or a full lock."""
+    """One-line ConfigError for an invalid regex, one matching nothing, or a full lock."""
     names = param_names(params)
     for p in patterns:
         try:
             regex = re.compile(p)
         except re.error as e:
-            raise ValueError(f"config key '{what}': bad regex {p!r}: {e}") from e
+            raise ConfigError(f"config key '{what}': bad regex {p!r}: {e}") from e
         if not any(regex.search(n) for n in names):
-            raise ValueError(f"config key '{what}': pattern {p!r} matches no parameter "
+            raise ConfigError(f"config key '{what}': pattern {p!r} matches no parameter "
                              f"(names look like {names[0]!r})")
     if patterns and all(is_locked(n, patterns) for n in names):
-        raise ValueError(f"config key '{what}' locks every parameter; nothing would train")
+        raise ConfigError(f"config key '{what}' locks every parameter; nothing would train")
