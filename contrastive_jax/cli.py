@@ -1,7 +1,8 @@
 """`contrastive-jax` command line: train | eval | export | bench | data.
 
-Expected failures (bad config, missing data, a workdir of another model) end with one line on
-stderr and exit code 2; `--debug` shows the traceback instead.
+Expected failures (bad config, missing data, a workdir of another model: the project's
+`errors.UserError`) end with one line on stderr and exit code 2; `--debug` shows the traceback
+instead. Anything else is a bug and keeps its traceback (exit code 1).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+
+from contrastive_jax.errors import ConfigError, UserError  # imports nothing: no jax, no TF
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
 # TensorFlow 2.21 prints its oneDNN notice whatever the level above, which would break the
@@ -50,14 +53,14 @@ def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     overrides = _split_overrides(extra)
     if sum(x is not None for x in (args.workdir, args.export, args.big_vision)) != 1:
-        raise ValueError("eval needs exactly one of --workdir, --export, --big-vision")
+        raise ConfigError("eval needs exactly one of --workdir, --export, --big-vision")
     details: dict = {}  # per-class accuracies, confusion matrices: for the report only
     if args.big_vision is not None:
         from contrastive_jax.evaluate.exported import evaluate_big_vision
 
         if args.config is None or args.tokenizer is None:
-            raise ValueError("--big-vision needs --config (data and evals) and --tokenizer "
-                             "(the checkpoint's sentencepiece model)")
+            raise ConfigError("--big-vision needs --config (data and evals) and --tokenizer "
+                              "(the checkpoint's sentencepiece model)")
         result = evaluate_big_vision(args.big_vision, args.config, args.tokenizer, overrides,
                                      details)
         source, out = args.big_vision, os.path.dirname(os.path.abspath(args.big_vision))
@@ -65,7 +68,7 @@ def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
         from contrastive_jax.evaluate.exported import evaluate_export
 
         if args.step is not None:
-            raise ValueError("--step applies to --workdir, not --export")
+            raise ConfigError("--step applies to --workdir, not --export")
         result = evaluate_export(args.export, overrides=overrides, details=details)
         source, out = args.export, args.export
     else:
@@ -372,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv is None:  # the command line, not a caller of main()
             cpu_host.restart_with_huge_pages(cli_file=__file__)  # returns unless it restarts
         cpu_host.tune_before_jax()
-    except ValueError as e:  # a bad CONTRASTIVE_JAX_CPU_MALLOC value
+    except UserError as e:  # a bad CONTRASTIVE_JAX_CPU_MALLOC value
         print(f"error: {e}", file=sys.stderr)
         return 2
     parser = build_parser()
@@ -387,8 +390,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args, extra)
     except Exception as e:  # noqa: BLE001 - only the project's own error type is one line
-        from contrastive_jax.errors import UserError
-
         if args.debug or not isinstance(e, UserError):
             raise  # a bug: keep its traceback (exit 1)
         print(f"error: {e}", file=sys.stderr)
