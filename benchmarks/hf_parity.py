@@ -24,10 +24,10 @@ def main() -> None:
 
     from contrastive_jax.data import pipeline
     from contrastive_jax.data.tokenizer import Tokenizer
-    from contrastive_jax.evaluate.workdir import load_workdir_config
-    from contrastive_jax.export.native import restore_params
     from contrastive_jax.models import complete_config
+    from contrastive_jax.train.checkpoint import restore_params
     from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.workdir_config import load_workdir_config
 
     config = load_workdir_config(args.workdir)
     _, params, step = restore_params(args.workdir)

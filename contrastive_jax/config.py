@@ -21,6 +21,8 @@ import ml_collections
 from contrastive_jax.errors import ConfigError  # callers import it from here too
 
 ConfigDict = ml_collections.ConfigDict
+# `train.init_from.tower` values (train/init_from.py): which towers a fresh run copies.
+INIT_FROM_TOWERS = ("image", "text", "both", "all")
 
 
 def default_config() -> ConfigDict:
@@ -303,8 +305,6 @@ def validate(config: ConfigDict) -> None:
 
 
 def _validate_lit(config: ConfigDict) -> None:
-    from contrastive_jax.train.init_from import TOWERS
-
     train = config.train
     for key, patterns in (("locked.patterns", train.locked.patterns),
                           ("init_from.reinit", train.init_from.reinit)):
@@ -313,8 +313,9 @@ def _validate_lit(config: ConfigDict) -> None:
                 re.compile(p)
             except (re.error, TypeError) as e:
                 raise ConfigError(f"config key 'train.{key}': bad regex {p!r}: {e}") from e
-    if train.init_from.tower not in TOWERS:
-        raise ConfigError(f"config key 'train.init_from.tower' must be one of {TOWERS}")
+    if train.init_from.tower not in INIT_FROM_TOWERS:
+        raise ConfigError(f"config key 'train.init_from.tower' must be one of "
+                          f"{INIT_FROM_TOWERS}")
     if train.embedding_cache.enabled:
         if config.data.flip:
             raise ConfigError("config key 'train.embedding_cache.enabled' needs "

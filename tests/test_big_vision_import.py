@@ -111,9 +111,9 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
     import json
 
     from contrastive_jax import cli
+    from contrastive_jax.config import default_config
     from contrastive_jax.data import pipeline
     from contrastive_jax.data.tokenizer import train_tokenizer
-    from contrastive_jax.evaluate.workdir import default_config
 
     config = complete_config(MODEL)
     params = jax.tree.map(np.asarray, ModelDef.init(config, jax.random.key(2))[0])

@@ -19,11 +19,11 @@ from helpers import tiny_config
 from contrastive_jax.cli import main
 from contrastive_jax.data.pipeline import ensure_tokenizer
 from contrastive_jax.evaluate.embed import encode_texts
-from contrastive_jax.export.native import restore_params
 from contrastive_jax.filters import uid_tables
 from contrastive_jax.filters.cit import CitSelector, make_select_fn, selection_indices
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train import loop
+from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
 

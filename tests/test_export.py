@@ -9,14 +9,20 @@ import pytest
 
 from contrastive_jax import cli
 from contrastive_jax.evaluate.exported import evaluate_export
-from contrastive_jax.evaluate.workdir import evaluate_workdir, load_workdir_config
-from contrastive_jax.export import export_checkpoint, load_exported
+from contrastive_jax.evaluate.workdir import evaluate_workdir
+from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
 from contrastive_jax.export.flat import flatten
-from contrastive_jax.export.native import restore_params
 from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from contrastive_jax.train.checkpoint import (
+    Checkpointer,
+    CheckpointMismatchError,
+    restore_params,
+    restore_weights,
+    single_device_mesh,
+)
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import create_train_state, weights_state_shapes
+from contrastive_jax.workdir_config import load_workdir_config
 
 
 def test_weights_restore_skips_the_optimizer_and_equals_the_full_restore(trained_workdir):
@@ -46,6 +52,68 @@ def test_weights_restore_skips_the_optimizer_and_equals_the_full_restore(trained
     shapes, weight_shardings = weights_state_shapes(other, mesh)
     with pytest.raises(CheckpointMismatchError, match="model.embed_dim"):
         Checkpointer(trained_workdir, other).restore_weights(shapes, weight_shardings)
+
+
+def test_one_weights_restore_with_the_runs_config_on_any_mesh(trained_workdir):
+    """`restore_weights` (eval, export, data score/dedup, init_from) reads the run's config
+    with its overrides; on the default mesh and on one device it gives the same weights."""
+    config, mesh, state = restore_weights(trained_workdir, step=3,
+                                          overrides=["evals.zeroshot.batch_size=8"])
+    assert config.evals.zeroshot.batch_size == 8 and config.train.steps == 6
+    assert mesh.size == len(jax.devices()) and int(state.step) == 3 and state.opt_state is None
+    assert {x.sharding.mesh for x in jax.tree.leaves(state.params)} == {mesh}
+    one = single_device_mesh()
+    assert one.size == 1
+    _, _, on_one = restore_weights(trained_workdir, step=3, mesh=one)
+    assert {len(x.sharding.device_set) for x in jax.tree.leaves(on_one.params)} == {1}
+    _, host, step = restore_params(trained_workdir, step=3)
+    assert step == 3
+    for a, b, c in zip(jax.tree.leaves(host), jax.tree.leaves(state.params),
+                       jax.tree.leaves(on_one.params), strict=True):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_array_equal(a, np.asarray(b))
+        np.testing.assert_array_equal(a, np.asarray(c))
+
+
+def test_no_module_restores_weights_but_train_checkpoint():
+    """Eval, export, the offline passes and init_from share one restore: nothing else
+    builds the weights' shapes or calls Checkpointer.restore_weights."""
+    import ast
+
+    import contrastive_jax
+
+    root = os.path.dirname(contrastive_jax.__file__)
+    callers = set()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    func = node.func
+                    called = func.attr if isinstance(func, ast.Attribute) else getattr(
+                        func, "id", None)
+                    if called == "weights_state_shapes" or (
+                            called == "restore_weights" and isinstance(func, ast.Attribute)):
+                        callers.add(os.path.relpath(path, root))
+    assert callers == {os.path.join("train", "checkpoint.py")}, callers
+
+
+def test_unknown_export_format_is_one_line_before_any_restore(trained_workdir, tmp_path,
+                                                              capsys):
+    assert FORMATS.names() == ("npz", "safetensors", "hf")
+    out = str(tmp_path / "x")
+    argv = ["export", "--checkpoint", trained_workdir, "--format", "onnx", "--out", out]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: unknown export format 'onnx'; known: npz, safetensors, hf\n"
+    assert not os.path.exists(out)
+    assert cli.main(["export", "--checkpoint", str(tmp_path), "--format", "npz",
+                     "--out", out]) == 2
+    assert "is not a training workdir: no config.json" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["npz", "safetensors"])

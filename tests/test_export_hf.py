@@ -73,7 +73,7 @@ def train_export_compare(config, tmp_path, hf_class, seed):
     loop.train(config, workdir)
     out = export_checkpoint(workdir, "hf", str(tmp_path / "hf"))
     hf_model = hf_class.from_pretrained(out).eval()
-    from contrastive_jax.export.native import restore_params
+    from contrastive_jax.train.checkpoint import restore_params
 
     _, params, _ = restore_params(workdir)
     model = ModelDef(complete_config(config.model)).bind(params)

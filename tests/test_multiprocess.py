@@ -92,7 +92,7 @@ def test_initialize_reads_explicit_keys_and_stays_off_without_a_cluster(monkeypa
 
 def test_a_workdir_config_does_not_carry_the_launch_of_its_job(tmp_path):
     from contrastive_jax.config import config_to_json
-    from contrastive_jax.evaluate.workdir import load_workdir_config
+    from contrastive_jax.workdir_config import load_workdir_config
 
     config = worker_config(1234, 2, 1)  # as process 1 of a 2-process job would have it
     (tmp_path / "config.json").write_text(config_to_json(config))

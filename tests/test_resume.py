@@ -16,9 +16,8 @@ import pytest
 from helpers import tiny_config
 
 from contrastive_jax.data import pipeline, positions
-from contrastive_jax.export.native import restore_params
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import CheckpointMismatchError
+from contrastive_jax.train.checkpoint import CheckpointMismatchError, restore_params
 
 
 def demo_config(data_dir, **train):

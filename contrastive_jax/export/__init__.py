@@ -1,27 +1,42 @@
-"""Export checkpoints as npz / safetensors / Hugging Face transformers directories."""
+"""Export checkpoints as npz / safetensors / Hugging Face transformers directories.
+
+The weights are restored once, by train/checkpoint.restore_params; each format only
+converts them. FORMATS: name -> exporter(config, params, step, tokenizer_file, out, *,
+overwrite) -> the written directory.
+"""
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
 from contrastive_jax.errors import UserError
-from contrastive_jax.export.native import FORMATS, export_native, load_exported
+from contrastive_jax.export.hf import export_hf
+from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
+from contrastive_jax.registry import Registry
+from contrastive_jax.train.checkpoint import restore_params
+from contrastive_jax.workdir_config import load_workdir_config
+
+FORMATS = Registry("export format", {
+    "npz": partial(export_weights, "npz"),
+    "safetensors": partial(export_weights, "safetensors"),
+    "hf": export_hf,
+}, config_key=None)
 
 
 def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = None,
                       overwrite: bool = False) -> str:
     """Exports `workdir`'s checkpoint (`step`, default latest) in `fmt` to `out`."""
-    from contrastive_jax.evaluate.workdir import load_workdir_config
-
+    exporter = FORMATS[fmt]  # an unknown format: one line, before anything is read
     name = load_workdir_config(workdir).model.name
     if name != "two_tower":
         # The formats describe a text tower fed with token ids; a one-tower (CLIPPO) model
         # reads rendered captions, which none of them can express.
         raise UserError(f"export supports two_tower models only; {workdir} holds a {name!r} "
                         f"model (CLIPPO reads rendered captions, no export format has them)")
-    if fmt == "hf":
-        from contrastive_jax.export.hf import export_hf
-
-        return export_hf(workdir, out, step=step, overwrite=overwrite)
-    return export_native(workdir, fmt, out, step=step, overwrite=overwrite)
+    config, params, step = restore_params(workdir, step)
+    return exporter(config, params, step, os.path.join(workdir, TOKENIZER_FILE), out,
+                    overwrite=overwrite)
 
 
-__all__ = ["FORMATS", "export_checkpoint", "export_native", "load_exported"]
+__all__ = ["FORMATS", "export_checkpoint", "load_exported"]

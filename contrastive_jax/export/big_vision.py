@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.export.flat import unflatten
 
 _BLOCK_PARTS = {"LayerNorm_0": "ln1", "LayerNorm_1": "ln2", "MultiHeadDotProductAttention_0":
@@ -37,7 +38,7 @@ def _rename(name: str) -> str:
     if tower in ("t", "b") and not rest:
         return "t_log" if tower == "t" else "b"
     if tower not in _ENCODERS or not rest:
-        raise ValueError(f"not a big_vision two_towers parameter: {name!r}")
+        raise DataError(f"not a big_vision two_towers parameter: {name!r}")
     if rest[0] == "head":
         return "/".join([f"{tower}_head", *rest[1:]])
     if rest[0] == _ENCODERS[tower]:
@@ -53,7 +54,7 @@ def _rename(name: str) -> str:
         return "/".join(["txt", "embedding", *rest[1:]])
     if rest[0] in ("embedding", "pos_embedding", "cls"):
         return "/".join([tower, *rest])
-    raise ValueError(f"unsupported big_vision parameter {name!r}")
+    raise DataError(f"unsupported big_vision parameter {name!r}")
 
 
 def _unstack_scanned(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -78,7 +79,7 @@ def convert(flat_bv: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _tower_size(flat: dict[str, np.ndarray], tower: str) -> dict[str, int]:
     blocks = {int(k.split("/")[3]) for k in flat if k.startswith(f"{tower}/encoder/blocks/")}
     if not blocks or blocks != set(range(len(blocks))):
-        raise ValueError(f"big_vision checkpoint has no complete {tower} encoder blocks")
+        raise DataError(f"big_vision checkpoint has no complete {tower} encoder blocks")
     query = flat[f"{tower}/encoder/blocks/0/attn/query/kernel"]
     return {"width": int(query.shape[0]), "depth": len(blocks), "num_heads": int(query.shape[1]),
             "mlp_dim": int(flat[f"{tower}/encoder/blocks/0/mlp/fc1/kernel"].shape[1])}
@@ -89,19 +90,19 @@ def model_config_from_shapes(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     kernel = flat["img/embedding/kernel"]  # [p, p, C, width]
     patch, channels = int(kernel.shape[0]), int(kernel.shape[2])
     if "img/pos_embedding" not in flat:
-        raise ValueError("big_vision image towers without learned position embeddings "
-                         "(posemb='sincos2d') are ambiguous in size; not supported")
+        raise DataError("big_vision image towers without learned position embeddings "
+                        "(posemb='sincos2d') are ambiguous in size; not supported")
     n = flat["img/pos_embedding"].shape[1]
     side = math.isqrt(n)
     if side * side != n:
-        raise ValueError(f"non-square patch grid ({n} positions) is not supported")
+        raise DataError(f"non-square patch grid ({n} positions) is not supported")
     pool = "map" if "img/map_head/probe" in flat else "cls" if "img/cls" in flat else "gap"
     isize, tsize = _tower_size(flat, "img"), _tower_size(flat, "txt")
     heads = {t: f"{t}_head/kernel" in flat for t in ("img", "txt")}
     dims = {int(flat[f"{t}_head/kernel"].shape[1]) for t in heads if heads[t]}
     dims |= {s["width"] for t, s in (("img", isize), ("txt", tsize)) if not heads[t]}
     if len(dims) != 1:
-        raise ValueError(f"image and text embeddings differ in size ({sorted(dims)})")
+        raise DataError(f"image and text embeddings differ in size ({sorted(dims)})")
     vocab, width = flat["txt/embedding/embedding"].shape
     return {
         "name": "two_tower", "embed_dim": dims.pop(),
@@ -121,13 +122,13 @@ def load_big_vision(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from contrastive_jax.models import complete_config
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"big_vision checkpoint not found: {path}")
+        raise InputNotFoundError(f"big_vision checkpoint not found: {path}")
     flat = convert(_read_weights(path))
     for needed in ("t_log", "img/embedding/kernel", "txt/embedding/embedding",
                    "txt/pos_embedding"):
         if needed not in flat:
-            raise ValueError(f"{path} is not a big_vision two_towers checkpoint "
-                             f"(no {needed!r})")
+            raise DataError(f"{path} is not a big_vision two_towers checkpoint "
+                            f"(no {needed!r})")
     flat = {k: v.reshape(()) if k in ("t_log", "b") else v for k, v in flat.items()}
     model = model_config_from_shapes(flat)
     params = unflatten(flat)

@@ -20,28 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from contrastive_jax.export.native import (
-    TOKENIZER_FILE,
-    export_config,
-    restore_params,
-    write_atomically,
+from contrastive_jax.errors import ConfigError, UserError
+from contrastive_jax.export.hf_clip import clip_config, clip_state_dict, clip_unsupported
+from contrastive_jax.export.hf_layers import (
+    attention,
+    encoder,
+    hf_towers,
+    linear,
+    mlp,
+    norm,
+    prefixed,
+    shared_unsupported,
 )
+from contrastive_jax.export.native import TOKENIZER_FILE, export_config, write_atomically
 from contrastive_jax.models import complete_config
-from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
-
-
-def shared_unsupported(model: Any) -> list[str]:
-    """What neither transformers target (SiglipModel, CLIPModel) can compute exactly."""
-    reasons = []
-    if model.name != "two_tower":
-        reasons.append(f"model {model.name!r} (only two_tower)")
-    if model.param_dtype != "float32":
-        reasons.append(f"param_dtype {model.param_dtype}")
-    size = model.image.image_size
-    if isinstance(size, list | tuple) and len(set(size)) > 1:
-        reasons.append(f"non-square image_size {size}")
-    return reasons
 
 
 def unsupported_features(model: Any) -> list[str]:
@@ -66,50 +59,6 @@ def unsupported_features(model: Any) -> list[str]:
     return reasons
 
 
-def _linear(kernel: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
-    """Our [in, ...out] kernel (MHA q/k/v: [in, H, hd]) -> torch Linear [out, in]."""
-    return {"weight": kernel.reshape(kernel.shape[0], -1).T, "bias": bias.reshape(-1)}
-
-
-def _attention(p: dict) -> dict[str, np.ndarray]:
-    out = {}
-    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-        for k, v in _linear(p[ours]["kernel"], p[ours]["bias"]).items():
-            out[f"{theirs}.{k}"] = v
-    kernel = p["out"]["kernel"]  # [H, hd, width]
-    out["out_proj.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
-    out["out_proj.bias"] = p["out"]["bias"]
-    return out
-
-
-def _norm(p: dict) -> dict[str, np.ndarray]:
-    return {"weight": p["scale"], "bias": p["bias"]}
-
-
-def _mlp(p: dict) -> dict[str, np.ndarray]:
-    out = {}
-    for fc in ("fc1", "fc2"):
-        for k, v in _linear(p[fc]["kernel"], p[fc]["bias"]).items():
-            out[f"{fc}.{k}"] = v
-    return out
-
-
-def _prefixed(prefix: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f"{prefix}.{k}": v for k, v in tensors.items()}
-
-
-def _encoder(prefix: str, p: dict) -> dict[str, np.ndarray]:
-    out = {}
-    blocks = unstack_layers({"blocks": p["blocks"]})["blocks"]  # scan_layers: per layer
-    for i in sorted(blocks, key=int):
-        block, pre = blocks[i], f"{prefix}.layers.{i}"
-        out |= _prefixed(f"{pre}.layer_norm1", _norm(block["ln1"]))
-        out |= _prefixed(f"{pre}.self_attn", _attention(block["attn"]))
-        out |= _prefixed(f"{pre}.layer_norm2", _norm(block["ln2"]))
-        out |= _prefixed(f"{pre}.mlp", _mlp(block["mlp"]))
-    return out
-
-
 def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     """Our nested params -> SiglipModel's state dict (numpy, float32)."""
     img, txt = params["img"], params["txt"]
@@ -120,11 +69,11 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
         "vision_model.embeddings.patch_embedding.bias": img["embedding"]["bias"],
         "vision_model.embeddings.position_embedding.weight": img["pos_embedding"][0],
     }
-    sd |= _encoder("vision_model.encoder", img["encoder"])
-    sd |= _prefixed("vision_model.post_layernorm", _norm(img["encoder"]["encoder_norm"]))
+    sd |= encoder("vision_model.encoder", img["encoder"])
+    sd |= prefixed("vision_model.post_layernorm", norm(img["encoder"]["encoder_norm"]))
     head = img["map_head"]
     sd["vision_model.head.probe"] = head["probe"]
-    attn = _attention(head["attn"])
+    attn = attention(head["attn"])
     # torch.nn.MultiheadAttention packs q, k, v into one in_proj.
     sd["vision_model.head.attention.in_proj_weight"] = np.concatenate(
         [attn[f"{n}_proj.weight"] for n in "qkv"])
@@ -132,17 +81,17 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
         [attn[f"{n}_proj.bias"] for n in "qkv"])
     sd["vision_model.head.attention.out_proj.weight"] = attn["out_proj.weight"]
     sd["vision_model.head.attention.out_proj.bias"] = attn["out_proj.bias"]
-    sd |= _prefixed("vision_model.head.layernorm", _norm(head["ln"]))
-    sd |= _prefixed("vision_model.head.mlp", _mlp(head["mlp"]))
+    sd |= prefixed("vision_model.head.layernorm", norm(head["ln"]))
+    sd |= prefixed("vision_model.head.mlp", mlp(head["mlp"]))
 
     sd["text_model.embeddings.token_embedding.weight"] = txt["embedding"]["embedding"]
     sd["text_model.embeddings.position_embedding.weight"] = txt["pos_embedding"][0]
-    sd |= _encoder("text_model.encoder", txt["encoder"])
-    sd |= _prefixed("text_model.final_layer_norm", _norm(txt["encoder"]["encoder_norm"]))
+    sd |= encoder("text_model.encoder", txt["encoder"])
+    sd |= prefixed("text_model.final_layer_norm", norm(txt["encoder"]["encoder_norm"]))
     if "txt_head" in params:
         head = params["txt_head"]
         bias = head.get("bias", np.zeros(head["kernel"].shape[-1], np.float32))  # proj_bias
-        sd |= _prefixed("text_model.head", _linear(head["kernel"], bias))
+        sd |= prefixed("text_model.head", linear(head["kernel"], bias))
     else:  # no text projection in our model: an exact identity in SiglipModel's head
         sd["text_model.head.weight"] = np.eye(embed_dim, dtype=np.float32)
         sd["text_model.head.bias"] = np.zeros(embed_dim, np.float32)
@@ -150,26 +99,6 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     sd["logit_bias"] = np.reshape(params.get("b", np.zeros(())), (1,))
     # Copies: writable, contiguous arrays, as torch.from_numpy wants.
     return {k: np.array(v, dtype=np.float32, order="C") for k, v in sd.items()}
-
-
-def hf_towers(model: Any, **common: Any) -> tuple[dict, dict]:
-    """(text, vision) config kwargs shared by SiglipConfig and CLIPConfig."""
-    isize = resolve_size(model.image, tower="image", with_patch=True)
-    tsize = resolve_size(model.text, tower="text", with_patch=False)
-    size = model.image.image_size
-    size = size if isinstance(size, int) else int(size[0])
-
-    def tower(s: dict) -> dict:
-        return dict(hidden_size=s["width"], intermediate_size=s["mlp_dim"],
-                    num_hidden_layers=s["depth"], num_attention_heads=s["num_heads"],
-                    hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, **common)
-
-    text = dict(tower(tsize), vocab_size=model.text.vocab_size,
-                max_position_embeddings=model.text.max_len, pad_token_id=0, eos_token_id=1,
-                bos_token_id=None)
-    vision = dict(tower(isize), num_channels=model.image.channels, image_size=size,
-                  patch_size=isize["patch_size"])
-    return text, vision
 
 
 def siglip_config(model: Any):
@@ -208,24 +137,22 @@ def _save_processors(out: str, card: dict, tokenizer_path: str, clip: bool) -> N
     AutoTokenizer.from_pretrained(out).save_pretrained(out)
 
 
-def export_hf(workdir: str, out: str, *, step: int | None = None,
+def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: str, *,
               overwrite: bool = False) -> str:
-    """Writes `workdir`'s checkpoint as a transformers SiglipModel or CLIPModel directory,
-    whichever computes the model exactly."""
-    from contrastive_jax.export.hf_clip import clip_config, clip_state_dict, clip_unsupported
-
-    config, params, step = restore_params(workdir, step)
+    """Writes restored weights (`params` at `step` of a run with `config`, whose tokenizer is
+    `tokenizer_file`) as a transformers SiglipModel or CLIPModel directory, whichever
+    computes the model exactly."""
     model = complete_config(config.model.to_dict())
     siglip_reasons, clip_reasons = unsupported_features(model), clip_unsupported(model)
     clip = bool(siglip_reasons) and not clip_reasons
     if siglip_reasons and clip_reasons:
-        raise ValueError("cannot export exactly as transformers SiglipModel: "
-                         + "; ".join(siglip_reasons) + "; nor as CLIPModel: "
-                         + "; ".join(clip_reasons))
+        raise UserError("cannot export exactly as transformers SiglipModel: "
+                        + "; ".join(siglip_reasons) + "; nor as CLIPModel: "
+                        + "; ".join(clip_reasons))
     if not clip and config.data.max_len != model.text.max_len:
-        raise ValueError(f"data.max_len {config.data.max_len} != text.max_len "
-                         f"{model.text.max_len}: SiglipModel pools position -1 of the padded "
-                         "sequence, so both must agree")
+        raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) != "
+                          f"'model.text.max_len' ({model.text.max_len}): SiglipModel pools "
+                          "position -1 of the padded sequence, so both must agree")
     import torch
     from transformers import CLIPModel, SiglipModel
 
@@ -239,7 +166,7 @@ def export_hf(workdir: str, out: str, *, step: int | None = None,
 
     def fill(tmp: str) -> None:
         hf_model.save_pretrained(tmp)
-        shutil.copyfile(os.path.join(workdir, TOKENIZER_FILE), os.path.join(tmp, TOKENIZER_FILE))
+        shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
         _save_processors(tmp, card, os.path.join(tmp, TOKENIZER_FILE), clip)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
                   encoding="utf-8") as f:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from contrastive_jax.export.hf import _encoder, _norm, _prefixed, hf_towers, shared_unsupported
+from contrastive_jax.export.hf_layers import encoder, hf_towers, norm, prefixed, shared_unsupported
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.transformer import posemb_sincos_2d
 
@@ -69,13 +69,13 @@ def clip_state_dict(params: dict, model: Any) -> dict[str, np.ndarray]:
         "vision_model.embeddings.position_embedding.weight":
             np.concatenate([np.zeros((1, pos.shape[1]), np.float32), patch_pos]),
     }
-    sd |= _prefixed("vision_model.pre_layrnorm", _norm(img["pre_norm"]))
-    sd |= _encoder("vision_model.encoder", img["encoder"])
-    sd |= _prefixed("vision_model.post_layernorm", _norm(img["encoder"]["encoder_norm"]))
+    sd |= prefixed("vision_model.pre_layrnorm", norm(img["pre_norm"]))
+    sd |= encoder("vision_model.encoder", img["encoder"])
+    sd |= prefixed("vision_model.post_layernorm", norm(img["encoder"]["encoder_norm"]))
     sd["text_model.embeddings.token_embedding.weight"] = txt["embedding"]["embedding"]
     sd["text_model.embeddings.position_embedding.weight"] = txt["pos_embedding"][0]
-    sd |= _encoder("text_model.encoder", txt["encoder"])
-    sd |= _prefixed("text_model.final_layer_norm", _norm(txt["encoder"]["encoder_norm"]))
+    sd |= encoder("text_model.encoder", txt["encoder"])
+    sd |= prefixed("text_model.final_layer_norm", norm(txt["encoder"]["encoder_norm"]))
     sd["visual_projection.weight"] = _projection(params, "img_head", isize["width"],
                                                  model.embed_dim)
     sd["text_projection.weight"] = _projection(params, "txt_head", tsize["width"],

@@ -1,4 +1,4 @@
-"""Export a workdir's checkpoint as npz or safetensors + a JSON model card, and load it back.
+"""Export restored weights as npz or safetensors + a JSON model card, and load them back.
 
 An export directory holds:
     params.npz | model.safetensors   flat '/'-joined parameter names (see `flat.py`)
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from contrastive_jax.errors import UserError
+from contrastive_jax.errors import DataError, InputNotFoundError, UserError
 from contrastive_jax.export.flat import flatten, unflatten
 
 if TYPE_CHECKING:  # the tokenizer loads TensorFlow; only load_exported needs it
@@ -26,25 +26,6 @@ if TYPE_CHECKING:  # the tokenizer loads TensorFlow; only load_exported needs it
 CONFIG_FILE = "export_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 WEIGHT_FILES = {"npz": "params.npz", "safetensors": "model.safetensors"}
-FORMATS = ("npz", "safetensors", "hf")
-
-
-def restore_params(workdir: str, step: int | None = None) -> tuple[Any, dict, int]:
-    """(training config, params as host numpy nested dict, step) of a workdir's checkpoint."""
-    from contrastive_jax.evaluate.workdir import load_workdir_config
-    from contrastive_jax.parallel.mesh import create_mesh
-    from contrastive_jax.train.checkpoint import Checkpointer
-    from contrastive_jax.train.state import weights_state_shapes
-
-    config = load_workdir_config(workdir)
-    mesh = create_mesh(config.mesh, devices=jax.devices()[:1])
-    shapes, shardings = weights_state_shapes(config, mesh)
-    checkpointer = Checkpointer(workdir, config)
-    try:
-        state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
-    finally:
-        checkpointer.close()
-    return config, jax.tree.map(np.asarray, jax.device_get(state.params)), int(state.step)
 
 
 def export_config(config: Any, params: dict, step: int) -> dict[str, Any]:
@@ -102,18 +83,16 @@ def write_atomically(out: str, overwrite: bool, fill: Callable[[str], None]) -> 
     return out
 
 
-def export_native(workdir: str, fmt: str, out: str, *, step: int | None = None,
-                  overwrite: bool = False) -> str:
-    """Writes an npz or safetensors export of `workdir`'s checkpoint to `out`."""
-    if fmt not in WEIGHT_FILES:
-        raise ValueError(f"unknown export format {fmt!r}; expected one of {FORMATS}")
-    config, params, step = restore_params(workdir, step)
+def export_weights(fmt: str, config: Any, params: dict, step: int, tokenizer_file: str,
+                   out: str, *, overwrite: bool = False) -> str:
+    """Writes an npz or safetensors export of restored weights (`params` at `step` of a run
+    with `config`, whose tokenizer is `tokenizer_file`) to `out`."""
     card = export_config(config, params, step)
     card["weights"] = WEIGHT_FILES[fmt]
 
     def fill(tmp: str) -> None:
         _write_weights(fmt, flatten(params), tmp)
-        shutil.copyfile(os.path.join(workdir, TOKENIZER_FILE), os.path.join(tmp, TOKENIZER_FILE))
+        shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(card, f, indent=2, sort_keys=True)
 
@@ -122,7 +101,7 @@ def export_native(workdir: str, fmt: str, out: str, *, step: int | None = None,
 
 def _read_weights(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"missing weights file {path}")
+        raise InputNotFoundError(f"missing weights file {path}")
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as f:
@@ -134,8 +113,8 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
             return {k: f.get_tensor(k).reshape(()) if k in scalars else f.get_tensor(k)
                     for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files of either kind
-        raise ValueError(f"cannot read {path} (truncated or not a weights file): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from e
+        raise DataError(f"cannot read {path} (truncated or not a weights file): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from e
 
 
 def check_params(model_config: Any, params: dict) -> None:
@@ -147,12 +126,12 @@ def check_params(model_config: Any, params: dict) -> None:
     have = {k: tuple(v.shape) for k, v in flatten(params).items()}
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing or extra:
-        raise ValueError(f"weights do not fit the model config: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}")
+        raise DataError(f"weights do not fit the model config: missing {missing[:3]}, "
+                        f"unexpected {extra[:3]}")
     bad = [k for k in want if want[k] != have[k]]
     if bad:
-        raise ValueError(f"weights do not fit the model config: {bad[0]} has shape "
-                         f"{have[bad[0]]}, expected {want[bad[0]]}")
+        raise DataError(f"weights do not fit the model config: {bad[0]} has shape "
+                        f"{have[bad[0]]}, expected {want[bad[0]]}")
 
 
 def _flatten_abstract(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -171,16 +150,16 @@ def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Toke
 
     card_path = os.path.join(export_dir, CONFIG_FILE)
     if not os.path.isfile(card_path):
-        raise FileNotFoundError(f"{export_dir} is not an export directory: no {CONFIG_FILE}")
+        raise InputNotFoundError(f"{export_dir} is not an export directory: no {CONFIG_FILE}")
     with open(card_path, encoding="utf-8") as f:
         card = json.load(f)
     if card.get("weights") not in WEIGHT_FILES.values():
-        raise ValueError(f"{card_path}: 'weights' must be one of {sorted(WEIGHT_FILES.values())}")
+        raise DataError(f"{card_path}: 'weights' must be one of {sorted(WEIGHT_FILES.values())}")
     params = unflatten(_read_weights(os.path.join(export_dir, card["weights"])))
     check_params(complete_config(card["model"]), params)
     tok_path = os.path.join(export_dir, card["text"]["tokenizer"])
     if not os.path.isfile(tok_path):
-        raise FileNotFoundError(f"missing tokenizer file {tok_path}")
+        raise InputNotFoundError(f"missing tokenizer file {tok_path}")
     from contrastive_jax.data.tokenizer import Tokenizer
 
     return card, params, Tokenizer(tok_path)

@@ -9,18 +9,21 @@ import numpy as np
 
 from contrastive_jax.config import load_config
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
-from contrastive_jax.evaluate.workdir import load_workdir_config, restore_workdir
+from contrastive_jax.evaluate.workdir import workdir_tokenizer
 from contrastive_jax.filters.corpus import split_batches
 from contrastive_jax.filters.dedup import exact_keep, semdedup_keep
 from contrastive_jax.filters.uid_tables import write_keep_list, write_scores
+from contrastive_jax.train.checkpoint import restore_weights
 from contrastive_jax.train.state import ModelDef
+from contrastive_jax.workdir_config import load_workdir_config
 
 
 def embed_split(workdir: str, split: str | None, batch_size: int, step: int | None = None,
                 overrides: Sequence[str] = ()) -> dict[str, np.ndarray]:
     """{"uids", "image" [N,D], "text" [N,D]}: unit embeddings of a split with a workdir's
     checkpoint; the data is the workdir's `data` config (after `overrides`)."""
-    config, mesh, state, tokenizer = restore_workdir(workdir, step, overrides)
+    config, mesh, state = restore_weights(workdir, step, overrides=overrides)
+    tokenizer = workdir_tokenizer(config, workdir)
     model_def = ModelDef(config.model)
     uids, zimg, ztxt = [], [], []
     split = split or config.data.train_split

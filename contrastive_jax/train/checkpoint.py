@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
-from contrastive_jax.errors import UserError
-from contrastive_jax.train.state import TrainState, abstract_state
+from contrastive_jax.errors import InputNotFoundError, UserError
+from contrastive_jax.parallel import distributed
+from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.state import TrainState, abstract_state, weights_state_shapes
+from contrastive_jax.workdir_config import load_workdir_config
 
 
 class CheckpointMismatchError(UserError):
@@ -115,13 +120,13 @@ class Checkpointer:
         optimizer state (2x the params under Adam): for evaluation and export.
         `shapes`/`shardings` from `state.weights_state_shapes`. Use a Checkpointer for
         either this or `restore`/`save`: orbax binds one reader to the item. A missing
-        checkpoint is a FileNotFoundError naming the steps there are."""
+        checkpoint is an InputNotFoundError naming the steps there are."""
         steps = sorted(self.manager.all_steps())
         if not steps:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise InputNotFoundError(f"no checkpoint in {self.directory}")
         if step is not None and step not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory} "
-                                    f"(have {steps})")
+            raise InputNotFoundError(f"no checkpoint for step {step} in {self.directory} "
+                                     f"(have {steps})")
         step = steps[-1] if step is None else step
         meta = self._checked_meta(step)
         target = abstract_state(shapes, shardings)
@@ -169,3 +174,48 @@ def _diff_keys(a: dict, b: dict, prefix: str = "model.") -> list[str]:
         elif va != vb:
             keys.append(f"{prefix}{k}")
     return keys
+
+
+class RestoredWeights(NamedTuple):
+    """A workdir's weights: its config, the mesh they lie on, the state (no optimizer)."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    state: TrainState  # step, params, rest; opt_state is None
+
+
+def restore_weights(workdir: str, step: int | None = None, *, mesh: Mesh | None = None,
+                    overrides: Sequence[str] = ()) -> RestoredWeights:
+    """THE weights restore (eval, export, `data score` / `data dedup`, `train.init_from`):
+    step, params and model state of `workdir`'s checkpoint `step` (default: the newest, as
+    `Checkpointer.restore_weights` chooses), read with that run's own config after
+    `key=value` `overrides`; never the optimizer state.
+
+    `mesh`: where the weights go; default, the config's mesh over every device, after
+    joining the distributed job the config describes (as eval does). `single_device_mesh()`
+    puts them on one local device, for a host copy (`restore_params`).
+    """
+    config = load_workdir_config(workdir, overrides)
+    if mesh is None:
+        distributed.initialize(config)
+        mesh = create_mesh(config.mesh)
+    shapes, shardings = weights_state_shapes(config, mesh)
+    checkpointer = Checkpointer(workdir, config)
+    try:
+        state, _ = checkpointer.restore_weights(shapes, shardings, step=step)
+    finally:
+        checkpointer.close()
+    return RestoredWeights(config, mesh, state)
+
+
+def single_device_mesh() -> Mesh:
+    """A mesh of this process's first device, every axis of size 1."""
+    return create_mesh({}, devices=jax.local_devices()[:1])
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict,
+                                                                   dict, int]:
+    """(config, params as a nested dict of host numpy arrays, step): `restore_weights` onto
+    one device, for the exporters and `train.init_from`."""
+    config, _, state = restore_weights(workdir, step, mesh=single_device_mesh())
+    return config, jax.tree.map(np.asarray, jax.device_get(state.params)), int(state.step)

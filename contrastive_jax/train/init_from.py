@@ -2,7 +2,7 @@
 
 Sources, by what `path` is:
 - a training workdir (has `config.json`) or its `checkpoints/` folder: the latest orbax
-  checkpoint, restored with that run's own config (export/native.restore_params);
+  checkpoint, restored with that run's own config (train/checkpoint.restore_params);
 - an export directory (has `export_config.json`): its npz / safetensors weights;
 - a `.npz` file: a big_vision two_towers checkpoint (names like `params/img/Transformer/...`,
   converted by export/big_vision.py) or this project's exported flat names;
@@ -24,12 +24,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from contrastive_jax.config import INIT_FROM_TOWERS
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.parallel.sharding import path_name
+from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.train.lock import TOWER_PATTERNS, param_names
 
-TOWERS = ("image", "text", "both", "all")
+TOWERS = INIT_FROM_TOWERS
 _HEADS = {"image": r"^img_head/", "text": r"^txt_head/"}
 
 
@@ -58,7 +60,7 @@ def load_source(path: str) -> dict[str, np.ndarray]:
                 os.path.join(parent, "config.json")):
             path = parent
         if os.path.isfile(os.path.join(path, "config.json")):
-            _, params, _ = native.restore_params(path)
+            _, params, _ = restore_params(path)
             return flatten(params)
         if os.path.isfile(os.path.join(path, native.CONFIG_FILE)):
             return flatten(native.load_exported(path)[1])

@@ -1,0 +1,41 @@
+"""The config a training workdir was run with (`WORKDIR/config.json`), read back.
+
+Every reader of a workdir (eval, export, `data score` / `data dedup`, `train.init_from`)
+gets its config here, so they agree on the schema, the model's defaults and the overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from contrastive_jax.config import (
+    ConfigDict,
+    ConfigError,
+    apply_override,
+    default_config,
+    merge_into,
+    use_model_schema,
+)
+from contrastive_jax.errors import InputNotFoundError
+
+
+def load_workdir_config(workdir: str, overrides: Sequence[str] = ()) -> ConfigDict:
+    """`workdir`'s saved config on today's schema, then `key=value` `overrides`."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise InputNotFoundError(f"{workdir} is not a training workdir: no config.json")
+    config = default_config()
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    use_model_schema(config, saved.get("model", {}).get("name", config.model.name))
+    merge_into(config, saved)
+    # How the training job was launched (e.g. process 0's process_id) is not part of the run.
+    config.distributed = default_config().distributed
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        apply_override(config, key, value)
+    return config
