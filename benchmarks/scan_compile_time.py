@@ -21,11 +21,10 @@ import jax  # noqa: E402
 
 from contrastive_jax.bench.train_step import synthetic_batch  # noqa: E402
 from contrastive_jax.config import load_config  # noqa: E402
-from contrastive_jax.losses import loss_from_config  # noqa: E402
 from contrastive_jax.parallel.mesh import create_mesh, to_global  # noqa: E402
 from contrastive_jax.train.optimizer import create_optimizer  # noqa: E402
-from contrastive_jax.train.state import ModelDef, create_train_state  # noqa: E402
-from contrastive_jax.train.step import jit_train_step, make_train_step  # noqa: E402
+from contrastive_jax.train.state import create_train_state  # noqa: E402
+from contrastive_jax.train.step import train_step_from_config  # noqa: E402
 
 
 def compile_seconds(config) -> tuple[float, float, int]:
@@ -34,9 +33,7 @@ def compile_seconds(config) -> tuple[float, float, int]:
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
     batch = to_global(synthetic_batch(config, config.train.batch_size), mesh)
-    step = jit_train_step(make_train_step(ModelDef(config.model), tx,
-                                          loss_from_config(config, mesh), mesh=mesh),
-                          shardings, mesh)
+    step = train_step_from_config(config, mesh, tx, shardings)
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     mid = time.perf_counter()

@@ -39,19 +39,17 @@ def run(config, devices=None) -> dict:
     from helpers import synthetic_batches
 
     from contrastive_jax.evaluate.zeroshot import zeroshot_accuracy
-    from contrastive_jax.losses import create_loss
-    from contrastive_jax.parallel.mesh import BATCH_AXES, create_mesh, process_rows, to_global
+    from contrastive_jax.parallel.mesh import create_mesh, process_rows, to_global
     from contrastive_jax.train.optimizer import create_optimizer
     from contrastive_jax.train.state import ModelDef, create_train_state
-    from contrastive_jax.train.step import jit_train_step, make_train_step
+    from contrastive_jax.train.step import train_step_from_config
 
     mesh = create_mesh(config.mesh, devices=devices)
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
     model_def = ModelDef(config.model)
-    # The loss directly rather than via train.loop, which would import TensorFlow (slow).
-    loss_fn = create_loss(config.loss.name, mesh=mesh, batch_axes=BATCH_AXES)
-    step = jit_train_step(make_train_step(model_def, tx, loss_fn, mesh=mesh), shardings, mesh)
+    # The configured step, not train.loop, which would import TensorFlow (slow).
+    step = train_step_from_config(config, mesh, tx, shardings, model_def=model_def)
     losses = []
     for batch in synthetic_batches(STEPS, config.train.batch_size):
         local = {k: process_rows(v) for k, v in batch.items()}

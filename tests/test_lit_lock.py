@@ -11,7 +11,6 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax.bench.flops import compiled_flops
-from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import path_name
 from contrastive_jax.train.lock import (
@@ -23,7 +22,7 @@ from contrastive_jax.train.lock import (
 )
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
-from contrastive_jax.train.step import jit_train_step, make_train_step
+from contrastive_jax.train.step import train_step_from_config
 
 LOCK_IMAGE = {"locked": {"image": True}}
 
@@ -36,10 +35,7 @@ def _build(config, tx=None, devices=1):
     mesh = create_mesh(config.mesh, devices=jax.devices()[:devices])
     tx = tx or create_optimizer(config.optimizer, config.train.steps)[0]
     state, shardings = create_train_state(config, tx, mesh)
-    step = make_train_step(ModelDef(config.model), tx, loss_from_config(config, mesh),
-                           mesh=mesh, lock=lock_patterns(config.train.locked),
-                           microbatches=config.train.microbatches)
-    return mesh, state, jit_train_step(step, shardings, mesh)
+    return mesh, state, train_step_from_config(config, mesh, tx, shardings)
 
 
 def _flat(tree):

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from helpers import synthetic_batches, tiny_config
 
-from contrastive_jax.losses import loss_from_config
 from contrastive_jax.models.layer_stack import is_stacked, stack_layers, unstack_layers
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import DEFAULT_RULES, param_spec, parse_rules
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
-from contrastive_jax.train.step import jit_train_step, make_train_step
+from contrastive_jax.train.step import train_step_from_config
 
 
 def _config(scan: bool, remat: str = "none", **sections):
@@ -110,9 +109,7 @@ def _run(config, params, batches, devices):
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
     state = state.replace(params=jax.device_put(params, shardings.params))
-    loss_fn = loss_from_config(config, mesh)
-    step = jit_train_step(make_train_step(ModelDef(config.model), tx, loss_fn, mesh=mesh),
-                          shardings, mesh)
+    step = train_step_from_config(config, mesh, tx, shardings)
     losses = []
     for batch in batches:
         state, metrics = step(state, to_global(batch, mesh))

@@ -5,23 +5,17 @@ import numpy as np
 import pytest
 from helpers import synthetic_batches, tiny_config
 
-from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, create_train_state
-from contrastive_jax.train.step import jit_train_step, make_train_step
+from contrastive_jax.train.step import train_step_from_config
 
 
 def run_steps(config, devices, batches):
     mesh = create_mesh(config.mesh, devices=devices)
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
-    loss_fn = loss_from_config(config, mesh)
-    step = jit_train_step(
-        make_train_step(ModelDef(config.model), tx, loss_fn,
-                        labels_as_positives=config.loss.positives == "labels",
-                        microbatches=config.train.microbatches, mesh=mesh),
-        shardings, mesh)
+    step = train_step_from_config(config, mesh, tx, shardings)
     history = []
     for batch in batches:
         state, metrics = step(state, to_global(batch, mesh))
@@ -65,6 +59,31 @@ def test_reference_and_sharded_losses_train_alike():
                         jax.devices()[:4], batches)
     np.testing.assert_allclose([m["train/loss"] for m in ring], [m["train/loss"] for m in ref],
                                rtol=1e-5)
+
+
+def test_bench_times_the_loops_step(fake_data_dir, tmp_path):
+    """`bench step` and the loop build one step (train_step_from_config): with label
+    positives, the bench step's loss on a batch equals the loop's; without them it differs,
+    so a bench that dropped them (as it once did) fails here."""
+    from contrastive_jax.bench.train_step import step_setup
+    from contrastive_jax.train import loop
+
+    data = {"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}}
+    config = tiny_config(loss={"positives": "labels"}, data=data)
+    run = loop.setup(config, str(tmp_path))
+    run.checkpointer.close()
+    batch = synthetic_batches(1, config.train.batch_size)[0]
+    assert len(set(batch["label"])) < len(batch["label"])  # shared labels: positives differ
+    _, loop_metrics = run.step_fn(run.state, to_global(batch, run.mesh))
+    results = {}
+    for positives in ("labels", "pairs"):
+        config.loss.positives = positives
+        mesh, _, state, _, bench_step, _ = step_setup(config, steps=1)
+        _, metrics = bench_step(state, to_global(batch, mesh))
+        results[positives] = float(metrics["train/loss"])
+    want = float(loop_metrics["train/loss"])
+    np.testing.assert_allclose(results["labels"], want, rtol=1e-6)
+    assert abs(results["pairs"] - want) > 1e-2 * abs(want)
 
 
 def test_weight_decay_skips_scalars_norms_and_biases():

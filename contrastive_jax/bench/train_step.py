@@ -8,15 +8,16 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+import optax
+from jax.sharding import Mesh
 
 from contrastive_jax import cpu_host
 from contrastive_jax.bench.flops import compiled_flops, matmul_peak
-from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.lock import lock_patterns
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
-from contrastive_jax.train.step import jit_train_step, make_train_step
+from contrastive_jax.train.state import TrainState, create_train_state
+from contrastive_jax.train.step import StepFn, train_step_from_config
 
 
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
@@ -41,6 +42,20 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     return batch
 
 
+def step_setup(config: ml_collections.ConfigDict, steps: int) -> tuple[
+        Mesh, optax.GradientTransformation, TrainState, TrainState, StepFn, dict[str, Any]]:
+    """(mesh, tx, state, shardings, step, synthetic global batch) of the timed step.
+
+    The step is the loop's own (train_step_from_config): locked params, cached embeddings
+    and label positives change the model work itself, so all count."""
+    mesh = create_mesh(config.mesh)
+    local = batch_size_per_process(config.train.batch_size, mesh)
+    tx, _ = create_optimizer(config.optimizer, max(config.train.steps, steps + 1))
+    state, shardings = create_train_state(config, tx, mesh)
+    batch = to_global(synthetic_batch(config, local), mesh)
+    return mesh, tx, state, shardings, train_step_from_config(config, mesh, tx, shardings), batch
+
+
 def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
                      peak_flops_per_sec: float | None = None) -> dict[str, Any]:
     """Compiles the step, runs `steps` timed steps, returns examples/s and timings.
@@ -50,19 +65,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
     is overhead, not model work, and XLA counts a loop body once, not once per iteration. With
     `peak_flops_per_sec` (see flops.matmul_peak) the result includes `mfu`.
     """
-    mesh = create_mesh(config.mesh)
-    local = batch_size_per_process(config.train.batch_size, mesh)
-    tx, _ = create_optimizer(config.optimizer, max(config.train.steps, steps + 1))
-    state, shardings = create_train_state(config, tx, mesh)
-    loss_fn = loss_from_config(config, mesh)
-    batch = to_global(synthetic_batch(config, local), mesh)
-    # Locked params and cached embeddings change the model work itself, so both count.
-    lit = dict(lock=lock_patterns(config.train.locked),
-               cached_image_embeddings=config.train.embedding_cache.enabled)
-    step_fn = jit_train_step(
-        make_train_step(ModelDef(config.model), tx, loss_fn,
-                        microbatches=config.train.microbatches, mesh=mesh, **lit),
-        shardings, mesh)
+    mesh, tx, state, shardings, step_fn, batch = step_setup(config, steps)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
@@ -71,11 +74,11 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
     if ordinary:  # the timed step is the ordinary one: no second compilation
         flops = compiled_flops(compiled) * mesh.size
     else:
-        plain_model = config.model.copy_and_resolve_references()
-        plain_model.remat = "none"
-        plain_model.scan_layers = False  # a scanned body would count once, not per layer
-        plain_step = jit_train_step(make_train_step(ModelDef(plain_model), tx, loss_fn, **lit),
-                                    shardings, mesh)
+        plain = config.copy_and_resolve_references()
+        plain.model.remat = "none"
+        plain.model.scan_layers = False  # a scanned body would count once, not per layer
+        plain.train.microbatches = 1
+        plain_step = train_step_from_config(plain, mesh, tx, shardings)
         flops = compiled_flops(plain_step.lower(state, batch).compile()) * mesh.size
     state, metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(metrics)
@@ -100,8 +103,9 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
         "compile_s": round(compile_s, 2),
         "microbatches": config.train.microbatches,
         "remat": config.model.remat,
-        "locked": list(lit["lock"]),
-        "embedding_cache": lit["cached_image_embeddings"],
+        "locked": list(lock_patterns(config.train.locked)),
+        "embedding_cache": config.train.embedding_cache.enabled,
+        "positives": config.loss.positives,
         "flops_per_step": flops,
         "flops_per_sec": flops / seconds,
         "cpu_malloc_tuned": cpu_host.malloc_tuned(),

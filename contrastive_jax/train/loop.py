@@ -24,7 +24,6 @@ from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.filters import FilterCounters
 from contrastive_jax.filters.cit import CitSelector
-from contrastive_jax.losses import loss_from_config
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train import embedding_cache
@@ -35,7 +34,7 @@ from contrastive_jax.train.lock import check_patterns, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
-from contrastive_jax.train.step import StepFn, jit_train_step, make_train_step
+from contrastive_jax.train.step import StepFn, train_step_from_config
 from contrastive_jax.train.stream_progress import StreamProgress, saved_positions
 
 log = logging.getLogger(__name__)
@@ -110,8 +109,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
-    lock = lock_patterns(config.train.locked)
-    check_patterns(state.params, lock)
+    check_patterns(state.params, lock_patterns(config.train.locked))
     checkpointer = Checkpointer(workdir, config)
     resumed_meta = {}
     if checkpointer.latest_step() is not None:
@@ -122,14 +120,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
         state = state.replace(params=params)
         log.info("initialised %d params from %s", len(copied), config.train.init_from.path)
 
-    loss_fn = loss_from_config(config, mesh)
     model_def = ModelDef(config.model)
-    step_fn = jit_train_step(
-        make_train_step(model_def, tx, loss_fn,
-                        labels_as_positives=config.loss.positives == "labels",
-                        microbatches=config.train.microbatches, mesh=mesh, lock=lock,
-                        cached_image_embeddings=config.train.embedding_cache.enabled),
-        shardings, mesh)
+    step_fn = train_step_from_config(config, mesh, tx, shardings, model_def=model_def)
     return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer,
                resumed_meta)
 

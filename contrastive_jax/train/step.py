@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
+import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from contrastive_jax.losses import LossFn
+from contrastive_jax.losses import LossFn, loss_from_config
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
-from contrastive_jax.train.lock import merge_params, split_params
+from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
 from contrastive_jax.train.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
@@ -101,3 +102,20 @@ def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
+                           tx: optax.GradientTransformation, shardings: TrainState, *,
+                           model_def: ModelDef | None = None) -> StepFn:
+    """THE config-to-step wiring, for the loop, `bench step` and the tests: the loss of
+    `loss.*` (`loss.positives=labels` included), the model of `model`, the LiT locks of
+    `train.locked`, `train.microbatches`, `train.embedding_cache`; jitted for `mesh` with
+    the state's `shardings`. `model_def`: the caller's ModelDef of `config.model`, if any."""
+    step = make_train_step(
+        ModelDef(config.model) if model_def is None else model_def, tx,
+        loss_from_config(config, mesh),
+        labels_as_positives=config.loss.positives == "labels",
+        microbatches=config.train.microbatches, mesh=mesh,
+        lock=lock_patterns(config.train.locked),
+        cached_image_embeddings=config.train.embedding_cache.enabled)
+    return jit_train_step(step, shardings, mesh)
