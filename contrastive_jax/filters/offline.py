@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contrastive_jax.config import load_config
+from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
 from contrastive_jax.evaluate.workdir import workdir_tokenizer
 from contrastive_jax.filters.corpus import split_batches
@@ -32,7 +33,7 @@ def embed_split(workdir: str, split: str | None, batch_size: int, step: int | No
         zimg.append(encode_images(model_def, state, batch["image"], mesh))
         ztxt.append(encode_texts(model_def, state, batch["text"], mesh))
     if not uids:
-        raise ValueError(f"{config.data.dataset} {split}: no examples")
+        raise DataError(f"{config.data.dataset} {split}: no examples")
     return {"uids": np.asarray(uids), "image": np.concatenate(zimg),
             "text": np.concatenate(ztxt)}
 
@@ -58,7 +59,7 @@ def dedup_split(mode: str, out: str, *, workdir: str | None = None, config: str 
     """
     if mode == "exact":
         if (workdir is None) == (config is None):
-            raise ValueError("data dedup --mode exact needs exactly one of --workdir, --config")
+            raise ConfigError("data dedup --mode exact needs exactly one of --workdir, --config")
         cfg = (load_workdir_config(workdir, overrides) if workdir
                else load_config(config, overrides)).data
         split = split or cfg.train_split
@@ -69,11 +70,11 @@ def dedup_split(mode: str, out: str, *, workdir: str | None = None, config: str 
         keep = exact_keep(uids, pixels)
     elif mode == "semantic":
         if workdir is None:
-            raise ValueError("data dedup --mode semantic needs --workdir (embeddings)")
+            raise ConfigError("data dedup --mode semantic needs --workdir (embeddings)")
         emb = embed_split(workdir, split, batch_size, step, overrides)
         uids = emb["uids"].tolist()
         keep = semdedup_keep(uids, emb["image"], eps, clusters)
     else:
-        raise ValueError(f"unknown dedup mode {mode!r} (exact or semantic)")
+        raise ConfigError(f"unknown dedup mode {mode!r} (exact or semantic)")
     write_keep_list(out, keep)
     return {"keep_list": out, "mode": mode, "examples": len(uids), "kept": len(keep)}
