@@ -65,6 +65,8 @@ def default_config() -> ConfigDict:
             checkpoint_every=500,
             keep_checkpoints=3,
             async_checkpointing=True,
+            # None: the newest checkpoint that reads back intact; N: go back to step N.
+            resume_step=None,
             eval_every=0,  # 0: evaluate only at the end of training
             progress_bar=True,
             # > 1: exact GradCache accumulation; activations of batch_size / microbatches.
@@ -270,6 +272,10 @@ def validate(config: ConfigDict) -> None:
     for key in ("batch_size", "steps"):
         if config.train[key] <= 0:
             raise ConfigError(f"config key 'train.{key}' must be positive")
+    resume = config.train.resume_step
+    if resume is not None and (not isinstance(resume, int) or isinstance(resume, bool)
+                               or resume <= 0):
+        raise ConfigError("config key 'train.resume_step' must be a positive step or None")
     k = config.train.microbatches
     if k < 1 or config.train.batch_size % k:
         raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "

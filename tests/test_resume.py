@@ -45,6 +45,7 @@ def test_workdir_of_another_model_is_refused(fake_data_dir, tmp_path):
         with open(path) as f:
             meta = json.load(f)
         del meta["model"]["scan_layers"], meta["model"]["text"]["causal"]
+        del meta["fingerprints"], meta["digest"]  # neither existed then
         with open(path, "w") as f:
             json.dump(meta, f)
     assert loop.train(demo_config(fake_data_dir, steps=4), workdir)["step"] == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -13,14 +14,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from contrastive_jax.errors import InputNotFoundError, UserError
+from contrastive_jax.errors import CheckpointError, InputNotFoundError
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train import fingerprint, integrity
 from contrastive_jax.train.state import TrainState, abstract_state, weights_state_shapes
 from contrastive_jax.workdir_config import load_workdir_config
 
+log = logging.getLogger(__name__)
 
-class CheckpointMismatchError(UserError):
+
+class CheckpointMismatchError(CheckpointError):
     """The workdir holds checkpoints of a different model; one-line message."""
 
 
@@ -58,7 +62,9 @@ def _default_signature(name: str) -> dict[str, Any]:
 
 
 class Checkpointer:
-    """Saves every `every` steps (asynchronously), keeps `keep`, restores the latest."""
+    """Saves every `checkpoint_every` steps (asynchronously), keeps `keep_checkpoints`, and
+    restores only what reads back intact: each checkpoint's metadata holds a fingerprint
+    of every array saved with it (train/fingerprint.py), checked on every restore."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -70,30 +76,67 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # The `train.resume_step` this run's checkpoints descend from (saved in their meta):
+        # a relaunch with the same command continues them instead of going back again.
+        self._resumed_from: int | None = None
+        self._closed = False
+        integrity.quiet_abandoned_reads()
+
+    def _steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+        """The step a resume starts from: `train.resume_step` when set, else the newest
+        checkpoint; None when there is none. A `train.resume_step` that is not there is a
+        CheckpointError listing the steps there are."""
+        steps = self._steps()
+        wanted = self._wanted_step(steps)
+        return wanted if wanted is not None else (steps[-1] if steps else None)
+
+    def _wanted_step(self, steps: list[int]) -> int | None:
+        """`train.resume_step`, unless this run already went back to it (None then)."""
+        wanted = self.config.train.get("resume_step")
+        if wanted is None:
+            return None
+        newer = [s for s in steps if s > wanted]
+        if newer and self._meta_or_none(newer[-1]).get("resumed_from") == wanted:
+            return None
+        if wanted not in steps:
+            raise CheckpointError(f"config key 'train.resume_step': no checkpoint for step "
+                                  f"{wanted} in {self.directory} (have {steps or 'none'})")
+        return wanted
+
+    def due(self, step: int, force: bool = False) -> bool:
+        """Whether `save` at `step` starts a save (the interval says so, or `force`)."""
+        if step in self.manager.all_steps():
+            return False  # e.g. the final save right after an interval save of the same step
+        return force or self.manager.should_save(step)
 
     def save(self, state: TrainState, *, examples_seen: int, force: bool = False,
              extra: dict[str, Any] | None = None,
-             stream: Callable[[], Any] | None = None) -> bool:
-        """Starts a save when the interval says so (or `force`); returns whether it did.
+             stream: Callable[[], Any] | None = None,
+             counters: dict[str, int] | None = None) -> bool:
+        """Starts a save when `due`; returns whether it did.
         `extra`: a pytree of arrays the run needs besides the state to resume exactly.
         `stream`: called only when a save starts, for the input stream's JSON-able state
         (saved as meta["stream"]); it may run a collective, since every process decides
-        alike."""
+        alike. `counters`: run totals kept in the meta (e.g. nonfinite_steps)."""
         step = int(state.step)
-        if step in self.manager.all_steps():
-            return False  # e.g. the final save right after an interval save of the same step
-        if not force and not self.manager.should_save(step):
+        if not self.due(step, force):
             return False
         meta = {"step": step, "examples_seen": examples_seen,
-                "model": _model_signature(self.config)}
+                "model": _model_signature(self.config), **(counters or {})}
         if stream is not None:
             meta["stream"] = stream()
-        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if self._resumed_from is not None:
+            meta["resumed_from"] = self._resumed_from
+        meta["fingerprints"] = fingerprint.fingerprints(state, "state/")  # a collective
+        items = {"state": ocp.args.StandardSave(state)}
         if extra is not None:
             items["extra"] = ocp.args.StandardSave(extra)
+            meta["fingerprints"].update(fingerprint.fingerprints(extra, "extra/"))
+        meta["digest"] = fingerprint.digest(meta)
+        items["meta"] = ocp.args.JsonSave(meta)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore_extra(self, step: int, target: dict[str, Any]) -> dict[str, Any] | None:
@@ -102,44 +145,126 @@ class Checkpointer:
         if "extra" not in self.manager.item_metadata(step):
             return None
         target = abstract_state(target, jax.tree.map(lambda x: x.sharding, target))
-        return self.manager.restore(step, args=ocp.args.Composite(
+        restored = self.manager.restore(step, args=ocp.args.Composite(
             extra=ocp.args.StandardRestore(target)))["extra"]
+        bad = fingerprint.mismatches(self._meta_or_none(step).get("fingerprints") or {},
+                                     restored, "extra/")
+        if bad:
+            raise CheckpointError(f"checkpoint {step} in {self.directory} is damaged "
+                                  f"(leaf {bad[0]} differs from its fingerprint); resume "
+                                  "from an older one with train.resume_step")
+        return restored
 
     def restore(self, state: TrainState, shardings: TrainState,
                 step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
-        """Restores `step` (default: latest) into the shardings of `state`."""
-        step = self.latest_step() if step is None else step
-        meta = self._checked_meta(step)
+        """Restores `step` (default: `train.resume_step`, else the newest checkpoint that
+        reads back intact) into the shardings of `state`.
+
+        A checkpoint that fails to read or fails its fingerprint check is a one-line
+        warning naming the step, the file or leaf and the cause; it moves to
+        checkpoints/corrupt/ (never deleted) and, without a chosen step, the next older
+        one is tried. Going back to `train.resume_step` moves the newer checkpoints to
+        checkpoints/superseded/, so that this run's saves continue from there."""
+        steps = self._steps()
+        chosen = step if step is not None else self._wanted_step(steps)
+        if chosen is not None and chosen not in steps:
+            raise InputNotFoundError(f"no checkpoint for step {chosen} in {self.directory} "
+                                     f"(have {steps or 'none'})")
         target = abstract_state(state, shardings)
-        restored = self._restore_state(step, ocp.args.StandardRestore(target))
-        return restored, meta
+        for candidate in [chosen] if chosen is not None else steps[::-1]:
+            try:
+                restored, meta = self._read(candidate, target, partial=False)
+            except integrity.Unreadable as bad:
+                self._move("corrupt", {candidate: self._damaged(bad)})
+                continue
+            if step is None and chosen is not None:  # train.resume_step: a new branch
+                self._move("superseded", {s: f"train.resume_step={chosen}: checkpoint {s} "
+                                             "is newer" for s in steps if s > chosen})
+                self._resumed_from = chosen
+            else:
+                self._resumed_from = meta.get("resumed_from")
+            return restored, meta
+        raise CheckpointError(
+            f"checkpoint {chosen} in {self.directory} is damaged; it was moved to corrupt/"
+            if chosen is not None else
+            f"no checkpoint in {self.directory} reads back intact; all were moved to corrupt/")
 
     def restore_weights(self, shapes: TrainState, shardings: TrainState,
                         step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
-        """Step, params and model state of `step` (default: latest), without reading the
-        optimizer state (2x the params under Adam): for evaluation and export.
+        """Step, params and model state of `step` (default: the newest that reads back
+        intact), without reading the optimizer state (2x the params under Adam): for
+        evaluation and export. Checked against the fingerprints like `restore`, but
+        nothing is moved: a damaged `step` is a CheckpointError; without `step`, a damaged
+        newest one is a warning and the next older one is tried.
         `shapes`/`shardings` from `state.weights_state_shapes`. Use a Checkpointer for
         either this or `restore`/`save`: orbax binds one reader to the item. A missing
         checkpoint is an InputNotFoundError naming the steps there are."""
-        steps = sorted(self.manager.all_steps())
+        steps = self._steps()
         if not steps:
             raise InputNotFoundError(f"no checkpoint in {self.directory}")
         if step is not None and step not in steps:
             raise InputNotFoundError(f"no checkpoint for step {step} in {self.directory} "
                                      f"(have {steps})")
-        step = steps[-1] if step is None else step
-        meta = self._checked_meta(step)
         target = abstract_state(shapes, shardings)
         item = {"step": target.step, "params": target.params, "rest": target.rest}
-        restored = self._restore_state(step, ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
-        return TrainState(opt_state=None, **restored), meta
+        for candidate in [step] if step is not None else steps[::-1]:
+            try:
+                restored, meta = self._read(candidate, item, partial=True)
+            except integrity.Unreadable as bad:
+                if step is not None:
+                    raise CheckpointError(self._damaged(bad)) from bad
+                log.warning("%s; trying the one before it", self._damaged(bad))
+                continue
+            return TrainState(opt_state=None, **restored), meta
+        raise CheckpointError(f"no checkpoint in {self.directory} reads back intact")
+
+    def _read(self, step: int, target: Any, *, partial: bool) -> tuple[Any, dict[str, Any]]:
+        """Checkpoint `step`'s state (all of `target`'s leaves) and meta, checked; raises
+        integrity.Unreadable for damage, CheckpointMismatchError for another run's tree."""
+        failure, restored, meta = None, None, {}
+        try:
+            meta = self._checked_meta(step)
+        except integrity.Unreadable as bad:
+            failure = bad
+        saved = meta.get("fingerprints")
+        difference = saved and fingerprint.tree_difference(saved, target, "state/", partial)
+        if difference:  # another optimizer, train.locked, ...: not a damaged checkpoint
+            raise self._mismatch(step, difference)
+        if failure is None:
+            if partial:
+                args = ocp.args.PyTreeRestore(
+                    item=target, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+            else:
+                args = ocp.args.StandardRestore(target)
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=args))["state"]
+            except Exception as e:  # noqa: BLE001 - only read errors; see is_read_error
+                if not integrity.is_read_error(e):
+                    raise
+                if saved is None and integrity.looks_like_mismatch(e):
+                    raise self._mismatch(step, str(e).splitlines()[0]) from e
+                failure = integrity.describe(step, e, self._step_dir(step))
+        # Every process takes the same branch, even if only one of them failed to read.
+        if distributed.summed_over_processes(np.array([failure is not None]))[0]:
+            raise failure or integrity.Unreadable(step, "its files",
+                                                  "another process failed to read them")
+        bad = fingerprint.mismatches(saved, restored, "state/") if saved is not None else []
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise integrity.Unreadable(step, f"leaf {bad[0].removeprefix('state/')}{more}",
+                                       "its values differ from the fingerprint saved with it")
+        return restored, meta
+
+    def _mismatch(self, step: int, why: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(f"checkpoint {step} in {self.directory} does not fit "
+                                       f"this run's state: {why[:200]}; use a new --workdir")
 
     def _checked_meta(self, step: int) -> dict[str, Any]:
-        """The checkpoint's metadata, after checking its model against this config's."""
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        meta = meta["meta"]
+        """The checkpoint's metadata, after checking its digest (integrity.Unreadable) and
+        its model against this config's (CheckpointMismatchError)."""
+        meta = self._read_meta(step)
         theirs, ours = meta.get("model") or {}, _model_signature(self.config)
         theirs = _fill_defaults(theirs, _default_signature(theirs.get("name", "two_tower")))
         if theirs != ours:
@@ -149,18 +274,48 @@ class Checkpointer:
                 f"(model keys differ: {', '.join(diff[:5])}); use a new --workdir")
         return meta
 
-    def _restore_state(self, step: int, args: ocp.args.CheckpointArgs) -> Any:
+    def _read_meta(self, step: int) -> dict[str, Any]:
         try:
-            return self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-        except (ValueError, KeyError) as e:
-            raise CheckpointMismatchError(
-                f"checkpoint {step} in {self.directory} does not fit this run's state: "
-                f"{str(e).splitlines()[0][:200]}") from e
+            meta = self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # noqa: BLE001 - only read errors; see is_read_error
+            if not integrity.is_read_error(e):
+                raise
+            raise integrity.describe(step, e, self._step_dir(step), "meta/metadata") from e
+        if not isinstance(meta, dict):
+            raise integrity.Unreadable(step, "meta/metadata", "not a JSON object")
+        digest = meta.pop("digest", None)  # absent in checkpoints older than digests
+        if digest is not None and digest != fingerprint.digest(meta):
+            raise integrity.Unreadable(step, "meta/metadata",
+                                       "its content differs from the digest saved with it")
+        return meta
+
+    def _meta_or_none(self, step: int) -> dict[str, Any]:
+        try:
+            return self._read_meta(step)
+        except integrity.Unreadable:
+            return {}
+
+    def _step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _damaged(self, bad: integrity.Unreadable) -> str:
+        return (f"checkpoint {bad.step} in {self.directory} is damaged "
+                f"({bad.where}: {bad.cause})")
+
+    def _move(self, kind: str, reasons: dict[int, str]) -> None:
+        """Moves the steps of `reasons` to `kind`/, out of orbax's sight."""
+        integrity.move_aside(self.directory, kind, reasons)
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the save in flight and closes; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.manager.wait_until_finished()
         self.manager.close()
 
