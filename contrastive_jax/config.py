@@ -67,6 +67,10 @@ def default_config() -> ConfigDict:
             async_checkpointing=True,
             # None: the newest checkpoint that reads back intact; N: go back to step N.
             resume_step=None,
+            # A non-finite loss or gradient drops the update; skip: go on (counted in
+            # train/nonfinite_steps) and stop after nonfinite_limit in a row; stop: at once.
+            nonfinite="skip",
+            nonfinite_limit=10,
             eval_every=0,  # 0: evaluate only at the end of training
             progress_bar=True,
             # > 1: exact GradCache accumulation; activations of batch_size / microbatches.
@@ -269,9 +273,11 @@ def validate(config: ConfigDict) -> None:
     if config.loss.positives not in ("pairs", "labels"):
         raise ConfigError("config key 'loss.positives' must be 'pairs' or 'labels'")
     check_loss_config(config.loss)  # the name and its options
-    for key in ("batch_size", "steps"):
+    for key in ("batch_size", "steps", "nonfinite_limit"):
         if config.train[key] <= 0:
             raise ConfigError(f"config key 'train.{key}' must be positive")
+    if config.train.nonfinite not in ("skip", "stop"):
+        raise ConfigError("config key 'train.nonfinite' must be 'skip' or 'stop'")
     resume = config.train.resume_step
     if resume is not None and (not isinstance(resume, int) or isinstance(resume, bool)
                                or resume <= 0):

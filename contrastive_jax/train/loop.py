@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -12,7 +13,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -32,9 +32,10 @@ from contrastive_jax.train.embedding_cache import check_image_tower_locked
 from contrastive_jax.train.init_from import init_params
 from contrastive_jax.train.lock import check_patterns, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
+from contrastive_jax.train.nonfinite import NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
-from contrastive_jax.train.step import StepFn, train_step_from_config
+from contrastive_jax.train.step import NONFINITE, StepFn, train_step_from_config
 from contrastive_jax.train.stream_progress import StreamProgress, saved_positions
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (or resumes) in `workdir`; returns the final metrics, evals included."""
     distributed.initialize(config)  # before anything touches a device
     run = setup(config, workdir)
+    # Every exit, an error's too, waits for the checkpoint being written and closes the
+    # checkpointer and the metrics writer: the last good checkpoint stays whole.
+    with contextlib.ExitStack() as on_exit:
+        on_exit.callback(run.checkpointer.close)
+        return _train(run, workdir, on_exit)
+
+
+def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, Any]:
+    config = run.config
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
     # CiT reads k * batch_size candidates per step and trains on the batch_size it selects.
@@ -155,16 +165,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         resume_positions=resume_positions).as_numpy_iterator())
     progress = StreamProgress(resume_positions)
     state = run.state
+    guard = NonfiniteGuard(config.train.nonfinite, config.train.nonfinite_limit,
+                           total=int(run.resumed_meta.get("nonfinite_steps", 0)))
 
     def save(force: bool = False) -> None:
+        if not run.checkpointer.due(step, force):
+            return
+        guard.flush()  # a stop at this step must come before its save
         run.checkpointer.save(state, examples_seen=step * batch_size, force=force,
                               extra=saved_with_state(),
-                              stream=lambda: progress.checkpoint_state(step * read_size))
+                              stream=lambda: progress.checkpoint_state(step * read_size),
+                              counters={"nonfinite_steps": guard.total})
 
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
     writer = MetricsWriter(workdir)
+    on_exit.callback(writer.close)
     bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
+    on_exit.callback(bar.close)
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
@@ -173,10 +191,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 batch, cit_metrics = cit(state, batch, step)
             state, metrics = run.step_fn(state, batch)
             step += 1
+            guard.push(step, metrics.pop(NONFINITE))  # checks the step before this one
             bar.update(batch_size)
             save()
             if step % config.train.log_every == 0 or step == total_steps:
+                guard.flush()
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
+                metrics["train/nonfinite_steps"] = guard.total
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
                 metrics["train/lr"] = float(run.schedule(step - 1))
                 metrics.update(progress.counter_metrics())
@@ -185,16 +206,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                     metrics.update(jax.device_get(cit_metrics))
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{float(metrics['train/loss']):.4f}")
-                if not np.isfinite(metrics["train/loss"]):
-                    raise FloatingPointError(f"train/loss is {metrics['train/loss']} "
-                                             f"at step {step}")
             if config.train.eval_every and step % config.train.eval_every == 0:
                 if step < total_steps:
                     writer.write(step, evaluate(state))
                 timer.restart(step)  # eval time is not training time
         bar.close()
+        guard.flush()
         save(force=True)
-        run.checkpointer.close()
+        run.checkpointer.close()  # the final save is on disk before the evals
     if stop.signal is not None:
         log.warning("stopped by signal %d at step %d; checkpoint saved", stop.signal, step)
         writer.close()

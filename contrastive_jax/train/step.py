@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
@@ -16,6 +18,8 @@ from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
 from contrastive_jax.train.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
+# The step's metric that flags a dropped update (train/nonfinite.py counts them).
+NONFINITE = "train/nonfinite"
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
 
 
@@ -78,17 +82,25 @@ def make_train_step(
         else:
             (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
+        new_trainable = optax.apply_updates(trainable, updates)
+        grad_norm = optax.global_norm(grads)
+        # A non-finite loss or gradient drops the whole update (params and optimizer
+        # state), on device: the state stays finite, so no checkpoint can hold a NaN.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if_finite = functools.partial(jax.tree.map,
+                                      lambda new, old: jnp.where(finite, new, old))
         metrics = {
             "train/loss": loss,
             "train/t": t,
             "train/b": b,
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": grad_norm,
+            NONFINITE: (~finite).astype(jnp.int32),  # 1: this step's update was dropped
             # pos_logit, neg_logit, and whatever else the loss reports.
             **{f"train/{name}": value for name, value in aux.items()},
         }
-        new_state = state.replace(step=state.step + 1, params=merge_params(trainable, locked),
-                                  opt_state=opt_state)
+        params = merge_params(if_finite(new_trainable, trainable), locked)
+        new_state = state.replace(step=state.step + 1, params=params,
+                                  opt_state=if_finite(opt_state, state.opt_state))
         return new_state, metrics
 
     return train_step
