@@ -300,10 +300,7 @@ def validate(config: ConfigDict) -> None:
     if config.data.sources:
         from contrastive_jax.data.sources import parse_sources
 
-        try:
-            parse_sources(config.data.sources)
-        except ValueError as e:
-            raise ConfigError(f"config key {e}") from e
+        parse_sources(config.data.sources)  # ConfigErrors naming the source's key
         if config.data.channels != config.model.image.channels:
             raise ConfigError(f"config key 'data.channels' ({config.data.channels}) differs "
                               f"from 'model.image.channels' ({config.model.image.channels})")
@@ -335,7 +332,10 @@ def _validate_lit(config: ConfigDict) -> None:
         basic = config.data.filters.basic
         conflicts = {
             "train.microbatches > 1": train.microbatches > 1,
-            "data.sources": bool(config.data.sources),  # the cache reads the TFDS split
+            # A cached embedding is of one fixed view of the image.
+            "data.augment image augmentations": any(
+                bool(config.data.augment[k]) for k in ("inception_crop", "color_jitter",
+                                                       "grayscale")),
             "train.cit.enabled": train.cit.enabled,  # untested with cached images
             "data.filters.basic image bounds": basic.enabled and bool(
                 basic.min_image_side or basic.max_aspect_ratio),  # images are not decoded
@@ -355,8 +355,7 @@ def _validate_rendering(config: ConfigDict) -> None:
                           f"{config.model.name!r} (one_tower reads rendered captions)")
     if not one_tower:
         return
-    for key, on in (("data.sources", bool(config.data.sources)),  # rendering is on the TFDS path
-                    ("train.cit.enabled", config.train.cit.enabled),  # CiT embeds tokens
+    for key, on in (("train.cit.enabled", config.train.cit.enabled),  # CiT embeds tokens
                     ("train.embedding_cache.enabled", config.train.embedding_cache.enabled)):
         if on:
             raise ConfigError(f"config key '{key}' is not supported with model 'one_tower'")

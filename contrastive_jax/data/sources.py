@@ -226,6 +226,9 @@ class TfdsSource(Source):
         self.class_names_dataset = spec["name"]
         self.split = spec["split"] or data_config.train_split
         self.builder = get_builder(spec["name"], spec["data_dir"] or data_config.data_dir)
+        # Listed in `data.sources`, its images take `data.channels` like every other source's
+        # (a mixture batches them together); `data.dataset` keeps the dataset's own.
+        self.channels = data_config.channels if data_config.sources else None
         features = self.builder.info.features
         for key in ("image_key", "text_key", "label_key"):
             if spec[key] and spec[key] not in features:
@@ -254,11 +257,26 @@ class TfdsSource(Source):
             label = tf.cast(ex[s["label_key"]], tf.int32) if s["label_key"] else tf.constant(-1)
             uid = ex["uid"] if "uid" in features.keys() else tf.constant("")
             image_key = "image_bytes" if encoded else "image"
-            return {image_key: ex[s["image_key"]], "caption": ex[s["text_key"]], "uid": uid,
+            image = ex[s["image_key"]] if encoded else _with_channels(ex[s["image_key"]],
+                                                                      self.channels)
+            return {image_key: image, "caption": ex[s["text_key"]], "uid": uid,
                     "label": label, "score": tf.constant(np.nan, tf.float32),
                     "reason": tf.constant(records.OK)}  # fmt: skip
 
         return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _with_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
+    """A decoded uint8 [H, W, C] image with `channels` channels (None: as it is)."""
+    have = image.shape[-1]
+    if channels is None or have == channels:
+        return image
+    if have == 1:
+        return tf.tile(image, [1, 1, channels])
+    if have == 3 and channels == 1:
+        return tf.image.rgb_to_grayscale(image)
+    raise DataError(f"a tfds source's images have {have} channels; 'data.channels' is "
+                    f"{channels}")
 
 
 SOURCES: Registry[Callable[[dict[str, Any], ml_collections.ConfigDict], Source]] = Registry(

@@ -18,8 +18,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from contrastive_jax.config import config_to_json
-from contrastive_jax.data.pipeline import ensure_tokenizer, train_dataset
 from contrastive_jax.data.render_text import TextRenderer
+from contrastive_jax.data.stream import train_dataset
+from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.filters import FilterCounters
@@ -36,7 +37,7 @@ from contrastive_jax.train.nonfinite import NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
 from contrastive_jax.train.step import NONFINITE, StepFn, train_step_from_config
-from contrastive_jax.train.stream_progress import StreamProgress, saved_positions
+from contrastive_jax.train.stream_progress import StreamProgress
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +157,14 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
         check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
         cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
                                                run.mesh)
-    resume_positions = saved_positions(run.resumed_meta, step * read_size) if step else None
+    # The stream continues at the exact next unread example, whatever the batch size was.
+    progress = StreamProgress.resume(run.resumed_meta, step, config)
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        start_example=step * read_size, seed=config.seed,
+        start_example=progress.examples_read, seed=config.seed,
         filter_counters=counters, image_embeddings=cached,
-        resume_positions=resume_positions).as_numpy_iterator())
-    progress = StreamProgress(resume_positions)
+        resume_positions=progress.position).as_numpy_iterator())
     state = run.state
     guard = NonfiniteGuard(config.train.nonfinite, config.train.nonfinite_limit,
                            total=int(run.resumed_meta.get("nonfinite_steps", 0)))
@@ -172,9 +173,8 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
         if not run.checkpointer.due(step, force):
             return
         guard.flush()  # a stop at this step must come before its save
-        run.checkpointer.save(state, examples_seen=step * batch_size, force=force,
-                              extra=saved_with_state(),
-                              stream=lambda: progress.checkpoint_state(step * read_size),
+        run.checkpointer.save(state, examples_seen=progress.examples_trained, force=force,
+                              extra=saved_with_state(), stream=progress.checkpoint_state,
                               counters={"nonfinite_steps": guard.total})
 
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
@@ -186,7 +186,7 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
-            batch = to_global(progress.take(next(data)), run.mesh)
+            batch = to_global(progress.take(next(data), read_size, batch_size), run.mesh)
             if cit:
                 batch, cit_metrics = cit(state, batch, step)
             state, metrics = run.step_fn(state, batch)
