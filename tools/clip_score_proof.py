@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from contrastive_jax.config import load_config  # noqa: E402
-from contrastive_jax.data.pipeline import get_builder  # noqa: E402
+from contrastive_jax.datasets.catalogue import get_builder  # noqa: E402
 from contrastive_jax.evaluate.workdir import evaluate_workdir  # noqa: E402
 from contrastive_jax.filters.offline import score_split  # noqa: E402
 from contrastive_jax.filters.uid_tables import read_scores, score_threshold  # noqa: E402
