@@ -144,10 +144,7 @@ def _cmd_data_dedup(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def _simulate_cpu_devices(count: int = 8) -> None:
     """Lets multi-device benchmarks run on a CPU: XLA must see the flag before jax starts.
-
-    On machines with accelerators the extra host devices are unused (jax.devices() lists
-    the accelerators), so this is harmless there.
-    """
+    Harmless with accelerators: jax.devices() then lists those, not the host devices."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
