@@ -27,7 +27,7 @@ def get_config(batch: int = 256, steps: int = 10_000) -> ml_collections.ConfigDi
                    head=False),
         text=dict(variant="B", vocab_size=32_000, max_len=64, pool="final", head=True),
     )
-    c.data = dict(max_len=64, tokenizer=dict(vocab_size=32_000))
+    c.data = dict(max_len=64, image_size=224, channels=3, tokenizer=dict(vocab_size=32_000))
     c.loss = dict(name="sigmoid_chunked")
     c.train = dict(batch_size=batch, steps=steps, log_every=100, checkpoint_every=1000)
     c.optimizer = dict(lr=1e-3, warmup_steps=min(2000, steps // 10), weight_decay=1e-4)

@@ -287,6 +287,9 @@ def validate(config: ConfigDict) -> None:
         raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "
                           f"'train.batch_size' ({config.train.batch_size})")
     _validate_rendering(config)
+    if config.data.image_size != config.model.image.image_size:
+        raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
+                          f"'model.image.image_size' ({config.model.image.image_size})")
     text_len = config.model.text.max_len if "text" in config.model else None
     if text_len is not None and config.data.max_len > text_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
