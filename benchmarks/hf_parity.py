@@ -22,8 +22,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from contrastive_jax.data import pipeline
+    from contrastive_jax.data.eval_data import eval_dataset
     from contrastive_jax.data.tokenizer import Tokenizer
+    from contrastive_jax.datasets.catalogue import class_names
     from contrastive_jax.models import complete_config
     from contrastive_jax.train.checkpoint import restore_params
     from contrastive_jax.train.state import ModelDef
@@ -32,9 +33,9 @@ def main() -> None:
     config = load_workdir_config(args.workdir)
     _, params, step = restore_params(args.workdir)
     model = ModelDef(complete_config(config.model)).bind(params)
-    batch = next(pipeline.eval_dataset(config.data, split="test",
-                                       batch_size=args.num).as_numpy_iterator())
-    names = pipeline.class_names(config.data.dataset, config.data.data_dir)
+    batch = next(eval_dataset(config.data, split="test",
+                              batch_size=args.num).as_numpy_iterator())
+    names = class_names(config.data.dataset, config.data.data_dir)
     texts = [f"a photo of a {names[int(label)]}." for label in batch["label"]]
     tokens = Tokenizer(f"{args.workdir}/tokenizer.model").encode_batch(texts, config.data.max_len)
     zimg, ztxt = (np.asarray(z) for z in model(batch["image"], tokens))

@@ -112,7 +112,7 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
 
     from contrastive_jax import cli
     from contrastive_jax.config import default_config
-    from contrastive_jax.data import pipeline
+    from contrastive_jax.data.text_encoder import training_captions
     from contrastive_jax.data.tokenizer import train_tokenizer
 
     config = complete_config(MODEL)
@@ -121,7 +121,7 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
     big_vision_npz(params, path)
     data = default_config().data
     data.data_dir = fake_data_dir
-    tokenizer = train_tokenizer(pipeline.captions(data), str(tmp_path / "tok"), vocab_size=64)
+    tokenizer = train_tokenizer(training_captions(data), str(tmp_path / "tok"), vocab_size=64)
     base = ["eval", "--big-vision", path]
     assert cli.main(base) == 2
     assert "--big-vision needs --config" in capsys.readouterr().err

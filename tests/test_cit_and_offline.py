@@ -17,7 +17,7 @@ import pytest
 from helpers import tiny_config
 
 from contrastive_jax.cli import main
-from contrastive_jax.data.pipeline import ensure_tokenizer
+from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.evaluate.embed import encode_texts
 from contrastive_jax.filters import uid_tables
 from contrastive_jax.filters.cit import CitSelector, make_select_fn, selection_indices

@@ -78,7 +78,7 @@ def test_retrieval_ranks_match_a_full_argsort(chunk):
 def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
     from helpers import tiny_config
 
-    from contrastive_jax.data import pipeline
+    from contrastive_jax.data.text_encoder import training_captions
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
     from contrastive_jax.evaluate import runner
     from contrastive_jax.parallel.mesh import create_mesh
@@ -89,7 +89,7 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
                          evals={"zeroshot": {"enabled": False},
                                 "embedding_stats": {"enabled": False},
                                 "retrieval": {"enabled": True, "num_examples": 40}})
-    tokenizer = Tokenizer(train_tokenizer(pipeline.captions(config.data), str(tmp_path / "t"),
+    tokenizer = Tokenizer(train_tokenizer(training_captions(config.data), str(tmp_path / "t"),
                                           vocab_size=64))
     mesh = create_mesh(config.mesh)
     state, _ = create_train_state(config, create_optimizer(config.optimizer, 10)[0], mesh)
@@ -105,9 +105,10 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
 def test_dataset_without_class_names_is_a_one_line_error(monkeypatch):
     from types import SimpleNamespace
 
-    from contrastive_jax.data import pipeline
+    from contrastive_jax.datasets import catalogue
+    from contrastive_jax.errors import DataError
 
-    monkeypatch.setattr(pipeline, "get_builder",
+    monkeypatch.setattr(catalogue, "get_builder",
                         lambda *a: SimpleNamespace(info=SimpleNamespace(features={})))
-    with pytest.raises(ValueError, match="has no class names"):
-        pipeline.class_names("captions_only")
+    with pytest.raises(DataError, match="has no class names"):
+        catalogue.class_names("captions_only")

@@ -1,4 +1,5 @@
-"""CLIPPO: one shared ViT, rendered captions through the pipeline, train, eval, refusals."""
+"""CLIPPO: one shared ViT, rendered captions through the training stream, train, eval,
+refusals."""
 
 import json
 
@@ -9,8 +10,10 @@ from flax import nnx
 
 from contrastive_jax import cli
 from contrastive_jax.config import ConfigError, load_config
-from contrastive_jax.data import pipeline
+from contrastive_jax.data.stream import train_dataset
+from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
+from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.models import create_model
 from contrastive_jax.train import loop
@@ -68,24 +71,24 @@ def test_config_schema_and_one_line_errors():
     assert "text" not in swapped.model
 
 
-def test_pipeline_renders_captions_and_text_pairs_resume(fake_data_dir):
+def test_stream_renders_captions_and_text_pairs_resume(fake_data_dir):
     config = tiny_clippo(fake_data_dir, extra=["data.render.text_pair_fraction=0.5"])
-    renderer = pipeline.ensure_tokenizer(config.data, "/nonexistent")  # renders, loads nothing
-    stream = pipeline.train_dataset(config.data, renderer, global_batch_size=8, seed=3)
+    renderer = ensure_tokenizer(config.data, "/nonexistent")  # renders, loads nothing
+    stream = train_dataset(config.data, renderer, global_batch_size=8, seed=3)
     batches = list(stream.take(3).as_numpy_iterator())
     text = batches[0]["text"]
     assert text.shape == (8, 48, 48, 1) and text.dtype == np.float32
     assert text.min() >= -1 and text.max() == 1  # value range; background white
-    plain = pipeline.train_dataset(tiny_clippo(fake_data_dir).data, renderer,
-                                   global_batch_size=8, seed=3)
+    plain = train_dataset(tiny_clippo(fake_data_dir).data, renderer, global_batch_size=8,
+                          seed=3)
     first = next(plain.as_numpy_iterator())
     np.testing.assert_array_equal(first["text"], text)  # same captions, same renders
     swapped = ~np.all(first["image"] == batches[0]["image"], axis=(1, 2, 3))
     for i in np.flatnonzero(swapped):  # a swapped image is another caption of its class
         same = [j for j in range(8) if j != i and first["label"][j] == first["label"][i]]
         assert any(np.array_equal(batches[0]["image"][i], text[j]) for j in same)
-    resumed = pipeline.train_dataset(config.data, renderer, global_batch_size=8, seed=3,
-                                     start_example=16)
+    resumed = train_dataset(config.data, renderer, global_batch_size=8, seed=3,
+                            start_example=16)
     np.testing.assert_array_equal(next(resumed.as_numpy_iterator())["image"],
                                   batches[2]["image"])
 
@@ -98,7 +101,7 @@ def test_clippo_trains_evaluates_and_refuses_export(fake_data_dir, tmp_path, cap
 
     # Zero-shot class embeddings come from rendered prompts through the shared tower.
     run = loop.setup(config, workdir)
-    names = pipeline.class_names(config.data.dataset, fake_data_dir)
+    names = class_names(config.data.dataset, fake_data_dir)
     templates = fmc.ZEROSHOT_TEMPLATES[:2]
     classifier = class_embeddings(run.model_def, run.state, run.tokenizer, names, templates,
                                   config.data.max_len, run.mesh)

@@ -4,9 +4,11 @@ import jax
 import numpy as np
 from helpers import tiny_config
 
-from contrastive_jax.data import pipeline
+from contrastive_jax.data.eval_data import eval_dataset
+from contrastive_jax.data.text_encoder import training_captions
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
+from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.evaluate import embedding_stats
 from contrastive_jax.evaluate.embed import encode_images
 from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
@@ -17,9 +19,9 @@ from contrastive_jax.train.state import ModelDef, create_train_state
 
 def test_zeroshot_matches_a_direct_computation_on_any_mesh(fake_data_dir, tmp_path):
     config = tiny_config(data={"data_dir": fake_data_dir})
-    tokenizer = Tokenizer(train_tokenizer(pipeline.captions(config.data), str(tmp_path / "t"),
+    tokenizer = Tokenizer(train_tokenizer(training_captions(config.data), str(tmp_path / "t"),
                                           vocab_size=64))
-    names = pipeline.class_names(config.data.dataset, fake_data_dir)
+    names = class_names(config.data.dataset, fake_data_dir)
     templates = fmc.ZEROSHOT_TEMPLATES[:3]
     results = []
     for devices, batch_size in ((1, 24), (8, 16)):  # 50 test images: both pad the last batch
@@ -29,12 +31,12 @@ def test_zeroshot_matches_a_direct_computation_on_any_mesh(fake_data_dir, tmp_pa
         model_def = ModelDef(config.model)
         classifier = class_embeddings(model_def, state, tokenizer, names, templates,
                                       config.data.max_len, mesh)
-        batches = pipeline.eval_dataset(config.data, split="test", batch_size=batch_size)
+        batches = eval_dataset(config.data, split="test", batch_size=batch_size)
         results.append(zeroshot_accuracy(model_def, state, classifier,
                                          batches.as_numpy_iterator(), mesh))
         # Direct: embed every test image once, take the arg-max class.
         images, labels = [], []
-        once = pipeline.eval_dataset(config.data, split="test", batch_size=50)
+        once = eval_dataset(config.data, split="test", batch_size=50)
         for b in once.as_numpy_iterator():
             images.append(b["image"][b["mask"] > 0])
             labels.append(b["label"][b["mask"] > 0])
