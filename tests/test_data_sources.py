@@ -15,9 +15,11 @@ import tensorflow as tf
 from helpers import tiny_config
 
 from contrastive_jax.config import ConfigError, validate
-from contrastive_jax.data import formats, pipeline, positions, records, schema, stream
+from contrastive_jax.data import examples, formats, mixture, positions, records, schema, stream
 from contrastive_jax.data.sources import create_source, parse_source
+from contrastive_jax.data.text_encoder import text_renderer
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.filters import FilterCounters
 
 RNG = np.random.default_rng(0)
@@ -78,7 +80,7 @@ def tfrecords(corpus, prefix="a", **extra):
 
 
 def batches(cfg, tok, n, batch=4, **kw):
-    ds = pipeline.train_dataset(cfg, tok, global_batch_size=batch, **kw)
+    ds = stream.train_dataset(cfg, tok, global_batch_size=batch, **kw)
     return list(itertools.islice(ds.as_numpy_iterator(), n))
 
 
@@ -109,7 +111,7 @@ def test_shard_split_is_disjoint_across_processes(corpus, tokenizer):
     assert sorted(parts[0][:12]) == sorted(parts[0][12:])
     assert not set(parts[0]) & set(parts[1])
     assert set(parts[0]) | set(parts[1]) == set(range(24))
-    with pytest.raises(ValueError, match="cannot feed 5 processes"):
+    with pytest.raises(DataError, match="cannot feed 5 processes"):
         batches(cfg, tokenizer, 1, batch=5, process_index=4, process_count=5)
 
 
@@ -140,11 +142,11 @@ def test_mixing_follows_weights_and_resumes(corpus, tokenizer):
 
 def test_mixture_positions_match_the_choice_stream():
     weights, position = (0.2, 0.5, 0.3), 4096 + 300  # crosses a choice block
-    choices = np.fromiter(stream.mixture_choices(weights, 3, 0).take(position + 50)
+    choices = np.fromiter(mixture.mixture_choices(weights, 3, 0).take(position + 50)
                           .as_numpy_iterator(), np.int64)  # fmt: skip
-    assert stream.mixture_positions(weights, 3, position) == np.bincount(
+    assert mixture.mixture_positions(weights, 3, position) == np.bincount(
         choices[:position], minlength=3).tolist()
-    tail = list(stream.mixture_choices(weights, 3, position).take(50).as_numpy_iterator())
+    tail = list(mixture.mixture_choices(weights, 3, position).take(50).as_numpy_iterator())
     assert tail == choices[position:].tolist()
 
 
@@ -185,7 +187,7 @@ def final_counts(cfg) -> dict[str, float]:
     """Counters after one sequential pass over every unit of the (only) source."""
     source = create_source(parse_source(cfg.sources[0]), cfg)
     units = source.units(0, 1)
-    ds = stream.usable(source.read(units, tf.range(len(units), dtype=tf.int64), 1), cfg)
+    ds = examples.usable(source.read(units, tf.range(len(units), dtype=tf.int64), 1), cfg)
     last = ds.reduce(tf.zeros([len(records.COUNTER_KEYS)], tf.int64), lambda _, ex: ex["counts"])
     return {k: v for k, v in stream.counter_metrics(last.numpy()).items() if v}
 
@@ -243,15 +245,15 @@ def test_bad_records_counted_per_reason(bad_corpus, tmp_path, caplog):
 
 def test_bad_source_configs_are_one_line_errors(corpus):
     config = tiny_config(data={"sources": ({"kind": "s3"},)})
-    with pytest.raises(ConfigError, match=r"data.sources\[0\]: unknown kind 's3'"):
+    with pytest.raises(ConfigError, match=r"'data.sources\[0\].kind': unknown source kind 's3'"):
         validate(config)
     config = tiny_config(data={"sources": ({"kind": "wds", "pattern": "x", "path": "y"},)})
-    with pytest.raises(ConfigError, match="unknown key 'path' for kind 'wds'"):
+    with pytest.raises(ConfigError, match=r"'data.sources\[0\].path': unknown for kind 'wds'"):
         validate(config)
     config = tiny_config(data={"sources": (tfrecords(corpus),)})
     with pytest.raises(ConfigError, match="'data.channels' \\(3\\) differs"):
         validate(config)
-    with pytest.raises(FileNotFoundError, match="no file matches"):
+    with pytest.raises(InputNotFoundError, match="no file matches"):
         create_source(parse_source({"kind": "tfrecord", "pattern": "/nonexistent/*.tfrecord"}),
                       data_cfg())
 
@@ -277,7 +279,7 @@ def test_train_loop_writes_data_counters(bad_corpus, tmp_path):
 
 
 def test_tfds_source_mixed_with_tfrecords(fake_data_dir, corpus, tokenizer):
-    """A TFDS dataset by name (grey PNGs, decoded to RGB) mixed with TFRecord shards."""
+    """A TFDS dataset by name (grey tensors, tiled to RGB) mixed with TFRecord shards."""
     tfds_source = {"kind": "tfds", "name": "fashion_mnist_captions", "data_dir": fake_data_dir}
     cfg = data_cfg(tfds_source, tfrecords(corpus, "b"), image_size=28)  # labels >= 100
     bs = batches(cfg, tokenizer, 8, batch=8)
@@ -301,7 +303,7 @@ def test_saved_positions_resume_a_filtered_mixture_without_counting(corpus, toke
     def no_counting(*args, **kwargs):
         raise AssertionError("a resume with saved positions counted an epoch")
 
-    monkeypatch.setattr(stream, "usable_per_epoch", no_counting)
+    monkeypatch.setattr(examples, "usable_per_epoch", no_counting)
     for k in (11, 23):
         assert_same(full[k:k + 4], batches(cfg, tokenizer, 4, start_example=4 * k,
                                            resume_positions=running[k - 1].tolist()))
@@ -319,3 +321,65 @@ def test_filters_apply_to_sources_and_keep_resume_exact(corpus, tokenizer):
     counts = counters.as_dict()
     # Prefetching reads ahead, so the counts are at least those of the two epochs served.
     assert counts["filters/basic/kept"] >= 20 and counts["filters/basic/dropped"] >= 28
+
+
+def test_rendered_captions_and_text_pairs_from_a_tfrecord_source(tmp_path):
+    """CLIPPO on a non-TFDS source: "text" is the rendered caption, a share of the images
+    become another same-label caption of the batch, and resume stays exact."""
+    captions = [f"{i} shirt" for i in range(8)]  # 4 characters a line: distinct renderings
+    for s in range(2):
+        write_shard(str(tmp_path / f"r-{s}.tfrecord"),
+                    [(jpeg(), captions[4 * s + i], i % 2) for i in range(4)])
+    cfg = data_cfg({"kind": "tfrecord", "pattern": str(tmp_path / "r-*.tfrecord")},
+                   channels=1, image_size=16)
+    cfg.render.update(enabled=True, font_size=8, text_pair_fraction=0.5)
+    renderer = text_renderer(cfg)
+    rendered = [r.tobytes() for r in renderer.encode_batch(captions)]
+    assert len(set(rendered)) == 8
+    full = batches(cfg, renderer, 4)  # two epochs of 8
+    text = np.concatenate([b["text"] for b in full])
+    assert text.shape == (16, 16, 16, 1)
+    assert sorted(r.tobytes() for r in text) == sorted(rendered * 2)  # each once an epoch
+    cfg.render.text_pair_fraction = 0.0
+    plain = batches(cfg, renderer, 4)
+    swaps = 0
+    for a, b in zip(full, plain, strict=True):
+        np.testing.assert_array_equal(a["text"], b["text"])
+        for i in np.flatnonzero(~np.all(a["image"] == b["image"], axis=(1, 2, 3))):
+            swaps += 1
+            partners = [j for j in range(4) if j != i and a["label"][j] == a["label"][i]]
+            assert any(np.array_equal(a["image"][i], a["text"][j]) for j in partners)
+    assert swaps > 0
+    cfg.render.text_pair_fraction = 0.5
+    assert_same(full[2:], batches(cfg, renderer, 2, start_example=8))
+
+
+def test_embedding_cache_reads_every_source_and_keeps_the_stream(corpus, tokenizer, tmp_path):
+    """uid_image_batches covers every usable example of every source (tfrecord and folder)
+    once, in stored order; with the embeddings the stream is the same stream of examples."""
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(4):
+        (tmp_path / "img" / f"{i}.jpg").write_bytes(jpeg())
+        rows.append({"path": f"img/{i}.jpg", "caption": f"picture {i}", "uid": f"f{i}",
+                     "label": 200 + i})
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = data_cfg(tfrecords(corpus), {"kind": "folder", "path": str(tmp_path / "t.jsonl")})
+    got = list(stream.uid_image_batches(cfg, 5))
+    assert [len(b["uid"]) for b in got] == [5, 5, 5, 5, 4, 4]  # per source: 24, then 4
+    assert got[0]["image"].shape == (5, 8, 8, 3) and got[0]["image"].dtype == np.float32
+    uids = [u.decode() for b in got for u in b["uid"]]
+    # Source by source: the shards (interleaved two at a time), then the table's rows.
+    assert sorted(uids[:24]) == sorted(f"uid{i}" for i in range(24))
+    assert uids[:4] == ["uid0", "uid6", "uid1", "uid7"] and uids[24:] == ["f0", "f1", "f2", "f3"]
+
+    label_of = {u: (200 + int(u[1:]) if u.startswith("f") else int(u[3:])) for u in uids}
+    table = np.array([[label_of[u], 1.0] for u in uids], np.float32)
+    with_images = batches(cfg, tokenizer, 10)
+    cached = batches(cfg, tokenizer, 10, image_embeddings=(np.array(uids), table))
+    for a, b in zip(with_images, cached, strict=True):
+        assert "image" not in b and b["image_embedding"].shape == (4, 2)
+        np.testing.assert_array_equal(b["image_embedding"][:, 0], b["label"])
+        for key in ("label", "text", "stream_position", "data_counts"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert {200, 201, 202, 203} & set(labels(cached))  # the folder source is in the mix

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.data import pipeline, schema
+from contrastive_jax.data import examples as source_examples
+from contrastive_jax.data import positions, schema
+from contrastive_jax.data.stream import train_dataset
+from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.datasets.uid_random import uid_uniform
 from contrastive_jax.filters import (
     FilterCounters,
     apply_filters,
@@ -18,7 +22,6 @@ from contrastive_jax.filters import (
     metaclip,
     uid_tables,
 )
-from contrastive_jax.filters.uid_random import uid_uniform
 
 
 def examples(rows: list[tuple[str, str, tuple[int, int]]]) -> tf.data.Dataset:
@@ -147,19 +150,27 @@ def test_metaclip_balancing_matches_reference_and_is_order_free(tmp_path):
     assert sorted(kept_uids(reversed_ds)) == sorted(expected)
 
 
-def test_metaclip_counts_the_whole_train_split_in_every_process(fake_data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tokenizer(fake_data_dir, tmp_path_factory):
+    cfg = schema.default_data_config()
+    cfg.update(data_dir=fake_data_dir)
+    cfg.tokenizer.vocab_size = 300
+    return ensure_tokenizer(cfg, str(tmp_path_factory.mktemp("tokenizer")))
+
+
+def test_metaclip_counts_the_whole_train_split_in_every_process(fake_data_dir, tokenizer,
+                                                                 tmp_path):
     # Process 1 of 2 trains on half the split, but must balance with the whole split's counts
     # (with its half's, each of P processes would keep ~P times as many examples of a common
     # entry as `t` allows) and so with the same counts as every other process.
     cfg = schema.default_data_config()
     cfg.update(data_dir=fake_data_dir, shuffle_buffer=64)
-    tokenizer = pipeline.ensure_tokenizer(cfg, str(tmp_path))
     counts = {}
     for process_index, process_count in [(0, 1), (1, 2)]:
         path = str(tmp_path / f"counts_{process_index}_of_{process_count}.json")
         cfg.filters.metaclip.update(enabled=True, t=5, counts_path=path)
-        ds = pipeline.train_dataset(cfg, tokenizer, global_batch_size=16,
-                                    process_index=process_index, process_count=process_count)
+        ds = train_dataset(cfg, tokenizer, global_batch_size=16,
+                           process_index=process_index, process_count=process_count)
         next(ds.as_numpy_iterator())  # building it ran the counting pass
         entries = metaclip.dataset_entries(cfg.dataset)
         counts[process_count] = metaclip.load_counts(path, entries)
@@ -209,38 +220,57 @@ def test_keep_lists_intersect_and_filters_compose_in_order(tmp_path):
         apply_filters(examples(rows), cfg)
 
 
+EXCLUDED = {f"train/{i:06d}" for i in range(0, 200, 20)}  # not on the keep-list
+
+
 @pytest.fixture(scope="module")
 def filtered_cfg(fake_data_dir, tmp_path_factory):
     cfg = schema.default_data_config()
     cfg.data_dir = fake_data_dir
     cfg.shuffle_buffer = 64
-    cfg.tokenizer.vocab_size = 300
-    # Keep roughly half the train split by a score file: uid hash as a stand-in score.
+    # Keep roughly half the train split by a score file (uid hash as a stand-in score),
+    # after a keep-list that drops 10 uids.
     uids = [f"train/{i:06d}" for i in range(200)]
-    path = str(tmp_path_factory.mktemp("scores") / "s.npz")
-    uid_tables.write_scores(path, uids, [uid_uniform(u) for u in uids])
-    cfg.filters.score.update(enabled=True, path=path, threshold=0.5)
+    folder = tmp_path_factory.mktemp("filter_tables")
+    uid_tables.write_scores(str(folder / "s.npz"), uids, [uid_uniform(u) for u in uids])
+    cfg.filters.score.update(enabled=True, path=str(folder / "s.npz"), threshold=0.5)
+    keep = _write(folder / "keep.txt", [u for u in uids if u not in EXCLUDED])
+    cfg.filters.dedup.update(enabled=True, keep_lists=(keep,))
     return cfg
 
 
-def test_pipeline_applies_filters_counts_them_and_resumes_exactly(filtered_cfg, tmp_path):
-    tokenizer = pipeline.ensure_tokenizer(filtered_cfg, str(tmp_path))
-    n_kept = sum(uid_uniform(f"train/{i:06d}") >= 0.5 for i in range(200))
+def test_stream_applies_filters_counts_them_and_resumes_exactly(filtered_cfg, tokenizer,
+                                                                monkeypatch):
+    uids = [f"train/{i:06d}" for i in range(200)]
+    n_kept = sum(u not in EXCLUDED and uid_uniform(u) >= 0.5 for u in uids)
     counters = FilterCounters()
     bs, n = 16, 14  # > 1 epoch of the kept examples
-    ds = pipeline.train_dataset(filtered_cfg, tokenizer, global_batch_size=bs, seed=1,
-                                filter_counters=counters)
+    ds = train_dataset(filtered_cfg, tokenizer, global_batch_size=bs, seed=1,
+                       filter_counters=counters)
     full = list(itertools.islice(ds.as_numpy_iterator(), n))
     first_epoch = np.concatenate([b["image"] for b in full]).reshape(n * bs, -1)[:n_kept]
     assert len({row.tobytes() for row in first_epoch}) == n_kept  # each kept example once
     got = counters.as_dict()
-    assert got["filters/score/kept"] >= n_kept and got["filters/score/dropped"] >= 200 - n_kept
-    k = 9  # resume inside the second epoch
-    resumed = pipeline.train_dataset(filtered_cfg, tokenizer, global_batch_size=bs, seed=1,
-                                     start_example=k * bs)
-    for a, b in zip(full[k:], resumed.as_numpy_iterator(), strict=False):
-        np.testing.assert_array_equal(a["image"], b["image"])
-        np.testing.assert_array_equal(a["text"], b["text"])
+    assert got["filters/dedup/dropped"] >= len(EXCLUDED)
+    assert got["filters/score/kept"] >= n_kept
+    # Read ahead still runs: a dedup-kept example may not have reached the score filter yet.
+    assert got["filters/score/kept"] + got["filters/score/dropped"] <= got["filters/dedup/kept"]
+    # Positions count raw records: epoch 1 is 200 records, of which n_kept are served.
+    running = np.maximum.accumulate(np.stack([b["stream_position"][0] for b in full]))
+    k = 9  # resume inside the second epoch: by counting, then from the saved position
+    assert positions.decode(running[k - 1])[0] == 1
+    for saved in (None, running[k - 1 : k].tolist()):
+        if saved:
+            monkeypatch.setattr(source_examples, "usable_per_epoch", _no_counting)
+        resumed = train_dataset(filtered_cfg, tokenizer, global_batch_size=bs, seed=1,
+                                start_example=k * bs, resume_positions=saved)
+        for a, b in zip(full[k:], resumed.as_numpy_iterator(), strict=False):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["text"], b["text"])
+
+
+def _no_counting(*args, **kwargs):
+    raise AssertionError("a resume with saved positions counted an epoch")
 
 
 def test_noisy_corpus_shuffles_a_known_fraction_of_train_captions():
