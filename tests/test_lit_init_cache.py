@@ -97,3 +97,35 @@ def test_cached_embeddings_train_like_the_locked_tower(fake_data_dir, source_wor
                               "fashion_mnist_captions_train.npz")) as f:
         assert f["embedding"].shape == (200, 16) and len(set(f["uid"])) == 200
         np.testing.assert_allclose(np.linalg.norm(f["embedding"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_cached_embeddings_of_a_folder_source(source_workdir, tmp_path):
+    """The cache and the stream with it work for `data.sources` too (here a folder of PNGs)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    names = ["coat", "dress", "bag", "shirt"]
+    rows = []
+    (tmp_path / "img").mkdir()
+    for i in range(32):
+        pixels = rng.integers(0, 255, (28, 28, 1), dtype=np.uint8)
+        (tmp_path / "img" / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+        rows.append({"path": f"img/{i}.png", "caption": f"a photo of a {names[i % 4]}",
+                     "uid": f"f{i:02d}", "label": i % 4})
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lit = {"locked": {"image": True}, "init_from": {"path": source_workdir, "tower": "image"}}
+    runs = {}
+    for cache in (False, True):
+        workdir = str(tmp_path / f"cache_{cache}")
+        config = _config(None, steps=2, embedding_cache={"enabled": cache}, **lit)
+        config.data.update(sources=({"kind": "folder", "path": str(tmp_path / "t.jsonl")},),
+                           channels=1, image_size=28)
+        config.data.tokenizer.vocab_size = 40
+        loop.train(config, workdir)
+        runs[cache] = _losses(workdir)
+    assert len(runs[True]) == 2
+    np.testing.assert_allclose(runs[True], runs[False], rtol=1e-5)
+    (cache_path,) = os.listdir(os.path.join(tmp_path, "cache_True", "embedding_cache"))
+    assert cache_path.startswith("sources_")
+    with np.load(os.path.join(tmp_path, "cache_True", "embedding_cache", cache_path)) as f:
+        assert sorted(f["uid"]) == [r["uid"] for r in rows]

@@ -103,6 +103,10 @@ def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_
     step_b, meta_b, params_b = _final_params(cut_dir, fake_data_dir, cache)
     assert step_a == step_b == STEPS
     assert meta_a["examples_seen"] == meta_b["examples_seen"] == STEPS * 16
+    # The stream stands where the uninterrupted one does: examples read (16 epochs of the
+    # 200) and the TFDS source's position.
+    assert meta_a["stream"] == meta_b["stream"]
+    assert meta_b["stream"]["examples_read"] == STEPS * 16
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(a, b)
     # The relaunch appended to the same metrics file: steps 1..stop, then stop+1..STEPS.
