@@ -227,8 +227,6 @@ def test_class_names(cfg):
     assert class_names(cfg.dataset, cfg.data_dir) == fmc.CLASS_NAMES
 
 
-@pytest.mark.xfail(strict=True, reason="examples._COUNT_CACHE keys a tfds source by its name "
-                   "only, not its split (or data_dir): a count of another split is reused")
 def test_a_counting_resume_ignores_the_count_of_another_split(cfg, tokenizer, monkeypatch):
     monkeypatch.setattr(examples, "_COUNT_CACHE", {})  # as in a fresh process
     small = cfg.copy_and_resolve_references()

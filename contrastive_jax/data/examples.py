@@ -166,7 +166,7 @@ def usable_per_epoch(source: Source, units: list, cfg: ml_collections.ConfigDict
     Decodes up to `limit` + 1 images (all of the epoch without a limit); a full count is
     cached. A resume inside the first epoch thus never reads the rest of the data.
     """
-    key = (source.name, process, cfg.channels, str(cfg.get("filters", "")))
+    key = (source.identity, process, cfg.channels, str(cfg.get("filters", "")))
     if key not in _COUNT_CACHE:
         ds = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
                     cfg, source)  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -19,35 +18,6 @@ def scale_images(
         x = tf.image.resize(x, (image_size, image_size), antialias=True)
         x = tf.clip_by_value(x, 0.0, 255.0)
     return x * ((hi - lo) / 255.0) + lo
-
-
-def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Stateless left-right flip of one [H, W, C] image; `seed` is int64 [2]."""
-    return tf.image.stateless_random_flip_left_right(image, seed=seed)
-
-
-def has_text(caption: tf.Tensor) -> tf.Tensor:
-    """True where a caption has non-whitespace text (the one rule for usable captions)."""
-    return tf.strings.length(tf.strings.strip(caption)) > 0
-
-
-def valid_caption(caption: tf.Tensor, uid: tf.Tensor | None = None) -> tf.Tensor:
-    """True if the caption has non-whitespace text; logs the example it rejects.
-
-    Not silent on purpose: a dropped example prints one line to stderr with its uid.
-    """
-    ok = has_text(caption)
-    if uid is None:
-        uid = tf.constant("<no uid>")
-
-    def _report() -> tf.Tensor:
-        # Explicit control dependency: tf.data may prune a print nothing depends on.
-        printed = tf.print("contrastive_jax.data: skipping example with empty caption:", uid,
-                           output_stream=sys.stderr)  # fmt: skip
-        with tf.control_dependencies([printed]):
-            return tf.identity(ok)
-
-    return tf.cond(ok, lambda: ok, _report)
 
 
 def clean_captions(captions: tf.Tensor, lowercase: bool) -> tf.Tensor:

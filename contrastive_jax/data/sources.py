@@ -99,6 +99,12 @@ class Source(abc.ABC):
     shuffle_units = True  # whether per-epoch unit order is shuffled
     class_names_dataset: str | None = None  # a TFDS dataset whose class names label it
 
+    @property
+    def identity(self) -> str:
+        """What tells this source's data apart from another's (per-epoch counts are cached
+        by it)."""
+        return self.name
+
     @abc.abstractmethod
     def units(self, process_index: int, process_count: int) -> list:
         """This process's units (disjoint from the other processes')."""
@@ -234,6 +240,10 @@ class TfdsSource(Source):
             if spec[key] and spec[key] not in features:
                 raise DataError(f"{self.name} has no feature {spec[key]!r} (its {key}); "
                                 f"features: {', '.join(features.keys())}")
+
+    @property
+    def identity(self) -> str:
+        return f"{self.name} {self.split} {self.builder.data_dir}"
 
     def units(self, process_index, process_count):
         import tensorflow_datasets as tfds
