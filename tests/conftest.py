@@ -1,6 +1,9 @@
 """Test set-up: 8 simulated CPU devices, set before jax is imported anywhere."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from contrastive_jax import cpu_host  # imports no jax: the environment below must come first
 
@@ -16,6 +19,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # 16 pool threads for the 8 devices: one device may hold two collectives at once.
 cpu_host.widen_cpu_thread_pool(8)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the whole run, shared by the xdist workers (they inherit the
+# controller's environment) and the CLI subprocesses the tests start: many tests compile the
+# same tiny model's programs, and a program compiled once is then loaded, not compiled
+# again. A fresh directory per run, removed at exit: every run starts as cold as CI's.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _xla_cache = tempfile.mkdtemp(prefix="contrastive_jax_tests_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
 
 
 import pytest  # noqa: E402
