@@ -159,11 +159,10 @@ def uid_image_batches(data_config: ml_collections.ConfigDict,
     source, in stored order, unaugmented (n = batch_size, except the last); for the
     embedding cache. Undecodable records are skipped, as in training."""
     cfg = data_config
-    lo, hi = (float(v) for v in cfg.value_range)
 
     def scaled(ex):
-        image = preprocess.scale_images(ex["image"], (0.0, 255.0), cfg.image_size)
-        return {"uid": ex["uid"], "image": image * ((hi - lo) / 255.0) + lo}
+        return {"uid": ex["uid"],
+                "image": preprocess.scale_images(ex["image"], cfg.value_range, cfg.image_size)}
 
     for ds in whole_sources(cfg):
         ds = ds.map(scaled, num_parallel_calls=tf.data.AUTOTUNE)

@@ -38,6 +38,7 @@ from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
 from contrastive_jax.train.step import NONFINITE, StepFn, train_step_from_config
 from contrastive_jax.train.stream_progress import StreamProgress
+from contrastive_jax.train.stream_progress import read_size as stream_read_size
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
         if step:
             cit.resume(run.state, step, run.checkpointer)
     saved_with_state = cit.checkpoint_extra if cit else lambda: None
-    read_size = batch_size * (config.train.cit.oversample if cit else 1)
+    read_size = stream_read_size(config)
     counters = FilterCounters()
     cached = None
     if config.train.embedding_cache.enabled:
