@@ -23,6 +23,8 @@ from contrastive_jax.errors import ConfigError  # callers import it from here to
 ConfigDict = ml_collections.ConfigDict
 # `train.init_from.tower` values (train/init_from.py): which towers a fresh run copies.
 INIT_FROM_TOWERS = ("image", "text", "both", "all")
+# Keys whose value may take more than one type; `validate` checks them.
+_ANY_TYPE = {"data.lowercase"}  # a bool or "unicode" / "ascii" (data/text_conventions.py)
 
 
 def default_config() -> ConfigDict:
@@ -220,7 +222,7 @@ def merge_into(base: ConfigDict, update: ConfigDict | dict, prefix: str = "") ->
             if isinstance(value, (ConfigDict, dict)):
                 raise ConfigError(f"config key {path!r} is a value, not a group")
             with base.ignore_type():
-                base[key] = _check_type(path, current, value)
+                base[key] = value if path in _ANY_TYPE else _check_type(path, current, value)
 
 
 def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
@@ -235,7 +237,7 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
         use_model_schema(config, text)
     value = _parse_value(text)
     # A string default keeps the override a string: `--config.data.dataset=123` is a name.
-    if leaf in node and isinstance(node[leaf], str):
+    if leaf in node and isinstance(node[leaf], str) and dotted not in _ANY_TYPE:
         value = text
     merge_into(node, {leaf: value}, prefix=".".join(parents) + "." if parents else "")
 
@@ -311,6 +313,9 @@ def validate(config: ConfigDict) -> None:
 
     check_cit_config(config.train.cit)  # these raise ConfigError naming the key
     check_filters_config(config.data.filters)
+    from contrastive_jax.data.text_conventions import check_config
+
+    check_config(config)  # data.pad_id / eos / lowercase, and the pad id against the pool
     _validate_lit(config)
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")

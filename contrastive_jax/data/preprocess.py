@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+from contrastive_jax.data.text_conventions import lowercase_mode
+
 
 def scale_images(
     images: tf.Tensor, value_range: Sequence[float], image_size: int | None = None
@@ -20,11 +22,14 @@ def scale_images(
     return x * ((hi - lo) / 255.0) + lo
 
 
-def clean_captions(captions: tf.Tensor, lowercase: bool) -> tf.Tensor:
-    """Strips whitespace and optionally lowercases (Unicode-aware) a string tensor."""
+def clean_captions(captions: tf.Tensor, lowercase: bool | str) -> tf.Tensor:
+    """Strips whitespace and lowercases a string tensor by `data.lowercase`: True or
+    "unicode" Unicode-aware, "ascii" A-Z only (big_vision's op), False not at all."""
     captions = tf.strings.strip(captions)
-    if lowercase:
-        captions = tf.strings.lower(captions, encoding="utf-8")
+    mode = lowercase_mode(lowercase)
+    if mode != "none":
+        # encoding "" is tf.strings.lower's default, the one big_vision's tokenize uses.
+        captions = tf.strings.lower(captions, encoding="utf-8" if mode == "unicode" else "")
     return captions
 
 

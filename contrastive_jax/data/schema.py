@@ -32,7 +32,13 @@ def default_data_config() -> ml_collections.ConfigDict:
             "flip": False,  # random horizontal flip (train only)
             "shuffle_buffer": 10_000,
             "max_len": 16,  # text tokens per caption, EOS included
+            # True / "unicode", "ascii" (A-Z only: big_vision's tf.strings.lower) or False.
             "lowercase": True,
+            # How ids fill max_len (data/text_conventions.py). eos: "sticky" keeps EOS last
+            # when truncating, "yes" appends it before truncating, "none" adds none.
+            # pad_id != 0 needs model.text.pool="final" (big_vision's SigLIP: pad 1 = EOS).
+            "pad_id": 0,
+            "eos": "sticky",
             "tokenizer": {"path": None, "vocab_size": 1000},  # path None -> train on captions
             # Non-empty: train on these sources instead of `dataset` (see data/sources.py),
             # e.g. ({"kind": "tfrecord", "pattern": "/data/shards/*.tfrecord", "weight": 1},).

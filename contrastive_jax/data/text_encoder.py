@@ -10,6 +10,7 @@ import ml_collections
 
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import source_captions
+from contrastive_jax.data.text_conventions import TextConventions
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 TOKENIZER_CAPTIONS = 1_000_000  # per source; plenty for a sentencepiece model
@@ -36,11 +37,12 @@ def ensure_tokenizer(data_config: ml_collections.ConfigDict,
     """
     if data_config.render.enabled:
         return text_renderer(data_config)
+    conventions = TextConventions.from_config(data_config)  # pad id, EOS rule, lowercasing
     if data_config.tokenizer.path:
-        return Tokenizer(data_config.tokenizer.path)
+        return Tokenizer(data_config.tokenizer.path, conventions)
     path = os.path.join(workdir, "tokenizer.model")
     if not os.path.exists(path):
         prefix = path[: -len(".model")]
         train_tokenizer(training_captions(data_config), prefix,
                         data_config.tokenizer.vocab_size, lowercase=data_config.lowercase)
-    return Tokenizer(path)
+    return Tokenizer(path, conventions)

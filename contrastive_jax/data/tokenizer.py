@@ -11,9 +11,10 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
+from contrastive_jax.data.text_conventions import EOS_ID, PAD_ID, UNK_ID, TextConventions
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+__all__ = ["EOS_ID", "PAD_ID", "UNK_ID", "Tokenizer", "train_tokenizer", "train_tokenizer_cli"]
 
 
 def train_tokenizer(
@@ -76,9 +77,10 @@ def train_tokenizer_cli(input_path: str, out_prefix: str, vocab_size: int) -> st
 
 
 class Tokenizer:
-    """A loaded SentencePiece model producing fixed-length id arrays (ids + EOS, 0-padded)."""
+    """A loaded SentencePiece model producing fixed-length id arrays by its model's text
+    conventions (`conventions`; default: ids + sticky EOS, 0-padded, no lowercasing)."""
 
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, conventions: TextConventions | None = None):
         self.model_path = model_path
         if not os.path.isfile(model_path):
             raise InputNotFoundError(f"sentencepiece model not found: {model_path}")
@@ -94,34 +96,40 @@ class Tokenizer:
                 f"{model_path}: expected pad_id={PAD_ID} and eos_id={EOS_ID}, got "
                 f"{self._sp.pad_id()} and {self._sp.eos_id()}"
             )
+        self.conventions = conventions or TextConventions()
+        if self.conventions.pad_id >= self.vocab_size:
+            raise ConfigError(f"config key 'data.pad_id' ({self.conventions.pad_id}) is not an "
+                              f"id of {model_path} (vocab size {self.vocab_size})")
+
+    def with_conventions(self, conventions: TextConventions) -> Tokenizer:
+        """The same sentencepiece model under other conventions."""
+        return Tokenizer(self.model_path, conventions)
 
     @property
     def vocab_size(self) -> int:
         """Number of ids the text model's embedding table needs."""
         return self._sp.get_piece_size()
 
-    def encode_batch(self, texts: Sequence[str], max_len: int) -> np.ndarray:
-        """int32 [N, max_len]: ids then EOS; too long -> truncated with EOS kept last."""
-        if max_len < 1:
-            raise ConfigError(f"config key 'data.max_len' must be >= 1 (room for EOS), got "
-                              f"{max_len}")
-        ids = self._sp.encode(list(texts), out_type=int)
-        out = np.zeros((len(ids), max_len), dtype=np.int32)
-        for row, seq in zip(out, ids, strict=True):
-            seq = seq[: max_len - 1] + [EOS_ID]
-            row[: len(seq)] = seq
-        return out
+    def encode_batch(self, texts: Sequence[str], max_len: int | None = None) -> np.ndarray:
+        """int32 [N, max_len] (default: the conventions' max_len): texts lowercased, then
+        ids with EOS and padding by the conventions (see text_conventions.py)."""
+        c = self.conventions
+        # Lowercasing here too, not only in the training pipeline's clean_captions: eval
+        # prompts and embed's texts must reach the model as the training captions did.
+        ids = self._sp.encode([c.lower(t) for t in texts], out_type=int)
+        return c.pack(ids, max_len, eos_id=EOS_ID)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids back to text, stopping at the first EOS/pad."""
         ids = list(ids)
-        for stop in (EOS_ID, PAD_ID):
+        for stop in (EOS_ID, self.conventions.pad_id):
             if stop in ids:
                 ids = ids[: ids.index(stop)]
         return self._sp.decode(ids)
 
-    def tf_tokenize(self, strings: tf.Tensor, max_len: int) -> tf.Tensor:
+    def tf_tokenize(self, strings: tf.Tensor, max_len: int | None = None) -> tf.Tensor:
         """Encodes a [N] string tensor inside a tf.data graph -> int32 [N, max_len]."""
+        max_len = self.conventions.max_len if max_len is None else max_len
 
         def _encode(batch: np.ndarray) -> np.ndarray:
             return self.encode_batch([s.decode("utf-8", "replace") for s in batch], max_len)

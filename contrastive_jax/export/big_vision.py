@@ -9,7 +9,10 @@ big_vision saves flattened params with '/'-joined names, e.g.
 Flax linen and our NNX modules store every tensor in the same layout, so import is a pure
 renaming (plus unstacking `scan`ned encoder blocks). The model config is read off the shapes.
 Text towers become `text.pool="final"`: big_vision's text transformer has no pad mask and
-pools the final position.
+pools the final position, so the pad id changes every text embedding. Its SigLIP configs
+tokenise with `tokenize(max_len=..., eos="sticky", pad_value=1)` and the op's default
+`lower=True` (`tf.strings.lower`, no encoding: A-Z only), see big_vision/pp/ops_text.py and
+configs/proj/image_text/common.py; `text_conventions` gives those as our conventions.
 """
 
 from __future__ import annotations
@@ -17,18 +20,25 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from contrastive_jax.data.text_conventions import EOS_ID, TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.export.flat import unflatten
+
+if TYPE_CHECKING:  # the tokenizer loads TensorFlow; only big_vision_model needs it
+    from contrastive_jax.data.tokenizer import Tokenizer
 
 _BLOCK_PARTS = {"LayerNorm_0": "ln1", "LayerNorm_1": "ln2", "MultiHeadDotProductAttention_0":
                 "attn", "MlpBlock_0": "mlp", "Dense_0": "fc1", "Dense_1": "fc2"}
 _MAP_PARTS = {"MultiHeadDotProductAttention_0": "attn", "LayerNorm_0": "ln", "MlpBlock_0": "mlp",
               "Dense_0": "fc1", "Dense_1": "fc2"}
 _ENCODERS = {"img": "Transformer", "txt": "Encoder_0"}
+# big_vision SigLIP's tokenize(eos="sticky", pad_value=1, lower=True): pad with EOS's id.
+BIG_VISION_TEXT = {"pad_id": EOS_ID, "eos": "sticky", "lowercase": "ascii"}
 
 
 def _rename(name: str) -> str:
@@ -134,3 +144,31 @@ def load_big_vision(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     params = unflatten(flat)
     check_params(complete_config(model), params)
     return model, params
+
+
+def text_conventions(model: dict[str, Any]) -> TextConventions:
+    """How big_vision's SigLIP text towers read text, at the checkpoint's max_len (the
+    length of its text position embedding)."""
+    return TextConventions(**BIG_VISION_TEXT, max_len=int(model["text"]["max_len"]))
+
+
+def big_vision_model(path: str, tokenizer_path: str, config: Any,
+                     overrides: Sequence[str] = ()) -> tuple[dict[str, Any], Tokenizer]:
+    """(params, tokenizer) of a big_vision `.npz`, made the model of `config` (in place):
+    `config.model` from the checkpoint's shapes, `config.data`'s text conventions from
+    `text_conventions`, then `key=value` `overrides` (so `data.pad_id=0` etc. win). The
+    tokenizer encodes by the resulting conventions."""
+    from contrastive_jax.config import ConfigError, apply_override
+    from contrastive_jax.data.text_conventions import for_model, use_conventions
+    from contrastive_jax.data.tokenizer import Tokenizer
+    from contrastive_jax.models import complete_config
+
+    model, params = load_big_vision(path)
+    config.model = complete_config(model)
+    use_conventions(config, text_conventions(model))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        apply_override(config, key.strip(), value)
+    return params, Tokenizer(tokenizer_path, for_model(config))

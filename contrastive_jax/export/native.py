@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from contrastive_jax.data import text_conventions
+from contrastive_jax.data.text_conventions import EOS_ID, TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError, UserError
 from contrastive_jax.export.flat import flatten, unflatten
 
@@ -31,6 +33,7 @@ WEIGHT_FILES = {"npz": "params.npz", "safetensors": "model.safetensors"}
 def export_config(config: Any, params: dict, step: int) -> dict[str, Any]:
     """The JSON card: model architecture, input conventions, loss, t and b."""
     data = config.data
+    conventions = text_conventions.for_model(config)
     return {
         "format_version": 1,
         "step": step,
@@ -38,9 +41,10 @@ def export_config(config: Any, params: dict, step: int) -> dict[str, Any]:
         "image": {"size": data.image_size, "channels": config.model.image.channels,
                   "value_range": list(data.value_range),
                   "layout": "NHWC float32; uint8 pixels v map to lo + v * (hi - lo) / 255"},
-        "text": {"max_len": data.max_len, "lowercase": data.lowercase,
-                 "tokenizer": TOKENIZER_FILE, "pad_id": 0, "eos_id": 1,
-                 "layout": "ids then EOS, right-padded with 0 to max_len"},
+        # The model's text conventions (pad_id, eos, lowercase, max_len); `card_conventions`
+        # reads them back, and cards written before them as pad 0, sticky EOS.
+        "text": {**conventions.to_dict(), "tokenizer": TOKENIZER_FILE, "eos_id": EOS_ID,
+                 "layout": conventions.layout()},
         "loss": config.loss.name,
         "t": float(np.exp(params["t_log"])),
         "b": float(params["b"]) if "b" in params else 0.0,
@@ -144,8 +148,14 @@ def _flatten_abstract(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def card_conventions(card: dict[str, Any]) -> TextConventions:
+    """The text conventions an export card records (old cards: pad 0, sticky EOS)."""
+    return TextConventions.from_dict(card.get("text") or {})
+
+
 def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Tokenizer]:
-    """(export config, nested params, tokenizer) of an npz/safetensors export directory."""
+    """(export config, nested params, tokenizer) of an npz/safetensors export directory;
+    the tokenizer encodes by the card's text conventions."""
     from contrastive_jax.models import complete_config
 
     card_path = os.path.join(export_dir, CONFIG_FILE)
@@ -162,4 +172,4 @@ def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Toke
         raise InputNotFoundError(f"missing tokenizer file {tok_path}")
     from contrastive_jax.data.tokenizer import Tokenizer
 
-    return card, params, Tokenizer(tok_path)
+    return card, params, Tokenizer(tok_path, card_conventions(card))

@@ -14,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from contrastive_jax.data import text_conventions
 from contrastive_jax.errors import CheckpointError, InputNotFoundError
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import create_mesh
@@ -33,6 +34,10 @@ def _model_signature(config: ml_collections.ConfigDict) -> dict[str, Any]:
     # dtype is free to change between runs: params are stored in float32 either way.
     model = json.loads(json.dumps(config.model.to_dict(), default=str))
     model.pop("dtype", None)
+    if "data" in config and "text" in config.model:
+        # How text becomes ids is part of the model: another pad id changes every text
+        # embedding of a tower without pad mask.
+        model["text_conventions"] = text_conventions.for_model(config).to_dict()
     return model
 
 
@@ -51,14 +56,17 @@ def _fill_defaults(signature: dict, defaults: dict) -> dict:
     return out
 
 
-def _default_signature(name: str) -> dict[str, Any]:
+def _default_signature(name: str, ours: dict[str, Any] | None = None) -> dict[str, Any]:
     from contrastive_jax.models.registry import default_model_config
 
     try:
         defaults = default_model_config(name)
     except (KeyError, ValueError):  # a model this version does not know: nothing to fill
         return {}
-    return _model_signature(ml_collections.ConfigDict({"model": defaults}))
+    signature = _model_signature(ml_collections.ConfigDict({"model": defaults}))
+    if ours and "text_conventions" in ours:  # written before conventions were recorded
+        signature["text_conventions"] = text_conventions.legacy(ours["text_conventions"])
+    return signature
 
 
 class Checkpointer:
@@ -266,7 +274,8 @@ class Checkpointer:
         its model against this config's (CheckpointMismatchError)."""
         meta = self._read_meta(step)
         theirs, ours = meta.get("model") or {}, _model_signature(self.config)
-        theirs = _fill_defaults(theirs, _default_signature(theirs.get("name", "two_tower")))
+        theirs = _fill_defaults(theirs, _default_signature(theirs.get("name", "two_tower"),
+                                                           ours))
         if theirs != ours:
             diff = sorted(_diff_keys(theirs, ours))
             raise CheckpointMismatchError(
