@@ -22,7 +22,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from contrastive_jax.data.eval_data import eval_dataset
+    from contrastive_jax.data.labelled import split_of
     from contrastive_jax.data.tokenizer import Tokenizer
     from contrastive_jax.datasets.catalogue import class_names
     from contrastive_jax.models import complete_config
@@ -33,8 +33,7 @@ def main() -> None:
     config = load_workdir_config(args.workdir)
     _, params, step = restore_params(args.workdir)
     model = ModelDef(complete_config(config.model)).bind(params)
-    batch = next(eval_dataset(config.data, split="test",
-                              batch_size=args.num).as_numpy_iterator())
+    batch = next(split_of(config.data, "test").batches(args.num))
     names = class_names(config.data.dataset, config.data.data_dir)
     texts = [f"a photo of a {names[int(label)]}." for label in batch["label"]]
     tokens = Tokenizer(f"{args.workdir}/tokenizer.model").encode_batch(texts, config.data.max_len)

@@ -107,6 +107,9 @@ def default_config() -> ConfigDict:
     )
     c.evals = ConfigDict(
         dict(
+            # The evaluation suite: [{kind, name, data: {kind, ...}, every, ...}], see
+            # evaluate/task_schema.py. The groups below are its legacy single-task form.
+            tasks=[],
             zeroshot=ConfigDict(
                 dict(
                     enabled=True,
@@ -317,6 +320,9 @@ def validate(config: ConfigDict) -> None:
 
     check_config(config)  # data.pad_id / eos / lowercase, and the pad id against the pool
     _validate_lit(config)
+    from contrastive_jax.evaluate.task_schema import tasks_of
+
+    tasks_of(config)  # every eval task, so a bad key fails before training starts
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
 

@@ -20,7 +20,7 @@ EVAL_ROWS, EVAL_BATCH = 30, 12  # the last batch is padded: 6 real rows, 6 maske
 
 
 def eval_batches(num_classes: int) -> list[dict[str, np.ndarray]]:
-    """Global eval batches as data.eval_data.eval_dataset yields them, padded with mask 0."""
+    """Global eval batches as data.labelled batches them, padded with mask 0."""
     rng = np.random.default_rng(7)
     batches = []
     for start in range(0, EVAL_ROWS, EVAL_BATCH):

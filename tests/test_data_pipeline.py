@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from contrastive_jax.data import augment, examples, positions, preprocess, schema
-from contrastive_jax.data.eval_data import eval_dataset, labels
+from contrastive_jax.data.labelled import split_of
 from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import EOS_ID, Tokenizer
@@ -200,7 +200,7 @@ def test_resize_value_range_and_lowercase(cfg, tokenizer):
 
 
 def test_eval_padding_covers_every_example_once(cfg, fake_fashion_mnist_source):
-    batches = take(eval_dataset(cfg, split="test", batch_size=16), 100)
+    batches = list(split_of(cfg, "test").batches(16))
     assert len(batches) == 4  # 16 + 16 + 16 + 2 real
     masks = np.concatenate([b["mask"] for b in batches])
     assert masks.sum() == N_TEST and (masks[:N_TEST] == 1).all() and (masks[N_TEST:] == 0).all()
@@ -208,7 +208,7 @@ def test_eval_padding_covers_every_example_once(cfg, fake_fashion_mnist_source):
     _, expected = fmc.load_split(fake_fashion_mnist_source, "test")
     got = np.concatenate([b["label"] for b in batches])
     np.testing.assert_array_equal(got[:N_TEST], expected)
-    np.testing.assert_array_equal(labels(cfg, "test"), expected)
+    np.testing.assert_array_equal(split_of(cfg, "test").labels, expected)
     assert (got[N_TEST:] == -1).all()
     assert (batches[-1]["image"][2:] == 0).all()
 

@@ -24,33 +24,47 @@ def test_unknown_prompt_set_names_its_key():
         retrieval_recalls(np.eye(2), np.eye(2), chunk=0)
 
 
-def test_run_evals_builds_every_enabled_evaluator_of_the_table_the_same_way(monkeypatch):
+def test_run_evals_builds_every_task_of_the_table_the_same_way(monkeypatch):
     from contrastive_jax.config import default_config
     from contrastive_jax.errors import ConfigError
     from contrastive_jax.evaluate import runner
     from contrastive_jax.registry import Registry
 
-    assert set(runner.EVALUATORS) == set(default_config().evals)  # one per evals group
-    with pytest.raises(ConfigError, match="config key 'evals': unknown evaluator 'linear'"):
-        runner.EVALUATORS["linear"]
+    assert set(runner.TASK_KINDS) == {"zeroshot", "retrieval", "fewshot"}
+    with pytest.raises(ConfigError, match="config key 'evals.tasks\\[\\].kind': unknown task "
+                                          "kind 'linear'"):
+        runner.TASK_KINDS["linear"]
     calls = []
 
     def fake(kind):
-        def run(config, model_def, state, tokenizer, mesh, details):
-            calls.append((kind, model_def, state, tokenizer, mesh, details))
-            return {f"{kind}/x/m": 1.0}
+        def run(task, config, model_def, state, tokenizer, mesh, details):
+            calls.append((kind, task["name"], model_def, state, tokenizer, mesh, details))
+            return {f"{kind}/{task['name']}/{'10shot' if kind == 'fewshot' else 'top1'}": 0.5,
+                    f"{kind}/{task['name']}/other": 1.0}
         return run
 
-    monkeypatch.setattr(runner, "EVALUATORS",
-                        Registry("evaluator", {k: fake(k) for k in runner.EVALUATORS}))
+    monkeypatch.setattr(runner, "TASK_KINDS",
+                        Registry("task kind", {k: fake(k) for k in runner.TASK_KINDS}))
     config = default_config()
     config.evals.zeroshot.enabled = False
+    config.evals.embedding_stats.enabled = False
     config.evals.fewshot.enabled = True
+    config.evals.tasks = [{"kind": "zeroshot", "name": "folder", "every": 7,
+                           "data": {"kind": "folder", "path": "/x"}}]
+    config.train.eval_every = 5
     details = {}
     metrics = runner.run_evals(config, "model", "state", "tok", "mesh", details)
-    assert metrics == {"embedding_stats/x/m": 1.0, "fewshot/x/m": 1.0}
-    assert calls == [(k, "model", "state", "tok", "mesh", details)
-                     for k in ("embedding_stats", "fewshot")]
+    assert metrics == {"fewshot/fashion_mnist/10shot": 0.5, "fewshot/fashion_mnist/other": 1.0,
+                       "zeroshot/folder/top1": 0.5, "zeroshot/folder/other": 1.0,
+                       "suite/mean": 0.5}
+    assert calls == [("fewshot", "fashion_mnist", "model", "state", "tok", "mesh", details),
+                     ("zeroshot", "folder", "model", "state", "tok", "mesh", details)]
+    assert [row["metric"] for row in details["tasks"]] == ["fewshot/fashion_mnist/10shot",
+                                                           "zeroshot/folder/top1"]
+    calls.clear()
+    assert set(runner.run_evals(config, "m", "s", "t", "x", step=14)) == {
+        "zeroshot/folder/top1", "zeroshot/folder/other", "suite/mean"}  # every 7, not 5
+    assert [c[0] for c in calls] == ["zeroshot"]
 
 
 def unit(x):
@@ -95,8 +109,11 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
     state, _ = create_train_state(config, create_optimizer(config.optimizer, 10)[0], mesh)
     model_def = ModelDef(config.model)
     metrics = runner.run_evals(config, model_def, state, tokenizer, mesh)
-    assert sorted(metrics) == sorted(f"retrieval/fashion_mnist/{d}_r{k}"
-                                     for d in ("i2t", "t2i") for k in (1, 5, 10))
+    assert sorted(metrics) == sorted([*(f"retrieval/fashion_mnist/{d}_r{k}"
+                                        for d in ("i2t", "t2i") for k in (1, 5, 10)),
+                                      "retrieval/fashion_mnist/mean_r1", "suite/mean"])
+    assert metrics["suite/mean"] == metrics["retrieval/fashion_mnist/mean_r1"] == (
+        metrics["retrieval/fashion_mnist/i2t_r1"] + metrics["retrieval/fashion_mnist/t2i_r1"]) / 2
     zimg, ztxt = runner.heldout_pairs(config, model_def, state, tokenizer, mesh, 40)
     assert zimg.shape == ztxt.shape == (40, 16)
     assert metrics["retrieval/fashion_mnist/i2t_r5"] == retrieval_recalls(zimg, ztxt)["i2t_r5"]

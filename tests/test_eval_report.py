@@ -162,7 +162,7 @@ def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path)
     import tensorflow_datasets as tfds
 
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-    from contrastive_jax.evaluate import runner
+    from contrastive_jax.evaluate import runner, task_schema
     from contrastive_jax.evaluate.embed import encode_images, encode_texts
     from contrastive_jax.parallel.mesh import create_mesh
     from contrastive_jax.train.optimizer import create_optimizer
@@ -190,19 +190,21 @@ def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path)
 
     data_dir = str(tmp_path / "tfds")
     MultiCaptionToy(data_dir=data_dir).download_and_prepare()
-    config = tiny_config(data={"data_dir": data_dir},
-                         evals={"retrieval": {"enabled": True, "name": "toy", "chunk": 4,
-                                              "dataset": "multi_caption_toy", "num_examples": 0}})
+    config = tiny_config(data={"data_dir": data_dir})
+    task = task_schema.parse_task({"kind": "retrieval", "name": "toy", "chunk": 4,
+                                   "data": {"kind": "tfds", "name": "multi_caption_toy",
+                                            "split": "test"}}, 0)
     flat = [c for caps in captions for c in caps]
     tokenizer = Tokenizer(train_tokenizer(iter(flat * 20), str(tmp_path / "t"), vocab_size=40))
     mesh = create_mesh(config.mesh)
     state, _ = create_train_state(config, create_optimizer(config.optimizer, 10)[0], mesh)
     model_def = ModelDef(config.model)
-    got = runner.run_retrieval(config, model_def, state, tokenizer, mesh)
+    got = runner.run_retrieval_task(task, config, model_def, state, tokenizer, mesh)
     zimg = encode_images(model_def, state, images.astype(np.float32) / 127.5 - 1.0, mesh)
     ztxt = encode_texts(model_def, state, tokenizer.encode_batch(flat, 8), mesh)
     owner = np.repeat(np.arange(11), [len(c) for c in captions])
     want = retrieval.retrieval_recalls(zimg, ztxt, text_image=owner)
+    want["mean_r1"] = (want["i2t_r1"] + want["t2i_r1"]) / 2
     assert got.keys() == {f"retrieval/toy/{k}" for k in want}
     for k, v in want.items():
         assert got[f"retrieval/toy/{k}"] == pytest.approx(v, abs=1e-6), k

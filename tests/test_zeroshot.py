@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from helpers import tiny_config
 
-from contrastive_jax.data.eval_data import eval_dataset
+from contrastive_jax.data.labelled import split_of
 from contrastive_jax.data.text_encoder import training_captions
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
@@ -31,13 +31,11 @@ def test_zeroshot_matches_a_direct_computation_on_any_mesh(fake_data_dir, tmp_pa
         model_def = ModelDef(config.model)
         classifier = class_embeddings(model_def, state, tokenizer, names, templates,
                                       config.data.max_len, mesh)
-        batches = eval_dataset(config.data, split="test", batch_size=batch_size)
-        results.append(zeroshot_accuracy(model_def, state, classifier,
-                                         batches.as_numpy_iterator(), mesh))
+        batches = split_of(config.data, "test").batches(batch_size)
+        results.append(zeroshot_accuracy(model_def, state, classifier, batches, mesh))
         # Direct: embed every test image once, take the arg-max class.
         images, labels = [], []
-        once = eval_dataset(config.data, split="test", batch_size=50)
-        for b in once.as_numpy_iterator():
+        for b in split_of(config.data, "test").batches(50):
             images.append(b["image"][b["mask"] > 0])
             labels.append(b["label"][b["mask"] > 0])
         images, labels = np.concatenate(images), np.concatenate(labels)

@@ -1,9 +1,10 @@
-"""Runs the evaluators a config enables and returns their metrics under the contract's keys.
+"""Runs a config's evaluation tasks and returns their metrics under the contract's keys.
 
-`EVALUATORS` is the literal table of evaluator kinds, one per `evals.<kind>` group. Each is
-built the same way (big_vision's evaluators/common.py): a function of the run's config, the
-model, its state, the tokenizer and the mesh, returning scalar metrics `<kind>/<name>/...`
-and adding what the report needs to `details` when given.
+Every task of `evals.tasks` (and the legacy `evals.zeroshot/retrieval/fewshot` groups, read
+as tasks by `task_schema.tasks_of`) is built the same way (big_vision's
+evaluators/common.py): `TASK_KINDS[kind](task, config, model_def, state, tokenizer, mesh,
+details)` returns scalar metrics `<kind>/<name>/<metric>`. `suite/mean` is the mean of the
+tasks' headline metrics. `details` (when given) collects what the report needs.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from contrastive_jax.data.eval_data import eval_dataset
+from contrastive_jax.data.labelled import LabelledImages, data_config_for, open_labelled
 from contrastive_jax.data.multi_caption import flatten_captions, iter_multi_caption
 from contrastive_jax.data.schema import default_data_config
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.evaluate import embedding_stats
+from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
-from contrastive_jax.evaluate.fewshot import run_fewshot
-from contrastive_jax.evaluate.prompts import get_prompts
+from contrastive_jax.evaluate.fewshot import run_fewshot_task
 from contrastive_jax.evaluate.retrieval import retrieval_recalls
+from contrastive_jax.evaluate.task_schema import due, headline_key, tasks_of
 from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
 from contrastive_jax.filters import default_filters_config
 from contrastive_jax.registry import Registry
@@ -34,37 +35,52 @@ from contrastive_jax.train.state import ModelDef, TrainState
 log = logging.getLogger(__name__)
 
 
-def run_zeroshot(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-                 tokenizer, mesh: Mesh, details: dict[str, Any] | None = None) -> dict[str, float]:
-    """zeroshot/<name>/{top1,top5}; `details` (if given) also gets per-class accuracy and the
-    confusion matrix, which are too many numbers for metrics.jsonl at every eval."""
-    zs = config.evals.zeroshot
-    data_config = config.data.copy_and_resolve_references()
-    data_config.dataset = zs.dataset
-    names = class_names(zs.dataset, data_config.data_dir, data_config.label_key)
-    classifier = class_embeddings(model_def, state, tokenizer, names, get_prompts(zs.prompts),
+def report_undecodable(task: dict[str, Any], images: LabelledImages) -> dict[str, float]:
+    """`<kind>/<name>/undecodable`: images that failed to decode, named in the log."""
+    bad = images.undecodable
+    if bad:
+        shown = ", ".join(images.describe(i) for i in bad[:3])
+        log.warning("%s: %d of %d images did not decode and were not scored (%s%s)",
+                    images.where, len(bad), len(images), shown, ", ..." if len(bad) > 3 else "")
+    return {f"{task['kind']}/{task['name']}/undecodable": float(len(bad))}
+
+
+def run_zeroshot_task(task: dict[str, Any], config: ml_collections.ConfigDict,
+                      model_def: ModelDef, state: TrainState, tokenizer, mesh: Mesh,
+                      details: dict[str, Any] | None = None) -> dict[str, float]:
+    """zeroshot/<name>/{top1,top5,undecodable}; `details` also gets per-class accuracy and
+    the confusion matrix, which are too many numbers for metrics.jsonl at every eval."""
+    where = f"zeroshot task {task['name']!r}"
+    images = open_labelled(task["data"], data_config_for(config, task["data"]), where)
+    names = task_class_names(task, images, where)
+    classifier = class_embeddings(model_def, state, tokenizer, names, task_prompts(task),
                                   config.data.max_len, mesh)
-    batches = eval_dataset(data_config, split=zs.split,
-                           batch_size=zs.batch_size).as_numpy_iterator()
-    result = zeroshot_accuracy(model_def, state, classifier, batches, mesh)
-    key = f"zeroshot/{zs.name}"
+    result = zeroshot_accuracy(model_def, state, classifier,
+                               images.batches(task["batch_size"]), mesh)
+    key = f"zeroshot/{task['name']}"
     log.info("%s: top1 %.4f top5 %.4f on %d images", key, result["top1"], result["top5"],
              result["count"])
     if details is not None:
-        details.setdefault("zeroshot", {})[zs.name] = {
+        details.setdefault("zeroshot", {})[task["name"]] = {
             "class_names": list(names), "count": result["count"],
+            "undecodable": [images.describe(i) for i in images.undecodable],
             "per_class": {n: float(a) for n, a in zip(names, result["per_class"], strict=True)},
             "confusion": result["confusion"].tolist()}
-    return {f"{key}/top1": result["top1"], f"{key}/top5": result["top5"]}
+    return {f"{key}/top1": result["top1"], f"{key}/top5": result["top5"],
+            **report_undecodable(task, images)}
 
 
 def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-                  tokenizer, mesh: Mesh, n: int):
-    """Embeddings (zimg, ztxt) of `n` held-out image-caption pairs from the zero-shot split."""
-    data_config = config.data.copy_and_resolve_references()
-    data_config.sources = ()  # the zero-shot split, whatever the training sources are
-    data_config.dataset = config.evals.zeroshot.dataset
-    data_config.train_split = config.evals.zeroshot.split
+                  tokenizer, mesh: Mesh, n: int, data: dict[str, Any] | None = None):
+    """Embeddings (zimg, ztxt) of `n` held-out image-caption pairs of a TFDS split (default:
+    the legacy zero-shot split), read through the training pipeline."""
+    if data is None:
+        zs = config.evals.zeroshot
+        data = {"kind": "tfds", "name": zs.dataset, "split": zs.split, "data_dir": "",
+                "image_key": config.data.image_key, "label_key": config.data.label_key}
+    data_config = data_config_for(config, data)
+    data_config.sources = ()  # the held-out split, whatever the training sources are
+    data_config.train_split = data["split"]
     data_config.flip = False
     data_config.augment = default_data_config().augment
     data_config.render.text_pair_fraction = 0.0  # real image-caption pairs only (CLIPPO)
@@ -73,14 +89,49 @@ def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state:
     data_config.filters = default_filters_config()
     batch = next(train_dataset(data_config, tokenizer, global_batch_size=n,
                                seed=0).as_numpy_iterator())
-    zimg = encode_images(model_def, state, batch["image"], mesh)
-    ztxt = encode_texts(model_def, state, batch["text"], mesh)
-    return zimg, ztxt
+    return (encode_images(model_def, state, batch["image"], mesh),
+            encode_texts(model_def, state, batch["text"], mesh))
+
+
+def multi_caption_embeddings(task: dict[str, Any], config: ml_collections.ConfigDict,
+                             model_def: ModelDef, state: TrainState, tokenizer, mesh: Mesh):
+    """(zimg [N, D], ztxt [M, D], image index of each caption [M]): every caption of every
+    image of the task's TFDS split (up to num_examples images; 0 = all)."""
+    data = task["data"]
+    data_config = data_config_for(config, data)
+    zimg, ztxt, owner, offset = [], [], [], 0
+    for images, captions in iter_multi_caption(data_config, data["name"], data["split"],
+                                               task["captions_key"], task["num_examples"],
+                                               task["batch_size"]):
+        texts, image_index = flatten_captions(captions)
+        zimg.append(encode_images(model_def, state, images, mesh))
+        ztxt.append(encode_texts(model_def, state,
+                                 tokenizer.encode_batch(texts, config.data.max_len), mesh))
+        owner.append(image_index + offset)
+        offset += len(images)
+    return np.concatenate(zimg), np.concatenate(ztxt), np.concatenate(owner)
+
+
+def run_retrieval_task(task: dict[str, Any], config: ml_collections.ConfigDict,
+                       model_def: ModelDef, state: TrainState, tokenizer, mesh: Mesh,
+                       details: dict[str, Any] | None = None) -> dict[str, float]:
+    """retrieval/<name>/{i2t,t2i}_r{1,5,10} and mean_r1: with every caption of each image
+    (COCO protocol), or on held-out pairs when `captions_key` is ""."""
+    if task["captions_key"]:
+        zimg, ztxt, owner = multi_caption_embeddings(task, config, model_def, state, tokenizer,
+                                                     mesh)
+        log.info("retrieval/%s: %d images, %d captions", task["name"], len(zimg), len(ztxt))
+    else:
+        zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh,
+                                   task["num_examples"] or 1000, task["data"])
+        owner = None
+    recalls = retrieval_recalls(zimg, ztxt, chunk=task["chunk"], text_image=owner)
+    recalls["mean_r1"] = (recalls["i2t_r1"] + recalls["t2i_r1"]) / 2
+    return {f"retrieval/{task['name']}/{k}": v for k, v in recalls.items()}
 
 
 def run_embedding_stats(config: ml_collections.ConfigDict, model_def: ModelDef,
-                        state: TrainState, tokenizer, mesh: Mesh,
-                        details: dict[str, Any] | None = None) -> dict[str, float]:
+                        state: TrainState, tokenizer, mesh: Mesh) -> dict[str, float]:
     """Alignment and uniformity on held-out image-caption pairs."""
     n = config.evals.embedding_stats.num_examples
     zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh, n)
@@ -91,56 +142,38 @@ def run_embedding_stats(config: ml_collections.ConfigDict, model_def: ModelDef,
     }
 
 
-def multi_caption_embeddings(config: ml_collections.ConfigDict, model_def: ModelDef,
-                             state: TrainState, tokenizer, mesh: Mesh):
-    """(zimg [N, D], ztxt [M, D], image index of each caption [M]) of `evals.retrieval`'s
-    dataset: every caption of every image (up to num_examples images; 0 = all)."""
-    rc = config.evals.retrieval
-    zimg, ztxt, owner, offset = [], [], [], 0
-    for images, captions in iter_multi_caption(config.data, rc.dataset, rc.split,
-                                               rc.captions_key, rc.num_examples):
-        texts, image_index = flatten_captions(captions)
-        zimg.append(encode_images(model_def, state, images, mesh))
-        ztxt.append(encode_texts(model_def, state,
-                                 tokenizer.encode_batch(texts, config.data.max_len), mesh))
-        owner.append(image_index + offset)
-        offset += len(images)
-    return np.concatenate(zimg), np.concatenate(ztxt), np.concatenate(owner)
+# (task, config, model_def, state, tokenizer, mesh, details) -> {metric key: value}
+TaskRunner = Callable[..., dict[str, float]]
 
-
-def run_retrieval(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-                  tokenizer, mesh: Mesh, details: dict[str, Any] | None = None
-                  ) -> dict[str, float]:
-    """retrieval/<name>/{i2t,t2i}_r{1,5,10}: on held-out pairs, or with every caption of a
-    multi-caption dataset (COCO protocol) when `evals.retrieval.dataset` is set."""
-    rc = config.evals.retrieval
-    if rc.dataset:
-        zimg, ztxt, owner = multi_caption_embeddings(config, model_def, state, tokenizer, mesh)
-        log.info("retrieval/%s: %d images, %d captions", rc.name, len(zimg), len(ztxt))
-    else:
-        zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh, rc.num_examples)
-        owner = None
-    recalls = retrieval_recalls(zimg, ztxt, chunk=rc.chunk, text_image=owner)
-    return {f"retrieval/{rc.name}/{k}": v for k, v in recalls.items()}
-
-
-# (config, model_def, state, tokenizer, mesh, details) -> {metric key: value}
-Evaluator = Callable[..., dict[str, float]]
-
-EVALUATORS: Registry[Evaluator] = Registry("evaluator", {
-    "zeroshot": run_zeroshot,
-    "embedding_stats": run_embedding_stats,
-    "retrieval": run_retrieval,
-    "fewshot": run_fewshot,
-}, config_key="evals")
+TASK_KINDS: Registry[TaskRunner] = Registry("task kind", {
+    "zeroshot": run_zeroshot_task,
+    "retrieval": run_retrieval_task,
+    "fewshot": run_fewshot_task,
+}, config_key="evals.tasks[].kind")
 
 
 def run_evals(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-              tokenizer, mesh: Mesh, details: dict[str, Any] | None = None) -> dict[str, float]:
-    """Scalar metrics of every enabled evaluator; `details` collects per-class accuracies,
-    confusion matrices and per-seed few-shot results for the eval report."""
+              tokenizer, mesh: Mesh, details: dict[str, Any] | None = None,
+              step: int | None = None) -> dict[str, float]:
+    """Scalar metrics of every task due at train step `step` (None: all of them), the
+    embedding statistics when enabled, and `suite/mean` over the tasks' headlines."""
     metrics: dict[str, float] = {}
-    for kind in EVALUATORS:  # the table's order: zero-shot first, as the logs always had it
-        if config.evals[kind].enabled:
-            metrics.update(EVALUATORS[kind](config, model_def, state, tokenizer, mesh, details))
+    rows = []
+    for task in tasks_of(config):
+        if not due(task, step, config.train.eval_every):
+            continue
+        result = TASK_KINDS[task["kind"]](task, config, model_def, state, tokenizer, mesh,
+                                          details)
+        metrics.update(result)
+        key = headline_key(task)
+        rows.append({"kind": task["kind"], "name": task["name"], "metric": key,
+                     "headline": result.get(key)})
+    every = config.train.eval_every
+    if config.evals.embedding_stats.enabled and (step is None or every and step % every == 0):
+        metrics.update(run_embedding_stats(config, model_def, state, tokenizer, mesh))
+    scores = [row["headline"] for row in rows if row["headline"] is not None]
+    if scores:
+        metrics["suite/mean"] = float(np.mean(scores))
+    if details is not None:
+        details["tasks"] = rows
     return metrics

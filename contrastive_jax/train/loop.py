@@ -23,6 +23,7 @@ from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.evaluate.runner import run_evals
+from contrastive_jax.evaluate.task_schema import any_due, tasks_of
 from contrastive_jax.filters import FilterCounters
 from contrastive_jax.filters.cit import CitSelector
 from contrastive_jax.parallel import distributed
@@ -180,6 +181,7 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
 
     evaluate = functools.partial(run_evals, config, run.model_def, tokenizer=run.tokenizer,
                                  mesh=run.mesh)
+    tasks = tasks_of(config)
     writer = MetricsWriter(workdir)
     on_exit.callback(writer.close)
     bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
@@ -207,9 +209,9 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
                     metrics.update(jax.device_get(cit_metrics))
                 writer.write(step, metrics)
                 bar.set_postfix(loss=f"{float(metrics['train/loss']):.4f}")
-            if config.train.eval_every and step % config.train.eval_every == 0:
+            if any_due(tasks, step, config.train.eval_every):
                 if step < total_steps:
-                    writer.write(step, evaluate(state))
+                    writer.write(step, evaluate(state, step=step))
                 timer.restart(step)  # eval time is not training time
         bar.close()
         guard.flush()
