@@ -124,9 +124,9 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
     tokenizer = train_tokenizer(training_captions(data), str(tmp_path / "tok"), vocab_size=64)
     base = ["eval", "--big-vision", path]
     assert cli.main(base) == 2
-    assert "--big-vision needs --config" in capsys.readouterr().err
+    assert "needs --tokenizer (the checkpoint's sentencepiece model)" in capsys.readouterr().err
     assert cli.main(base + ["--workdir", str(tmp_path)]) == 2
-    assert "exactly one of --workdir, --export, --big-vision" in capsys.readouterr().err
+    assert "exactly one of --model, --workdir, --export, --big-vision" in capsys.readouterr().err
     argv = base + ["--config", "configs/demo_siglip.py", "--tokenizer", tokenizer,
                    f"--config.data.data_dir={fake_data_dir}",
                    "--config.evals.zeroshot.batch_size=16",

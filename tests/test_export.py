@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from contrastive_jax import cli
-from contrastive_jax.evaluate.exported import evaluate_export
-from contrastive_jax.evaluate.workdir import evaluate_workdir
+from contrastive_jax.evaluate.model_eval import evaluate_model
 from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.parallel.mesh import create_mesh
@@ -131,8 +130,8 @@ def test_export_round_trip_gives_same_params_and_zeroshot(trained_workdir, tmp_p
         np.testing.assert_array_equal(have[name], want[name])
     assert tokenizer.encode_batch(["a shirt"], 8)[0, 0] != 0
 
-    from_ckpt = evaluate_workdir(trained_workdir)
-    from_export = evaluate_export(out)
+    from_ckpt = evaluate_model(trained_workdir)
+    from_export = evaluate_model(out)
     assert from_export == from_ckpt
     assert 0 <= from_export["zeroshot/fashion_mnist/top1"] <= 1
 

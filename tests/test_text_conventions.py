@@ -152,7 +152,7 @@ def test_export_card_round_trip(sp_model, tmp_path):
 def test_workdir_tokenizer_carries_the_runs_conventions(sp_model, tmp_path):
     import shutil
 
-    from contrastive_jax.evaluate.workdir import workdir_tokenizer
+    from contrastive_jax.data.text_encoder import workdir_tokenizer
 
     shutil.copyfile(sp_model, tmp_path / "tokenizer.model")
     config = tiny_config(data={"pad_id": 1, "lowercase": "ascii"},
@@ -168,8 +168,8 @@ def test_big_vision_eval_pads_with_one_and_the_pad_id_matters(sp_model, tmp_path
     from test_big_vision_import import MODEL, big_vision_npz
 
     from contrastive_jax.evaluate import embed
-    from contrastive_jax.evaluate.exported import big_vision_setup
     from contrastive_jax.evaluate.zeroshot import class_embeddings
+    from contrastive_jax.export.model_spec import load_model
     from contrastive_jax.models import complete_config
     from contrastive_jax.train.state import ModelDef
 
@@ -190,8 +190,10 @@ def test_big_vision_eval_pads_with_one_and_the_pad_id_matters(sp_model, tmp_path
 
     def zeroshot_text(overrides):
         seen.clear()
-        config, model_def, state, tok, mesh = big_vision_setup(
-            npz, "configs/demo_siglip.py", sp_model, overrides)
+        model = load_model(f"big_vision:{npz}", tokenizer=sp_model,
+                           config="configs/demo_siglip.py", overrides=overrides)
+        config, model_def, state, tok, mesh = (model.config, model.model_def, model.state,
+                                               model.text_encoder, model.mesh)
         emb = class_embeddings(model_def, state, tok, classes, templates,
                                config.data.max_len, mesh)
         return config, tok, np.concatenate(seen), emb

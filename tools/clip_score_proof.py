@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from contrastive_jax.config import load_config  # noqa: E402
 from contrastive_jax.datasets.catalogue import get_builder  # noqa: E402
-from contrastive_jax.evaluate.workdir import evaluate_workdir  # noqa: E402
+from contrastive_jax.evaluate.model_eval import evaluate_model  # noqa: E402
 from contrastive_jax.filters.offline import score_split  # noqa: E402
 from contrastive_jax.filters.uid_tables import read_scores, score_threshold  # noqa: E402
 from contrastive_jax.train.loop import train  # noqa: E402
@@ -54,7 +54,7 @@ def finished(workdir: str, steps: int) -> float | None:
     if done:
         return done[-1][KEY]
     if any(r["step"] == steps for r in records):  # trained, but the final eval is missing
-        return evaluate_workdir(workdir, step=steps)[KEY]
+        return evaluate_model(workdir, step=steps)[KEY]
     return None
 
 

@@ -10,7 +10,7 @@ import ml_collections
 
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import source_captions
-from contrastive_jax.data.text_conventions import TextConventions
+from contrastive_jax.data.text_conventions import TextConventions, for_model
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 TOKENIZER_CAPTIONS = 1_000_000  # per source; plenty for a sentencepiece model
@@ -46,3 +46,14 @@ def ensure_tokenizer(data_config: ml_collections.ConfigDict,
         train_tokenizer(training_captions(data_config), prefix,
                         data_config.tokenizer.vocab_size, lowercase=data_config.lowercase)
     return Tokenizer(path, conventions)
+
+
+def workdir_tokenizer(config: ml_collections.ConfigDict,
+                      workdir: str) -> Tokenizer | TextRenderer:
+    """What turned a run's captions into model input: its sentencepiece model under the
+    run's text conventions (pad id, EOS rule, lowercasing, max_len; a workdir from before
+    they were recorded gets pad 0 and sticky EOS), or the text renderer (CLIPPO: prompts
+    are rendered, nothing to load)."""
+    if config.data.render.enabled:
+        return text_renderer(config.data)
+    return Tokenizer(os.path.join(workdir, "tokenizer.model"), for_model(config))

@@ -1,4 +1,5 @@
-"""The eval report: report.json, report.md and one confusion-matrix PNG per zero-shot set."""
+"""The eval report: report.json, report.md (a table of the tasks, then the details), one
+confusion-matrix PNG per zero-shot task and, for a workdir, its training curves."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import re
 from typing import Any
 
 from contrastive_jax.evaluate.confusion_png import save_confusion_png
+from contrastive_jax.evaluate.curves import save_curves
 
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
+REPORT_JSON, REPORT_MD, CURVES_PNG = "report.json", "report.md", "curves.png"
 
 
 def _safe(name: str) -> str:
@@ -25,9 +27,28 @@ def report_metrics(metrics: dict[str, float], details: dict[str, Any]) -> dict[s
     return out
 
 
+def _task_table(report: dict[str, Any]) -> list[str]:
+    """One row per task (its headline metric), then the suite's mean."""
+    tasks = report.get("tasks") or []
+    if not tasks:
+        return []
+    lines = ["| task | kind | headline | value |", "|---|---|---|---|"]
+    for t in tasks:
+        value = "n/a" if t["headline"] is None else f"{t['headline']:.4f}"
+        lines.append(f"| {t['name']} | {t['kind']} | {t['metric'].rsplit('/', 1)[-1]} | "
+                     f"{value} |")
+    mean = report["metrics"].get("suite/mean")
+    if mean is not None:
+        lines.append(f"| **mean** | | | **{mean:.4f}** |")
+    return [*lines, ""]
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Evaluation report (step {report.get('step', '?')})", "",
-             f"Source: `{report.get('source', '')}`", "", "| metric | value |", "|---|---|"]
+             f"Source: `{report.get('source', '')}`", "", *_task_table(report)]
+    if report.get("curves_png"):
+        lines += [f"![training curves]({report['curves_png']})", ""]
+    lines += ["## All metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in sorted(report["metrics"].items())
               if "/per_class/" not in k]
     for name, zs in report.get("zeroshot", {}).items():
@@ -43,13 +64,19 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out_dir: str, result: dict[str, Any], details: dict[str, Any],
-                 source: str = "") -> dict[str, str]:
-    """Writes the report files into `out_dir` (created if needed); returns their paths."""
+                 source: str = "", metrics_file: str | None = None) -> dict[str, str]:
+    """Writes the report files into `out_dir` (created if needed); returns their paths.
+    `metrics_file`: a workdir's metrics.jsonl, plotted as the training curves if it exists."""
     os.makedirs(out_dir, exist_ok=True)
     metrics = {k: v for k, v in result.items() if k != "step"}
     report: dict[str, Any] = {"step": result.get("step"), "source": source,
-                              "metrics": report_metrics(metrics, details)}
+                              "metrics": report_metrics(metrics, details),
+                              "tasks": details.get("tasks", [])}
     paths = {}
+    if metrics_file and os.path.isfile(metrics_file):
+        curves = save_curves(metrics_file, os.path.join(out_dir, CURVES_PNG))
+        if curves:
+            paths["curves"], report["curves_png"] = curves, CURVES_PNG
     for name, zs in details.get("zeroshot", {}).items():
         png = f"confusion_{_safe(name)}.png"
         paths[f"confusion/{name}"] = save_confusion_png(

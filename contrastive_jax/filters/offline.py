@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from contrastive_jax.config import load_config
+from contrastive_jax.data.text_encoder import workdir_tokenizer
 from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
-from contrastive_jax.evaluate.workdir import workdir_tokenizer
 from contrastive_jax.filters.corpus import split_batches
 from contrastive_jax.filters.dedup import exact_keep, semdedup_keep
 from contrastive_jax.filters.uid_tables import write_keep_list, write_scores

@@ -1,0 +1,134 @@
+"""Commands that read a model: `eval`, `embed`, `export`, `plot`.
+
+`eval` and `embed` take a model SPEC (`export.model_spec`): a workdir, a native export
+directory or `big_vision:FILE.npz`. `--workdir`, `--export` and `--big-vision` remain as
+aliases of `--model` for the scripts written before SPECs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+
+from contrastive_jax.cli.common import split_overrides
+from contrastive_jax.errors import ConfigError
+
+_BIG_VISION = "big_vision:"  # export.model_spec.BIG_VISION_PREFIX, without importing jax
+
+
+def _model_spec(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(SPEC, its kind when an alias flag says it)."""
+    given = [(flag, value) for flag, value in (
+        ("--model", args.model), ("--workdir", args.workdir), ("--export", args.export),
+        ("--big-vision", args.big_vision)) if value is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{args.command} needs exactly one of --model, --workdir, --export, "
+                          "--big-vision")
+    flag, value = given[0]
+    kind = {"--model": None, "--workdir": "workdir", "--export": "export",
+            "--big-vision": "big_vision"}[flag]
+    return (_BIG_VISION + value if flag == "--big-vision" else value), kind
+
+
+def _load(args: argparse.Namespace, extra: Sequence[str]):
+    from contrastive_jax.export.model_spec import load_model
+
+    spec, kind = _model_spec(args)
+    return load_model(spec, step=args.step, tokenizer=args.tokenizer, config=args.config,
+                      overrides=split_overrides(extra), kind=kind)
+
+
+def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    model = _load(args, extra)
+    import jax
+
+    from contrastive_jax.evaluate.model_eval import evaluate_loaded
+    from contrastive_jax.evaluate.report import write_report
+
+    details: dict = {}  # per-class accuracies, confusion matrices: for the report only
+    result = evaluate_loaded(model, details)
+    if jax.process_index() == 0:  # every process computed the same numbers; one writes
+        paths = write_report(args.out or model.home, result, details, source=model.source,
+                             metrics_file=os.path.join(model.home, "metrics.jsonl"))
+        result = {**result, "report": paths["json"]}
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    if (args.images is None) == (args.texts is None):
+        raise ConfigError("embed needs exactly one of --images and --texts")
+    model = _load(args, extra)
+    from contrastive_jax.evaluate.embed_files import embed_images_of, embed_texts_of
+
+    if args.images is not None:
+        result = embed_images_of(model, args.images, args.out, args.batch_size)
+    else:
+        result = embed_texts_of(model, args.texts, args.out, args.batch_size)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.format, args.out, step=args.step,
+                            overwrite=args.overwrite)
+    print(json.dumps({"export": out, "format": args.format}))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.evaluate.curves import save_curves
+
+    out = args.out or os.path.join(args.workdir, "curves.png")
+    print(json.dumps({"plot": save_curves(os.path.join(args.workdir, "metrics.jsonl"), out)}))
+    return 0
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="SPEC: a training workdir, an export "
+                   "directory, or big_vision:FILE.npz")
+    p.add_argument("--workdir", default=None, help="alias: --model WORKDIR")
+    p.add_argument("--export", default=None, help="alias: --model EXPORT_DIR")
+    p.add_argument("--big-vision", default=None, help="alias: --model big_vision:FILE.npz")
+    p.add_argument("--step", type=int, default=None, help="a workdir's checkpoint step "
+                   "(default: latest)")
+    p.add_argument("--tokenizer", default=None, help="big_vision: the sentencepiece model")
+    p.add_argument("--config", default=None, help="configs/NAME.py[:k=v]: its evals (the "
+                   "suite) replace the model's own; for big_vision also its data settings")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that read a model."""
+    p = sub.add_parser("eval", help="run evaluation tasks on a model; one JSON line",
+                       epilog="Override any config key with --config.a.b=value, e.g. "
+                              "--config.evals.tasks='[{...}]'.")
+    _model_arguments(p)
+    p.add_argument("--out", default=None, help="where report.json, report.md and the PNGs "
+                   "go (default: the workdir / export dir / the .npz's directory)")
+    p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("embed", help="L2-normalised embeddings of images or texts as .npy")
+    _model_arguments(p)
+    p.add_argument("--images", default=None, help="a folder (searched recursively) or a glob")
+    p.add_argument("--texts", default=None, help="a text file, one input per line")
+    p.add_argument("--out", required=True, help="X.npy; the inputs in row order go to X.txt")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(run=_cmd_embed)
+
+    p = sub.add_parser("export", help="write a checkpoint's weights for use outside training")
+    p.add_argument("--checkpoint", required=True, help="training workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--format", required=True,
+                   help="npz | safetensors | hf (the names of export.FORMATS)")
+    p.add_argument("--out", required=True, help="output directory (must not exist)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(run=_cmd_export)
+
+    p = sub.add_parser("plot", help="training curves of a workdir's metrics.jsonl as a PNG")
+    p.add_argument("workdir", help="training workdir")
+    p.add_argument("--out", default=None, help="PNG path (default: WORKDIR/curves.png)")
+    p.set_defaults(run=_cmd_plot)
