@@ -43,6 +43,17 @@ def test_bench_step_reports_flops_and_mfu():
     assert ordinary["flops_per_step"] == row["flops_per_step"]
 
 
+def test_bench_eval_times_both_towers_against_the_train_step():
+    from contrastive_jax.bench.eval_speed import bench_eval
+
+    step, image, text = bench_eval(tiny_config(), batch_size=24, batches=2, steps=1)
+    assert step["bench"] == "train_step" and step["examples_per_sec"] > 0
+    for row, tower in ((image, "image"), (text, "text")):
+        assert row["bench"] == "eval" and row["tower"] == tower and row["batch"] == 24
+        assert 0 < row["batch_ms_best"] <= row["batch_ms"] and row["per_sec"] > 0
+        assert row["vs_train_step"] == round(row["per_sec"] / step["examples_per_sec"], 2)
+
+
 # The CLI's `bench step` with TensorFlow made unimportable, as on an accelerator host that
 # has jax but not the input stack: the step's benchmark reads no data.
 _NO_TENSORFLOW = """

@@ -68,6 +68,17 @@ def _cmd_bench_render(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.eval_speed import bench_eval
+    from contrastive_jax.config import load_config
+
+    config = load_config(args.config, split_overrides(extra))
+    for row in bench_eval(config, batch_size=args.batch_size, batches=args.batches,
+                          steps=args.steps):
+        print_json(row)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The bench subcommands."""
     bench = sub.add_parser("bench", help="benchmarks; one JSON line per measurement")
@@ -125,6 +136,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--dim", type=int, default=512, help="embedding size")
     p.set_defaults(run=_cmd_bench_max_batch)
+
+    p = bench_sub.add_parser(
+        "eval", help="eval forward images/s and texts/s vs the train step's examples/s")
+    p.add_argument("--config", default="configs/demo_siglip.py",
+                   help="configs/NAME.py[:k=v,...] (the model and its train batch)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="eval batch (default: train.batch_size)")
+    p.add_argument("--batches", type=int, default=10, help="timed batches per tower")
+    p.add_argument("--steps", type=int, default=10, help="timed train steps")
+    p.set_defaults(run=_cmd_bench_eval)
 
     p = bench_sub.add_parser("render", help="caption rendering (CLIPPO) examples/s per core")
     p.add_argument("--config", default="configs/demo_clippo.py",
