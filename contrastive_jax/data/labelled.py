@@ -57,10 +57,17 @@ class LabelledImages:
             raise DataError(f"{self.where}: no examples to evaluate")
         wanted = np.arange(len(self.labels)) if keep is None else np.unique(keep)
         cfg, expected = self._config, 0
-        ds = self._read(wanted).map(_resized(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._read(wanted)
+        # Images of one static shape (TFDS tensors) are resized a batch at a time; images of
+        # any size (files) one at a time, before they can be batched.
+        same_shape = ds.element_spec["image"].shape.is_fully_defined()
+        if not same_shape:
+            ds = ds.map(_resized(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.ignore_errors()  # an undecodable image: dropped, counted by its index below
         ds = ds.batch(batch_size).map(lambda b: preprocess.pad_batch({
-            **b, "image": preprocess.scale_images(b["image"], cfg.value_range)}, batch_size))
+            **b, "image": preprocess.scale_images(b["image"], cfg.value_range,
+                                                  cfg.image_size if same_shape else None)},
+            batch_size), num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True  # stored order, whatever the scheduling
         for batch in ds.prefetch(2).with_options(options).as_numpy_iterator():
@@ -236,10 +243,11 @@ def _tfds(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where
         names = tfds_class_names(spec["name"], data_dir, label_key)
 
     def read(wanted: np.ndarray) -> tf.data.Dataset:
-        keep = np.zeros(len(labels), bool)
-        keep[wanted] = True
-        ds = read_split(builder, spec["split"]).enumerate().filter(
-            lambda i, ex: tf.gather(keep, i))
+        ds = read_split(builder, spec["split"]).enumerate()
+        if len(wanted) < len(labels):  # a subset (few-shot draws): the rest is skipped
+            keep = np.zeros(len(labels), bool)
+            keep[wanted] = True
+            ds = ds.filter(lambda i, ex: tf.gather(keep, i))
         return ds.map(lambda i, ex: {"image": _channels(ex[image_key], data_config.channels),
                                      "label": tf.cast(ex[label_key], tf.int32), "index": i},
                       num_parallel_calls=tf.data.AUTOTUNE)
