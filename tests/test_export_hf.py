@@ -171,10 +171,25 @@ def test_export_hf_directory_loads_in_transformers(fake_data_dir, tmp_path):
              "a very long caption that is truncated " * 3]
     want = Tokenizer(os.path.join(out, "tokenizer.model")).encode_batch(texts, 8)
     got = tokenizer(texts, padding="max_length", max_length=8, truncation=True,
-                    return_tensors="np")["input_ids"]
-    np.testing.assert_array_equal(got, want)
+                    return_tensors="np")
+    # No attention_mask: the whole output, passed to SiglipModel, runs it unmasked as trained.
+    assert list(got) == ["input_ids"]
+    np.testing.assert_array_equal(got["input_ids"], want)
     with open(os.path.join(out, "contrastive_jax_export.json")) as f:
         assert json.load(f)["loss"] == "sigmoid_chunked"
+
+
+def test_export_hf_refuses_text_conventions_its_tokenizer_cannot_follow(tmp_path):
+    from contrastive_jax.errors import UserError
+    from contrastive_jax.export.hf import export_hf
+
+    for data, match in (({"pad_id": 1, "lowercase": False}, r"data.pad_id=1 \(T5Tokenizer "),
+                        ({"eos": "yes", "lowercase": False}, "data.eos='yes'"),
+                        ({"lowercase": "ascii"}, "data.lowercase='ascii'")):
+        config = siglip_tiny(data=data)
+        with pytest.raises(UserError, match=match):
+            export_hf(config, {}, 0, "unused.model", str(tmp_path / "hf"))
+    assert not os.path.exists(tmp_path / "hf")
 
 
 def test_export_hf_refuses_what_siglip_cannot_express(fake_data_dir, tmp_path, capsys):

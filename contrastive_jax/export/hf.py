@@ -59,6 +59,35 @@ def unsupported_features(model: Any) -> list[str]:
     return reasons
 
 
+def tokenizer_unsupported(config: Any, tokenizer_file: str) -> list[str]:
+    """Why the exported T5Tokenizer would not tokenise as the model was trained (its
+    recorded text conventions); [] if it does. T5Tokenizer pads with id 0 and keeps the
+    EOS last when it truncates (our "sticky"), and lowercases only if the sentencepiece
+    model itself folds case."""
+    from contrastive_jax.data.text_conventions import for_model
+
+    conventions = for_model(config)
+    reasons = []
+    if conventions.pad_id != 0:
+        reasons.append(f"data.pad_id={conventions.pad_id} (T5Tokenizer pads with 0)")
+    if conventions.eos != "sticky":
+        reasons.append(f"data.eos={conventions.eos!r} (T5Tokenizer keeps the EOS: 'sticky')")
+    if conventions.lowercase == "ascii" or conventions.lowercase == "unicode" and not (
+            _folds_case(tokenizer_file)):
+        reasons.append(f"data.lowercase={conventions.lowercase!r} (T5Tokenizer lowercases "
+                       "only as the sentencepiece model's own normaliser does)")
+    return reasons
+
+
+def _folds_case(tokenizer_file: str) -> bool:
+    """Whether the sentencepiece model's own normaliser lowercases (ASCII and beyond)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=tokenizer_file)
+    probe = "Ab Zy \u00c4\u00d6"  # ASCII and non-ASCII capitals
+    return sp.encode(probe) == sp.encode(probe.lower())
+
+
 def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     """Our nested params -> SiglipModel's state dict (numpy, float32)."""
     img, txt = params["img"], params["txt"]
@@ -130,10 +159,15 @@ def _save_processors(out: str, card: dict, tokenizer_path: str, clip: bool) -> N
     # before encoding (big_vision's canonicalisation), ours does not. T5's conventions are
     # exactly ours: sentencepiece ids, pad 0, eos 1 appended, unk 2, no bos.
     shutil.copyfile(tokenizer_path, os.path.join(out, "spiece.model"))
+    settings = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
+                "pad_token": "<pad>", "unk_token": "<unk>",
+                "model_max_length": card["text"]["max_len"]}
+    if not clip:
+        # Trained without a pad mask: no attention_mask, so `model(**tokenizer(...))` (or a
+        # processor's output passed whole) runs SiglipModel unmasked, as training did.
+        settings["model_input_names"] = ["input_ids"]
     with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
-                   "pad_token": "<pad>", "unk_token": "<unk>",
-                   "model_max_length": card["text"]["max_len"]}, f)
+        json.dump(settings, f)
     AutoTokenizer.from_pretrained(out).save_pretrained(out)
 
 
@@ -149,6 +183,10 @@ def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: st
         raise UserError("cannot export exactly as transformers SiglipModel: "
                         + "; ".join(siglip_reasons) + "; nor as CLIPModel: "
                         + "; ".join(clip_reasons))
+    text_reasons = tokenizer_unsupported(config, tokenizer_file)
+    if text_reasons:
+        raise UserError("cannot export a tokenizer that tokenises as this model was trained: "
+                        + "; ".join(text_reasons))
     if not clip and config.data.max_len != model.text.max_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) != "
                           f"'model.text.max_len' ({model.text.max_len}): SiglipModel pools "
