@@ -211,14 +211,18 @@ def _webdataset(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict,
     files = sorted(glob.glob(spec["pattern"]))
     if not files:
         raise InputNotFoundError(f"{where}: no webdataset shards match {spec['pattern']!r}")
-    samples = list(_tar_samples(files, spec["label"], where))  # one pass for the labels
-    labels, names = label_ids([value for _, value in samples], where)
-    images = [image for image, _ in samples]
+    # One pass for the labels (image bytes dropped: shards can be far larger than memory),
+    # then each read streams the shards again, yielding the wanted samples.
+    labels, names = label_ids([value for _, value in _tar_samples(files, spec["label"], where)],
+                              where)
 
     def read(wanted: np.ndarray) -> tf.data.Dataset:
         def gen():
-            for i in wanted:
-                yield int(i), images[i], int(labels[i])
+            take = np.zeros(len(labels), bool)
+            take[wanted] = True
+            for i, (image, _) in enumerate(_tar_samples(files, spec["label"], where)):
+                if take[i]:
+                    yield i, image, int(labels[i])
         ds = tf.data.Dataset.from_generator(gen, output_signature=(
             tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string),
             tf.TensorSpec([], tf.int32)))
