@@ -135,9 +135,16 @@ def test_stop_is_one_line_naming_the_step_and_saves_nothing_after_it(
     # Step 3 is no log or save step: its flag is read after step 4 was dispatched, and
     # step 4 (a save step) is not saved.
     _poison(monkeypatch, {3})
+    # The demo config through the command line, with tiny_config's model: what is tested is
+    # the stop, its one line and the checkpoints, not the model's size.
     overrides = [f"data.data_dir={fake_data_dir}", "train.batch_size=16", "train.log_every=5",
                  "train.checkpoint_every=2", "train.progress_bar=False", "model.image.depth=1",
-                 "model.text.depth=1", "optimizer.warmup_steps=1", "train.nonfinite=stop"]
+                 "model.image.width=32", "model.image.mlp_dim=64", "model.image.num_heads=2",
+                 "model.text.depth=1", "model.text.width=32", "model.text.mlp_dim=64",
+                 "model.text.vocab_size=64", "data.tokenizer.vocab_size=64",
+                 "model.embed_dim=16", "data.shuffle_buffer=64", "evals.zeroshot.batch_size=16",
+                 "evals.embedding_stats.num_examples=32", "optimizer.warmup_steps=1",
+                 "train.nonfinite=stop"]
     code = cli.main(["train", "--config", "configs/demo_siglip.py:steps=6", "--workdir",
                      workdir, *[f"--config.{item}" for item in overrides]])
     err = capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""Preemption: a real SIGTERM to a real `contrastive-jax train` process, then a relaunch."""
+"""Preemption and Ctrl-C: a real SIGTERM, then a real SIGINT, to real `contrastive-jax train`
+processes, each followed by a relaunch, against one uninterrupted reference run.
+
+One chain of processes proves both: the run is stopped by SIGTERM, its relaunch is stopped
+by SIGINT (Ctrl-C), and the second relaunch finishes. The reference run trains alongside."""
 
 import json
 import os
@@ -9,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from contrastive_jax.config import load_config
 from contrastive_jax.parallel.mesh import create_mesh
@@ -27,7 +32,7 @@ def _overrides(data_dir, cache_dir) -> list[str]:
             "model.text.width=32", "model.text.mlp_dim=64", "model.embed_dim=16",
             "evals.zeroshot.batch_size=16", "evals.embedding_stats.num_examples=32",
             "optimizer.warmup_steps=1",
-            # Shared by the three processes: the relaunch compiles nothing anew.
+            # Shared by the four processes: the relaunches compile nothing anew.
             f"train.compilation_cache_dir={cache_dir}"]
 
 
@@ -61,37 +66,94 @@ def _logged_steps(path) -> int:
         return 0
 
 
-def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_data_dir,
-                                                                           tmp_path):
+def _saved_steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _interrupt(proc, metrics, logged: int, signum: int) -> dict:
+    """Sends `signum` once `metrics` holds `logged` train records; what the process left."""
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if _logged_steps(metrics) >= logged:
+            break
+        time.sleep(0.02)
+    running = proc.poll() is None
+    if running:
+        proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    last = out.strip().splitlines()[-1] if out.strip() else "{}"
+    return {"running_when_signalled": running, "returncode": proc.returncode, "out": out,
+            "err": err, "final": json.loads(last) if last.startswith("{") else {}}
+
+
+@pytest.fixture(scope="module")
+def runs(fake_data_dir, tmp_path_factory):
+    """The reference run, and the run stopped by SIGTERM after >= 3 logged steps, relaunched,
+    stopped by SIGINT >= 3 steps later, and relaunched to the end."""
+    tmp_path = tmp_path_factory.mktemp("preemption")
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     cache = tmp_path / "xla_cache"
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    # The uninterrupted reference runs alongside the run that gets preempted.
-    full = subprocess.Popen(_cli(full_dir, fake_data_dir, cache), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    cut = subprocess.Popen(_cli(cut_dir, fake_data_dir, cache), env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and cut.poll() is None:
-        if _logged_steps(cut_dir / "metrics.jsonl") >= 3:
-            break
-        time.sleep(0.02)
-    assert cut.poll() is None, "the run ended before it could be preempted"
-    cut.send_signal(signal.SIGTERM)  # what Kubernetes / SLURM send before killing a job
-    out, err = cut.communicate(timeout=120)
-    assert cut.returncode == 0, err[-2000:]
-    stopped = json.loads(out.strip().splitlines()[-1])
-    stop_step = stopped["step"]
-    assert stopped["interrupted_by"] == signal.SIGTERM and 3 <= stop_step < STEPS
-    saved = [int(p.name) for p in (cut_dir / "checkpoints").iterdir() if p.name.isdigit()]
-    assert max(saved) == stop_step  # saved where it stopped, off the 1000-step interval
-    assert max(r["step"] for r in _records(cut_dir)) == stop_step  # no eval ran
+    metrics = cut_dir / "metrics.jsonl"
 
+    def start(workdir):
+        return subprocess.Popen(_cli(workdir, fake_data_dir, cache), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    full = start(full_dir)
+    # SIGTERM: what Kubernetes / SLURM send before killing a job.
+    sigterm = _interrupt(start(cut_dir), metrics, 3, signal.SIGTERM)
+    sigterm["saved"] = _saved_steps(cut_dir) if (cut_dir / "checkpoints").exists() else []
+    sigterm["records"] = _records(cut_dir) if metrics.exists() else []
+    stop = sigterm["final"].get("step", 0)
+    # SIGINT: Ctrl-C on the command line, to the first relaunch.
+    sigint = _interrupt(start(cut_dir), metrics, stop + 3, signal.SIGINT)
+    sigint["saved"] = _saved_steps(cut_dir) if (cut_dir / "checkpoints").exists() else []
     resumed = subprocess.run(_cli(cut_dir, fake_data_dir, cache), env=env,
                              capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
     out_full, err_full = full.communicate(timeout=240)
-    assert full.returncode == 0, err_full[-2000:]
+    return {"sigterm": sigterm, "sigint": sigint, "resumed": resumed,
+            "full": (full.returncode, out_full, err_full), "full_dir": full_dir,
+            "cut_dir": cut_dir, "cache": cache}
+
+
+def _losses(workdir) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
+
+
+def test_ctrl_c_on_the_command_line_saves_and_resumes(runs):
+    sigterm, sigint = runs["sigterm"], runs["sigint"]
+    assert sigint["running_when_signalled"], "the relaunch ended before Ctrl-C"
+    assert sigint["returncode"] == 130, sigint["err"][-2000:]
+    assert '"interrupted_by": 2' in sigint["out"]
+    stop = sigint["final"]["step"]
+    # Saved where Ctrl-C stopped it, >= 3 steps past where the relaunch started.
+    assert sigint["saved"][-1] == stop and sigterm["final"]["step"] + 3 <= stop < STEPS
+    # Resuming continues from the saved step rather than from scratch.
+    resumed = runs["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f'"step": {STEPS}' in resumed.stdout
+    logged = [r["step"] for r in _records(runs["cut_dir"]) if "train/loss" in r]
+    assert logged == list(range(1, STEPS + 1))
+    assert min(s for s in _losses(runs["cut_dir"]) if s > stop) == stop + 1
+
+
+def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_data_dir,
+                                                                           runs):
+    sigterm, cache = runs["sigterm"], runs["cache"]
+    full_dir, cut_dir = runs["full_dir"], runs["cut_dir"]
+    assert sigterm["running_when_signalled"], "the run ended before it could be preempted"
+    assert sigterm["returncode"] == 0, sigterm["err"][-2000:]
+    stopped = sigterm["final"]
+    stop_step = stopped["step"]
+    assert stopped["interrupted_by"] == signal.SIGTERM and 3 <= stop_step < STEPS
+    assert max(sigterm["saved"]) == stop_step  # saved where it stopped, off the 1000 interval
+    assert max(r["step"] for r in sigterm["records"]) == stop_step  # no eval ran
+
+    resumed = runs["resumed"]
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    full_rc, out_full, err_full = runs["full"]
+    assert full_rc == 0, err_full[-2000:]
     final_full = json.loads(out_full.strip().splitlines()[-1])
     final_resumed = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert final_resumed["step"] == final_full["step"] == STEPS
@@ -109,15 +171,13 @@ def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_
     assert meta_b["stream"]["examples_read"] == STEPS * 16
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(a, b)
-    # The relaunch appended to the same metrics file: steps 1..stop, then stop+1..STEPS.
+    # The relaunches appended to the same metrics file: steps 1..stop, then stop+1..STEPS.
     logged = [r["step"] for r in _records(cut_dir) if "train/loss" in r]
     assert logged == list(range(1, STEPS + 1))
 
-    # Step by step, the interrupted-then-resumed run logged the uninterrupted run's losses.
-    def losses(workdir):
-        return {r["step"]: r["train/loss"] for r in _records(workdir) if "train/loss" in r}
-
-    ref, got = losses(full_dir), losses(cut_dir)
+    # Step by step, the twice-interrupted-then-resumed run logged the uninterrupted run's
+    # losses.
+    ref, got = _losses(full_dir), _losses(cut_dir)
     assert sorted(got) == sorted(ref) == list(range(1, STEPS + 1))
     assert min(s for s in got if s > stop_step) == stop_step + 1
     np.testing.assert_allclose([got[s] for s in ref], list(ref.values()), rtol=1e-6)
