@@ -147,6 +147,10 @@ def load_model(spec: str, *, step: int | None = None, tokenizer: str | None = No
                              model_overrides)
         suite = None  # its config file is merged whole
     elif kind == "workdir":
+        from contrastive_jax.workdir_config import load_workdir_config
+
+        # The tasks are checked before the checkpoint is read: a typo fails in a second.
+        _use_suite(load_workdir_config(spec, model_overrides), suite, evals_overrides)
         loaded = _workdir(spec, step, model_overrides)
     else:
         loaded = _export(spec, model_overrides)
