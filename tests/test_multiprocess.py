@@ -24,34 +24,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path: pathlib.Path, num_processes: int = 2,
-           devices_per_process: int = 4) -> list[dict]:
+def start(tmp_path: pathlib.Path, num_processes: int = 2,
+          devices_per_process: int = 4) -> list[subprocess.Popen]:
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
            # This checkout's package, not whichever one is installed.
            "PYTHONPATH": os.pathsep.join([ROOT, TESTS])}
-    procs = [subprocess.Popen(
-        [sys.executable, os.path.join(TESTS, "multiprocess_worker.py"), str(port),
-         str(num_processes), str(i), str(tmp_path / f"result{i}.json")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(num_processes)]
+    procs = []
+    for i in range(num_processes):
+        # Output to files, not pipes: nobody reads them while the reference runs.
+        with open(tmp_path / f"log{i}.txt", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, os.path.join(TESTS, "multiprocess_worker.py"), str(port),
+                 str(num_processes), str(i), str(tmp_path / f"result{i}.json")],
+                env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def results(tmp_path: pathlib.Path, procs: list[subprocess.Popen]) -> list[dict]:
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=240)
-            assert proc.returncode == 0, (out + err)[-3000:]
+        for i, proc in enumerate(procs):
+            proc.wait(timeout=240)
+            assert proc.returncode == 0, (tmp_path / f"log{i}.txt").read_text()[-3000:]
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-    return [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(num_processes)]
+    return [json.loads((tmp_path / f"result{i}.json").read_text()) for i in range(len(procs))]
 
 
 def test_two_processes_match_one_process_of_eight_devices(tmp_path):
-    results = launch(tmp_path)
-    reference = run(worker_config(), devices=jax.devices()[:8])
+    procs = start(tmp_path)
+    try:
+        # The 1 x 8 reference trains while the two processes start and train.
+        reference = run(worker_config(), devices=jax.devices()[:8])
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    launched = results(tmp_path, procs)
     assert reference["process_count"] == 1
-    for result in results:
+    for result in launched:
         assert result["process_count"] == 2 and result["local_devices"] == 4
         np.testing.assert_allclose(result["losses"], reference["losses"], rtol=1e-5)
         # Each process fed only its half of every eval batch; every real example counted once.

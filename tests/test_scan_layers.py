@@ -9,8 +9,9 @@ from helpers import synthetic_batches, tiny_config
 from contrastive_jax.models.layer_stack import is_stacked, stack_layers, unstack_layers
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import DEFAULT_RULES, param_spec, parse_rules
+from contrastive_jax.train.lock import lock_patterns, split_params
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
+from contrastive_jax.train.state import ModelDef, TrainState, state_shardings
 from contrastive_jax.train.step import train_step_from_config
 
 
@@ -107,8 +108,19 @@ def test_stacked_params_shard_like_their_layers():
 def _run(config, params, batches, devices):
     mesh = create_mesh(config.mesh, devices=devices)
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
-    state, shardings = create_train_state(config, tx, mesh)
-    state = state.replace(params=jax.device_put(params, shardings.params))
+    _, rest = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
+    assert not rest  # no model state besides params here
+
+    # The state create_train_state builds (same tree, same state_shardings), but holding
+    # `params`: only the optimizer's init is compiled, not the model's random init on the
+    # mesh, whose params would be replaced at once.
+    def init(p):
+        trainable, _ = split_params(p, lock_patterns(config.train.locked))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, rest={},
+                          opt_state=tx.init(trainable))
+
+    shardings = state_shardings(jax.eval_shape(init, params), mesh, config.mesh)
+    state = jax.jit(init, out_shardings=shardings)(params)
     step = train_step_from_config(config, mesh, tx, shardings)
     losses = []
     for batch in batches:
