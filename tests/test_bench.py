@@ -64,8 +64,12 @@ class NoTensorFlow:
             raise ImportError(f"{name} is not installed here")
 sys.meta_path.insert(0, NoTensorFlow())
 from contrastive_jax.cli import main
+# The demo config with a one-layer, 32-wide model: what is tested is the import, not the size.
+tiny = [f"--config.model.{tower}.{key}={value}" for tower in ("image", "text")
+        for key, value in (("depth", 1), ("width", 32), ("mlp_dim", 64), ("num_heads", 2))]
 assert main(["bench", "step", "--config", "configs/demo_siglip.py", "--steps", "1",
-             "--matmul-size", "128", "--config.train.batch_size=8"]) == 0
+             "--matmul-size", "128", "--config.train.batch_size=8",
+             "--config.model.embed_dim=16", *tiny]) == 0
 assert not any(name.split(".")[0] == "tensorflow" for name in sys.modules)
 """
 
