@@ -192,15 +192,12 @@ def test_export_hf_refuses_text_conventions_its_tokenizer_cannot_follow(tmp_path
     assert not os.path.exists(tmp_path / "hf")
 
 
-def test_export_hf_refuses_what_siglip_cannot_express(fake_data_dir, tmp_path, capsys):
+def test_export_hf_refuses_what_siglip_cannot_express(trained_workdir, tmp_path, capsys):
     from contrastive_jax import cli
 
-    config = tiny_config(
-        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 3, "checkpoint_every": 3},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
-    workdir = str(tmp_path / "run")
-    loop.train(config, workdir)
+    # tiny_config's model (gap image pool, last-token text pool, no pre-norm), trained once
+    # per session for the export and eval tests.
+    workdir = trained_workdir
     out = str(tmp_path / "hf")
     assert cli.main(["export", "--checkpoint", workdir, "--format", "hf", "--out", out]) == 2
     err = capsys.readouterr().err
