@@ -31,11 +31,11 @@ def _init(**kw):
 
 
 @pytest.fixture(scope="module")
-def source_workdir(fake_data_dir, tmp_path_factory):
-    """A tiny two-tower run with an orbax checkpoint."""
-    workdir = str(tmp_path_factory.mktemp("source"))
-    loop.train(_config(fake_data_dir), workdir)
-    return workdir
+def source_workdir(trained_workdir):
+    """A tiny two-tower run with an orbax checkpoint: the session's trained workdir
+    (tiny_config's model, the one `_config` trains), shared with the export and eval
+    tests, which only read it too."""
+    return trained_workdir
 
 
 def test_init_from_workdir_copies_one_tower(source_workdir):
