@@ -245,6 +245,15 @@ def apply_override(config: ConfigDict, dotted: str, text: str) -> None:
     merge_into(node, {leaf: value}, prefix=".".join(parents) + "." if parents else "")
 
 
+def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> None:
+    """Applies `key=value` overrides in order (`--config.key=value` without the prefix)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        apply_override(config, key.strip(), value)
+
+
 def use_model_schema(config: ConfigDict, name: Any) -> None:
     """Makes `config.model` the default schema of model `name` (models differ in keys)."""
     from contrastive_jax.models import default_model_config
@@ -261,11 +270,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     if isinstance(loaded.get("model"), (ConfigDict, dict)) and "name" in loaded["model"]:
         use_model_schema(config, loaded["model"]["name"])
     merge_into(config, loaded)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        apply_override(config, key, value)
+    apply_overrides(config, overrides)
     validate(config)
     return config
 

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 from contrastive_jax.config import (
     ConfigDict,
-    ConfigError,
-    apply_override,
+    apply_overrides,
     default_config,
     merge_into,
     use_model_schema,
@@ -33,9 +32,5 @@ def load_workdir_config(workdir: str, overrides: Sequence[str] = ()) -> ConfigDi
     merge_into(config, saved)
     # How the training job was launched (e.g. process 0's process_id) is not part of the run.
     config.distributed = default_config().distributed
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        apply_override(config, key, value)
+    apply_overrides(config, overrides)
     return config

@@ -158,7 +158,7 @@ def big_vision_model(path: str, tokenizer_path: str, config: Any,
     `config.model` from the checkpoint's shapes, `config.data`'s text conventions from
     `text_conventions`, then `key=value` `overrides` (so `data.pad_id=0` etc. win). The
     tokenizer encodes by the resulting conventions."""
-    from contrastive_jax.config import ConfigError, apply_override
+    from contrastive_jax.config import apply_overrides
     from contrastive_jax.data.text_conventions import for_model, use_conventions
     from contrastive_jax.data.tokenizer import Tokenizer
     from contrastive_jax.models import complete_config
@@ -166,9 +166,5 @@ def big_vision_model(path: str, tokenizer_path: str, config: Any,
     model, params = load_big_vision(path)
     config.model = complete_config(model)
     use_conventions(config, text_conventions(model))
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        apply_override(config, key.strip(), value)
+    apply_overrides(config, overrides)
     return params, Tokenizer(tokenizer_path, for_model(config))

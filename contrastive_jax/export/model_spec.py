@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from contrastive_jax.config import (
     ConfigError,
-    apply_override,
+    apply_overrides,
     default_config,
     load_config_file,
     merge_into,
@@ -50,14 +50,6 @@ def _split(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
     return [o for o in overrides if not o.startswith("evals.")], evals
 
 
-def _apply(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        apply_override(config, key, value)
-
-
 def _use_suite(config: ml_collections.ConfigDict, suite_spec: str | None,
                evals_overrides: Sequence[str]) -> None:
     """The suite file's `evals` replace the model's own; then `evals.*` overrides."""
@@ -67,7 +59,7 @@ def _use_suite(config: ml_collections.ConfigDict, suite_spec: str | None,
             raise ConfigError(f"config file {suite_spec} sets no 'evals' (the tasks to run)")
         config.evals = default_config().evals
         merge_into(config.evals, suite["evals"], prefix="evals.")
-    _apply(config, evals_overrides)
+    apply_overrides(config, evals_overrides)
     validate(config)
 
 
@@ -96,7 +88,7 @@ def _export(path: str, overrides: list[str]):
     config = default_config()
     merge_into(config, card["train_config"])
     use_conventions(config, card_conventions(card))  # the card is the record
-    _apply(config, overrides)
+    apply_overrides(config, overrides)
     tokenizer = tokenizer.with_conventions(for_model(config))  # --config.data.pad_id=... wins
     mesh, state = _on_mesh(config, params, int(card["step"]))
     return config, mesh, state, tokenizer, path
