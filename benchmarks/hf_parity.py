@@ -1,57 +1,122 @@
-"""Max abs difference between our model and its `export --format hf` directory, on real
-test images and prompts. Prints one JSON object.
+"""Zero-shot top-1 of a trained model, ours against its exports run through each library's
+natural call path, on the run's first zero-shot task. Prints one JSON object.
 
-    python benchmarks/hf_parity.py --workdir /tmp/demo_clip_hf --export /tmp/clip_hf
+    python benchmarks/hf_parity.py --workdir /tmp/demo_siglip --hf /tmp/siglip_hf
+    python benchmarks/hf_parity.py --workdir /tmp/demo_clip --hf /tmp/clip_hf \
+        --open-clip /tmp/clip_oc
+
+- ours: `contrastive-jax eval`'s zero-shot (prompt ensemble);
+- transformers: `model(**processor(text=prompts, images=PIL images, padding="max_length"))`,
+  the same ensemble averaged from its text embeddings;
+- the pipeline: `pipeline("zero-shot-image-classification")` with the task's first template
+  as `hypothesis_template`, against ours with that one template;
+- open_clip: `create_model_from_pretrained` / `get_tokenizer` / its preprocess, ensemble.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
+
+
+def _ensemble(text_embeds: np.ndarray, num_classes: int) -> np.ndarray:
+    emb = text_embeds.reshape(num_classes, -1, text_embeds.shape[-1]).mean(axis=1)
+    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--export", required=True, help="directory written by export --format hf")
-    parser.add_argument("--num", type=int, default=32, help="test images and prompts")
+    parser.add_argument("--hf", default=None, help="export --format hf directory")
+    parser.add_argument("--open-clip", default=None, help="export --format open_clip directory")
+    parser.add_argument("--num", type=int, default=0, help="test images (0: all)")
+    parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
 
+    import jax
     import torch
-    import transformers
+    from PIL import Image
 
-    from contrastive_jax.data.labelled import split_of
-    from contrastive_jax.data.tokenizer import Tokenizer
-    from contrastive_jax.datasets.catalogue import class_names
-    from contrastive_jax.models import complete_config
-    from contrastive_jax.train.checkpoint import restore_params
-    from contrastive_jax.train.state import ModelDef
-    from contrastive_jax.workdir_config import load_workdir_config
+    from contrastive_jax.data.labelled import data_config_for, open_labelled
+    from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
+    from contrastive_jax.evaluate.prompts import fill
+    from contrastive_jax.evaluate.task_schema import tasks_of
+    from contrastive_jax.export.model_spec import load_model
 
-    config = load_workdir_config(args.workdir)
-    _, params, step = restore_params(args.workdir)
-    model = ModelDef(complete_config(config.model)).bind(params)
-    batch = next(split_of(config.data, "test").batches(args.num))
-    names = class_names(config.data.dataset, config.data.data_dir)
-    texts = [f"a photo of a {names[int(label)]}." for label in batch["label"]]
-    tokens = Tokenizer(f"{args.workdir}/tokenizer.model").encode_batch(texts, config.data.max_len)
-    zimg, ztxt = (np.asarray(z) for z in model(batch["image"], tokens))
-    logits = ztxt @ zimg.T * float(model.temperature()) + float(model.bias())
+    loaded = load_model(args.workdir)
+    config = loaded.config
+    task = next(t for t in tasks_of(config) if t["kind"] == "zeroshot")
+    data_config = data_config_for(config, task["data"])
+    lo, hi = data_config.value_range
+    data_config.value_range = (0.0, 255.0)  # raw pixels, for the libraries' processors
+    images = open_labelled(task["data"], data_config, "parity")
+    names = task_class_names(task, images, "parity")
+    templates = task_prompts(task)
+    prompts = [fill(t, n) for n in names for t in templates]
+    model = loaded.model_def.bind(jax.device_get(loaded.state.params))
+    tokens = loaded.text_encoder.encode_batch(prompts, config.data.max_len)
+    ours_cls = _ensemble(np.asarray(model.encode_text(tokens)), len(names))
+    first = _ensemble(np.asarray(model.encode_text(loaded.text_encoder.encode_batch(
+        [fill(templates[0], n) for n in names], config.data.max_len))), len(names))
+    labels, batches, zimg = [], [], []
+    for batch in images.batches(args.batch_size):
+        keep = batch["mask"].astype(bool)
+        pixels = np.rint(batch["image"][keep]).astype(np.uint8)
+        labels.append(batch["label"][keep])
+        batches.append(pixels)
+        zimg.append(np.asarray(model.encode_image(
+            (lo + pixels.astype(np.float32) / 255.0 * (hi - lo)))))
+        if args.num and sum(len(x) for x in labels) >= args.num:
+            break
+    labels, zimg = np.concatenate(labels)[:args.num or None], np.concatenate(zimg)
+    zimg = zimg[:len(labels)]
+    pils = [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p)
+            for b in batches for p in b][:len(labels)]
+    top1 = {"ours": float(np.mean(np.argmax(zimg @ ours_cls.T, 1) == labels)),
+            "ours_first_template": float(np.mean(np.argmax(zimg @ first.T, 1) == labels))}
+    timings = {}
+    if args.hf:
+        from transformers import AutoModel, AutoProcessor, pipeline
 
-    with open(f"{args.export}/config.json", encoding="utf-8") as f:
-        card = json.load(f)
-    hf_class = getattr(transformers, card["architectures"][0])
-    hf_model = hf_class.from_pretrained(args.export).eval()
-    with torch.no_grad():
-        out = hf_model(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-                       pixel_values=torch.from_numpy(batch["image"].transpose(0, 3, 1, 2)))
-    diffs = {name: float(np.max(np.abs(ours - theirs.numpy()))) for name, ours, theirs in (
-        ("image_embeds", zimg, out.image_embeds), ("text_embeds", ztxt, out.text_embeds),
-        ("logits_per_text", logits, out.logits_per_text))}
-    print(json.dumps({"hf_class": hf_class.__name__, "step": step, "num": args.num,
-                      "max_abs_diff": diffs}))
+        hf, processor = AutoModel.from_pretrained(args.hf).eval(), AutoProcessor.from_pretrained(
+            args.hf)
+        start, preds = time.time(), []
+        with torch.no_grad():
+            for i in range(0, len(pils), args.batch_size):
+                out = hf(**processor(text=prompts, images=pils[i:i + args.batch_size],
+                                     padding="max_length", truncation=True,
+                                     return_tensors="pt"))
+                cls = _ensemble(out.text_embeds.numpy(), len(names))
+                preds.append(np.argmax(out.image_embeds.numpy() @ cls.T, 1))
+        top1["transformers"] = float(np.mean(np.concatenate(preds) == labels))
+        timings["transformers_s"] = round(time.time() - start, 1)
+        classifier = pipeline("zero-shot-image-classification", model=args.hf)
+        start = time.time()
+        results = classifier(pils, candidate_labels=names, hypothesis_template=templates[0])
+        picked = np.array([names.index(r[0]["label"]) for r in results])
+        top1["pipeline_first_template"] = float(np.mean(picked == labels))
+        timings["pipeline_s"] = round(time.time() - start, 1)
+    if args.open_clip:
+        import open_clip
+
+        oc, preprocess = open_clip.create_model_from_pretrained(f"local-dir:{args.open_clip}")
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{args.open_clip}")
+        oc.eval()
+        start, preds = time.time(), []
+        with torch.no_grad():
+            cls = _ensemble(oc.encode_text(tokenizer(prompts), normalize=True).numpy(),
+                            len(names))
+            for i in range(0, len(pils), args.batch_size):
+                x = torch.stack([preprocess(p) for p in pils[i:i + args.batch_size]])
+                preds.append(np.argmax(oc.encode_image(x, normalize=True).numpy() @ cls.T, 1))
+        top1["open_clip"] = float(np.mean(np.concatenate(preds) == labels))
+        timings["open_clip_s"] = round(time.time() - start, 1)
+    print(json.dumps({"workdir": args.workdir, "step": loaded.step, "task": task["name"],
+                      "images": int(len(labels)), "templates": len(templates),
+                      "top1": top1, "seconds": timings}, sort_keys=True))
 
 
 if __name__ == "__main__":

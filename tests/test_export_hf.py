@@ -1,6 +1,5 @@
 """Hugging Face export: transformers' SiglipModel gives our embeddings and logits."""
 
-import json
 import os
 
 import jax
@@ -11,7 +10,6 @@ from helpers import tiny_config
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from contrastive_jax.export import export_checkpoint  # noqa: E402
 from contrastive_jax.export.hf import siglip_config, siglip_state_dict  # noqa: E402
 from contrastive_jax.export.hf_clip import (  # noqa: E402
     clip_config,
@@ -19,7 +17,6 @@ from contrastive_jax.export.hf_clip import (  # noqa: E402
     clip_unsupported,
 )
 from contrastive_jax.models import complete_config  # noqa: E402
-from contrastive_jax.train import loop  # noqa: E402
 from contrastive_jax.train.state import ModelDef  # noqa: E402
 
 SIGLIP_MODEL = {
@@ -60,41 +57,20 @@ def ours(model, images, tokens):
 
 
 def theirs(hf_model, images, tokens):
+    rgb = np.repeat(images, 3, axis=-1)  # exported models read RGB; grey replicated is exact
     with torch.no_grad():
         out = hf_model(input_ids=torch.from_numpy(tokens.astype(np.int64)),
-                       pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)))
+                       pixel_values=torch.from_numpy(rgb.transpose(0, 3, 1, 2)))
     return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_text.numpy()
 
 
-def train_export_compare(config, tmp_path, hf_class, seed):
-    """Trains `config` 3 steps, exports to hf; returns the export dir after checking that
-    `hf_class` loads it and gives our embeddings and logits."""
-    workdir = str(tmp_path / "run")
-    loop.train(config, workdir)
-    out = export_checkpoint(workdir, "hf", str(tmp_path / "hf"))
-    hf_model = hf_class.from_pretrained(out).eval()
-    from contrastive_jax.train.checkpoint import restore_params
-
-    _, params, _ = restore_params(workdir)
-    model = ModelDef(complete_config(config.model)).bind(params)
-    images, tokens = inputs(seed=seed)
-    diffs = [np.max(np.abs(a - b)) for a, b in zip(
-        ours(model, images, tokens), theirs(hf_model, images, tokens), strict=True)]
-    assert max(diffs) <= 1e-4, diffs
-    return out
-
-
-def check_processors(out):
-    """The image processor maps uint8 pixels to the model's range; the tokenizer is ours."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
-    processor = AutoImageProcessor.from_pretrained(out)
-    pixels = np.random.default_rng(0).integers(0, 256, size=(28, 28, 1), dtype=np.uint8)
-    got = processor(images=pixels, return_tensors="np")["pixel_values"][0]
-    np.testing.assert_allclose(got[0], pixels[..., 0] / 127.5 - 1.0, atol=1e-5)
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    assert tokenizer.pad_token_id == 0 and tokenizer.eos_token_id == 1
-    return tokenizer
+def random_params(config, seed):
+    """Random weights (non-zero biases: a wrongly mapped bias cannot hide behind zero init)."""
+    params, _ = ModelDef.init(complete_config(config.model), jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape,
+                                                                              np.float32),
+                        params)
 
 
 def test_siglip_state_dict_matches_transformers_numerically():
@@ -115,10 +91,10 @@ def test_siglip_state_dict_matches_transformers_numerically():
     np.testing.assert_array_equal(
         state["vision_model.encoder.layers.0.self_attn.q_proj.weight"].numpy()[17, 5],
         q[5, 1, 1])
-    conv = params["img"]["embedding"]["kernel"]  # [7, 7, 1, 32]
-    np.testing.assert_array_equal(
-        state["vision_model.embeddings.patch_embedding.weight"].numpy()[3, 0, 2, 6],
-        conv[2, 6, 0, 3])
+    conv = params["img"]["embedding"]["kernel"]  # [7, 7, 1, 32]; exported split over RGB
+    np.testing.assert_allclose(
+        state["vision_model.embeddings.patch_embedding.weight"].numpy()[3, :, 2, 6],
+        [conv[2, 6, 0, 3] / 3] * 3, rtol=1e-6)
     assert state["text_model.head.weight"].shape == (32, 24)
 
     model = ModelDef(model_config).bind(params)
@@ -156,29 +132,6 @@ def test_clip_state_dict_matches_transformers_numerically():
     np.testing.assert_allclose(model.encode_text(longer[:, :8]), model.encode_text(tokens))
 
 
-def test_export_hf_directory_loads_in_transformers(fake_data_dir, tmp_path):
-    from transformers import SiglipModel
-
-    config = siglip_tiny(
-        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 3, "checkpoint_every": 3},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
-    out = train_export_compare(config, tmp_path, SiglipModel, seed=3)
-    tokenizer = check_processors(out)
-    from contrastive_jax.data.tokenizer import Tokenizer
-
-    texts = ["An Ankle BOOT, seen from above!!", "a photo of a t-shirt/top.", "",
-             "a very long caption that is truncated " * 3]
-    want = Tokenizer(os.path.join(out, "tokenizer.model")).encode_batch(texts, 8)
-    got = tokenizer(texts, padding="max_length", max_length=8, truncation=True,
-                    return_tensors="np")
-    # No attention_mask: the whole output, passed to SiglipModel, runs it unmasked as trained.
-    assert list(got) == ["input_ids"]
-    np.testing.assert_array_equal(got["input_ids"], want)
-    with open(os.path.join(out, "contrastive_jax_export.json")) as f:
-        assert json.load(f)["loss"] == "sigmoid_chunked"
-
-
 def test_export_hf_refuses_text_conventions_its_tokenizer_cannot_follow(tmp_path):
     from contrastive_jax.errors import UserError
     from contrastive_jax.export.hf import export_hf
@@ -206,29 +159,3 @@ def test_export_hf_refuses_what_siglip_cannot_express(trained_workdir, tmp_path,
     assert not os.path.exists(out)
 
 
-def test_demo_siglip_hf_config_is_exportable_and_demo_siglip_is_not():
-    from contrastive_jax.config import load_config
-    from contrastive_jax.export.hf import unsupported_features
-
-    hf_ready = load_config("configs/demo_siglip_hf.py")
-    assert unsupported_features(complete_config(hf_ready.model)) == []
-    assert hf_ready.data.max_len == hf_ready.model.text.max_len
-    demo = load_config("configs/demo_siglip.py")
-    assert len(unsupported_features(complete_config(demo.model))) == 3
-    clip_ready = complete_config(load_config("configs/demo_clip_hf.py").model)
-    assert clip_unsupported(clip_ready) == [] and unsupported_features(clip_ready)
-    assert len(clip_unsupported(complete_config(load_config("configs/demo_clip.py").model))) == 4
-
-
-def test_export_clip_directory_loads_as_clipmodel(fake_data_dir, tmp_path):
-    from transformers import CLIPModel
-
-    config = tiny_config(
-        model=CLIP_MODEL, loss={"name": "softmax"},
-        data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 3, "checkpoint_every": 3},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
-    out = train_export_compare(config, tmp_path, CLIPModel, seed=5)
-    check_processors(out)
-    with open(os.path.join(out, "preprocessor_config.json")) as f:
-        assert json.load(f)["crop_size"] == {"height": 28, "width": 28}

@@ -53,7 +53,8 @@ def test_zeroshot_matches_a_direct_computation_on_any_mesh(fake_data_dir, tmp_pa
                                    np.diag(confusion) / np.maximum(confusion.sum(1), 1))
     assert results[0]["top1"] == results[1]["top1"]
     np.testing.assert_allclose(classifier, classifier / np.linalg.norm(classifier, axis=-1,
-                                                                        keepdims=True))
+                                                                        keepdims=True),
+                               rtol=1e-6)  # float32 rounding of a unit norm
 
 
 def test_alignment_and_uniformity_formulas():

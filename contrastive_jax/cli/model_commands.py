@@ -120,10 +120,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_cmd_embed)
 
     p = sub.add_parser("export", help="write a checkpoint's weights for use outside training")
-    p.add_argument("--checkpoint", required=True, help="training workdir")
+    p.add_argument("--checkpoint", required=True,
+                   help="training workdir, or any model SPEC (hf:DIR, open_clip:DIR, ...)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--format", required=True,
-                   help="npz | safetensors | hf (the names of export.FORMATS)")
+                   help="npz | safetensors | hf | open_clip (the names of export.FORMATS)")
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.set_defaults(run=_cmd_export)

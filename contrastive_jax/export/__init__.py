@@ -1,4 +1,4 @@
-"""Export checkpoints as npz / safetensors / Hugging Face transformers directories.
+"""Export checkpoints as npz / safetensors / transformers / open_clip directories.
 
 The weights are restored once, by train/checkpoint.restore_params; each format only
 converts them. FORMATS: name -> exporter(config, params, step, tokenizer_file, out, *,
@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from functools import partial
 
+import jax
+
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import export_hf
 from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
+from contrastive_jax.export.open_clip_format import export_open_clip
 from contrastive_jax.registry import Registry
 from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.workdir_config import load_workdir_config
@@ -21,13 +24,22 @@ FORMATS = Registry("export format", {
     "npz": partial(export_weights, "npz"),
     "safetensors": partial(export_weights, "safetensors"),
     "hf": export_hf,
+    "open_clip": export_open_clip,
 }, config_key=None)
 
 
 def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = None,
                       overwrite: bool = False) -> str:
-    """Exports `workdir`'s checkpoint (`step`, default latest) in `fmt` to `out`."""
+    """Exports `workdir`'s checkpoint (`step`, default latest) in `fmt` to `out`. `workdir`
+    may also be any model SPEC (export dir, big_vision:, hf:, open_clip:): a conversion."""
     exporter = FORMATS[fmt]  # an unknown format: one line, before anything is read
+    from contrastive_jax.export.model_spec import load_model, spec_kind
+
+    if spec_kind(workdir) != "workdir":
+        model = load_model(workdir)
+        params = jax.device_get(model.state.params)
+        return exporter(model.config, params, model.step, model.text_encoder.model_path, out,
+                        overwrite=overwrite)
     name = load_workdir_config(workdir).model.name
     if name != "two_tower":
         # The formats describe a text tower fed with token ids; a one-tower (CLIPPO) model

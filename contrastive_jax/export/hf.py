@@ -23,13 +23,14 @@ import numpy as np
 from contrastive_jax.errors import ConfigError, UserError
 from contrastive_jax.export.hf_clip import clip_config, clip_state_dict, clip_unsupported
 from contrastive_jax.export.hf_layers import (
-    attention,
     encoder,
     hf_towers,
     linear,
     mlp,
     norm,
+    packed_attention,
     prefixed,
+    rgb_patch_kernel,
     shared_unsupported,
 )
 from contrastive_jax.export.native import TOKENIZER_FILE, export_config, write_atomically
@@ -92,9 +93,8 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     """Our nested params -> SiglipModel's state dict (numpy, float32)."""
     img, txt = params["img"], params["txt"]
     sd = {
-        # Conv [p, p, C, width] -> torch [width, C, p, p].
         "vision_model.embeddings.patch_embedding.weight":
-            img["embedding"]["kernel"].transpose(3, 2, 0, 1),
+            rgb_patch_kernel(img["embedding"]["kernel"]),
         "vision_model.embeddings.patch_embedding.bias": img["embedding"]["bias"],
         "vision_model.embeddings.position_embedding.weight": img["pos_embedding"][0],
     }
@@ -102,14 +102,7 @@ def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
     sd |= prefixed("vision_model.post_layernorm", norm(img["encoder"]["encoder_norm"]))
     head = img["map_head"]
     sd["vision_model.head.probe"] = head["probe"]
-    attn = attention(head["attn"])
-    # torch.nn.MultiheadAttention packs q, k, v into one in_proj.
-    sd["vision_model.head.attention.in_proj_weight"] = np.concatenate(
-        [attn[f"{n}_proj.weight"] for n in "qkv"])
-    sd["vision_model.head.attention.in_proj_bias"] = np.concatenate(
-        [attn[f"{n}_proj.bias"] for n in "qkv"])
-    sd["vision_model.head.attention.out_proj.weight"] = attn["out_proj.weight"]
-    sd["vision_model.head.attention.out_proj.bias"] = attn["out_proj.bias"]
+    sd |= prefixed("vision_model.head.attention", packed_attention(head["attn"]))
     sd |= prefixed("vision_model.head.layernorm", norm(head["ln"]))
     sd |= prefixed("vision_model.head.mlp", mlp(head["mlp"]))
 
@@ -139,36 +132,59 @@ def siglip_config(model: Any):
                         vision_config=dict(vision, vision_use_head=True))
 
 
-def _save_processors(out: str, card: dict, tokenizer_path: str, clip: bool) -> None:
-    from transformers import AutoTokenizer, CLIPImageProcessor, SiglipImageProcessor
+def image_processor(card: dict, clip: bool):
+    """The image processor that feeds the exported model as our eval pipeline does."""
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
+    from transformers.image_utils import PILImageResampling
 
     lo, hi = card["image"]["value_range"]
-    channels = card["image"]["channels"]
-    # Processor: x/255 then (x - mean) / std; our range map is lo + x/255 * (hi - lo).
-    norm = dict(image_mean=[-lo / (hi - lo)] * channels, image_std=[1.0 / (hi - lo)] * channels,
-                do_convert_rgb=channels == 3)
     size = card["image"]["size"]
-    if clip:  # CLIP's recipe: resize the short side, then a centre crop to the model's size
-        processor = CLIPImageProcessor(size={"shortest_edge": size},
-                                       crop_size={"height": size, "width": size}, **norm)
-    else:
-        processor = SiglipImageProcessor(size={"height": size, "width": size}, **norm)
-    processor.save_pretrained(out)
-    # Both models get our sentencepiece model, since CLIPTokenizer is a byte-level BPE that
-    # cannot hold it. T5Tokenizer, not SiglipTokenizer: SiglipTokenizer strips punctuation
-    # before encoding (big_vision's canonicalisation), ours does not. T5's conventions are
-    # exactly ours: sentencepiece ids, pad 0, eos 1 appended, unk 2, no bos.
-    shutil.copyfile(tokenizer_path, os.path.join(out, "spiece.model"))
+    # x/255 then (x - mean) / std is our lo + x/255 * (hi - lo). Three channels: the model
+    # is exported as RGB (see hf_layers.rgb_patch_kernel), and the processor converts
+    # grey images to RGB. Our eval squashes an image to the model's square size with a
+    # bilinear (antialiased) resize, without cropping: so does this processor, CLIP's too.
+    # The PIL backends, named: the same resize (PIL's, as open_clip's) with or without
+    # torchvision installed, and no warning about a missing torchvision on load.
+    kwargs = dict(image_mean=[-lo / (hi - lo)] * 3, image_std=[1.0 / (hi - lo)] * 3,
+                  do_convert_rgb=True, size={"height": size, "width": size},
+                  resample=PILImageResampling.BILINEAR)
+    if clip:
+        return CLIPImageProcessorPil(do_center_crop=False, **kwargs)
+    return SiglipImageProcessorPil(**kwargs)
+
+
+def save_tokenizer(out: str, card: dict, *, masked: bool):
+    """Saves our sentencepiece model in `out` as a transformers T5Tokenizer; returns it.
+
+    Not CLIPTokenizer: a byte-level BPE cannot hold a sentencepiece model. Not
+    SiglipTokenizer: it strips punctuation before encoding (big_vision's canonicalisation),
+    ours does not. T5's conventions are exactly ours: sentencepiece ids, pad 0, eos 1
+    appended, unk 2, no bos. `masked=False` (a model trained without a pad mask): no
+    attention_mask, so `model(**tokenizer(...))`, or a processor's output passed whole, runs
+    the model unmasked, as training did."""
+    from transformers import AutoTokenizer
+
+    shutil.copyfile(os.path.join(out, TOKENIZER_FILE), os.path.join(out, "spiece.model"))
     settings = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
                 "pad_token": "<pad>", "unk_token": "<unk>",
                 "model_max_length": card["text"]["max_len"]}
-    if not clip:
-        # Trained without a pad mask: no attention_mask, so `model(**tokenizer(...))` (or a
-        # processor's output passed whole) runs SiglipModel unmasked, as training did.
+    if not masked:
         settings["model_input_names"] = ["input_ids"]
     with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(settings, f)
-    AutoTokenizer.from_pretrained(out).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return tokenizer
+
+
+def _save_processors(out: str, card: dict, clip: bool) -> None:
+    from transformers import CLIPProcessor, SiglipProcessor
+
+    # CLIP keeps the attention mask: its causal EOS pooling never sees the pads either way.
+    tokenizer = save_tokenizer(out, card, masked=clip)
+    processor_class = CLIPProcessor if clip else SiglipProcessor
+    processor_class(image_processor=image_processor(card, clip),
+                    tokenizer=tokenizer).save_pretrained(out)
 
 
 def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: str, *,
@@ -205,7 +221,7 @@ def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: st
     def fill(tmp: str) -> None:
         hf_model.save_pretrained(tmp)
         shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
-        _save_processors(tmp, card, os.path.join(tmp, TOKENIZER_FILE), clip)
+        _save_processors(tmp, card, clip)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
                   encoding="utf-8") as f:
             json.dump(card, f, indent=2, sort_keys=True)

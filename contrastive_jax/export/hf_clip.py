@@ -3,10 +3,7 @@
 CLIPModel computes exactly what our two-tower model computes when (see `clip_unsupported`):
   image: class-token pooling (`image.pool="cls"`), a LayerNorm before the encoder
          (`image.pre_norm=True`: CLIP's pre_layrnorm); the encoder's final LayerNorm on the
-         class token is CLIP's post_layernorm. CLIP's patch embedding has no bias and its
-         class token gets a position embedding, ours the reverse: the conv bias is folded
-         into the patch position embeddings and the class position embedding is zero, which
-         is the same sum. Fixed sincos2d position embeddings are stored as its learned ones.
+         class token is CLIP's post_layernorm (embeddings: hf_layers.class_token_embeddings).
   text:  causal attention (`text.causal=True`) pooled at the EOS (`text.pool="last"`: our
          tokenizer's EOS, id 1, is the last non-pad token, which is where CLIPTextModel pools
          for eos_token_id=1); pads after the EOS cannot reach it through a causal mask.
@@ -21,9 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from contrastive_jax.export.hf_layers import encoder, hf_towers, norm, prefixed, shared_unsupported
+from contrastive_jax.export.hf_layers import (
+    class_token_embeddings,
+    encoder,
+    hf_towers,
+    norm,
+    prefixed,
+    shared_unsupported,
+)
 from contrastive_jax.models.sizes import resolve_size
-from contrastive_jax.models.transformer import posemb_sincos_2d
 
 
 def clip_unsupported(model: Any) -> list[str]:
@@ -55,19 +58,11 @@ def clip_state_dict(params: dict, model: Any) -> dict[str, np.ndarray]:
     img, txt = params["img"], params["txt"]
     isize = resolve_size(model.image, tower="image", with_patch=True)
     tsize = resolve_size(model.text, tower="text", with_patch=False)
-    kernel = img["embedding"]["kernel"]  # [p, p, C, width]
-    size = model.image.image_size
-    grid = (size if isinstance(size, int) else int(size[0])) // isize["patch_size"]
-    if model.image.posemb == "learn":
-        pos = img["pos_embedding"][0]
-    else:
-        pos = posemb_sincos_2d(grid, grid, isize["width"])[0]
-    patch_pos = pos + img["embedding"]["bias"][None, :]
+    kernel, cls, pos = class_token_embeddings(img, model)
     sd = {
-        "vision_model.embeddings.patch_embedding.weight": kernel.transpose(3, 2, 0, 1),
-        "vision_model.embeddings.class_embedding": img["cls"].reshape(-1),
-        "vision_model.embeddings.position_embedding.weight":
-            np.concatenate([np.zeros((1, pos.shape[1]), np.float32), patch_pos]),
+        "vision_model.embeddings.patch_embedding.weight": kernel,
+        "vision_model.embeddings.class_embedding": cls,
+        "vision_model.embeddings.position_embedding.weight": pos,
     }
     sd |= prefixed("vision_model.pre_layrnorm", norm(img["pre_norm"]))
     sd |= encoder("vision_model.encoder", img["encoder"])

@@ -1,7 +1,9 @@
 """A model from a SPEC, the one loader of every command that reads a model (eval, embed).
 
 SPEC is a training workdir (`--step` picks a checkpoint), a native export directory
-(`contrastive-jax export` output), or `big_vision:FILE.npz` (with a sentencepiece model).
+(`contrastive-jax export` output), `big_vision:FILE.npz` (with a sentencepiece model),
+`hf:DIR` (a transformers SiglipModel / CLIPModel) or `open_clip:DIR` (an open_clip
+local-dir model).
 Each comes back as the same `LoadedModel`: its config, weights on the mesh, and the text
 encoder that tokenises exactly as the model was trained (its recorded conventions).
 """
@@ -25,6 +27,7 @@ from contrastive_jax.config import (
     merge_into,
     validate,
 )
+from contrastive_jax.data.text_conventions import for_model
 from contrastive_jax.errors import InputNotFoundError
 from contrastive_jax.export.native import CONFIG_FILE as EXPORT_CARD
 from contrastive_jax.parallel.mesh import create_mesh, replicated
@@ -81,7 +84,7 @@ def _workdir(path: str, step: int | None, overrides: list[str]):
 
 
 def _export(path: str, overrides: list[str]):
-    from contrastive_jax.data.text_conventions import for_model, use_conventions
+    from contrastive_jax.data.text_conventions import use_conventions
     from contrastive_jax.export.native import card_conventions, load_exported
 
     card, params, tokenizer = load_exported(path)
@@ -110,16 +113,36 @@ def _big_vision(path: str, tokenizer_path: str | None, suite_spec: str | None,
     return config, mesh, state, tokenizer, os.path.dirname(os.path.abspath(path))
 
 
+def _imported(spec: str, suite_spec: str | None, overrides: list[str]):
+    from contrastive_jax.export.hf_import import HF_PREFIX, OPEN_CLIP_PREFIX, import_model
+
+    config = default_config()
+    if suite_spec:  # a full run config (data, evals) for the imported model
+        merge_into(config, {k: v for k, v in load_config_file(suite_spec).items()
+                            if k != "model"})
+    params, tokenizer = import_model(spec, config)
+    apply_overrides(config, overrides)
+    tokenizer = tokenizer.with_conventions(for_model(config))  # --config.data.pad_id=... wins
+    mesh, state = _on_mesh(config, params, 0)
+    path = spec.removeprefix(HF_PREFIX).removeprefix(OPEN_CLIP_PREFIX)
+    return config, mesh, state, tokenizer, os.path.abspath(path)
+
+
 def spec_kind(spec: str) -> str:
-    """"big_vision", "workdir" or "export": what a SPEC names (InputNotFoundError if none)."""
+    """"big_vision", "hf", "open_clip", "workdir" or "export": what a SPEC names
+    (InputNotFoundError if none)."""
     if spec.startswith(BIG_VISION_PREFIX):
         return "big_vision"
+    for kind in ("hf", "open_clip"):
+        if spec.startswith(f"{kind}:"):
+            return kind
     if os.path.isfile(os.path.join(spec, "config.json")):
         return "workdir"
     if os.path.isfile(os.path.join(spec, EXPORT_CARD)):
         return "export"
     raise InputNotFoundError(f"model {spec!r} is neither a training workdir, an export "
-                             f"directory nor {BIG_VISION_PREFIX}FILE.npz")
+                             f"directory, {BIG_VISION_PREFIX}FILE.npz, hf:DIR nor "
+                             "open_clip:DIR")
 
 
 def load_model(spec: str, *, step: int | None = None, tokenizer: str | None = None,
@@ -138,6 +161,9 @@ def load_model(spec: str, *, step: int | None = None, tokenizer: str | None = No
         loaded = _big_vision(spec.removeprefix(BIG_VISION_PREFIX), tokenizer, config,
                              model_overrides)
         suite = None  # its config file is merged whole
+    elif kind in ("hf", "open_clip"):
+        loaded = _imported(spec, config, model_overrides)
+        suite = None
     elif kind == "workdir":
         from contrastive_jax.workdir_config import load_workdir_config
 

@@ -6,7 +6,9 @@ Sources, by what `path` is:
 - an export directory (has `export_config.json`): its npz / safetensors weights;
 - a `.npz` file: a big_vision two_towers checkpoint (names like `params/img/Transformer/...`,
   converted by export/big_vision.py) or this project's exported flat names;
-- a `.safetensors` file of this project's flat names.
+- a `.safetensors` file of this project's flat names;
+- `hf:DIR` (a transformers SiglipModel / CLIPModel) or `open_clip:DIR` (an open_clip
+  local-dir model), converted by export/hf_import.py.
 
 The selected tower's params are copied by name; every one must exist in the source with the
 same shape, else a one-line error names it. Params matching `reinit` (and the projection
@@ -50,8 +52,12 @@ def _is_big_vision(names: list[str]) -> bool:
 
 def load_source(path: str) -> dict[str, np.ndarray]:
     """Flat {'/'-joined name: array} params of any supported source (see module doc)."""
-    from contrastive_jax.export import big_vision, native
+    from contrastive_jax.export import big_vision, hf_import, native
 
+    if path.startswith((hf_import.HF_PREFIX, hf_import.OPEN_CLIP_PREFIX)):
+        from contrastive_jax.config import default_config
+
+        return flatten(hf_import.import_model(path, default_config())[0])
     if not os.path.exists(path):
         raise InitFromError(f"config key 'train.init_from.path': {path} does not exist")
     if os.path.isdir(path):
