@@ -68,7 +68,7 @@ def main() -> None:
         labels.append(batch["label"][keep])
         batches.append(pixels)
         zimg.append(np.asarray(model.encode_image(
-            (lo + pixels.astype(np.float32) / 255.0 * (hi - lo)))))
+            lo + pixels.astype(np.float32) / 255.0 * (hi - lo))))
         if args.num and sum(len(x) for x in labels) >= args.num:
             break
     labels, zimg = np.concatenate(labels)[:args.num or None], np.concatenate(zimg)

@@ -36,7 +36,7 @@ def test_int_override_of_float_key_is_converted():
         ("train.progress_bar=1", "config key 'train.progress_bar' expects bool"),
         ("train=3", "config key 'train' is a group"),
         ("loss.name=hinge", "config key 'loss.name': unknown loss 'hinge'"),
-        ("data.max_len=64", "config key 'data.max_len' (64) exceeds 'model.text.max_len'"),
+        ("data.max_len=65", "config key 'data.max_len' (65) exceeds 'model.text.max_len'"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
