@@ -89,7 +89,10 @@ def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state:
     data_config.filters = default_filters_config()
     batch = next(train_dataset(data_config, tokenizer, global_batch_size=n,
                                seed=0).as_numpy_iterator())
-    return (encode_images(model_def, state, batch["image"], mesh),
+    images = batch["image"]
+    if images.shape[-1] == 1 and config.model.image.get("channels", 1) == 3:
+        images = np.repeat(images, 3, axis=-1)  # grey data, an RGB model (an hf: import)
+    return (encode_images(model_def, state, images, mesh),
             encode_texts(model_def, state, batch["text"], mesh))
 
 

@@ -280,6 +280,7 @@ def import_model(spec: str, config: Any) -> tuple[dict[str, Any], Any]:
     want = {k: tuple(v.shape) for k, v in _flatten_abstract(abstract).items()}
     params = unflatten(fit_shapes(flat, want, weights))
     config.data.image_size = config.model.image.image_size
+    config.data.channels = config.model.image.channels  # RGB: grey data is replicated
     config.data.value_range = _preprocess(mean, std, where)
     config.data.max_len = config.model.text.max_len
     conventions = _conventions(path)
