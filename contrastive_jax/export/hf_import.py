@@ -22,10 +22,11 @@ from contrastive_jax.data.text_conventions import TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.export.flat import unflatten
 from contrastive_jax.export.hf_layers import (
+    OPEN_CLIP_BLOCK,
     fit_shapes,
     read_attention,
     read_class_token_embeddings,
-    read_hf_encoder,
+    read_encoder,
     read_linear,
     read_norm,
 )
@@ -106,9 +107,9 @@ def _hf_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
     img_depth, txt_depth = model["image"]["depth"], model["text"]["depth"]
     flat = {"t_log": sd["logit_scale"]}
     v, t = "vision_model", "text_model"
-    flat |= read_hf_encoder(sd, f"{v}.encoder", "img/encoder", img_depth)
+    flat |= read_encoder(sd, f"{v}.encoder", "img/encoder", img_depth)
     flat |= read_norm(sd, f"{v}.post_layernorm", "img/encoder/encoder_norm")
-    flat |= read_hf_encoder(sd, f"{t}.encoder", "txt/encoder", txt_depth)
+    flat |= read_encoder(sd, f"{t}.encoder", "txt/encoder", txt_depth)
     flat |= read_norm(sd, f"{t}.final_layer_norm", "txt/encoder/encoder_norm")
     flat["txt/embedding/embedding"] = sd[f"{t}.embeddings.token_embedding.weight"]
     flat["txt/pos_embedding"] = sd[f"{t}.embeddings.position_embedding.weight"]
@@ -177,26 +178,17 @@ def _open_clip_model_config(cfg: dict, where: str) -> dict:
 
 
 def _open_clip_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
-    def resblocks(prefix: str, ours: str, depth: int) -> dict:
-        out = {}
-        for i in range(depth):
-            pre, block = f"{prefix}.resblocks.{i}", f"{ours}/blocks/{i}"
-            out |= read_norm(sd, f"{pre}.ln_1", f"{block}/ln1")
-            out |= read_attention(sd, f"{pre}.attn", f"{block}/attn")
-            out |= read_norm(sd, f"{pre}.ln_2", f"{block}/ln2")
-            out |= read_linear(sd, f"{pre}.mlp.c_fc", f"{block}/mlp/fc1")
-            out |= read_linear(sd, f"{pre}.mlp.c_proj", f"{block}/mlp/fc2")
-        return out
-
     flat = read_class_token_embeddings(sd["visual.conv1.weight"], sd["visual.class_embedding"],
                                        sd["visual.positional_embedding"])
     flat |= read_norm(sd, "visual.ln_pre", "img/pre_norm")
-    flat |= resblocks("visual.transformer", "img/encoder", model["image"]["depth"])
+    flat |= read_encoder(sd, "visual.transformer", "img/encoder", model["image"]["depth"],
+                          OPEN_CLIP_BLOCK)
     flat |= read_norm(sd, "visual.ln_post", "img/encoder/encoder_norm")
     flat["img_head/kernel"] = sd["visual.proj"]
     flat["txt/embedding/embedding"] = sd["token_embedding.weight"]
     flat["txt/pos_embedding"] = sd["positional_embedding"]
-    flat |= resblocks("transformer", "txt/encoder", model["text"]["depth"])
+    flat |= read_encoder(sd, "transformer", "txt/encoder", model["text"]["depth"],
+                          OPEN_CLIP_BLOCK)
     flat |= read_norm(sd, "ln_final", "txt/encoder/encoder_norm")
     if "text_projection.weight" in sd:  # proj_bias: an nn.Linear
         flat |= read_linear(sd, "text_projection", "txt_head")

@@ -162,16 +162,24 @@ def read_attention(sd: dict, prefix: str, ours: str) -> dict[str, np.ndarray]:
     return out | read_linear(sd, f"{prefix}.out_proj", f"{ours}/out")
 
 
-def read_hf_encoder(sd: dict, prefix: str, ours: str, depth: int) -> dict[str, np.ndarray]:
-    """transformers' `prefix.layers.i.*` -> our `ours/blocks/i/*`."""
+# Each library's names for one block's parts, in our order: ln1, attn, ln2, fc1, fc2.
+HF_BLOCK = ("layers", "layer_norm1", "self_attn", "layer_norm2", "mlp.fc1", "mlp.fc2")
+OPEN_CLIP_BLOCK = ("resblocks", "ln_1", "attn", "ln_2", "mlp.c_fc", "mlp.c_proj")
+
+
+def read_encoder(sd: dict, prefix: str, ours: str, depth: int,
+                 names: tuple[str, ...] = HF_BLOCK) -> dict[str, np.ndarray]:
+    """A library's `prefix.<layers>.i.*` blocks (`names`: HF_BLOCK, OPEN_CLIP_BLOCK) -> our
+    `ours/blocks/i/*`."""
+    layers, ln1, attn, ln2, fc1, fc2 = names
     out = {}
     for i in range(depth):
-        pre, block = f"{prefix}.layers.{i}", f"{ours}/blocks/{i}"
-        out |= read_norm(sd, f"{pre}.layer_norm1", f"{block}/ln1")
-        out |= read_attention(sd, f"{pre}.self_attn", f"{block}/attn")
-        out |= read_norm(sd, f"{pre}.layer_norm2", f"{block}/ln2")
-        out |= read_linear(sd, f"{pre}.mlp.fc1", f"{block}/mlp/fc1")
-        out |= read_linear(sd, f"{pre}.mlp.fc2", f"{block}/mlp/fc2")
+        pre, block = f"{prefix}.{layers}.{i}", f"{ours}/blocks/{i}"
+        out |= read_norm(sd, f"{pre}.{ln1}", f"{block}/ln1")
+        out |= read_attention(sd, f"{pre}.{attn}", f"{block}/attn")
+        out |= read_norm(sd, f"{pre}.{ln2}", f"{block}/ln2")
+        out |= read_linear(sd, f"{pre}.{fc1}", f"{block}/mlp/fc1")
+        out |= read_linear(sd, f"{pre}.{fc2}", f"{block}/mlp/fc2")
     return out
 
 
