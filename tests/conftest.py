@@ -1,6 +1,7 @@
 """Test set-up: 8 simulated CPU devices, set before jax is imported anywhere."""
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -39,12 +40,30 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import pytest  # noqa: E402
 
 
+def _built_once(tmp_path_factory, name: str, build) -> str:
+    """The directory `name`, filled by `build(path)` once for the whole run: the xdist
+    workers share one copy (the first to ask builds it; the other waits on a file lock).
+    For read-only fixtures only."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's temporary root, common to its workers
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(str(path))
+            done.touch()
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def fake_fashion_mnist_source(tmp_path_factory) -> str:
     """Small valid idx.gz files shaped like Fashion-MNIST (200 train, 50 test images)."""
     from contrastive_jax.datasets import fashion_mnist_captions as fmc
 
-    return fmc.write_fake_source(str(tmp_path_factory.mktemp("fake_fmnist")))
+    return _built_once(tmp_path_factory, "fake_fmnist", fmc.write_fake_source)
 
 
 @pytest.fixture(scope="session")
@@ -52,14 +71,14 @@ def fake_data_dir(tmp_path_factory, fake_fashion_mnist_source) -> str:
     """A TFDS data_dir with fashion_mnist_captions built from the fake idx files."""
     from contrastive_jax.datasets import fashion_mnist_captions as fmc
 
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    fmc.build_fashion_mnist_captions(data_dir, source=fake_fashion_mnist_source)
-    return data_dir
+    return _built_once(tmp_path_factory, "tfds", lambda path: fmc.build_fashion_mnist_captions(
+        path, source=fake_fashion_mnist_source))
 
 
 @pytest.fixture(scope="session")
 def trained_workdir(fake_data_dir, tmp_path_factory) -> str:
-    """A tiny model trained 6 steps (checkpoints at 3 and 6), shared by export and eval tests."""
+    """A tiny model trained 6 steps (checkpoints at 3 and 6), shared by export and eval tests,
+    which only read it."""
     from helpers import tiny_config
 
     from contrastive_jax.train import loop
@@ -69,9 +88,7 @@ def trained_workdir(fake_data_dir, tmp_path_factory) -> str:
         train={"steps": 6, "checkpoint_every": 3},
         evals={"zeroshot": {"batch_size": 16}, "embedding_stats": {"num_examples": 32}},
     )
-    workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train(config, workdir)
-    return workdir
+    return _built_once(tmp_path_factory, "trained_run", lambda path: loop.train(config, path))
 
 
 def pytest_sessionfinish(session) -> None:
@@ -86,16 +103,18 @@ def pytest_sessionfinish(session) -> None:
     gc.collect()
 
 
-# The heaviest files first (measured with --durations on 2 cores, 2026-12-02): xdist's
+# The heaviest files first (measured with --durations=0 on 2 cores, 2026-12-02): xdist's
 # loadfile hands out files in collection order, so a heavy file collected last would run
 # alone at the end while the other worker idles. Longest first keeps both busy.
 HEAVIEST_FIRST = (
-    "test_preemption.py", "test_multiprocess.py", "test_resume_read_size.py",
-    "test_checkpoint_integrity.py", "test_resume.py", "test_one_tower.py",
-    "test_lit_init_cache.py", "test_memory.py", "test_grad_cache.py", "test_nonfinite.py",
-    "test_cit_and_offline.py", "test_data_sources.py", "test_train_step.py",
-    "test_cpu_host.py", "test_eval_report.py", "test_errors.py", "test_hf_parity.py",
-    "test_scan_layers.py", "test_lit_lock.py", "test_bench.py", "test_export_hf.py",
+    "test_preemption.py", "test_grad_cache.py", "test_hf_parity.py",
+    "test_checkpoint_integrity.py", "test_multiprocess.py", "test_data_sources.py",
+    "test_resume.py", "test_resume_read_size.py", "test_lit_init_cache.py", "test_models.py",
+    "test_train_step.py", "test_cit_and_offline.py", "test_bench.py", "test_sharding.py",
+    "test_memory.py", "test_nonfinite.py", "test_one_tower.py", "test_loss_family.py",
+    "test_scan_layers.py", "test_losses.py", "test_lit_lock.py", "test_cpu_host.py",
+    "test_data_pipeline.py", "test_cli.py", "test_errors.py", "test_eval_report.py",
+    "test_export.py",
 )
 
 

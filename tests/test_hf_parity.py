@@ -156,6 +156,27 @@ def test_hf_export_reads_back_as_our_model(exported):
     assert model.config.data.value_range == (-1.0, 1.0)
 
 
+def test_eval_of_the_hf_import_gives_the_grey_models_numbers(exported, tokenizer_file,
+                                                            fake_data_dir, tmp_path):
+    """`eval --model hf:DIR` of a grey model's export: the RGB import reads the grey
+    evaluation and training data replicated to RGB, and every number equals the grey
+    model's own (its native export, evaluated the same way)."""
+    from contrastive_jax.evaluate.model_eval import evaluate_model
+    from contrastive_jax.export.native import export_weights
+
+    _, config, params, out = exported
+    native = export_weights("npz", config, params, 7, tokenizer_file, str(tmp_path / "npz"))
+    overrides = [f"data.data_dir={fake_data_dir}", "evals.zeroshot.batch_size=16",
+                 "evals.embedding_stats.num_examples=32"]
+    want = evaluate_model(native, overrides=overrides)
+    got = evaluate_model(f"hf:{out}", overrides=overrides)
+    assert "embeddings/alignment" in want and "zeroshot/fashion_mnist/top1" in want
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if key != "step":  # an hf directory records no training step
+            np.testing.assert_allclose(got[key], value, atol=1e-5, err_msg=key)
+
+
 @pytest.mark.parametrize("kind", ["siglip", "clip"])
 def test_a_model_transformers_built_imports_with_its_embeddings(kind, tokenizer_file,
                                                                 tmp_path):

@@ -78,6 +78,21 @@ def test_init_from_errors_name_the_param(tmp_path):
         load_source(str(tmp_path / "nowhere"))
 
 
+def test_init_from_an_rgb_source_folds_its_patch_kernel_for_a_grey_model():
+    """Exports of grey models are RGB; a grey model initialised from an RGB source sums the
+    patch kernel over the channels, and embeds a grey image as the RGB model embeds it
+    replicated to three channels."""
+    rgb_model = tiny_config(model={"image": {"channels": 3}}).model
+    rgb, rest = ModelDef.init(rgb_model, jax.random.key(3))
+    grey, _ = ModelDef.init(tiny_config().model, jax.random.key(4))
+    params, copied = init_params(grey, _init(path="rgb", tower="image"), flatten(rgb))
+    assert "img/embedding/kernel" in copied
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 1)).astype(np.float32)
+    got = ModelDef(tiny_config().model).bind(params).encode_image(images)
+    want = ModelDef(rgb_model).bind(rgb, rest).encode_image(np.repeat(images, 3, axis=-1))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def _losses(workdir):
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         return [json.loads(line)["train/loss"] for line in f if "train/loss" in line]

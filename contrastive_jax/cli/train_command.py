@@ -12,9 +12,12 @@ from contrastive_jax.cli.common import split_overrides
 
 def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.config import load_config
+
+    # The config first: a typo in it is a one-line error before jax and TensorFlow load
+    # (seconds on a small host).
+    config = load_config(args.config, split_overrides(extra))
     from contrastive_jax.train.loop import train
 
-    config = load_config(args.config, split_overrides(extra))
     result = train(config, args.workdir)
     print(json.dumps(result, sort_keys=True))
     # Preemption (SIGTERM) is a clean exit for schedulers; Ctrl-C keeps the shell convention.

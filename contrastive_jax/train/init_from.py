@@ -81,6 +81,18 @@ def load_source(path: str) -> dict[str, np.ndarray]:
     return flat
 
 
+def _fold_rgb_patch_kernel(name: str, theirs: np.ndarray, shape: tuple) -> np.ndarray:
+    """An RGB source's patch kernel [p, p, 3, w] for a grey model [p, p, 1, w]: summed over
+    the channels, which is exact for grey images (an RGB model sees them replicated to RGB,
+    sum_c w_c x = (sum_c w_c) x). Exports of grey models are RGB (hf_layers.rgb_patch_kernel),
+    so this takes them back. Other shapes pass unchanged."""
+    if (name.endswith("embedding/kernel") and theirs.ndim == 4 and len(shape) == 4
+            and theirs.shape[2] == 3 and shape[2] == 1
+            and theirs.shape[:2] + theirs.shape[3:] == tuple(shape[:2]) + tuple(shape[3:])):
+        return theirs.sum(axis=2, keepdims=True)
+    return theirs
+
+
 def selected(name: str, init_config: ml_collections.ConfigDict) -> bool:
     """Whether param `name` is copied from the source (not re-initialised)."""
     towers = _tower_names(init_config.tower)
@@ -118,7 +130,7 @@ def init_params(params: Mapping[str, Any], init_config: ml_collections.ConfigDic
         if name not in source:
             raise InitFromError(f"init_from {init_config.path}: source has no parameter "
                                 f"{name!r}")
-        theirs = np.asarray(source[name])
+        theirs = _fold_rgb_patch_kernel(name, np.asarray(source[name]), leaf.shape)
         if theirs.shape != leaf.shape:
             raise InitFromError(f"init_from {init_config.path}: parameter {name!r} has shape "
                                 f"{theirs.shape} in the source, {leaf.shape} in this model")
