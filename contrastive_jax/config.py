@@ -41,7 +41,7 @@ def default_config() -> ConfigDict:
     c.loss = ConfigDict(
         dict(
             name="sigmoid_chunked",
-            bidirectional=False,  # sigmoid_chunked: text chunks travel both ways round the ring
+            bidirectional=False,  # *_chunked rings: text chunks travel both ways round it
             positives="pairs",  # "labels": pairs whose labels match are positives too
             hn_alpha=1.0,  # hn_nce: weight of the positive in the denominator
             hn_beta=0.5,  # hn_nce: hardness of the negative weighting (0: CLIP)

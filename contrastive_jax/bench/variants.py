@@ -10,6 +10,8 @@ from typing import Any
 LOSS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "softmax": ("softmax", {}),
     "softmax_sharded": ("softmax_sharded", {}),
+    "softmax_chunked": ("softmax_chunked", {"bidirectional": False}),
+    "softmax_chunked_bidir": ("softmax_chunked", {"bidirectional": True}),
     "sigmoid": ("sigmoid", {}),
     "sigmoid_chunked": ("sigmoid_chunked", {"bidirectional": False}),
     "sigmoid_chunked_bidir": ("sigmoid_chunked", {"bidirectional": True}),

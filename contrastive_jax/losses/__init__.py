@@ -4,6 +4,7 @@ Use `create_loss(name, mesh=..., batch_axes=...)`, or `loss_from_config(config, 
 run's `loss.*` keys; see design.md, "Losses: the heart".
 """
 
+from contrastive_jax.losses.chunked_softmax import softmax_loss_ring
 from contrastive_jax.losses.reference import sigmoid_loss, softmax_loss
 from contrastive_jax.losses.registry import (
     LOSS_NAMES,
@@ -25,5 +26,6 @@ __all__ = [
     "sigmoid_loss",
     "sigmoid_loss_ring",
     "softmax_loss",
+    "softmax_loss_ring",
     "softmax_loss_sharded",
 ]

@@ -18,7 +18,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.losses import family, reference, sharded
+from contrastive_jax.losses import chunked_softmax, family, reference, sharded
 from contrastive_jax.parallel.mesh import BATCH_AXES
 from contrastive_jax.registry import Registry
 
@@ -54,6 +54,8 @@ class LossEntry(NamedTuple):
 LOSSES: Registry[LossEntry] = Registry("loss", {
     "softmax": LossEntry(reference.softmax_loss),
     "softmax_sharded": LossEntry(sharded.softmax_loss_sharded, sharded=True),
+    "softmax_chunked": LossEntry(chunked_softmax.softmax_loss_ring, sharded=True,
+                                 options={"bidirectional": "bidirectional"}),
     "sigmoid": LossEntry(reference.sigmoid_loss),
     "sigmoid_chunked": LossEntry(sharded.sigmoid_loss_ring, sharded=True,
                                  options={"bidirectional": "bidirectional"}),

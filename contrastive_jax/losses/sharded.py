@@ -98,7 +98,8 @@ def _shift(x, axes: tuple[str, ...], n: int, k: int):
     return lax.ppermute(x, axes, perm=[(i, (i + k) % n) for i in range(n)])
 
 
-def _ring(visit, acc, data, buf, *, axes: tuple[str, ...], n: int, bidirectional: bool):
+def _ring(visit, acc, data, buf, *, axes: tuple[str, ...], n: int, bidirectional: bool,
+          empty=None, merge=None):
     """Visits every (local image rows, text chunk) block once; returns (acc, home buf).
 
     `data` (a text chunk and its labels) travels around the ring together with `buf`, a
@@ -114,6 +115,10 @@ def _ring(visit, acc, data, buf, *, axes: tuple[str, ...], n: int, bidirectional
     Each copy makes one more data hop than it needs (its last block's transfer is
     issued alongside the block); that keeps the loop body uniform, at the cost of one
     chunk transfer that overlaps with compute.
+
+    `empty`: the left-moving copy's starting buffer (default: zeros like `buf`); `merge`:
+    how the two copies' buffers combine at home (default: added). A buffer of running
+    log-sum-exps needs both (see chunked_softmax.py).
     """
     # With n <= 2 both directions reach the same single neighbour: stay unidirectional.
     n_left = n // 2 if bidirectional and n > 2 else 0
@@ -140,8 +145,9 @@ def _ring(visit, acc, data, buf, *, axes: tuple[str, ...], n: int, bidirectional
         return acc, (rnext, _shift(rbuf, axes, n, 1)), left
 
     # The left copy starts one hop away: it visits chunks idx + 1 .. idx + n_left.
-    zeros = jax.tree.map(jnp.zeros_like, buf)
-    left = (_shift(data, axes, n, -1), zeros) if n_left else None
+    if empty is None:
+        empty = jax.tree.map(jnp.zeros_like, buf)
+    left = (_shift(data, axes, n, -1), empty) if n_left else None
     carry = (acc, (data, buf), left)
     # fori_loop keeps the compiled size independent of n.
     if n_left:
@@ -150,7 +156,8 @@ def _ring(visit, acc, data, buf, *, axes: tuple[str, ...], n: int, bidirectional
     # Right buffers have moved n_right hops (n: already home), left ones n_left + 1.
     home = _shift(right[1], axes, n, -n_right)
     if n_left:
-        home = jax.tree.map(jnp.add, home, _shift(left[1], axes, n, n_left + 1))
+        other = _shift(left[1], axes, n, n_left + 1)
+        home = merge(home, other) if merge is not None else jax.tree.map(jnp.add, home, other)
     return acc, home
 
 
