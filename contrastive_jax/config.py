@@ -42,6 +42,7 @@ def default_config() -> ConfigDict:
         dict(
             name="sigmoid_chunked",
             bidirectional=False,  # *_chunked rings: text chunks travel both ways round it
+            tile=0,  # *_chunked rings: b x tile pieces of each b x b block (0: whole blocks)
             positives="pairs",  # "labels": pairs whose labels match are positives too
             hn_alpha=1.0,  # hn_nce: weight of the positive in the denominator
             hn_beta=0.5,  # hn_nce: hardness of the negative weighting (0: CLIP)

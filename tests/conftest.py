@@ -6,6 +6,8 @@ import os
 import shutil
 import tempfile
 
+from xla_flags import CHEAP_COMPILE
+
 from contrastive_jax import cpu_host  # imports no jax: the environment below must come first
 
 # 8 devices share 2 cores here, so a device thread can wait a while for a core; XLA's CPU
@@ -14,12 +16,7 @@ from contrastive_jax import cpu_host  # imports no jax: the environment below mu
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     " --xla_cpu_collective_call_terminate_timeout_seconds=180"
-    " --xla_cpu_collective_timeout_seconds=180"
-    # The tests' models are tiny, so compiling dominates running: XLA's cheapest backend
-    # pipeline compiles about 30% faster (measured on test_scan_layers + test_train_step,
-    # 211 s -> 149 s on 2 cores) and computes the same programs. Tests check our math,
-    # not XLA's optimiser; benchmarks and real runs keep the default pipeline.
-    " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    " --xla_cpu_collective_timeout_seconds=180 " + CHEAP_COMPILE
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # 16 pool threads for the 8 devices: one device may hold two collectives at once.

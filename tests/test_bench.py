@@ -21,6 +21,18 @@ def test_loss_memory_reports_per_device_bytes():
     assert row["argument_bytes"] >= 2 * 8 * 16 * 4  # this device's rows of both towers
 
 
+def test_tiles_bound_the_rings_memory_as_the_model_says():
+    """loss.tile=256 at b=1024: both rings hold b x tile pieces, not b x b blocks, and the
+    memory model (bench/loss_memory.ring_model_bytes) is close to XLA's compiled bytes."""
+    rows = {v: loss_memory(v, local_batch=1024, num_devices=2, dim=128) for v in (
+        "sigmoid_chunked", "softmax_chunked", "sigmoid_chunked_tile256",
+        "softmax_chunked_tile256")}
+    for ring in ("sigmoid_chunked", "softmax_chunked"):
+        assert rows[f"{ring}_tile256"]["temp_bytes"] < 0.3 * rows[ring]["temp_bytes"]
+    for variant, row in rows.items():
+        assert 0.8 < row["model_bytes"] / row["temp_bytes"] < 1.25, (variant, row)
+
+
 def test_max_batch_is_the_largest_batch_that_fits():
     budget_gb = 2e-4  # ~210 kB: a batch of a few hundred 16-d rows
     row = max_batch("sigmoid", budget_gb, num_devices=2, dim=16)

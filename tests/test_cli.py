@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+from xla_flags import CHEAP_COMPILE
+
 
 def run_cli(*args, env=None, timeout=180):
-    env = {**os.environ, "XLA_FLAGS": "", **(env or {})}
+    env = {**os.environ, "XLA_FLAGS": CHEAP_COMPILE, **(env or {})}
     return subprocess.run([sys.executable, "-m", "contrastive_jax.cli", *args], env=env,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -7,6 +7,7 @@ import sys
 import traceback
 
 import pytest
+from xla_flags import CHEAP_COMPILE
 
 from contrastive_jax import cli
 from contrastive_jax.errors import ConfigError, DataError, UserError
@@ -53,7 +54,7 @@ def test_a_bug_in_the_step_propagates_and_a_user_error_there_is_one_line(
 def test_the_command_line_prints_a_bugs_traceback_with_exit_1(fake_data_dir, tmp_path):
     from contrastive_jax.losses import LOSS_NAMES
 
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": CHEAP_COMPILE}
     program = ("import sys\n"
                "from contrastive_jax.models.two_tower import TwoTower\n"
                "def encode_text(self, tokens):\n"

@@ -203,7 +203,8 @@ def test_options_are_checked_when_the_loss_is_created_and_a_split_batch_names_th
     mesh8 = create_mesh({"data": -1}, devices=jax.devices()[:8])
     with pytest.raises(ConfigError, match="config key 'loss.name': loss 'macl' is reference"):
         create_loss("macl", mesh=mesh8, batch_axes=("data",))
-    assert LOSSES["sigmoid_chunked"].options == {"bidirectional": "bidirectional"}
+    assert LOSSES["sigmoid_chunked"].options == {"bidirectional": "bidirectional",
+                                                 "tile": "tile"}
 
 
 @pytest.mark.parametrize("loss", ["hn_nce", "debiased_softmax", "macl"])

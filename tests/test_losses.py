@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import (
     LOSS_NAMES,
     create_loss,
@@ -32,6 +33,10 @@ SHARDED = {
     "softmax_ring_bidi": ("softmax_chunked", "softmax", {"bidirectional": True}),
     "sigmoid_ring": ("sigmoid_chunked", "sigmoid", {"bidirectional": False}),
     "sigmoid_ring_bidi": ("sigmoid_chunked", "sigmoid", {"bidirectional": True}),
+    # loss.tile: each block in b x 2 pieces (a device's chunk holds 4 to 32 rows here).
+    "sigmoid_ring_tiled": ("sigmoid_chunked", "sigmoid", {"bidirectional": False, "tile": 2}),
+    "softmax_ring_tiled_bidi": ("softmax_chunked", "softmax",
+                                {"bidirectional": True, "tile": 2}),
 }
 
 
@@ -354,6 +359,12 @@ def test_bad_options():
     zimg = jnp.ones((4, 2)) / np.sqrt(2)
     with pytest.raises(ValueError, match="bias"):
         sigmoid_loss(zimg, zimg, T, None)
+    with pytest.raises(ValueError, match="tile must be an integer >= 0"):
+        create_loss("softmax_chunked", mesh=mesh, tile=-1)
+    ring = create_loss("sigmoid_chunked", mesh=mesh, tile=3)
+    rows = jnp.ones((16, 2)) / np.sqrt(2)  # 8 rows per device
+    with pytest.raises(ConfigError, match="'loss.tile': 3 does not divide the 8 text rows"):
+        jax.eval_shape(ring, rows, rows, T, BIAS)
     assert set(LOSS_NAMES) == {"softmax", "softmax_sharded", "softmax_chunked", "sigmoid",
                                "sigmoid_chunked",
                                "hn_nce", "debiased_softmax", "macl"}

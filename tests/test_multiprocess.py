@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from multiprocess_worker import EVAL_ROWS, run, worker_config
+from xla_flags import CHEAP_COMPILE
 
 import contrastive_jax
 
@@ -28,7 +29,8 @@ def start(tmp_path: pathlib.Path, num_processes: int = 2,
           devices_per_process: int = 4) -> list[subprocess.Popen]:
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process} "
+                        + CHEAP_COMPILE,
            # This checkout's package, not whichever one is installed.
            "PYTHONPATH": os.pathsep.join([ROOT, TESTS])}
     procs = []

@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from xla_flags import CHEAP_COMPILE
 
 from contrastive_jax.config import load_config
 from contrastive_jax.parallel.mesh import create_mesh
@@ -92,7 +93,7 @@ def runs(fake_data_dir, tmp_path_factory):
     """The reference run, and the run stopped by SIGTERM after >= 3 logged steps, relaunched,
     stopped by SIGINT >= 3 steps later, and relaunched to the end."""
     tmp_path = tmp_path_factory.mktemp("preemption")
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": CHEAP_COMPILE, "JAX_PLATFORMS": "cpu"}
     cache = tmp_path / "xla_cache"
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     metrics = cut_dir / "metrics.jsonl"

@@ -41,16 +41,42 @@ def compile_loss_grad(variant: str, global_batch: int, dim: int, num_devices: in
     return jax.jit(grad).lower(emb, emb, s, s).compile()
 
 
+def ring_model_bytes(local_batch: int, dim: int, tile: int = 0) -> int:
+    """The unidirectional rings' per-device loss memory on >= 2 devices, float32: about
+    3 b x D buffers (the chunk in flight, its gradient, the image gradient) and 4 live
+    b x tile blocks (logits, similarities, their gradient, one exp; 5 with whole b x b
+    blocks, which XLA schedules less tightly than the tile loop): 4 b (3 D + 4 tile)
+    bytes, whatever the number of devices. Fitted to and checked against XLA's compiled
+    numbers (docs/benchmarks.md: within 15%)."""
+    blocks = 4 if tile and tile < local_batch else 5
+    return 4 * local_batch * (3 * dim + blocks * (tile or local_batch))
+
+
 def loss_memory(variant: str, local_batch: int, num_devices: int, dim: int) -> dict[str, Any]:
-    """Per-device temporary and argument bytes of one loss's value_and_grad."""
+    """Per-device temporary and argument bytes of one loss's value_and_grad (with the
+    memory model's estimate for the unidirectional rings)."""
     analysis = compile_loss_grad(variant, local_batch * num_devices, dim,
                                  num_devices).memory_analysis()
-    return {
+    row = {
         "bench": "loss_memory", "loss": variant, "local_batch": local_batch,
         "global_batch": local_batch * num_devices, "devices": num_devices, "dim": dim,
         "temp_bytes": int(analysis.temp_size_in_bytes),
         "argument_bytes": int(analysis.argument_size_in_bytes),
     }
+    name, options = LOSS_VARIANTS[variant]
+    if name.endswith("_chunked") and not options.get("bidirectional") and num_devices > 1:
+        row["model_bytes"] = ring_model_bytes(local_batch, dim, options.get("tile", 0))
+    return row
+
+
+def model_at_scale(dim: int, tile: int = 256, global_batch: int = 2**20,
+                   num_devices: int = 1024) -> dict[str, Any]:
+    """The memory model's per-device loss bytes of a 1M batch on 1,024 devices."""
+    local = global_batch // num_devices
+    return {"bench": "loss_memory_model", "global_batch": global_batch,
+            "devices": num_devices, "local_batch": local, "dim": dim, "tile": tile,
+            "model_bytes": ring_model_bytes(local, dim, tile),
+            "untiled_model_bytes": ring_model_bytes(local, dim)}
 
 
 def loss_memory_table(variants: Iterable[str], local_batches: Iterable[int],

@@ -15,5 +15,8 @@ LOSS_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "sigmoid": ("sigmoid", {}),
     "sigmoid_chunked": ("sigmoid_chunked", {"bidirectional": False}),
     "sigmoid_chunked_bidir": ("sigmoid_chunked", {"bidirectional": True}),
+    # loss.tile=256: each b x b block in b x 256 pieces.
+    "softmax_chunked_tile256": ("softmax_chunked", {"bidirectional": False, "tile": 256}),
+    "sigmoid_chunked_tile256": ("sigmoid_chunked", {"bidirectional": False, "tile": 256}),
 }
 LOSS_VARIANT_NAMES: tuple[str, ...] = tuple(LOSS_VARIANTS)

@@ -45,10 +45,11 @@ def _cmd_bench_lit(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def _cmd_bench_loss_memory(args: argparse.Namespace, extra: Sequence[str]) -> int:
     simulate_cpu_devices()
-    from contrastive_jax.bench.loss_memory import loss_memory_table
+    from contrastive_jax.bench.loss_memory import loss_memory_table, model_at_scale
 
     for row in loss_memory_table(args.losses, args.local_batch, args.devices, args.dim):
         print_json(row)
+    print_json(model_at_scale(args.dim))
     return 0
 
 def _cmd_bench_max_batch(args: argparse.Namespace, extra: Sequence[str]) -> int:

@@ -27,6 +27,7 @@ from contrastive_jax.losses.sharded import (
     _ring,
     _scalar_grad,
     _sizes,
+    _tiled,
     _vma,
 )
 
@@ -56,9 +57,10 @@ def _empty_stats(like: jax.Array) -> tuple[jax.Array, ...]:
     return zero + _EMPTY, zero, zero, zero
 
 
-def _block(zimg, txt, lab_img, lab_txt, own, t32):
-    """Similarities, logits and the positive mask of one b x b block."""
-    pos = _mask(zimg.shape[0], txt.shape[0], lab_img, lab_txt)
+def _block(zimg, txt, lab_img, lab_txt, own, t32, offset):
+    """Similarities, logits and the positive mask of one block of the chunk's text rows
+    offset.. offset + len(txt)."""
+    pos = _mask(zimg.shape[0], txt.shape[0], lab_img, lab_txt, -offset)
     if lab_img is None:  # the global diagonal lies in the own block only
         pos = jnp.logical_and(pos, own)
     sims = ref.similarities(zimg, txt)
@@ -71,20 +73,21 @@ def _cross_entropy(lse, pos_logits, count):
     return jnp.where(count > 0, lse - pos_logits / jnp.maximum(count, 1.0), 0.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _softmax_ring(zimg, ztxt, t, labels, axes, bidirectional):
-    return _softmax_ring_fwd(zimg, ztxt, t, labels, axes, bidirectional)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _softmax_ring(zimg, ztxt, t, labels, axes, bidirectional, tile):
+    return _softmax_ring_fwd(zimg, ztxt, t, labels, axes, bidirectional, tile)[0]
 
 
-def _softmax_ring_fwd(zimg, ztxt, t, labels, axes, bidirectional):
+def _softmax_ring_fwd(zimg, ztxt, t, labels, axes, bidirectional, tile):
     n, n_global = _sizes(zimg, axes)
     t32 = t.astype(jnp.float32)
 
-    def visit(acc, data, buf, own):
+    @functools.partial(_tiled, tile=tile)
+    def visit(acc, data, buf, own, offset):
         (m_r, s_r, pw_r, cnt_r), sums = acc
         m_c, s_c, pw_c, cnt_c = buf
         txt, lab_txt = data
-        _, logits, pos = _block(zimg, txt, labels, lab_txt, own, t32)
+        _, logits, pos = _block(zimg, txt, labels, lab_txt, own, t32, offset)
         posf = pos.astype(jnp.float32)
         m_r, s_r = _online(m_r, s_r, logits, axis=1)
         m_c, s_c = _online(m_c, s_c, logits, axis=0)
@@ -106,7 +109,7 @@ def _softmax_ring_fwd(zimg, ztxt, t, labels, axes, bidirectional):
     return (loss, metrics), (zimg, ztxt, t, labels, lse_r, cnt_r, lse_c, cnt_c)
 
 
-def _softmax_ring_bwd(axes, bidirectional, res, cts):
+def _softmax_ring_bwd(axes, bidirectional, tile, res, cts):
     zimg, ztxt, t, labels, lse_r, cnt_r, lse_c, cnt_c = res
     g, _ = cts  # metrics are stop_gradient'ed: their cotangents are ignored.
     checked = set(axes) <= _vma(zimg)
@@ -120,10 +123,11 @@ def _softmax_ring_bwd(axes, bidirectional, res, cts):
     row_on = (cnt_r > 0).astype(jnp.float32)[:, None]
     row_target = row_on / jnp.maximum(cnt_r, 1.0)[:, None]
 
-    def visit(acc, data, buf, own):
+    @functools.partial(_tiled, tile=tile)
+    def visit(acc, data, buf, own, offset):
         dimg, dt = acc
         txt, lab_txt, lse_chunk, cnt_chunk = data
-        sims, logits, pos = _block(zimg, txt, labels, lab_txt, own, t32)
+        sims, logits, pos = _block(zimg, txt, labels, lab_txt, own, t32, offset)
         posf = pos.astype(jnp.float32)
         col_on = (cnt_chunk > 0).astype(jnp.float32)[None, :]
         d_rows = row_on * jnp.exp(logits - lse_r[:, None]) - posf * row_target
@@ -155,11 +159,13 @@ def softmax_loss_ring(
     *,
     axis_name: AxisName,
     bidirectional: bool = False,
+    tile: int = 0,
 ) -> tuple[jax.Array, Metrics]:
     """CLIP's symmetric cross-entropy with text chunks travelling the ring (`b` is ignored,
     as softmax is shift-invariant). Value and gradients equal `reference.softmax_loss`;
-    per-device memory does not grow with the number of devices."""
+    per-device memory does not grow with the number of devices, and `tile` splits each
+    b x b block into b x tile pieces (sharded._tiled)."""
     del b
     loss, metrics = _softmax_ring(zimg, ztxt, jnp.asarray(t), labels, _axes(axis_name),
-                                  bidirectional)
+                                  bidirectional, int(tile))
     return loss, jax.lax.stop_gradient(metrics)

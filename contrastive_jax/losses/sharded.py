@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import reference as ref
 
 AxisName = str | tuple[str, ...]
@@ -161,11 +162,48 @@ def _ring(visit, acc, data, buf, *, axes: tuple[str, ...], n: int, bidirectional
     return acc, home
 
 
-def _block(zimg, txt, lab_img, lab_txt, own, t, b):
-    """Similarities and logits (float32) and the positive mask of one b x b block."""
+def check_tile(bidirectional: bool = False, tile: int = 0) -> None:
+    """The ring options' values (run by `create_loss` before anything is traced)."""
+    del bidirectional
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"tile must be an integer >= 0 (0: whole blocks), got {tile!r}")
+
+
+def _tiled(visit, tile: int):
+    """`visit(acc, data, buf, own, offset)` over column tiles of each text chunk, one
+    b x tile block at a time (`offset`: the tile's first row within the chunk), as the
+    ring's `visit(acc, data, buf, own)`. tile = 0, or one as large as the chunk, is the
+    whole b x b block at once. Per-device loss memory is then O(b x tile), not O(b^2)."""
+
+    def whole_or_tiles(acc, data, buf, own):
+        n_cols = jax.tree.leaves(data)[0].shape[0]
+        if not tile or tile >= n_cols:
+            return visit(acc, data, buf, own, 0)
+        if n_cols % tile:
+            raise ConfigError(f"config key 'loss.tile': {tile} does not divide the "
+                              f"{n_cols} text rows of a device's chunk")
+        count = n_cols // tile
+
+        def split(x):
+            return x.reshape(count, tile, *x.shape[1:])
+
+        def body(acc, xs):
+            index, piece, piece_buf = xs
+            return visit(acc, piece, piece_buf, own, index * tile)
+
+        acc, bufs = lax.scan(body, acc, (jnp.arange(count), jax.tree.map(split, data),
+                                         jax.tree.map(split, buf)))
+        return acc, jax.tree.map(lambda x: x.reshape(n_cols, *x.shape[2:]), bufs)
+
+    return whole_or_tiles
+
+
+def _block(zimg, txt, lab_img, lab_txt, own, t, b, offset=0):
+    """Similarities and logits (float32) and the positive mask of one block of the
+    chunk's text rows offset.. offset + len(txt)."""
     n_rows, n_cols = zimg.shape[0], txt.shape[0]
     # Without labels only the own block holds (global) diagonal positives.
-    pos = _mask(n_rows, n_cols, lab_img, lab_txt)
+    pos = _mask(n_rows, n_cols, lab_img, lab_txt, -offset)
     if lab_img is None:
         pos = jnp.logical_and(pos, own)
     sims = ref.similarities(zimg, txt)
@@ -178,17 +216,18 @@ def _sizes(zimg, axes):
     return n, float(zimg.shape[0] * n)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _sigmoid_ring(zimg, ztxt, t, b, labels, axes, bidirectional):
-    return _sigmoid_ring_fwd(zimg, ztxt, t, b, labels, axes, bidirectional)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _sigmoid_ring(zimg, ztxt, t, b, labels, axes, bidirectional, tile):
+    return _sigmoid_ring_fwd(zimg, ztxt, t, b, labels, axes, bidirectional, tile)[0]
 
 
-def _sigmoid_ring_fwd(zimg, ztxt, t, b, labels, axes, bidirectional):
+def _sigmoid_ring_fwd(zimg, ztxt, t, b, labels, axes, bidirectional, tile):
     n, n_global = _sizes(zimg, axes)
 
-    def visit(acc, data, buf, own):
+    @functools.partial(_tiled, tile=tile)
+    def visit(acc, data, buf, own, offset):
         txt, lab_txt = data
-        _, logits, pos = _block(zimg, txt, labels, lab_txt, own, t, b)
+        _, logits, pos = _block(zimg, txt, labels, lab_txt, own, t, b, offset)
         nll = -jnp.sum(jax.nn.log_sigmoid(jnp.where(pos, logits, -logits)))
         return acc + jnp.concatenate([nll[None], ref.logit_sums(logits, pos)]), buf
 
@@ -220,7 +259,7 @@ def _scalar_grad(x: jax.Array, like: jax.Array, axes: tuple[str, ...], checked: 
     return (lax.psum(x, sum_axes) if sum_axes else x).astype(like.dtype)
 
 
-def _sigmoid_ring_bwd(axes, bidirectional, res, cts):
+def _sigmoid_ring_bwd(axes, bidirectional, tile, res, cts):
     zimg, ztxt, t, b, labels = res
     g, _ = cts  # metrics are stop_gradient'ed: their cotangents are ignored.
     # The batch-sharded zimg is device-varying iff shard_map runs with check_vma.
@@ -234,10 +273,11 @@ def _sigmoid_ring_bwd(axes, bidirectional, res, cts):
     scale = g.astype(jnp.float32) / n_global
     zimg32 = zimg.astype(jnp.float32)
 
-    def visit(acc, data, buf, own):
+    @functools.partial(_tiled, tile=tile)
+    def visit(acc, data, buf, own, offset):
         dimg, dt, db = acc
         txt, lab_txt = data
-        sims, logits, pos = _block(zimg, txt, labels, lab_txt, own, t, b)
+        sims, logits, pos = _block(zimg, txt, labels, lab_txt, own, t, b, offset)
         # d/dx -log_sigmoid(z x) = -z sigmoid(-z x), with z = +-1.
         z = jnp.where(pos, 1.0, -1.0)
         dlogits = -scale * z * jax.nn.sigmoid(-z * logits)
@@ -267,15 +307,18 @@ def sigmoid_loss_ring(
     *,
     axis_name: AxisName,
     bidirectional: bool = False,
+    tile: int = 0,
 ) -> tuple[jax.Array, Metrics]:
     """Chunked SigLIP: image rows stay local, text chunks go around the ring.
 
     The backward pass rotates the chunks again, recomputes each b x b block, and sends
     each chunk's gradient along with it, so peak memory is a few b x b blocks whatever
-    the number of devices. Value and gradients equal `reference.sigmoid_loss`.
+    the number of devices; `tile` splits each block into b x tile pieces (see `_tiled`).
+    Value and gradients equal `reference.sigmoid_loss`.
     """
     if b is None:
         raise ValueError("sigmoid_loss_ring needs a bias b (a scalar; 0.0 for none)")
     t, b = jnp.asarray(t), jnp.asarray(b)
-    loss, metrics = _sigmoid_ring(zimg, ztxt, t, b, labels, _axes(axis_name), bidirectional)
+    loss, metrics = _sigmoid_ring(zimg, ztxt, t, b, labels, _axes(axis_name), bidirectional,
+                                  int(tile))
     return loss, jax.lax.stop_gradient(metrics)
