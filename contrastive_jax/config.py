@@ -12,17 +12,16 @@ import importlib.util
 import inspect
 import json
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 
-from contrastive_jax.errors import ConfigError  # callers import it from here too
+# Callers import ConfigError, validate and INIT_FROM_TOWERS from here too.
+from contrastive_jax.config_checks import INIT_FROM_TOWERS, validate  # noqa: F401
+from contrastive_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
-# `train.init_from.tower` values (train/init_from.py): which towers a fresh run copies.
-INIT_FROM_TOWERS = ("image", "text", "both", "all")
 # Keys whose value may take more than one type; `validate` checks them.
 _ANY_TYPE = {"data.lowercase"}  # a bool or "unicode" / "ascii" (data/text_conventions.py)
 
@@ -78,6 +77,9 @@ def default_config() -> ConfigDict:
             progress_bar=True,
             # > 1: exact GradCache accumulation; activations of batch_size / microbatches.
             microbatches=1,
+            # FLIP (model.image.mask_ratio > 0): from this step on, train unmasked (the
+            # paper's short unmasked tuning phase); None: mask to the end.
+            unmask_from=None,
             compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
             cit=default_cit_config(),  # curation in training (contrastive_jax/filters/cit.py)
             # LiT: locked params get no optimizer state, no weight decay, no backward pass.
@@ -274,122 +276,6 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
     apply_overrides(config, overrides)
     validate(config)
     return config
-
-
-def validate(config: ConfigDict) -> None:
-    """Checks relations between keys that types alone do not catch."""
-    from contrastive_jax.losses import check_loss_config
-    from contrastive_jax.parallel import sharding
-
-    if config.loss.positives not in ("pairs", "labels"):
-        raise ConfigError("config key 'loss.positives' must be 'pairs' or 'labels'")
-    check_loss_config(config.loss)  # the name and its options
-    for key in ("batch_size", "steps", "nonfinite_limit"):
-        if config.train[key] <= 0:
-            raise ConfigError(f"config key 'train.{key}' must be positive")
-    if config.train.nonfinite not in ("skip", "stop"):
-        raise ConfigError("config key 'train.nonfinite' must be 'skip' or 'stop'")
-    resume = config.train.resume_step
-    if resume is not None and (not isinstance(resume, int) or isinstance(resume, bool)
-                               or resume <= 0):
-        raise ConfigError("config key 'train.resume_step' must be a positive step or None")
-    k = config.train.microbatches
-    if k < 1 or config.train.batch_size % k:
-        raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "
-                          f"'train.batch_size' ({config.train.batch_size})")
-    _validate_rendering(config)
-    if config.data.image_size != config.model.image.image_size:
-        raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
-                          f"'model.image.image_size' ({config.model.image.image_size})")
-    text_len = config.model.text.max_len if "text" in config.model else None
-    if text_len is not None and config.data.max_len > text_len:
-        raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
-                          f"'model.text.max_len' ({text_len})")
-    if config.distributed.enabled not in ("auto", "on", "off"):
-        raise ConfigError("config key 'distributed.enabled' must be 'auto', 'on' or 'off'")
-    try:
-        sharding.parse_rules(config.mesh.rules)
-    except (ValueError, TypeError, re.error) as e:
-        raise ConfigError(f"config key 'mesh.rules': {e}") from e
-    if config.data.sources:
-        from contrastive_jax.data.sources import parse_sources
-
-        parse_sources(config.data.sources)  # ConfigErrors naming the source's key
-        if config.data.channels != config.model.image.channels:
-            raise ConfigError(f"config key 'data.channels' ({config.data.channels}) differs "
-                              f"from 'model.image.channels' ({config.model.image.channels})")
-    from contrastive_jax.data.schema import check_cit_config, check_filters_config
-
-    check_cit_config(config.train.cit)  # these raise ConfigError naming the key
-    check_filters_config(config.data.filters)
-    from contrastive_jax.data.text_conventions import check_config
-
-    check_config(config)  # data.pad_id / eos / lowercase, and the pad id against the pool
-    _validate_lit(config)
-    from contrastive_jax.evaluate.task_schema import tasks_of
-
-    tasks_of(config)  # every eval task, so a bad key fails before training starts
-    if config.optimizer.warmup_steps >= config.train.steps:
-        raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
-
-
-def _validate_lit(config: ConfigDict) -> None:
-    train = config.train
-    for key, patterns in (("locked.patterns", train.locked.patterns),
-                          ("init_from.reinit", train.init_from.reinit)):
-        for p in patterns:
-            try:
-                re.compile(p)
-            except (re.error, TypeError) as e:
-                raise ConfigError(f"config key 'train.{key}': bad regex {p!r}: {e}") from e
-    if train.init_from.tower not in INIT_FROM_TOWERS:
-        raise ConfigError(f"config key 'train.init_from.tower' must be one of "
-                          f"{INIT_FROM_TOWERS}")
-    if train.embedding_cache.enabled:
-        if config.data.flip:
-            raise ConfigError("config key 'train.embedding_cache.enabled' needs "
-                              "'data.flip=False': a cached embedding is of the unflipped image")
-        basic = config.data.filters.basic
-        conflicts = {
-            "train.microbatches > 1": train.microbatches > 1,
-            # A cached embedding is of one fixed view of the image.
-            "data.augment image augmentations": any(
-                bool(config.data.augment[k]) for k in ("inception_crop", "color_jitter",
-                                                       "grayscale")),
-            "train.cit.enabled": train.cit.enabled,  # untested with cached images
-            "data.filters.basic image bounds": basic.enabled and bool(
-                basic.min_image_side or basic.max_aspect_ratio),  # images are not decoded
-        }
-        for key, conflict in conflicts.items():
-            if conflict:
-                raise ConfigError(f"config key 'train.embedding_cache.enabled' does not "
-                                  f"combine with '{key}'")
-
-
-def _validate_rendering(config: ConfigDict) -> None:
-    """A one-tower model reads rendered captions of its own input shape; two towers tokens."""
-    render, image = config.data.render, config.model.image
-    one_tower = config.model.name == "one_tower"
-    if one_tower != bool(render.enabled):
-        raise ConfigError(f"config key 'data.render.enabled' must be {one_tower} for model "
-                          f"{config.model.name!r} (one_tower reads rendered captions)")
-    if not one_tower:
-        return
-    for key, on in (("train.cit.enabled", config.train.cit.enabled),  # CiT embeds tokens
-                    ("train.embedding_cache.enabled", config.train.embedding_cache.enabled)):
-        if on:
-            raise ConfigError(f"config key '{key}' is not supported with model 'one_tower'")
-    if image.image_size != config.data.image_size:
-        raise ConfigError(f"config key 'model.image.image_size' ({image.image_size}) must equal "
-                          f"'data.image_size' ({config.data.image_size}): one tower sees both")
-    if render.channels != image.channels:
-        raise ConfigError(f"config key 'data.render.channels' ({render.channels}) must equal "
-                          f"'model.image.channels' ({image.channels})")
-    if not 0.0 <= render.text_pair_fraction <= 1.0:
-        raise ConfigError("config key 'data.render.text_pair_fraction' must be in [0, 1]")
-    from contrastive_jax.data.schema import canvas_scale
-
-    canvas_scale(config.data.image_size, render.font_size)  # ConfigError on a bad font_size
 
 
 def config_to_json(config: ConfigDict) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import signal
+
 import ml_collections
 import numpy as np
 
@@ -42,3 +45,16 @@ def synthetic_batches(num: int, batch_size: int, seed: int = 0, vocab: int = 64,
             "label": rng.integers(0, 4, size=batch_size).astype(np.int32),
         })
     return batches
+
+
+def sigterm_in_step(to_global, step: int):
+    """A stand-in for the loop's `to_global` that sends SIGTERM while it feeds batch `step`
+    (1-based): the loop finishes that step, saves and stops, as a preempted run does."""
+    calls = itertools.count(1)
+
+    def preempted(batch, mesh):
+        if next(calls) == step:
+            signal.raise_signal(signal.SIGTERM)
+        return to_global(batch, mesh)
+
+    return preempted

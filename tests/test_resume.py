@@ -3,7 +3,6 @@ the checkpoint's stream position without counting an epoch. (Another batch size 
 oversample: test_resume_read_size.py; SIGTERM and Ctrl-C to real processes, then resumed
 bit-exact: test_preemption.py, one chain of processes for both.)"""
 
-import itertools
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ import signal
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import sigterm_in_step, tiny_config
 
 from contrastive_jax.data import examples, positions
 from contrastive_jax.train import loop
@@ -62,14 +61,8 @@ def test_resume_past_the_first_epoch_starts_at_the_saved_stream_position(
     config.data.filters.basic.update(enabled=True, max_chars=1000)  # counting would decode
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     loop.train(config, full)
-    to_global, calls = loop.to_global, itertools.count(1)
-
-    def preempted_in_step_15(batch, mesh):
-        if next(calls) == 15:
-            signal.raise_signal(signal.SIGTERM)  # the loop finishes the step, saves, stops
-        return to_global(batch, mesh)
-
-    monkeypatch.setattr(loop, "to_global", preempted_in_step_15)
+    to_global = loop.to_global
+    monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, 15))
     assert loop.train(config, cut) == {"step": 15, "interrupted_by": signal.SIGTERM}
     with open(os.path.join(cut, "checkpoints", "15", "meta", "metadata")) as f:
         meta = json.load(f)

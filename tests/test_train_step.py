@@ -11,11 +11,11 @@ from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import train_step_from_config
 
 
-def run_steps(config, devices, batches):
+def run_steps(config, devices, batches, masked=True):
     mesh = create_mesh(config.mesh, devices=devices)
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
-    step = train_step_from_config(config, mesh, tx, shardings)
+    step = train_step_from_config(config, mesh, tx, shardings, masked=masked)
     history = []
     for batch in batches:
         state, metrics = step(state, to_global(batch, mesh))

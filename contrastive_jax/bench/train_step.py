@@ -106,6 +106,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
         "locked": list(lock_patterns(config.train.locked)),
         "embedding_cache": config.train.embedding_cache.enabled,
         "positives": config.loss.positives,
+        "mask_ratio": config.model.image.get("mask_ratio", 0.0),  # FLIP
         "flops_per_step": flops,
         "flops_per_sec": flops / seconds,
         "cpu_malloc_tuned": cpu_host.malloc_tuned(),

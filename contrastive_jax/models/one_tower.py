@@ -21,8 +21,7 @@ from flax import nnx
 from contrastive_jax.models import two_tower
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.transformer import parse_dtype
-from contrastive_jax.models.two_tower import TwoTower, projection_head
-from contrastive_jax.models.vit import ViT
+from contrastive_jax.models.two_tower import TwoTower, image_tower, projection_head
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -43,10 +42,7 @@ class OneTower(TwoTower):
         img = config["image"]
         embed_dim = self._init_scale_and_bias(config)
         size = resolve_size(img, tower="image", with_patch=True)
-        self.img = ViT(**size, image_size=img["image_size"], channels=img["channels"],
-                       pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
-                       dtype=config["dtype"], param_dtype=config["param_dtype"],
-                       remat=config["remat"], scan_layers=config["scan_layers"], rngs=rngs)
+        self.img = image_tower(config, size, rngs)
         self.img_head = projection_head(size["width"], embed_dim, img["head"],
                                         bool(config["proj_bias"]),
                                         parse_dtype(config["param_dtype"],
@@ -56,6 +52,7 @@ class OneTower(TwoTower):
         """Rendered captions [B, H, W, C] -> [B, D]: the very same tower as images."""
         return self.encode_image(rendered)
 
-    def __call__(self, images: jax.Array, rendered: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Returns (zimg, ztxt), both [B, D] unit-norm float32."""
-        return self.encode_image(images), self.encode_text(rendered)
+    def __call__(self, images: jax.Array, rendered: jax.Array,
+                 mask_noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Returns (zimg, ztxt), both [B, D] unit-norm float32; only images are masked."""
+        return self.encode_image(images, mask_noise), self.encode_text(rendered)

@@ -20,6 +20,8 @@ Config schema (see `default_config`; None means "take it from the variant"):
     image.pool        "map" | "gap" | "cls"
     image.posemb      "learn" | "sincos2d"
     image.pre_norm    LayerNorm before the encoder (CLIP's pre_layrnorm)
+    image.mask_ratio  FLIP: share of patch tokens the train step drops at random (0: none;
+                      evals never mask; `train.unmask_from` ends it)
     image.head        always project to embed_dim (else only when width != embed_dim)
     text.variant      e.g. "B" (no patch size); fields below override it
     text.{width, depth, mlp_dim, num_heads}
@@ -54,7 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
     """Full two_tower schema with defaults: a tiny SigLIP-style model for 28x28 grey images."""
     tower = dict(variant=None, width=None, depth=None, mlp_dim=None, num_heads=None)
     image = dict(tower, variant="mu/4", patch_size=None, image_size=28, channels=1,
-                 pool="map", posemb="learn", head=True, pre_norm=False)
+                 pool="map", posemb="learn", head=True, pre_norm=False, mask_ratio=0.0)
     text = dict(tower, variant="mu", vocab_size=1000, max_len=16, pool="last", head=True,
                 causal=False)
     # type_safe=False: override values may change type (e.g. variant None -> "B/16").
@@ -84,6 +86,16 @@ def projection_head(width: int, embed_dim: int, head: bool, bias: bool, param_dt
                       rngs=rngs)
 
 
+def image_tower(config: Mapping[str, Any], size: Mapping[str, int], rngs: nnx.Rngs) -> ViT:
+    """The ViT of `config.image` (shared by the one- and two-tower models)."""
+    img = config["image"]
+    return ViT(**size, image_size=img["image_size"], channels=img["channels"],
+               pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
+               mask_ratio=img["mask_ratio"], dtype=config["dtype"],
+               param_dtype=config["param_dtype"], remat=config["remat"],
+               scan_layers=config["scan_layers"], rngs=rngs)
+
+
 class TwoTower(nnx.Module):
     """Image and text towers mapping into a shared, L2-normalised embedding space.
 
@@ -96,10 +108,7 @@ class TwoTower(nnx.Module):
         embed_dim = self._init_scale_and_bias(config)
 
         isize = resolve_size(img, tower="image", with_patch=True)
-        self.img = ViT(**isize, image_size=img["image_size"], channels=img["channels"],
-                       pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
-                       dtype=dtype, param_dtype=pdt, remat=config["remat"],
-                       scan_layers=config["scan_layers"], rngs=rngs)
+        self.img = image_tower(config, isize, rngs)
         tsize = resolve_size(txt, tower="text", with_patch=False)
         self.txt = TextTransformer(**tsize, vocab_size=txt["vocab_size"],
                                    max_len=txt["max_len"], pool=txt["pool"],
@@ -124,9 +133,10 @@ class TwoTower(nnx.Module):
         self.b = None if b_init is None else nnx.Param(jnp.asarray(b_init, jnp.float32))
         return embed_dim
 
-    def encode_image(self, images: jax.Array) -> jax.Array:
-        """images [B, H, W, C] float32 -> [B, D] unit-norm float32."""
-        z = self.img(images)
+    def encode_image(self, images: jax.Array, mask_noise: jax.Array | None = None) -> jax.Array:
+        """images [B, H, W, C] float32 -> [B, D] unit-norm float32; mask_noise [B, N]:
+        FLIP masking (see ViT)."""
+        z = self.img(images, mask_noise=mask_noise)
         if self.img_head is not None:
             z = self.img_head(z)
         return l2_normalize(z)
@@ -138,9 +148,10 @@ class TwoTower(nnx.Module):
             z = self.txt_head(z)
         return l2_normalize(z)
 
-    def __call__(self, images: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, images: jax.Array, tokens: jax.Array,
+                 mask_noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Returns (zimg, ztxt), both [B, D] unit-norm float32."""
-        return self.encode_image(images), self.encode_text(tokens)
+        return self.encode_image(images, mask_noise), self.encode_text(tokens)
 
     def temperature(self) -> jax.Array:
         """t = exp(t_log), a float32 scalar."""

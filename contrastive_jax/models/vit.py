@@ -35,6 +35,11 @@ class ViT(nnx.Module):
     `pre_norm=True` adds a LayerNorm between the embeddings and the encoder (CLIP's
     `pre_layrnorm`). Returns pooled float32 features [B, width]; with `return_tokens=True`
     also the encoded patch tokens [B, N, width] (float32, class token removed).
+
+    `mask_ratio` > 0 is FLIP's masking (Li et al. 2023): given `mask_noise` [B, N], each
+    image keeps only its `kept_patches` tokens of lowest noise (position embeddings added
+    first, as in MAE/FLIP), so the encoder runs on fewer tokens. Without noise (evals,
+    exports, an unmasked tuning phase) every patch is kept.
     """
 
     def __init__(
@@ -54,6 +59,7 @@ class ViT(nnx.Module):
         param_dtype: str | Dtype = "float32",
         remat: str = "none",
         scan_layers: bool = False,
+        mask_ratio: float = 0.0,
         rngs: nnx.Rngs,
     ):
         # The arguments are the run's `model.image.*` keys (and `model.*` for the dtypes).
@@ -75,7 +81,13 @@ class ViT(nnx.Module):
         self.pool, self.posemb_type = pool, posemb
         self.image_size, self.channels = size, int(channels)
         self.grid = (size[0] // patch[0], size[1] // patch[1])
-        n = self.grid[0] * self.grid[1]
+        n = self.num_patches = self.grid[0] * self.grid[1]
+        self.mask_ratio = float(mask_ratio)
+        # FLIP and MAE keep int(N * (1 - ratio)) tokens.
+        self.kept_patches = int(n * (1.0 - self.mask_ratio))
+        if not 0.0 <= self.mask_ratio < 1.0 or self.kept_patches < 1:
+            raise ConfigError(f"config key 'model.image.mask_ratio' must be in [0, 1) and keep "
+                              f"at least one of the {n} patches, got {mask_ratio!r}")
 
         # A stride-p VALID conv is exactly "cut p x p patches + linear"; its kernel layout
         # [p, p, C, width] matches big_vision's `embedding` for checkpoint import.
@@ -96,9 +108,11 @@ class ViT(nnx.Module):
                                     param_dtype=pdt, rngs=rngs)
 
     def __call__(
-        self, images: jax.Array, *, return_tokens: bool = False
+        self, images: jax.Array, *, return_tokens: bool = False,
+        mask_noise: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
-        """images: [B, H, W, C] float, already in the model's value range."""
+        """images: [B, H, W, C] float, already in the model's value range; mask_noise:
+        [B, N] float (see the class docstring), or None."""
         if images.ndim != 4 or tuple(images.shape[1:]) != (*self.image_size, self.channels):
             raise ValueError(f"ViT expects images [B, {self.image_size[0]}, "
                              f"{self.image_size[1]}, {self.channels}], got {images.shape}.")
@@ -111,6 +125,8 @@ class ViT(nnx.Module):
             pe = jnp.asarray(posemb_sincos_2d(h, w, d))
         # Position embeddings go on the patches before the class token is prepended.
         x = x + pe.astype(x.dtype)
+        if mask_noise is not None and self.mask_ratio > 0:
+            x = keep_lowest_noise(x, mask_noise, self.kept_patches)
         if self.pool == "cls":
             x = jnp.concatenate([jnp.broadcast_to(self.cls[...], (b, 1, d)).astype(x.dtype), x],
                                 axis=1)
@@ -126,3 +142,14 @@ class ViT(nnx.Module):
             pooled, x = x[:, 0], x[:, 1:]
         pooled = pooled.astype(jnp.float32)
         return (pooled, x) if return_tokens else pooled
+
+
+def keep_lowest_noise(tokens: jax.Array, noise: jax.Array, kept: int) -> jax.Array:
+    """[B, N, D] tokens -> [B, kept, D]: each row's `kept` tokens of lowest noise, in the
+    order of increasing noise (MAE's random masking; order is irrelevant after position
+    embeddings, since the encoder is permutation-equivariant)."""
+    if noise.shape != tokens.shape[:2]:
+        raise ValueError(f"mask noise {noise.shape} does not match the tokens "
+                         f"{tokens.shape[:2]}")
+    keep = jnp.argsort(noise, axis=1)[:, :kept]
+    return jnp.take_along_axis(tokens, keep[..., None], axis=1)

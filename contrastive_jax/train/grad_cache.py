@@ -72,22 +72,26 @@ def grad_cache_value_and_grad(
     k: int,
     mesh: Mesh | None = None,
     locked: Params | None = None,
+    mask_noise: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, tuple[dict, jax.Array, jax.Array]], Params]:
     """Same result as `value_and_grad(loss_of, has_aux=True)(params)` of the plain step.
 
     Returns ((loss, (aux, t, b)), grads); k micro-batches bound the activation memory.
     `locked`: params held constant (train/lock.py); `params` and the grads are the rest.
+    `mask_noise`: the batch's FLIP noise [B, N], split with the images.
     """
     locked = locked or {}
 
     def bind(p: Params):
         return model_def.bind(merge_params(p, locked), rest)
 
-    def towers(p: Params, img: jax.Array, txt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def towers(p: Params, img, txt: jax.Array) -> tuple[jax.Array, jax.Array]:
         model = bind(p)
-        return model.encode_image(img), model.encode_text(txt)
+        return model.encode_image(*img), model.encode_text(txt)
 
-    images = split_microbatches(image, k, mesh)
+    # Each micro-batch's images travel with their mask noise: (image,) or (image, noise).
+    images = tuple(split_microbatches(x, k, mesh) for x in (image, mask_noise)
+                   if x is not None)
     texts = split_microbatches(text, k, mesh)
 
     # (a) Forward only: the scan keeps nothing but the [B/k, D] embeddings per step.

@@ -91,6 +91,7 @@ class Run:
     model_def: ModelDef
     state: TrainState
     step_fn: StepFn
+    unmasked_step_fn: StepFn | None  # FLIP's unmasked phase (train.unmask_from); None: none
     schedule: optax.Schedule
     checkpointer: Checkpointer
     resumed_meta: dict[str, Any]  # the restored checkpoint's metadata; {} on a fresh start
@@ -126,8 +127,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     model_def = ModelDef(config.model)
     step_fn = train_step_from_config(config, mesh, tx, shardings, model_def=model_def)
-    return Run(config, mesh, tokenizer, model_def, state, step_fn, schedule, checkpointer,
-               resumed_meta)
+    unmasked = None
+    if config.train.unmask_from is not None:  # compiled on first use only
+        unmasked = train_step_from_config(config, mesh, tx, shardings, model_def=model_def,
+                                          masked=False)
+    return Run(config, mesh, tokenizer, model_def, state, step_fn, unmasked, schedule,
+               checkpointer, resumed_meta)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -186,13 +191,15 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
     on_exit.callback(writer.close)
     bar = progress_bar(total_steps, step, batch_size, config.train.progress_bar)
     on_exit.callback(bar.close)
+    mask_ratio = config.model.image.get("mask_ratio", 0.0)
     with StopRequest() as stop:
         timer = Throughput(step)
         while step < total_steps and stop.signal is None:
             batch = to_global(progress.take(next(data), read_size, batch_size), run.mesh)
             if cit:
                 batch, cit_metrics = cit(state, batch, step)
-            state, metrics = run.step_fn(state, batch)
+            unmasked = run.unmasked_step_fn and step >= config.train.unmask_from
+            state, metrics = (run.unmasked_step_fn if unmasked else run.step_fn)(state, batch)
             step += 1
             guard.push(step, metrics.pop(NONFINITE))  # checks the step before this one
             bar.update(batch_size)
@@ -203,6 +210,8 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
                 metrics["train/nonfinite_steps"] = guard.total
                 metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
                 metrics["train/lr"] = float(run.schedule(step - 1))
+                if mask_ratio:  # FLIP: the share of patches this step dropped
+                    metrics["train/mask_ratio"] = 0.0 if unmasked else mask_ratio
                 metrics.update(progress.counter_metrics())
                 metrics.update(distributed.summed_counters(counters.as_dict()))
                 if cit:

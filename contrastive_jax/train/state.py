@@ -34,6 +34,8 @@ class ModelDef:
 
     def __init__(self, model_config: ml_collections.ConfigDict):
         abstract = nnx.eval_shape(lambda: create_model(model_config, rngs=nnx.Rngs(0)))
+        # Patch tokens per image, for the step's FLIP mask noise (0: no image tower).
+        self.image_patches = getattr(getattr(abstract, "img", None), "num_patches", 0)
         self.graphdef, self._params, self._rest = nnx.split(abstract, nnx.Param, ...)
 
     def bind(self, params: dict[str, Any], rest: dict[str, Any] | None = None) -> nnx.Module:

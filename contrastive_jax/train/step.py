@@ -33,6 +33,7 @@ def make_train_step(
     mesh: Mesh | None = None,
     lock: Sequence[str] = (),
     cached_image_embeddings: bool = False,
+    mask_seed: int | None = None,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
@@ -46,6 +47,8 @@ def make_train_step(
     locked params enter as constants, so no backward pass is built for them.
     `cached_image_embeddings`: the batch holds "image_embedding" [B, D] (the locked image
     tower's output, precomputed) instead of "image"; the image tower is not run.
+    `mask_seed`: FLIP masking on (the model's `image.mask_ratio`), with noise drawn from
+    this seed and the state's step, so a resumed run masks exactly as an unbroken one.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
@@ -59,9 +62,13 @@ def make_train_step(
     def embed(model, batch: Batch) -> tuple[jax.Array, jax.Array]:
         if cached_image_embeddings:
             return batch["image_embedding"], model.encode_text(batch["text"])
-        return model(batch["image"], batch["text"])
+        return model(batch["image"], batch["text"], batch.get("mask_noise"))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        if mask_seed is not None:
+            batch = {**batch, "mask_noise": flip_noise(mask_seed, state.step,
+                                                       batch["image"].shape[0],
+                                                       model_def.image_patches)}
         batch = {k: split_batch(v) for k, v in batch.items()}
         trainable, locked = split_params(state.params, lock)
         constant = jax.lax.stop_gradient(locked)
@@ -78,7 +85,7 @@ def make_train_step(
             labels = batch["label"] if labels_as_positives else None
             (loss, (aux, t, b)), grads = grad_cache_value_and_grad(
                 model_def, loss_fn, trainable, state.rest, batch["image"], batch["text"],
-                labels, microbatches, mesh, locked=constant)
+                labels, microbatches, mesh, locked=constant, mask_noise=batch.get("mask_noise"))
         else:
             (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
@@ -106,6 +113,16 @@ def make_train_step(
     return train_step
 
 
+def flip_noise(seed: int, step: jax.Array, batch_size: int, patches: int) -> jax.Array:
+    """[B, patches] uniform noise of FLIP's mask at `step`: a function of (seed, step)
+    alone, and with partitionable threefry the same numbers on any mesh."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _FLIP_STREAM), step)
+    return jax.random.uniform(key, (batch_size, patches))
+
+
+_FLIP_STREAM = 0xF11F  # keeps the mask's keys apart from the init key of the same seed
+
+
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
     """Compiles the step for the mesh; the old state's buffers are donated to the new one."""
     return jax.jit(
@@ -118,16 +135,20 @@ def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn
 
 def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
                            tx: optax.GradientTransformation, shardings: TrainState, *,
-                           model_def: ModelDef | None = None) -> StepFn:
+                           model_def: ModelDef | None = None, masked: bool = True) -> StepFn:
     """THE config-to-step wiring, for the loop, `bench step` and the tests: the loss of
     `loss.*` (`loss.positives=labels` included), the model of `model`, the LiT locks of
-    `train.locked`, `train.microbatches`, `train.embedding_cache`; jitted for `mesh` with
-    the state's `shardings`. `model_def`: the caller's ModelDef of `config.model`, if any."""
+    `train.locked`, `train.microbatches`, `train.embedding_cache`, FLIP's
+    `model.image.mask_ratio` (`masked=False`: the unmasked step of `train.unmask_from`);
+    jitted for `mesh` with the state's `shardings`. `model_def`: the caller's ModelDef of
+    `config.model`, if any."""
+    mask = masked and config.model.image.get("mask_ratio", 0.0) > 0
     step = make_train_step(
         ModelDef(config.model) if model_def is None else model_def, tx,
         loss_from_config(config, mesh),
         labels_as_positives=config.loss.positives == "labels",
         microbatches=config.train.microbatches, mesh=mesh,
         lock=lock_patterns(config.train.locked),
-        cached_image_embeddings=config.train.embedding_cache.enabled)
+        cached_image_embeddings=config.train.embedding_cache.enabled,
+        mask_seed=config.seed if mask else None)
     return jit_train_step(step, shardings, mesh)
