@@ -1,6 +1,6 @@
 """Restoring a checkpoint for eval/export: the whole train state vs the weights only.
 
-    python3 benchmarks/weights_restore.py [--config configs/siglip_b16.py] [--dir /tmp/wr]
+    python3 benchmarks/weights_restore.py [--config configs/recipes/siglip_b16.py] [--dir /tmp/wr]
 
 Saves one checkpoint of the config's freshly initialised train state (AdamW: two moments per
 param), then restores it in a fresh process per mode and prints one JSON line each: the
@@ -64,7 +64,7 @@ def _child(mode: str, config_spec: str, directory: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/siglip_b16.py")
+    p.add_argument("--config", default="configs/recipes/siglip_b16.py")
     p.add_argument("--dir", default="/tmp/weights_restore_bench")
     p.add_argument("--child", choices=["save", "full", "weights"], help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -80,6 +80,15 @@ def _cmd_bench_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_bench_recipes(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.bench.recipes import recipe_paths, recipe_row
+    from contrastive_jax.config import load_config
+
+    for path in args.config or recipe_paths():
+        print_json(recipe_row(load_config(path, split_overrides(extra)), path))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The bench subcommands."""
     bench = sub.add_parser("bench", help="benchmarks; one JSON line per measurement")
@@ -154,3 +163,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--batches", type=int, default=40, help="timed batches after warm-up")
     p.set_defaults(run=_cmd_bench_render)
+
+    p = bench_sub.add_parser(
+        "recipes", help="published recipes: params and GFLOPs per example vs the papers'")
+    p.add_argument("--config", action="append", default=[],
+                   help="a recipe config (repeatable); default: every configs/recipes/*.py")
+    p.set_defaults(run=_cmd_bench_recipes)

@@ -1,0 +1,21 @@
+"""SigLIP So400m/14 at 224 px (Alabdulmohsin et al. 2023, shape-optimised ViT): So400m/14
+image and So400m text towers, 16 text tokens, embed_dim 1152 (open_clip's
+ViT-SO400M-14-SigLIP).
+
+    contrastive-jax bench recipes                      # params and GFLOPs vs published
+    contrastive-jax bench step --config configs/recipes/siglip_so400m14.py:batch=256
+
+Published: 877.36 M params, 233.54 GFLOPs per example (220.35 image + 13.19 text), from
+open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted with
+torch's FlopCounterMode (2 FLOPs per multiply-add).
+"""
+
+import ml_collections
+
+from contrastive_jax.recipe_configs import published, siglip
+
+
+def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:
+    return siglip(image="So400m/14", text="So400m", embed_dim=1152, image_size=224,
+                  max_len=16,
+                published=published(877.36e6, 233.54, 220.35, 13.19), batch=batch, steps=steps)

@@ -1,0 +1,81 @@
+"""`bench recipes`: each published recipe's parameter count and GFLOPs per example, from
+abstract shapes only (nothing is initialised or run), against its published figures.
+
+Parameters come from `jax.eval_shape` of the model's init; FLOPs from XLA's cost analysis
+of each tower's lowered (uncompiled) forward pass on one example, which counts 2 FLOPs per
+multiply-add as torch's FlopCounterMode does (open_clip's model_profile.csv), plus the
+elementwise work (softmax, norms, GELU) that torch's counter leaves out.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from contrastive_jax.errors import ConfigError
+from contrastive_jax.train.state import ModelDef
+
+# Top-level param groups of each tower (models/two_tower.py, models/one_tower.py).
+_IMAGE, _TEXT = ("img", "img_head"), ("txt", "txt_head")
+
+
+def _count(tree: Any) -> int:
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _gflops(fn, *args) -> float:
+    cost = jax.jit(fn).lower(*args).cost_analysis()
+    return float(cost["flops"]) / 1e9
+
+
+def _ratio(ours: float, paper: float | None) -> float | None:
+    return None if paper is None else round(ours / paper, 4)
+
+
+def recipe_row(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    """One recipe's counts, the published figures and their ratios."""
+    model_def = ModelDef(config.model)
+    params, rest = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
+    image_params = _count([params[k] for k in _IMAGE if k in params])
+    text_params = _count([params[k] for k in _TEXT if k in params])
+
+    img = config.model.image
+    size = img.image_size if isinstance(img.image_size, int) else tuple(img.image_size)
+    h, w = (size, size) if isinstance(size, int) else size
+    image = jax.ShapeDtypeStruct((1, h, w, img.channels), jnp.float32)
+    image_gflops = _gflops(lambda p, x: model_def.bind(p, rest).encode_image(x), params, image)
+    if "text" in config.model:
+        text = jax.ShapeDtypeStruct((1, config.model.text.max_len), jnp.int32)
+    else:  # one tower: captions are rendered images of the image's shape
+        text = image
+    text_gflops = _gflops(lambda p, x: model_def.bind(p, rest).encode_text(x), params, text)
+
+    paper = config.recipe
+    if paper.params_paper is None:
+        raise ConfigError(f"{name}: not a recipe (config key 'recipe.params_paper' is not set)")
+    total_params, gflops = _count(params), image_gflops + text_gflops
+    return {
+        "bench": "recipe", "config": name,
+        "params": total_params, "image_params": image_params, "text_params": text_params,
+        "params_paper": paper.params_paper,
+        "params_ratio": _ratio(total_params, paper.params_paper),
+        "image_gflops": round(image_gflops, 2), "text_gflops": round(text_gflops, 2),
+        "gflops": round(gflops, 2), "gflops_paper": paper.gflops_paper,
+        "gflops_ratio": _ratio(gflops, paper.gflops_paper),
+        "image_gflops_ratio": _ratio(image_gflops, paper.image_gflops_paper),
+        "text_gflops_ratio": _ratio(text_gflops, paper.text_gflops_paper),
+    }
+
+
+def recipe_paths(directory: str = "configs/recipes") -> list[str]:
+    """The recipe configs in `directory` (each declares its published figures)."""
+    if not os.path.isdir(directory):
+        raise ConfigError(f"no {directory}/ directory here: run from the repository root or "
+                          "pass --config FILE for each recipe")
+    return sorted(glob.glob(os.path.join(directory, "*.py")))

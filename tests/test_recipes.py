@@ -1,0 +1,48 @@
+"""The published recipes (configs/recipes/): every one has its published parameter count
+within 1%, and `bench recipes` counts FLOPs the way the published figures do."""
+
+import jax
+import pytest
+
+from contrastive_jax.bench.recipes import recipe_paths, recipe_row
+from contrastive_jax.config import ConfigError, load_config
+from contrastive_jax.train.state import ModelDef
+
+RECIPES = recipe_paths()
+
+
+def test_the_recipes_are_the_published_ones():
+    names = {path.rsplit("/", 1)[-1][:-3] for path in RECIPES}
+    assert names == {"clip_b32", "clip_b16", "clip_l14", "siglip_b16", "siglip_l16",
+                     "siglip_so400m14", "lit_b16b", "clippo_b16"}
+
+
+@pytest.mark.parametrize("path", RECIPES)
+def test_recipe_has_its_published_parameter_count(path):
+    # Stacked layers (scan) hold the same parameters and trace in a fraction of the time.
+    config = load_config(path, ["model.scan_layers=True"])
+    params, _ = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
+    count = sum(x.size for x in jax.tree.leaves(params))
+    assert count == pytest.approx(config.recipe.params_paper, rel=0.01)
+
+
+def test_bench_counts_two_flops_per_multiply_add():
+    """One more B/32 encoder layer adds what its matmuls cost at 2 FLOPs per multiply-add
+    (50 tokens of width 768, MLP 3072), plus < 2% of elementwise work."""
+    rows = [recipe_row(load_config("configs/recipes/clip_b32.py",
+                                   [f"model.image.depth={d}", f"model.text.depth={d}"]),
+                       "clip_b32") for d in (1, 2)]
+    n, d, mlp = 50, 768, 3072
+    layer = 2 * n * (4 * d * d + 2 * d * mlp) + 2 * 2 * n * n * d
+    assert (rows[1]["image_gflops"] - rows[0]["image_gflops"]) * 1e9 == pytest.approx(
+        layer, rel=0.02)
+    for row in rows:
+        assert row["gflops"] == pytest.approx(row["image_gflops"] + row["text_gflops"],
+                                              abs=0.011)
+        assert row["params"] == row["image_params"] + row["text_params"] + 1  # + t_log
+        assert row["gflops_ratio"] == pytest.approx(row["gflops"] / 14.78, abs=1e-3)
+
+
+def test_a_config_without_published_figures_is_refused():
+    with pytest.raises(ConfigError, match="not a recipe.*recipe.params_paper"):
+        recipe_row(load_config("configs/demo_siglip.py"), "configs/demo_siglip.py")
