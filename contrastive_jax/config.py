@@ -108,7 +108,7 @@ def default_config() -> ConfigDict:
             grad_clip_norm=1.0,  # 0 disables clipping
         )
     )
-    # A published recipe's figures (configs/clip_b32.py, ...), which `bench recipes`
+    # A published recipe's figures (configs/recipes/*.py), which `bench recipes`
     # compares with the model's own counts; None: not a recipe.
     c.recipe = ConfigDict(dict(params_paper=None, gflops_paper=None, image_gflops_paper=None,
                                text_gflops_paper=None))

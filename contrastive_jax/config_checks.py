@@ -40,6 +40,7 @@ def validate(config: ConfigDict) -> None:
                           f"'train.batch_size' ({config.train.batch_size})")
     _validate_rendering(config)
     _validate_masking(config)
+    _validate_captioning(config)
     if config.data.image_size != config.model.image.image_size:
         raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
                           f"'model.image.image_size' ({config.model.image.image_size})")
@@ -88,6 +89,31 @@ def _validate_masking(config: ConfigDict) -> None:
     if not ratio:
         raise ConfigError("config key 'train.unmask_from' needs 'model.image.mask_ratio' > 0 "
                           "(there is no masking to end)")
+
+
+def _validate_captioning(config: ConfigDict) -> None:
+    """A captioner (CapPa) has a decoder and no text tower: what needs one is refused."""
+    if config.model.name != "cappa":
+        return
+    from contrastive_jax.evaluate.task_schema import tasks_of
+
+    decoder, train = config.model.decoder, config.train
+    conflicts = {
+        "data.pad_id": config.data.pad_id != 0,  # the caption loss skips id 0
+        "data.eos": config.data.eos != "sticky",  # a cut caption keeps its EOS
+        "train.microbatches": train.microbatches > 1,
+        "train.embedding_cache.enabled": train.embedding_cache.enabled,
+        "train.cit.enabled": train.cit.enabled,
+        "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
+        "evals retrieval tasks": any(t["kind"] == "retrieval" for t in tasks_of(config)),
+    }
+    for key, conflict in conflicts.items():
+        if conflict:
+            raise ConfigError(f"config key {key!r} does not apply to model 'cappa' (a captioner "
+                              "with no text tower; pad 0, sticky EOS, no GradCache)")
+    if config.data.max_len > decoder.max_len:
+        raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
+                          f"'model.decoder.max_len' ({decoder.max_len})")
 
 
 def _validate_lit(config: ConfigDict) -> None:

@@ -8,7 +8,7 @@ import signal
 import ml_collections
 import numpy as np
 
-from contrastive_jax.config import default_config, merge_into
+from contrastive_jax.config import default_config, merge_into, use_model_schema
 
 
 def tiny_config(**sections) -> ml_collections.ConfigDict:
@@ -58,3 +58,21 @@ def sigterm_in_step(to_global, step: int):
         return to_global(batch, mesh)
 
     return preempted
+
+
+def tiny_cappa_config(**sections) -> ml_collections.ConfigDict:
+    """A CapPa (captioner) as small as `tiny_config`'s towers, for 28x28 grey images."""
+    config = default_config()
+    use_model_schema(config, "cappa")
+    size = {"variant": None, "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    merge_into(config, {
+        "model": {"image": {**size, "patch_size": 7, "image_size": 28, "channels": 1},
+                  "decoder": {**size, "vocab_size": 64, "max_len": 8}},
+        "data": {"max_len": 8},
+        "train": {"batch_size": 16, "steps": 10, "log_every": 1, "progress_bar": False},
+        "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+        "evals": {"embedding_stats": {"enabled": False}},
+    })
+    for name, values in sections.items():
+        merge_into(config[name], values, prefix=f"{name}.")
+    return config

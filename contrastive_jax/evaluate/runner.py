@@ -27,7 +27,7 @@ from contrastive_jax.evaluate.embed import encode_images, encode_texts
 from contrastive_jax.evaluate.fewshot import run_fewshot_task
 from contrastive_jax.evaluate.retrieval import retrieval_recalls
 from contrastive_jax.evaluate.task_schema import due, headline_key, tasks_of
-from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
+from contrastive_jax.evaluate.zeroshot import classifier_of, zeroshot_accuracy
 from contrastive_jax.filters import default_filters_config
 from contrastive_jax.registry import Registry
 from contrastive_jax.train.state import ModelDef, TrainState
@@ -53,8 +53,8 @@ def run_zeroshot_task(task: dict[str, Any], config: ml_collections.ConfigDict,
     where = f"zeroshot task {task['name']!r}"
     images = open_labelled(task["data"], data_config_for(config, task["data"]), where)
     names = task_class_names(task, images, where)
-    classifier = class_embeddings(model_def, state, tokenizer, names, task_prompts(task),
-                                  config.data.max_len, mesh)
+    classifier = classifier_of(model_def, state, tokenizer, names, task_prompts(task),
+                               config.data.max_len, mesh)
     result = zeroshot_accuracy(model_def, state, classifier,
                                images.batches(task["batch_size"]), mesh)
     key = f"zeroshot/{task['name']}"

@@ -1,4 +1,5 @@
-"""Zero-shot classification: prompt-ensemble class embeddings against image embeddings."""
+"""Zero-shot classification: prompt-ensemble class embeddings against image embeddings, or,
+for a captioner (CapPa), each class's prompt log-likelihood given the image."""
 
 from __future__ import annotations
 
@@ -26,14 +27,38 @@ def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_na
     return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
 
+def classifier_of(model_def: ModelDef, state: TrainState, tokenizer,
+                  class_names: Sequence[str], templates: Sequence[str], max_len: int,
+                  mesh: Mesh) -> np.ndarray:
+    """What `zeroshot_accuracy` compares images with: class embeddings [C, D], or for a
+    captioner the prompts' token ids [C, T, L], scored by their likelihood."""
+    if model_def.objective == "captioning":
+        prompts = [fill(template, name) for name in class_names for template in templates]
+        tokens = trim_pad_columns(tokenizer.encode_batch(prompts, max_len))
+        return tokens.reshape(len(class_names), len(templates), -1)
+    return class_embeddings(model_def, state, tokenizer, class_names, templates, max_len,
+                            mesh)
+
+
+def trim_pad_columns(tokens: np.ndarray) -> np.ndarray:
+    """[N, L] right-padded ids without the columns that are pad (0) in every row: causal
+    scoring of the rest is unchanged, and the decoder runs on far fewer positions."""
+    used = np.flatnonzero((tokens != 0).any(axis=0))
+    return tokens[:, : (used[-1] + 1 if used.size else 1)]
+
+
 @functools.lru_cache(maxsize=8)
 def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
     """Jitted: (params, rest, classifier, batch) -> per-class top-1/top-5 hits, per-class
     counts and the [true, predicted] confusion counts of the batch."""
+    scoring = model_def.objective == "captioning"
 
     def counts(params, rest, classifier, images, labels, mask):
-        z = model_def.bind(params, rest).encode_image(images)
-        logits = z @ classifier.T
+        model = model_def.bind(params, rest)
+        if scoring:  # log-likelihoods of the prompts, averaged over templates
+            logits = model.class_log_likelihoods(images, classifier)
+        else:
+            logits = model.encode_image(images) @ classifier.T
         top5 = jax.lax.top_k(logits, min(5, classifier.shape[0]))[1]
         hit1 = (top5[:, 0] == labels) * mask
         hit5 = jnp.any(top5 == labels[:, None], axis=-1) * mask

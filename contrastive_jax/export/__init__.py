@@ -42,10 +42,11 @@ def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = No
                         overwrite=overwrite)
     name = load_workdir_config(workdir).model.name
     if name != "two_tower":
-        # The formats describe a text tower fed with token ids; a one-tower (CLIPPO) model
-        # reads rendered captions, which none of them can express.
+        # The formats describe two towers, the text one fed with token ids: CLIPPO reads
+        # rendered captions and CapPa has a caption decoder, which none of them express.
         raise UserError(f"export supports two_tower models only; {workdir} holds a {name!r} "
-                        f"model (CLIPPO reads rendered captions, no export format has them)")
+                        f"model (one_tower reads rendered captions, cappa has a decoder and "
+                        f"no text tower: no export format has them)")
     config, params, step = restore_params(workdir, step)
     return exporter(config, params, step, os.path.join(workdir, TOKENIZER_FILE), out,
                     overwrite=overwrite)

@@ -7,6 +7,7 @@ LayerNorm always computes and returns float32 so low-precision runs keep stable 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -104,8 +105,50 @@ REMAT_POLICIES = {
 REMAT_NAMES = ("none", *REMAT_POLICIES)
 
 
-def _apply_block(block: EncoderBlock, x: Array, mask: Array | None) -> Array:
-    return block(x, mask)
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_NAMES:
+        raise ConfigError(f"config key 'model.remat': unknown remat {remat!r}; expected one "
+                          f"of {REMAT_NAMES}")
+
+
+def build_blocks(block: Callable[[nnx.Rngs], nnx.Module], depth: int, scan_layers: bool,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """`depth` blocks made by `block(rngs)`: an nnx.List (`blocks/0/...`), or with
+    `scan_layers` one block whose params have a leading depth axis (`blocks/...`)."""
+    if scan_layers:
+        # One key per layer, then vmap the constructor: params get a leading depth axis.
+        return nnx.split_rngs(splits=depth)(nnx.vmap(block, in_axes=0, out_axes=0))(rngs)
+    return nnx.List([block(rngs) for _ in range(depth)])
+
+
+def _apply_block(block: nnx.Module, x: Array, *args: Any) -> Array:
+    return block(x, *args)
+
+
+def run_blocks(blocks: nnx.Module, x: Array, *args: Any, remat: str, scan_layers: bool
+               ) -> Array:
+    """x through every block of `build_blocks`, each called as `block(x, *args)`.
+
+    `remat` (one of REMAT_NAMES) rematerialises each block in the backward pass; stacked
+    blocks run under `jax.lax.scan`, traced and compiled once whatever the depth.
+    """
+    if scan_layers:
+        # A plain lax.scan over the stacked param state: blocks hold only params (no
+        # dropout RNGs, no batch stats), so nothing needs to flow back out of the loop.
+        graphdef, state = nnx.split(blocks)
+
+        def body(carry: Array, layer_state: Any) -> tuple[Array, None]:
+            return nnx.merge(graphdef, layer_state)(carry, *args), None
+
+        if remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
+        return jax.lax.scan(body, x, state)[0]
+    apply = _apply_block
+    if remat != "none":
+        apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[remat])
+    for block in blocks:
+        x = apply(block, x, *args)
+    return x
 
 
 class Encoder(nnx.Module):
@@ -121,45 +164,19 @@ class Encoder(nnx.Module):
     def __init__(self, width: int, depth: int, mlp_dim: int, num_heads: int, *,
                  dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none",
                  scan_layers: bool = False):
-        if remat not in REMAT_NAMES:
-            raise ConfigError(f"config key 'model.remat': unknown remat {remat!r}; expected one "
-                              f"of {REMAT_NAMES}")
+        check_remat(remat)
         self.remat, self.scan_layers = remat, bool(scan_layers)
 
         def block(rngs: nnx.Rngs) -> EncoderBlock:
             return EncoderBlock(width, mlp_dim, num_heads, dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs)
 
-        if self.scan_layers:
-            # One key per layer, then vmap the constructor: params get a leading depth axis.
-            stacked = nnx.split_rngs(splits=depth)(nnx.vmap(block, in_axes=0, out_axes=0))
-            self.blocks = stacked(rngs)
-        else:
-            self.blocks = nnx.List([block(rngs) for _ in range(depth)])
+        self.blocks = build_blocks(block, depth, self.scan_layers, rngs)
         self.encoder_norm = layer_norm(width, param_dtype, rngs)
 
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        apply = _apply_block
-        if self.remat != "none":
-            apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[self.remat])
-        if self.scan_layers:
-            return self.encoder_norm(self._scan(x, mask))
-        for block in self.blocks:
-            x = apply(block, x, mask)
+        x = run_blocks(self.blocks, x, mask, remat=self.remat, scan_layers=self.scan_layers)
         return self.encoder_norm(x)
-
-    def _scan(self, x: Array, mask: Array | None) -> Array:
-        # A plain lax.scan over the stacked param state: blocks hold only params (no
-        # dropout RNGs, no batch stats), so nothing needs to flow back out of the loop.
-        graphdef, state = nnx.split(self.blocks)
-
-        def body(carry: Array, layer_state: Any) -> tuple[Array, None]:
-            return nnx.merge(graphdef, layer_state)(carry, mask), None
-
-        if self.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat])
-        x, _ = jax.lax.scan(body, x, state)
-        return x
 
 
 class MAPHead(nnx.Module):

@@ -22,6 +22,7 @@ from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.evaluate.task_schema import any_due, tasks_of
 from contrastive_jax.filters import FilterCounters
@@ -73,12 +74,13 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def check_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer | TextRenderer) -> None:
-    if "text" not in config.model:  # one tower: rendered captions, no vocabulary
+    group = next((g for g in ("text", "decoder") if g in config.model), None)
+    if group is None:  # one tower: rendered captions, no vocabulary
         return
-    vocab_size = tokenizer.vocab_size
-    if vocab_size > config.model.text.vocab_size:
-        raise ValueError(f"tokenizer has {vocab_size} pieces but config key "
-                         f"'model.text.vocab_size' is {config.model.text.vocab_size}")
+    vocab_size, model_vocab = tokenizer.vocab_size, config.model[group].vocab_size
+    if vocab_size > model_vocab:
+        raise ConfigError(f"tokenizer has {vocab_size} pieces but config key "
+                          f"'model.{group}.vocab_size' is {model_vocab}")
 
 
 @dataclasses.dataclass

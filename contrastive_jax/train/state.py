@@ -36,6 +36,9 @@ class ModelDef:
         abstract = nnx.eval_shape(lambda: create_model(model_config, rngs=nnx.Rngs(0)))
         # Patch tokens per image, for the step's FLIP mask noise (0: no image tower).
         self.image_patches = getattr(getattr(abstract, "img", None), "num_patches", 0)
+        # "contrastive" (two towers, one tower) or "captioning" (CapPa): what the step trains.
+        self.objective = getattr(abstract, "objective", "contrastive")
+        self.parallel_fraction = getattr(abstract, "parallel_fraction", 0.0)
         self.graphdef, self._params, self._rest = nnx.split(abstract, nnx.Param, ...)
 
     def bind(self, params: dict[str, Any], rest: dict[str, Any] | None = None) -> nnx.Module:

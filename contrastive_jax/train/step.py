@@ -33,7 +33,8 @@ def make_train_step(
     mesh: Mesh | None = None,
     lock: Sequence[str] = (),
     cached_image_embeddings: bool = False,
-    mask_seed: int | None = None,
+    seed: int = 0,
+    masked: bool = False,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
@@ -47,14 +48,21 @@ def make_train_step(
     locked params enter as constants, so no backward pass is built for them.
     `cached_image_embeddings`: the batch holds "image_embedding" [B, D] (the locked image
     tower's output, precomputed) instead of "image"; the image tower is not run.
-    `mask_seed`: FLIP masking on (the model's `image.mask_ratio`), with noise drawn from
-    this seed and the state's step, so a resumed run masks exactly as an unbroken one.
+    `masked`: FLIP masking on (the model's `image.mask_ratio`). The mask noise, and a
+    captioner's parallel-prediction draw, come from `seed` and the state's step, so a
+    resumed run draws exactly as an unbroken one.
+
+    A captioning model (`model_def.objective`, e.g. CapPa) trains on its own caption loss
+    of (image, text); `loss_fn` and t / b are not used then.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
     if cached_image_embeddings and microbatches > 1:
         raise ValueError("cached image embeddings do not combine with microbatches > 1")
     lock = tuple(lock)
+    captioning = model_def.objective == "captioning"
+    if captioning and (microbatches > 1 or cached_image_embeddings):
+        raise ValueError("a captioning model takes neither micro-batches nor cached images")
 
     def split_batch(x: jax.Array) -> jax.Array:
         return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
@@ -64,30 +72,40 @@ def make_train_step(
             return batch["image_embedding"], model.encode_text(batch["text"])
         return model(batch["image"], batch["text"], batch.get("mask_noise"))
 
+    def objective(model, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        if captioning:
+            return model.caption_loss(batch["image"], batch["text"], batch["parallel"],
+                                      batch.get("mask_noise"))
+        zimg, ztxt = map(split_batch, embed(model, batch))
+        t, b = model.temperature(), model.bias()
+        labels = batch["label"] if labels_as_positives else None
+        loss, aux = loss_fn(zimg, ztxt, t, b, labels)
+        return loss, {"t": t, "b": b, **aux}
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        if mask_seed is not None:
-            batch = {**batch, "mask_noise": flip_noise(mask_seed, state.step,
-                                                       batch["image"].shape[0],
+        size = batch["image"].shape[0]
+        if masked:
+            batch = {**batch, "mask_noise": flip_noise(seed, state.step, size,
                                                        model_def.image_patches)}
+        if captioning:
+            batch = {**batch, "parallel": parallel_draw(seed, state.step, size,
+                                                        model_def.parallel_fraction)}
         batch = {k: split_batch(v) for k, v in batch.items()}
         trainable, locked = split_params(state.params, lock)
         constant = jax.lax.stop_gradient(locked)
 
         def loss_of(trainable_params):
             model = model_def.bind(merge_params(trainable_params, constant), state.rest)
-            zimg, ztxt = map(split_batch, embed(model, batch))
-            t, b = model.temperature(), model.bias()
-            labels = batch["label"] if labels_as_positives else None
-            loss, aux = loss_fn(zimg, ztxt, t, b, labels)
-            return loss, (aux, t, b)
+            return objective(model, batch)
 
         if microbatches > 1:
             labels = batch["label"] if labels_as_positives else None
             (loss, (aux, t, b)), grads = grad_cache_value_and_grad(
                 model_def, loss_fn, trainable, state.rest, batch["image"], batch["text"],
                 labels, microbatches, mesh, locked=constant, mask_noise=batch.get("mask_noise"))
+            aux = {"t": t, "b": b, **aux}
         else:
-            (loss, (aux, t, b)), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+            (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
         grad_norm = optax.global_norm(grads)
@@ -98,11 +116,9 @@ def make_train_step(
                                       lambda new, old: jnp.where(finite, new, old))
         metrics = {
             "train/loss": loss,
-            "train/t": t,
-            "train/b": b,
             "train/grad_norm": grad_norm,
             NONFINITE: (~finite).astype(jnp.int32),  # 1: this step's update was dropped
-            # pos_logit, neg_logit, and whatever else the loss reports.
+            # t, b, pos_logit, neg_logit, and whatever else the objective reports.
             **{f"train/{name}": value for name, value in aux.items()},
         }
         params = merge_params(if_finite(new_trainable, trainable), locked)
@@ -120,7 +136,14 @@ def flip_noise(seed: int, step: jax.Array, batch_size: int, patches: int) -> jax
     return jax.random.uniform(key, (batch_size, patches))
 
 
-_FLIP_STREAM = 0xF11F  # keeps the mask's keys apart from the init key of the same seed
+def parallel_draw(seed: int, step: jax.Array, batch_size: int, fraction: float) -> jax.Array:
+    """[B] bool: the examples a captioner predicts in parallel at `step` (CapPa)."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _PARALLEL_STREAM), step)
+    return jax.random.uniform(key, (batch_size,)) < fraction
+
+
+# Keep the step's draws apart from each other and from the init key of the same seed.
+_FLIP_STREAM, _PARALLEL_STREAM = 0xF11F, 0xCA99A
 
 
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
@@ -150,5 +173,5 @@ def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
         microbatches=config.train.microbatches, mesh=mesh,
         lock=lock_patterns(config.train.locked),
         cached_image_embeddings=config.train.embedding_cache.enabled,
-        mask_seed=config.seed if mask else None)
+        seed=config.seed, masked=mask)
     return jit_train_step(step, shardings, mesh)
