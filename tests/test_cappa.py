@@ -87,10 +87,11 @@ def test_caption_loss_equals_a_per_example_loop():
     images, targets = jnp.asarray(batch["image"]), jnp.asarray(batch["text"])
     parallel = jnp.array([True, False, True, False, False])
     loss, aux = model.caption_loss(images, targets, parallel)
+    one = nnx.jit(lambda m, x, t, p: m.caption_logits(x, t, p))  # one example at a time
     total, count, hits = 0.0, 0, 0
     for i in range(5):
-        logits = np.asarray(model.caption_logits(images[i:i + 1], targets[i:i + 1],
-                                                 parallel[i:i + 1]))[0]
+        logits = np.asarray(one(model, images[i:i + 1], targets[i:i + 1],
+                                parallel[i:i + 1]))[0]
         for pos, token in enumerate(np.asarray(targets[i])):
             if token == 0:
                 continue
@@ -112,12 +113,12 @@ def test_scoring_zero_shot_equals_brute_force():
     scores = model.class_log_likelihoods(images, jnp.asarray(trim_pad_columns(
         prompts.reshape(8, 8)).reshape(4, 2, -1)))
     brute = np.zeros((3, 4))
+    one = nnx.jit(lambda m, x, t: jax.nn.log_softmax(
+        m.caption_logits(x, t, jnp.zeros(1, bool))[0], axis=-1))  # one pair at a time
     for i in range(3):
         for c in range(4):
             for t in range(2):
-                target = jnp.asarray(prompts[c, t][None])
-                logp = jax.nn.log_softmax(model.caption_logits(
-                    images[i:i + 1], target, jnp.zeros(1, bool))[0], axis=-1)
+                logp = np.asarray(one(model, images[i:i + 1], jnp.asarray(prompts[c, t][None])))
                 brute[i, c] += sum(float(logp[p, k]) for p, k in enumerate(prompts[c, t])
                                    if k) / 2
     np.testing.assert_allclose(scores, brute, rtol=1e-5, atol=1e-5)

@@ -1,23 +1,20 @@
 """FLIP masking (model.image.mask_ratio, train.unmask_from): the masked tower equals a
 gather by hand, the mask is a function of (seed, step) on any mesh, sharded and GradCache
-steps equal one device, and the loop's unmasked phase resumes exactly."""
+steps equal one device. (The loop's switch to the unmasked phase, resumed exactly across
+it: test_resume.py's resume past the first epoch runs with FLIP on.)"""
 
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import sigterm_in_step, synthetic_batches, tiny_config
+from helpers import synthetic_batches, tiny_config
 from test_train_step import run_steps
 
 from contrastive_jax.config import ConfigError, validate
 from contrastive_jax.models.vit import ViT
 from contrastive_jax.parallel.mesh import batch_sharding, create_mesh
-from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.train.step import flip_noise
 
 FLIP = {"image": {"mask_ratio": 0.5}}
@@ -109,33 +106,3 @@ def test_bad_masking_keys_are_one_line_errors():
             ({"model": FLIP, "train": {"unmask_from": -1}}, "'train.unmask_from' must be")):
         with pytest.raises(ConfigError, match=message):
             validate(tiny_config(**sections))
-
-
-def _loop_config(data_dir, **train):
-    return tiny_config(
-        model=FLIP,
-        data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 5, "checkpoint_every": 100, "unmask_from": 3, **train},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
-
-
-def _params(workdir):
-    return jax.tree.leaves(restore_params(workdir)[1])
-
-
-def test_unmasked_phase_switches_at_its_step_and_resumes_exactly(
-        fake_data_dir, tmp_path, monkeypatch):
-    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-    loop.train(_loop_config(fake_data_dir), full)
-    with open(os.path.join(full, "metrics.jsonl"), encoding="utf-8") as f:
-        ratios = {r["step"]: r["train/mask_ratio"] for r in map(json.loads, f)
-                  if "train/mask_ratio" in r}
-    assert ratios == {1: 0.5, 2: 0.5, 3: 0.5, 4: 0.0, 5: 0.0}
-
-    to_global = loop.to_global
-    monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, 3))
-    assert loop.train(_loop_config(fake_data_dir), cut)["step"] == 3
-    monkeypatch.setattr(loop, "to_global", to_global)
-    assert loop.train(_loop_config(fake_data_dir), cut)["step"] == 5
-    for a, b in zip(_params(cut), _params(full), strict=True):
-        np.testing.assert_array_equal(a, b)

@@ -59,8 +59,14 @@ def test_resume_past_the_first_epoch_starts_at_the_saved_stream_position(
     # 200 examples per epoch, 16 per step: step 15 is 40 examples into epoch 1.
     config = demo_config(fake_data_dir, steps=18, checkpoint_every=5)
     config.data.filters.basic.update(enabled=True, max_chars=1000)  # counting would decode
+    # FLIP on, unmasked from step 17: the resumed run masks step 16 from the restored step
+    # and switches as the unbroken one does.
+    config.model.image.mask_ratio, config.train.unmask_from = 0.5, 16
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     loop.train(config, full)
+    with open(os.path.join(full, "metrics.jsonl"), encoding="utf-8") as f:
+        ratios = [r["train/mask_ratio"] for r in map(json.loads, f) if "train/mask_ratio" in r]
+    assert ratios == [0.5] * 16 + [0.0] * 2
     to_global = loop.to_global
     monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, 15))
     assert loop.train(config, cut) == {"step": 15, "interrupted_by": signal.SIGTERM}

@@ -83,7 +83,7 @@ def make_train_step(
         return loss, {"t": t, "b": b, **aux}
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        size = batch["image"].shape[0]
+        size = batch["text"].shape[0]  # cached embeddings come without "image"
         if masked:
             batch = {**batch, "mask_noise": flip_noise(seed, state.step, size,
                                                        model_def.image_patches)}
