@@ -129,17 +129,20 @@ def make_train_step(
     return train_step
 
 
+def _step_key(seed: int, stream: int, step: jax.Array) -> jax.Array:
+    # A key of (seed, stream, step) alone: a resumed run draws exactly as an unbroken one.
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), step)
+
+
 def flip_noise(seed: int, step: jax.Array, batch_size: int, patches: int) -> jax.Array:
     """[B, patches] uniform noise of FLIP's mask at `step`: a function of (seed, step)
     alone, and with partitionable threefry the same numbers on any mesh."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _FLIP_STREAM), step)
-    return jax.random.uniform(key, (batch_size, patches))
+    return jax.random.uniform(_step_key(seed, _FLIP_STREAM, step), (batch_size, patches))
 
 
 def parallel_draw(seed: int, step: jax.Array, batch_size: int, fraction: float) -> jax.Array:
     """[B] bool: the examples a captioner predicts in parallel at `step` (CapPa)."""
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _PARALLEL_STREAM), step)
-    return jax.random.uniform(key, (batch_size,)) < fraction
+    return jax.random.uniform(_step_key(seed, _PARALLEL_STREAM, step), (batch_size,)) < fraction
 
 
 # Keep the step's draws apart from each other and from the init key of the same seed.
