@@ -41,6 +41,7 @@ def validate(config: ConfigDict) -> None:
     _validate_rendering(config)
     _validate_masking(config)
     _validate_captioning(config)
+    _validate_siglip2(config)
     if config.data.image_size != config.model.image.image_size:
         raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
                           f"'model.image.image_size' ({config.model.image.image_size})")
@@ -114,6 +115,48 @@ def _validate_captioning(config: ConfigDict) -> None:
     if config.data.max_len > decoder.max_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
                           f"'model.decoder.max_len' ({decoder.max_len})")
+
+
+def _validate_siglip2(config: ConfigDict) -> None:
+    """SigLIP 2's terms: ranges, and what their decoder and teacher cannot take."""
+    model = config.model
+    if model.name != "siglip2":
+        return
+    train, teacher = config.train, model.teacher
+    conflicts = {
+        "train.microbatches": train.microbatches > 1,  # the terms are not GradCache'd
+        "train.embedding_cache.enabled": train.embedding_cache.enabled,  # they run the tower
+    }
+    if model.locca.enabled:  # the caption loss skips id 0 and keeps a cut caption's EOS
+        conflicts.update({"data.pad_id": config.data.pad_id != 0,
+                          "data.eos": config.data.eos != "sticky"})
+    for key, conflict in conflicts.items():
+        if conflict:
+            raise ConfigError(f"config key {key!r} does not apply to model 'siglip2' (no "
+                              "GradCache or cached images; LocCa needs pad 0 and sticky EOS)")
+    ranges = {
+        "locca.parallel_fraction": (model.locca.parallel_fraction, 0.0, 1.0),
+        "teacher.start_fraction": (teacher.start_fraction, 0.0, 1.0),
+        "teacher.ema": (teacher.ema, 0.0, 1.0),
+        "teacher.center_momentum": (teacher.center_momentum, 0.0, 1.0),
+        "masked_prediction.ratio": (model.masked_prediction.ratio, 0.0, 1.0),
+    }
+    for key, (value, low, high) in ranges.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                low <= value <= high):
+            raise ConfigError(f"config key 'model.{key}' must be in [{low}, {high}], got "
+                              f"{value!r}")
+    for key in ("locca.weight", "self_distill.weight", "masked_prediction.weight"):
+        group, name = key.split(".")
+        if not model[group][name] >= 0:
+            raise ConfigError(f"config key 'model.{key}' must be >= 0")
+    if not (teacher.student_temp > 0 and teacher.teacher_temp > 0):
+        raise ConfigError("config keys 'model.teacher.student_temp' and 'teacher_temp' must "
+                          "be > 0")
+    low, high = model.self_distill.local_scale
+    if not 0 < low <= high <= 1 or model.self_distill.local_views < 1:
+        raise ConfigError("config key 'model.self_distill.local_scale' must be (low, high) "
+                          "with 0 < low <= high <= 1, and local_views >= 1")
 
 
 def _validate_lit(config: ConfigDict) -> None:

@@ -10,6 +10,19 @@ import numpy as np
 
 from contrastive_jax.config import default_config, merge_into, use_model_schema
 
+# The data, train and optimizer keys every tiny config shares.
+_TINY_RUN = {
+    "data": {"max_len": 8},
+    "train": {"batch_size": 16, "steps": 10, "log_every": 1, "progress_bar": False},
+    "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+}
+
+
+def _with_sections(config: ml_collections.ConfigDict, sections) -> ml_collections.ConfigDict:
+    for name, values in sections.items():
+        merge_into(config[name], values, prefix=f"{name}.")
+    return config
+
 
 def tiny_config(**sections) -> ml_collections.ConfigDict:
     """A model small enough to compile and step in seconds on a CPU."""
@@ -22,13 +35,9 @@ def tiny_config(**sections) -> ml_collections.ConfigDict:
             "text": {"variant": None, "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2,
                      "vocab_size": 64, "max_len": 8},
         },
-        "data": {"max_len": 8},
-        "train": {"batch_size": 16, "steps": 10, "log_every": 1, "progress_bar": False},
-        "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+        **_TINY_RUN,
     })
-    for name, values in sections.items():
-        merge_into(config[name], values, prefix=f"{name}.")
-    return config
+    return _with_sections(config, sections)
 
 
 def synthetic_batches(num: int, batch_size: int, seed: int = 0, vocab: int = 64,
@@ -68,11 +77,28 @@ def tiny_cappa_config(**sections) -> ml_collections.ConfigDict:
     merge_into(config, {
         "model": {"image": {**size, "patch_size": 7, "image_size": 28, "channels": 1},
                   "decoder": {**size, "vocab_size": 64, "max_len": 8}},
-        "data": {"max_len": 8},
-        "train": {"batch_size": 16, "steps": 10, "log_every": 1, "progress_bar": False},
-        "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+        **_TINY_RUN,
         "evals": {"embedding_stats": {"enabled": False}},
     })
-    for name, values in sections.items():
-        merge_into(config[name], values, prefix=f"{name}.")
-    return config
+    return _with_sections(config, sections)
+
+
+def tiny_siglip2_config(**sections) -> ml_collections.ConfigDict:
+    """`tiny_config`'s towers as a SigLIP 2 model: a one-layer LocCa decoder, 2 local views
+    of 14 px, a 32-prototype head, the self-supervised terms from step 4 of 10."""
+    config = default_config()
+    use_model_schema(config, "siglip2")
+    size = {"variant": None, "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    merge_into(config, {
+        "model": {
+            "embed_dim": 16,
+            "image": {**size, "patch_size": 7, "image_size": 28, "channels": 1, "pool": "gap"},
+            "text": {**size, "vocab_size": 64, "max_len": 8},
+            "locca": {**size, "max_len": 8},
+            "self_distill": {"local_views": 2, "local_scale": (0.3, 0.6), "local_size": 14},
+            "teacher": {"head_dim": 32, "head_hidden": 32, "start_fraction": 0.4,
+                        "ema": 0.9},
+        },
+        **_TINY_RUN,
+    })
+    return _with_sections(config, sections)

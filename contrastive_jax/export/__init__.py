@@ -16,6 +16,7 @@ from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import export_hf
 from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
 from contrastive_jax.export.open_clip_format import export_open_clip
+from contrastive_jax.models.siglip2 import towers_only
 from contrastive_jax.registry import Registry
 from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.workdir_config import load_workdir_config
@@ -41,13 +42,15 @@ def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = No
         return exporter(model.config, params, model.step, model.text_encoder.model_path, out,
                         overwrite=overwrite)
     name = load_workdir_config(workdir).model.name
-    if name != "two_tower":
+    if name not in ("two_tower", "siglip2"):
         # The formats describe two towers, the text one fed with token ids: CLIPPO reads
         # rendered captions and CapPa has a caption decoder, which none of them express.
         raise UserError(f"export supports two_tower models only; {workdir} holds a {name!r} "
                         f"model (one_tower reads rendered captions, cappa has a decoder and "
                         f"no text tower: no export format has them)")
     config, params, step = restore_params(workdir, step)
+    if name == "siglip2":  # its decoder and teacher are training-only: the towers go out
+        config.model, params = towers_only(config.model, params)
     return exporter(config, params, step, os.path.join(workdir, TOKENIZER_FILE), out,
                     overwrite=overwrite)
 

@@ -5,7 +5,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from contrastive_jax.data.text_conventions import EOS_ID
+
 PAD_ID = 0  # captioning models need data.pad_id = 0 (config_checks.py)
+
+
+def cut_keeping_eos(tokens: jax.Array, max_len: int) -> jax.Array:
+    """[B, L] ids -> [B, min(L, max_len)]: a caption longer than `max_len` keeps its EOS
+    last, as `data.eos="sticky"` cuts (our tokenizers' EOS id; pads are 0)."""
+    if tokens.shape[1] <= max_len:
+        return tokens
+    cut = tokens[:, :max_len]
+    longer = tokens[:, max_len] != PAD_ID
+    return cut.at[:, -1].set(jnp.where(longer, EOS_ID, cut[:, -1]))
 
 
 def token_log_likelihoods(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -40,6 +40,9 @@ class ViT(nnx.Module):
     image keeps only its `kept_patches` tokens of lowest noise (position embeddings added
     first, as in MAE/FLIP), so the encoder runs on fewer tokens. Without noise (evals,
     exports, an unmasked tuning phase) every patch is kept.
+
+    Images of another size (any multiple of the patch) run with the learned position
+    embeddings resized to their grid: SigLIP 2's small local views.
     """
 
     def __init__(
@@ -79,7 +82,7 @@ class ViT(nnx.Module):
         self.dtype = parse_dtype(dtype)
         pdt = parse_dtype(param_dtype, key="model.param_dtype")
         self.pool, self.posemb_type = pool, posemb
-        self.image_size, self.channels = size, int(channels)
+        self.image_size, self.channels, self.patch = size, int(channels), patch
         self.grid = (size[0] // patch[0], size[1] // patch[1])
         n = self.num_patches = self.grid[0] * self.grid[1]
         self.mask_ratio = float(mask_ratio)
@@ -109,18 +112,27 @@ class ViT(nnx.Module):
 
     def __call__(
         self, images: jax.Array, *, return_tokens: bool = False,
-        mask_noise: jax.Array | None = None,
+        mask_noise: jax.Array | None = None, replace: jax.Array | None = None,
+        mask_token: jax.Array | None = None,
     ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """images: [B, H, W, C] float, already in the model's value range; mask_noise:
-        [B, N] float (see the class docstring), or None."""
-        if images.ndim != 4 or tuple(images.shape[1:]) != (*self.image_size, self.channels):
-            raise ValueError(f"ViT expects images [B, {self.image_size[0]}, "
-                             f"{self.image_size[1]}, {self.channels}], got {images.shape}.")
+        [B, N] float (see the class docstring), or None. `replace` [B, N] bool with
+        `mask_token` [width]: those patch embeddings become the token before position
+        embeddings are added (masked prediction, as iBOT / TIPS / SigLIP 2)."""
+        if images.ndim != 4 or images.shape[-1] != self.channels or any(
+                size % patch for size, patch in zip(images.shape[1:3], self.patch, strict=True)):
+            raise ValueError(f"ViT expects images [B, H, W, {self.channels}] with H, W "
+                             f"multiples of the patch {self.patch} (trained at "
+                             f"{self.image_size}), got {images.shape}.")
         x = self.embedding(images.astype(self.dtype))
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
+        if replace is not None:
+            x = jnp.where(replace[..., None], mask_token.astype(x.dtype), x)
         if self.posemb_type == "learn":
             pe = self.pos_embedding[...]
+            if (h, w) != self.grid:  # another size (SigLIP 2's small local views)
+                pe = resize_posemb(pe, self.grid, (h, w))
         else:
             pe = jnp.asarray(posemb_sincos_2d(h, w, d))
         # Position embeddings go on the patches before the class token is prepended.
@@ -142,6 +154,15 @@ class ViT(nnx.Module):
             pooled, x = x[:, 0], x[:, 1:]
         pooled = pooled.astype(jnp.float32)
         return (pooled, x) if return_tokens else pooled
+
+
+def resize_posemb(posemb: jax.Array, grid: tuple[int, int], new: tuple[int, int]) -> jax.Array:
+    """Learned position embeddings [1, gh*gw, D] resized bilinearly to a `new` grid (as
+    DINO and FlexiViT run a ViT on crops of another size)."""
+    d = posemb.shape[-1]
+    table = posemb.reshape(*grid, d).astype(jnp.float32)
+    return jax.image.resize(table, (*new, d), "linear").reshape(1, new[0] * new[1], d).astype(
+        posemb.dtype)
 
 
 def keep_lowest_noise(tokens: jax.Array, noise: jax.Array, kept: int) -> jax.Array:

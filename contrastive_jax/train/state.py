@@ -16,6 +16,10 @@ from contrastive_jax.models import create_model
 from contrastive_jax.parallel.sharding import tree_shardings
 from contrastive_jax.train.lock import lock_patterns, split_params
 
+# What the optimizer trains: every nnx.Param except an EMA teacher's (models/siglip2.py),
+# which stays with the other non-trained state in `rest`.
+TRAINED = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("teacher")))
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -36,10 +40,12 @@ class ModelDef:
         abstract = nnx.eval_shape(lambda: create_model(model_config, rngs=nnx.Rngs(0)))
         # Patch tokens per image, for the step's FLIP mask noise (0: no image tower).
         self.image_patches = getattr(getattr(abstract, "img", None), "num_patches", 0)
-        # "contrastive" (two towers, one tower) or "captioning" (CapPa): what the step trains.
+        # "contrastive" (two towers, one tower), "captioning" (CapPa) or "siglip2" (the
+        # contrastive loss plus SigLIP 2's terms): what the step trains.
         self.objective = getattr(abstract, "objective", "contrastive")
         self.parallel_fraction = getattr(abstract, "parallel_fraction", 0.0)
-        self.graphdef, self._params, self._rest = nnx.split(abstract, nnx.Param, ...)
+        self.abstract = abstract  # its plain attributes (floats, flags) only
+        self.graphdef, self._params, self._rest = nnx.split(abstract, TRAINED, ...)
 
     def bind(self, params: dict[str, Any], rest: dict[str, Any] | None = None) -> nnx.Module:
         param_state = jax.tree.map(lambda x: x, self._params)  # a fresh copy to fill in
@@ -52,7 +58,7 @@ class ModelDef:
     @staticmethod
     def init(model_config: ml_collections.ConfigDict, rng: jax.Array) -> tuple[dict, dict]:
         model = create_model(model_config, rngs=nnx.Rngs(rng))
-        _, params, rest = nnx.split(model, nnx.Param, ...)
+        _, params, rest = nnx.split(model, TRAINED, ...)
         return params.to_pure_dict(), rest.to_pure_dict()
 
 

@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh
 
 from contrastive_jax.losses import LossFn, loss_from_config
+from contrastive_jax.models.siglip2 import update_teacher
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
 from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
@@ -35,6 +36,7 @@ def make_train_step(
     cached_image_embeddings: bool = False,
     seed: int = 0,
     masked: bool = False,
+    distill_from: int = 0,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
@@ -53,7 +55,9 @@ def make_train_step(
     resumed run draws exactly as an unbroken one.
 
     A captioning model (`model_def.objective`, e.g. CapPa) trains on its own caption loss
-    of (image, text); `loss_fn` and t / b are not used then.
+    of (image, text); `loss_fn` and t / b are not used then. A SigLIP 2 model adds its
+    recipe's terms to the contrastive loss; its self-supervised terms run from step
+    `distill_from`, and its EMA teacher (in `state.rest`) is updated after each step.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
@@ -61,8 +65,10 @@ def make_train_step(
         raise ValueError("cached image embeddings do not combine with microbatches > 1")
     lock = tuple(lock)
     captioning = model_def.objective == "captioning"
-    if captioning and (microbatches > 1 or cached_image_embeddings):
-        raise ValueError("a captioning model takes neither micro-batches nor cached images")
+    siglip2 = model_def.objective == "siglip2"
+    if (captioning or siglip2) and (microbatches > 1 or cached_image_embeddings):
+        raise ValueError(f"a {model_def.objective} model takes neither micro-batches nor "
+                         "cached images")
 
     def split_batch(x: jax.Array) -> jax.Array:
         return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
@@ -72,22 +78,33 @@ def make_train_step(
             return batch["image_embedding"], model.encode_text(batch["text"])
         return model(batch["image"], batch["text"], batch.get("mask_noise"))
 
-    def objective(model, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def objective(model, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict]:
         if captioning:
             return model.caption_loss(batch["image"], batch["text"], batch["parallel"],
                                       batch.get("mask_noise"))
-        zimg, ztxt = map(split_batch, embed(model, batch))
+        if siglip2:
+            zimg, ztxt, tokens = model.embed_with_tokens(batch["image"], batch["text"],
+                                                         batch.get("mask_noise"))
+            zimg, ztxt = split_batch(zimg), split_batch(ztxt)
+        else:
+            zimg, ztxt = map(split_batch, embed(model, batch))
         t, b = model.temperature(), model.bias()
         labels = batch["label"] if labels_as_positives else None
         loss, aux = loss_fn(zimg, ztxt, t, b, labels)
-        return loss, {"t": t, "b": b, **aux}
+        aux = {"t": t, "b": b, **aux}
+        if siglip2:
+            extra, extra_aux = model.recipe_losses(
+                batch["image"], batch["text"], tokens, batch["parallel"],
+                step >= distill_from, _step_key(seed, _VIEWS_STREAM, step))
+            loss, aux = loss + extra, {**aux, **extra_aux}
+        return loss, aux
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         size = batch["text"].shape[0]  # cached embeddings come without "image"
         if masked:
             batch = {**batch, "mask_noise": flip_noise(seed, state.step, size,
                                                        model_def.image_patches)}
-        if captioning:
+        if captioning or siglip2:
             batch = {**batch, "parallel": parallel_draw(seed, state.step, size,
                                                         model_def.parallel_fraction)}
         batch = {k: split_batch(v) for k, v in batch.items()}
@@ -96,7 +113,7 @@ def make_train_step(
 
         def loss_of(trainable_params):
             model = model_def.bind(merge_params(trainable_params, constant), state.rest)
-            return objective(model, batch)
+            return objective(model, batch, state.step)
 
         if microbatches > 1:
             labels = batch["label"] if labels_as_positives else None
@@ -106,6 +123,8 @@ def make_train_step(
             aux = {"t": t, "b": b, **aux}
         else:
             (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+        # SigLIP 2's teacher statistics ride in aux under "_" names; they are not metrics.
+        stats = {k: aux.pop(k) for k in [k for k in aux if k.startswith("_")]}
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
         grad_norm = optax.global_norm(grads)
@@ -122,7 +141,11 @@ def make_train_step(
             **{f"train/{name}": value for name, value in aux.items()},
         }
         params = merge_params(if_finite(new_trainable, trainable), locked)
-        new_state = state.replace(step=state.step + 1, params=params,
+        rest = state.rest
+        if siglip2 and "teacher" in rest:
+            rest = if_finite(update_teacher(rest, params, stats, state.step >= distill_from,
+                                            model_def.abstract), rest)
+        new_state = state.replace(step=state.step + 1, params=params, rest=rest,
                                   opt_state=if_finite(opt_state, state.opt_state))
         return new_state, metrics
 
@@ -146,7 +169,7 @@ def parallel_draw(seed: int, step: jax.Array, batch_size: int, fraction: float) 
 
 
 # Keep the step's draws apart from each other and from the init key of the same seed.
-_FLIP_STREAM, _PARALLEL_STREAM = 0xF11F, 0xCA99A
+_FLIP_STREAM, _PARALLEL_STREAM, _VIEWS_STREAM = 0xF11F, 0xCA99A, 0x5E1F
 
 
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
@@ -165,10 +188,13 @@ def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
     """THE config-to-step wiring, for the loop, `bench step` and the tests: the loss of
     `loss.*` (`loss.positives=labels` included), the model of `model`, the LiT locks of
     `train.locked`, `train.microbatches`, `train.embedding_cache`, FLIP's
-    `model.image.mask_ratio` (`masked=False`: the unmasked step of `train.unmask_from`);
+    `model.image.mask_ratio` (`masked=False`: the unmasked step of `train.unmask_from`),
+    SigLIP 2's `model.teacher.start_fraction` of `train.steps`;
     jitted for `mesh` with the state's `shardings`. `model_def`: the caller's ModelDef of
     `config.model`, if any."""
     mask = masked and config.model.image.get("mask_ratio", 0.0) > 0
+    teacher = config.model.get("teacher")
+    start = 0 if teacher is None else int(round(teacher.start_fraction * config.train.steps))
     step = make_train_step(
         ModelDef(config.model) if model_def is None else model_def, tx,
         loss_from_config(config, mesh),
@@ -176,5 +202,5 @@ def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
         microbatches=config.train.microbatches, mesh=mesh,
         lock=lock_patterns(config.train.locked),
         cached_image_embeddings=config.train.embedding_cache.enabled,
-        seed=config.seed, masked=mask)
+        seed=config.seed, masked=mask, distill_from=start)
     return jit_train_step(step, shardings, mesh)
