@@ -30,8 +30,10 @@ def get_config(steps: int = 1200, off: str = "") -> ml_collections.ConfigDict:
         # padding beyond); longer ones would be cut keeping their EOS.
         locca=dict(variant=None, width=64, depth=1, mlp_dim=256, num_heads=2, max_len=32,
                    parallel_fraction=0.5),
-        # DINO's small local crops: 14 px (2 x 2 patches), so 4 views cost one image.
-        self_distill=dict(local_views=4, local_scale=(0.25, 0.6), local_size=14),
+        # DINO's small local crops: 14 px (2 x 2 patches), so 4 views cost one image. Half
+        # the image or more, at weight 0.5: smaller crops of these garments, at weight 1,
+        # cost zero-shot accuracy (docs/captioning.md).
+        self_distill=dict(local_views=4, local_scale=(0.5, 1.0), local_size=14, weight=0.5),
         # 256 prototypes: on 4,096 patch tokens a step, a wider head would cost more than
         # the towers.
         teacher=dict(head_dim=256, head_hidden=256, ema=0.996),

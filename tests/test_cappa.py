@@ -162,3 +162,10 @@ def test_senseless_cappa_configs_are_one_line_errors(sections, key):
         config = tiny_cappa_config(**sections)
         validate(config)
         create_model(config.model, rngs=nnx.Rngs(0))
+
+
+def test_bench_step_times_a_captioner():
+    from contrastive_jax.bench.train_step import bench_train_step
+
+    row = bench_train_step(tiny_cappa_config(), steps=1)
+    assert row["model"] == "cappa" and row["examples_per_sec"] > 0 and row["flops_per_step"] > 0

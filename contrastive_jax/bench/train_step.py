@@ -27,8 +27,9 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     image = config.model.image
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
     batch = {"label": np.arange(batch_size, dtype=np.int32)}
-    if "text" in config.model:
-        vocab, length = config.model.text.vocab_size, config.data.max_len
+    reader = config.model.get("text") or config.model.get("decoder")  # CapPa: the decoder's
+    if reader is not None:
+        vocab, length = reader.vocab_size, config.data.max_len
         batch["text"] = rng.integers(3, vocab, (batch_size, length)).astype(np.int32)
     else:  # one tower (CLIPPO): the text is a rendered image of the image's shape
         batch["text"] = rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(
