@@ -45,7 +45,8 @@ def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = No
     if name not in ("two_tower", "siglip2"):
         # The formats describe two towers, the text one fed with token ids: CLIPPO reads
         # rendered captions and CapPa has a caption decoder, which none of them express.
-        raise UserError(f"export supports two_tower models only; {workdir} holds a {name!r} "
+        raise UserError(f"export supports two_tower models (and siglip2, as its two towers) "
+                        f"only; {workdir} holds a {name!r} "
                         f"model (one_tower reads rendered captions, cappa has a decoder and "
                         f"no text tower: no export format has them)")
     config, params, step = restore_params(workdir, step)
