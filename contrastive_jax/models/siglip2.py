@@ -41,6 +41,7 @@ from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses.captioning import caption_loss, cut_keeping_eos
 from contrastive_jax.losses.self_distill import (
     distill_cross_entropy,
+    ema,
     local_views,
     patch_mask,
 )
@@ -48,7 +49,7 @@ from contrastive_jax.models import two_tower
 from contrastive_jax.models.decoder import Decoder
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.transformer import parse_dtype
-from contrastive_jax.models.two_tower import TwoTower, l2_normalize
+from contrastive_jax.models.two_tower import TwoTower
 
 # The student's parts the teacher mirrors (EMA), and the params exports leave out.
 TEACHER_PARTS = ("img", "distill_head", "patch_head")
@@ -154,8 +155,7 @@ class SigLIP2(TwoTower):
         """(zimg, ztxt) as `__call__`, and the image tower's patch tokens [B, N, width]
         (LocCa's decoder reads them), from one pass of the image tower."""
         pooled, tokens = self.img(images, return_tokens=True, mask_noise=mask_noise)
-        z = pooled if self.img_head is None else self.img_head(pooled)
-        return l2_normalize(z), self.encode_text(text), tokens
+        return self.embed_pooled_image(pooled), self.encode_text(text), tokens
 
     def recipe_losses(self, images: jax.Array, text: jax.Array, tokens: jax.Array,
                       parallel: jax.Array, distilling: jax.Array, key: jax.Array
@@ -222,17 +222,16 @@ def update_teacher(rest: dict[str, Any], params: dict[str, Any], stats: Mapping[
     it `ema * teacher + (1 - ema) * student`, centres moved by `center_momentum` towards
     this step's teacher means. `model`: the SigLIP2 module (its floats)."""
     teacher = dict(rest["teacher"])
-    m = model.ema
     for part in TEACHER_PARTS:
         if part in teacher:
             teacher[part] = jax.tree.map(
-                lambda t, s: jnp.where(distilling, m * t + (1 - m) * s, s).astype(t.dtype),
-                teacher[part], params[part])
-    c = model.center_momentum
+                lambda avg, s: jnp.where(distilling, avg, s).astype(s.dtype),
+                ema(teacher[part], params[part], model.ema), params[part])
     for name, stat in (("center", "_center"), ("patch_center", "_patch_center")):
         if stat in stats:
-            teacher[name] = jnp.where(distilling, c * teacher[name] + (1 - c) * stats[stat],
-                                      teacher[name])
+            teacher[name] = jnp.where(
+                distilling, ema(teacher[name], stats[stat], model.center_momentum),
+                teacher[name])
     return {**rest, "teacher": teacher}
 
 

@@ -136,9 +136,11 @@ class TwoTower(nnx.Module):
     def encode_image(self, images: jax.Array, mask_noise: jax.Array | None = None) -> jax.Array:
         """images [B, H, W, C] float32 -> [B, D] unit-norm float32; mask_noise [B, N]:
         FLIP masking (see ViT)."""
-        z = self.img(images, mask_noise=mask_noise)
-        if self.img_head is not None:
-            z = self.img_head(z)
+        return self.embed_pooled_image(self.img(images, mask_noise=mask_noise))
+
+    def embed_pooled_image(self, pooled: jax.Array) -> jax.Array:
+        """The image tower's pooled features [B, width] -> [B, D] unit-norm float32."""
+        z = pooled if self.img_head is None else self.img_head(pooled)
         return l2_normalize(z)
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
