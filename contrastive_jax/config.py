@@ -94,6 +94,10 @@ def default_config() -> ConfigDict:
             # Precompute the locked image tower's embeddings of the train split once and
             # train on them (the image tower is not run); dir "" -> WORKDIR/embedding_cache.
             embedding_cache=ConfigDict(dict(enabled=False, dir="")),
+            # ZeroVL's coin-flipping mixup (losses/mixup.py): a step is mixed with chance
+            # `probability`; a coin mixes its images (chance image_share) or else its text
+            # embeddings, pairing example i with B-1-i in shares alpha ~ Beta(beta, beta).
+            mixup=ConfigDict(dict(enabled=False, probability=1.0, image_share=0.5, beta=0.1)),
         )
     )
     c.optimizer = ConfigDict(

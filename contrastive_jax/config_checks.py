@@ -42,6 +42,7 @@ def validate(config: ConfigDict) -> None:
     _validate_masking(config)
     _validate_captioning(config)
     _validate_siglip2(config)
+    _validate_mixup(config)
     if config.data.image_size != config.model.image.image_size:
         raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
                           f"'model.image.image_size' ({config.model.image.image_size})")
@@ -157,6 +158,30 @@ def _validate_siglip2(config: ConfigDict) -> None:
     if not 0 < low <= high <= 1 or model.self_distill.local_views < 1:
         raise ConfigError("config key 'model.self_distill.local_scale' must be (low, high) "
                           "with 0 < low <= high <= 1, and local_views >= 1")
+
+
+def _validate_mixup(config: ConfigDict) -> None:
+    """ZeroVL's mixup: its ranges, and the steps it cannot mix."""
+    mix, train = config.train.mixup, config.train
+    if not mix.enabled:
+        return
+    for key in ("probability", "image_share"):
+        if not 0.0 <= mix[key] <= 1.0:
+            raise ConfigError(f"config key 'train.mixup.{key}' must be in [0, 1], got "
+                              f"{mix[key]}")
+    if mix.beta <= 0:
+        raise ConfigError(f"config key 'train.mixup.beta' must be > 0, got {mix.beta}")
+    conflicts = {
+        "model.name": config.model.name not in ("two_tower",),  # images and token texts
+        "loss.positives": config.loss.positives != "pairs",  # soft targets are of pairs
+        "train.microbatches": train.microbatches > 1,  # GradCache sees no mixed pairs
+        "train.embedding_cache.enabled": train.embedding_cache.enabled,  # no raw images
+    }
+    for key, conflict in conflicts.items():
+        if conflict:
+            raise ConfigError(f"config key {key!r} does not combine with 'train.mixup' (a "
+                              "two-tower model on image-caption pairs, no GradCache or "
+                              "cached images)")
 
 
 def _validate_lit(config: ConfigDict) -> None:

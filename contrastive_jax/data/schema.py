@@ -43,6 +43,9 @@ def default_data_config() -> ml_collections.ConfigDict:
             # Non-empty: train on these sources instead of `dataset` (see data/sources.py),
             # e.g. ({"kind": "tfrecord", "pattern": "/data/shards/*.tfrecord", "weight": 1},).
             "sources": (),
+            # ZeroVL's debiased sampling: each batch comes whole from one source, drawn by
+            # weight, so a batch's negatives share one dataset's biases (Cui et al. 2022).
+            "debiased_sampling": False,
             "channels": 3,  # sources: decoded image channels
             "cycle_length": 16,  # sources: files read in parallel (interleaved)
             # sources: augmentations (Fini et al. 2023, "Improved baselines for VLP").

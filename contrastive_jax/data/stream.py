@@ -5,9 +5,11 @@ Each source's examples come from data/examples.py; several sources are mixed by 
 choice stream (data/mixture.py) whose first P choices say how many examples each source
 served, so per-source positions follow from the process's position P. A process's stream
 of examples does not depend on the batch size, so a resume at "examples read so far"
-continues at the exact next example whatever the new batch size. One finish step turns a
-batch of examples into model inputs: images scaled (or swapped for cached embeddings),
-captions tokenized (or rendered, CLIPPO), counters and stream positions attached.
+continues at the exact next example whatever the new batch size (with
+`data.debiased_sampling`, one source per batch, it does, and a resume keeps the batch
+size). One finish step turns a batch of examples into model inputs: images scaled (or
+swapped for cached embeddings), captions tokenized (or rendered, CLIPPO), counters and
+stream positions attached.
 """
 
 from __future__ import annotations
@@ -69,7 +71,11 @@ def train_dataset(
                         f"processes")
     sources, weights = train_sources(cfg)
     position = start_example // process_count  # examples this process has already served
-    starts = mixture_positions(weights, seed, position) if len(sources) > 1 else [position]
+    local_batch = global_batch_size // process_count
+    # ZeroVL's debiased sampling: one source per batch (data/mixture.py).
+    group = local_batch if cfg.debiased_sampling else 1
+    starts = mixture_positions(weights, seed, position, group) if len(sources) > 1 else [
+        position]
     saved = positions.resume_points(resume_positions, len(sources)) if position else None
     streams = [
         source_stream(src, cfg, k=k, num_sources=len(sources), seed=seed,
@@ -81,9 +87,8 @@ def train_dataset(
     if len(streams) == 1:
         ds = streams[0]
     else:
-        choices = mixture_choices(weights, seed, position)
+        choices = mixture_choices(weights, seed, position, group)
         ds = tf.data.Dataset.choose_from_datasets(streams, choices, stop_on_empty_dataset=True)
-    local_batch = global_batch_size // process_count
     # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
     ds = ds.batch(local_batch, drop_remainder=True).enumerate(start=position // local_batch)
     finish = _finish(cfg, text_encoder, seed, process_index, image_embeddings)

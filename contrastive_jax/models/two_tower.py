@@ -46,6 +46,7 @@ import ml_collections
 from flax import nnx
 
 from contrastive_jax.errors import ConfigError
+from contrastive_jax.losses.mixup import with_partner
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.text import TextTransformer
 from contrastive_jax.models.transformer import parse_dtype
@@ -143,17 +144,19 @@ class TwoTower(nnx.Module):
         z = pooled if self.img_head is None else self.img_head(pooled)
         return l2_normalize(z)
 
-    def encode_text(self, tokens: jax.Array) -> jax.Array:
-        """tokens [B, L] int (0 = pad) -> [B, D] unit-norm float32."""
+    def encode_text(self, tokens: jax.Array, mix: jax.Array | None = None) -> jax.Array:
+        """tokens [B, L] int (0 = pad) -> [B, D] unit-norm float32. `mix`: ZeroVL's text
+        mixup weight (losses/mixup.py), applied to the embeddings before normalisation."""
         z = self.txt(tokens)
         if self.txt_head is not None:
             z = self.txt_head(z)
-        return l2_normalize(z)
+        return l2_normalize(z if mix is None else with_partner(z, mix))
 
     def __call__(self, images: jax.Array, tokens: jax.Array,
-                 mask_noise: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                 mask_noise: jax.Array | None = None,
+                 text_mix: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Returns (zimg, ztxt), both [B, D] unit-norm float32."""
-        return self.encode_image(images, mask_noise), self.encode_text(tokens)
+        return self.encode_image(images, mask_noise), self.encode_text(tokens, text_mix)
 
     def temperature(self) -> jax.Array:
         """t = exp(t_log), a float32 scalar."""

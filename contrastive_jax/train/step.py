@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh
 
 from contrastive_jax.losses import LossFn, loss_from_config
+from contrastive_jax.losses import mixup as zerovl
 from contrastive_jax.models.siglip2 import update_teacher
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
@@ -37,6 +38,7 @@ def make_train_step(
     seed: int = 0,
     masked: bool = False,
     distill_from: int = 0,
+    mixup: tuple[float, float, float] | None = None,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
@@ -58,6 +60,8 @@ def make_train_step(
     of (image, text); `loss_fn` and t / b are not used then. A SigLIP 2 model adds its
     recipe's terms to the contrastive loss; its self-supervised terms run from step
     `distill_from`, and its EMA teacher (in `state.rest`) is updated after each step.
+    `mixup` = (probability, image_share, beta): ZeroVL's coin-flipping mixup
+    (losses/mixup.py), drawn from `seed` and the step.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
@@ -69,6 +73,9 @@ def make_train_step(
     if (captioning or siglip2) and (microbatches > 1 or cached_image_embeddings):
         raise ValueError(f"a {model_def.objective} model takes neither micro-batches nor "
                          "cached images")
+    if mixup is not None and (captioning or siglip2 or microbatches > 1 or labels_as_positives
+                              or cached_image_embeddings):
+        raise ValueError("mixup takes a two-tower contrastive step on images and pairs")
 
     def split_batch(x: jax.Array) -> jax.Array:
         return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
@@ -78,7 +85,8 @@ def make_train_step(
             return batch["image_embedding"], model.encode_text(batch["text"])
         return model(batch["image"], batch["text"], batch.get("mask_noise"))
 
-    def objective(model, batch: Batch, step: jax.Array) -> tuple[jax.Array, dict]:
+    def objective(model, batch: Batch, step: jax.Array,
+                  mix: jax.Array | None) -> tuple[jax.Array, dict]:
         if captioning:
             return model.caption_loss(batch["image"], batch["text"], batch["parallel"],
                                       batch.get("mask_noise"))
@@ -86,11 +94,19 @@ def make_train_step(
             zimg, ztxt, tokens = model.embed_with_tokens(batch["image"], batch["text"],
                                                          batch.get("mask_noise"))
             zimg, ztxt = split_batch(zimg), split_batch(ztxt)
+        elif mix is not None:  # (image alpha, text alpha, target alpha)
+            images = zerovl.with_partner(batch["image"], mix[0])
+            zimg, ztxt = map(split_batch, model(images, batch["text"], batch.get("mask_noise"),
+                                                text_mix=mix[1]))
         else:
             zimg, ztxt = map(split_batch, embed(model, batch))
         t, b = model.temperature(), model.bias()
         labels = batch["label"] if labels_as_positives else None
-        loss, aux = loss_fn(zimg, ztxt, t, b, labels)
+        if mix is None:
+            loss, aux = loss_fn(zimg, ztxt, t, b, labels)
+        else:
+            loss, aux = zerovl.mixed_loss(loss_fn, zimg, ztxt, t, b, mix[2])
+            aux = {**aux, "mixup_alpha": mix[2]}
         aux = {"t": t, "b": b, **aux}
         if siglip2:
             extra, extra_aux = model.recipe_losses(
@@ -108,12 +124,14 @@ def make_train_step(
             batch = {**batch, "parallel": parallel_draw(seed, state.step, size,
                                                         model_def.parallel_fraction)}
         batch = {k: split_batch(v) for k, v in batch.items()}
+        mix = None if mixup is None else zerovl.draw(
+            _step_key(seed, _MIXUP_STREAM, state.step), *mixup)
         trainable, locked = split_params(state.params, lock)
         constant = jax.lax.stop_gradient(locked)
 
         def loss_of(trainable_params):
             model = model_def.bind(merge_params(trainable_params, constant), state.rest)
-            return objective(model, batch, state.step)
+            return objective(model, batch, state.step, mix)
 
         if microbatches > 1:
             labels = batch["label"] if labels_as_positives else None
@@ -169,7 +187,7 @@ def parallel_draw(seed: int, step: jax.Array, batch_size: int, fraction: float) 
 
 
 # Keep the step's draws apart from each other and from the init key of the same seed.
-_FLIP_STREAM, _PARALLEL_STREAM, _VIEWS_STREAM = 0xF11F, 0xCA99A, 0x5E1F
+_FLIP_STREAM, _PARALLEL_STREAM, _VIEWS_STREAM, _MIXUP_STREAM = 0xF11F, 0xCA99A, 0x5E1F, 0x313C
 
 
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
@@ -189,12 +207,14 @@ def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
     `loss.*` (`loss.positives=labels` included), the model of `model`, the LiT locks of
     `train.locked`, `train.microbatches`, `train.embedding_cache`, FLIP's
     `model.image.mask_ratio` (`masked=False`: the unmasked step of `train.unmask_from`),
-    SigLIP 2's `model.teacher.start_fraction` of `train.steps`;
+    SigLIP 2's `model.teacher.start_fraction` of `train.steps`, ZeroVL's `train.mixup`;
     jitted for `mesh` with the state's `shardings`. `model_def`: the caller's ModelDef of
     `config.model`, if any."""
     mask = masked and config.model.image.get("mask_ratio", 0.0) > 0
     teacher = config.model.get("teacher")
     start = 0 if teacher is None else int(round(teacher.start_fraction * config.train.steps))
+    mix = config.train.mixup
+    mixup = (mix.probability, mix.image_share, mix.beta) if mix.enabled else None
     step = make_train_step(
         ModelDef(config.model) if model_def is None else model_def, tx,
         loss_from_config(config, mesh),
@@ -202,5 +222,5 @@ def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
         microbatches=config.train.microbatches, mesh=mesh,
         lock=lock_patterns(config.train.locked),
         cached_image_embeddings=config.train.embedding_cache.enabled,
-        seed=config.seed, masked=mask, distill_from=start)
+        seed=config.seed, masked=mask, distill_from=start, mixup=mixup)
     return jit_train_step(step, shardings, mesh)

@@ -4,7 +4,8 @@ counting pass (data/positions.py).
 
 A process's stream of examples does not depend on the batch size (data/stream.py), so
 "examples read" is all a resume needs to continue at the exact next unread example, even
-with another `train.batch_size` or CiT `oversample` than the run that saved it.
+with another `train.batch_size` or CiT `oversample` than the run that saved it (but for
+`data.debiased_sampling`, whose batches are whole draws from one source).
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ class StreamProgress:
         if not step:
             return cls()
         read = examples_read_at(meta, step, config)
+        if config.data.debiased_sampling and read != step * read_size(config):
+            # One source per batch: the sources' positions depend on the batch size.
+            raise CheckpointError(
+                f"checkpoint {step} read {read // step} examples per step, and "
+                f"data.debiased_sampling draws one source per batch of them: resume it with "
+                f"the same 'train.batch_size' (times CiT's oversample)")
         trained = int(meta.get("examples_seen", step * config.train.batch_size))
         return cls(read, trained, saved_positions(meta, read))
 
