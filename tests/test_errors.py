@@ -29,7 +29,7 @@ def train_argv(data_dir: str, workdir: str) -> list[str]:
 
 
 def raise_in_text_tower(error: Exception):
-    def encode_text(self, tokens):
+    def encode_text(self, tokens, mix=None):
         raise error
     return encode_text
 
@@ -57,7 +57,7 @@ def test_the_command_line_prints_a_bugs_traceback_with_exit_1(fake_data_dir, tmp
     env = {**os.environ, "XLA_FLAGS": CHEAP_COMPILE}
     program = ("import sys\n"
                "from contrastive_jax.models.two_tower import TwoTower\n"
-               "def encode_text(self, tokens):\n"
+               "def encode_text(self, tokens, mix=None):\n"
                f"    raise ValueError({BUG!r})\n"
                "TwoTower.encode_text = encode_text\n"
                "from contrastive_jax import cli\n"
