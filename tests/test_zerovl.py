@@ -65,13 +65,20 @@ def test_grouped_mixture_positions_match_the_choice_stream():
         assert list(tail.as_numpy_iterator()) == choices[position:].tolist()
 
 
-def test_debiased_resume_with_another_batch_size_is_refused():
-    config = tiny_config(data={"debiased_sampling": True}, train={"batch_size": 8})
-    meta = {"stream": {"examples_read": 10 * 16}, "examples_seen": 10 * 16}
+def test_debiased_resume_with_another_batch_size_or_sampling_is_refused():
+    two = ({"kind": "tfrecord", "pattern": "a"}, {"kind": "tfrecord", "pattern": "b"})
+    config = tiny_config(data={"debiased_sampling": True, "sources": two},
+                         train={"batch_size": 8})
+    meta = {"stream": {"examples_read": 10 * 16, "debiased_sampling": True},
+            "examples_seen": 10 * 16}
     with pytest.raises(CheckpointError, match=r"read 16 examples per step.*'train.batch_size'"):
         StreamProgress.resume(meta, 10, config)
     config.train.batch_size = 16
-    assert StreamProgress.resume(meta, 10, config).examples_read == 160
+    progress = StreamProgress.resume(meta, 10, config)
+    assert progress.examples_read == 160 and progress.checkpoint_state()["debiased_sampling"]
+    config.data.debiased_sampling = False  # switched at the resume: refused
+    with pytest.raises(CheckpointError, match=r"debiased_sampling=True.*'data.debiased_sampling'"):
+        StreamProgress.resume(meta, 10, config)
 
 
 def test_mixup_draws_are_per_step_and_follow_the_coin():

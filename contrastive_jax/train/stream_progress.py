@@ -69,8 +69,9 @@ class StreamProgress:
     out of each host batch, keeping their running maxima (both only grow along the stream)."""
 
     def __init__(self, examples_read: int = 0, examples_trained: int = 0,
-                 resume_positions: Sequence[int] | None = None):
+                 resume_positions: Sequence[int] | None = None, debiased: bool = False):
         self.examples_read = examples_read
+        self.debiased = debiased  # data.debiased_sampling, recorded with the position
         self.examples_trained = examples_trained
         self.counts: np.ndarray | None = None
         self.position = None if resume_positions is None else np.asarray(resume_positions,
@@ -80,17 +81,24 @@ class StreamProgress:
     def resume(cls, meta: dict[str, Any], step: int,
                config: ml_collections.ConfigDict) -> StreamProgress:
         """The progress of the checkpoint (`meta`, `step`) a run resumes from (0: fresh)."""
+        debiased = bool(config.data.debiased_sampling)
         if not step:
-            return cls()
+            return cls(debiased=debiased)
         read = examples_read_at(meta, step, config)
-        if config.data.debiased_sampling and read != step * read_size(config):
+        saved = (meta.get("stream") or {}).get("debiased_sampling", False)
+        if len(config.data.sources) > 1 and saved != debiased:
+            # Per-example and per-batch choices give other per-source positions.
+            raise CheckpointError(
+                f"checkpoint {step} was written with data.debiased_sampling={saved}: resume "
+                f"it with that 'data.debiased_sampling' (the mixture's positions follow it)")
+        if debiased and read != step * read_size(config):
             # One source per batch: the sources' positions depend on the batch size.
             raise CheckpointError(
                 f"checkpoint {step} read {read // step} examples per step, and "
                 f"data.debiased_sampling draws one source per batch of them: resume it with "
                 f"the same 'train.batch_size' (times CiT's oversample)")
         trained = int(meta.get("examples_seen", step * config.train.batch_size))
-        return cls(read, trained, saved_positions(meta, read))
+        return cls(read, trained, saved_positions(meta, read), debiased)
 
     def take(self, batch: dict[str, np.ndarray], read: int, trained: int
              ) -> dict[str, np.ndarray]:
@@ -114,7 +122,8 @@ class StreamProgress:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Examples read and every process's position (a collective), for the checkpoint."""
-        state: dict[str, Any] = {"examples_read": self.examples_read}
+        state: dict[str, Any] = {"examples_read": self.examples_read,
+                                 "debiased_sampling": self.debiased}
         if self.position is not None:
             state["positions"] = distributed.gathered_over_processes(self.position).tolist()
         return state
