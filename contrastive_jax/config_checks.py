@@ -41,6 +41,7 @@ def validate(config: ConfigDict) -> None:
     _validate_rendering(config)
     _validate_masking(config)
     _validate_captioning(config)
+    _validate_catlip(config)
     _validate_siglip2(config)
     _validate_mixup(config)
     if config.data.image_size != config.model.image.image_size:
@@ -93,6 +94,13 @@ def _validate_masking(config: ConfigDict) -> None:
                           "(there is no masking to end)")
 
 
+def _refuse(conflicts: dict[str, bool], what: str) -> None:
+    """The first key whose `conflicts` entry is true, as "does not apply to WHAT"."""
+    for key, conflict in conflicts.items():
+        if conflict:
+            raise ConfigError(f"config key {key!r} does not apply to {what}")
+
+
 def _validate_captioning(config: ConfigDict) -> None:
     """A captioner (CapPa) has a decoder and no text tower: what needs one is refused."""
     if config.model.name != "cappa":
@@ -109,13 +117,41 @@ def _validate_captioning(config: ConfigDict) -> None:
         "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
         "evals retrieval tasks": any(t["kind"] == "retrieval" for t in tasks_of(config)),
     }
-    for key, conflict in conflicts.items():
-        if conflict:
-            raise ConfigError(f"config key {key!r} does not apply to model 'cappa' (a captioner "
-                              "with no text tower; pad 0, sticky EOS, no GradCache)")
+    _refuse(conflicts, "model 'cappa' (a captioner with no text tower; pad 0, sticky EOS, "
+            "no GradCache)")
     if config.data.max_len > decoder.max_len:
         raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
                           f"'model.decoder.max_len' ({decoder.max_len})")
+
+
+def _validate_catlip(config: ConfigDict) -> None:
+    """CatLIP trains on synset ids and has no text tower: what needs one is refused."""
+    catlip, synsets = config.model.name == "catlip", config.data.synsets
+    if catlip != synsets.enabled:
+        raise ConfigError("config key 'data.synsets.enabled' must be True exactly when "
+                          f"'model.name' is 'catlip' (it is {synsets.enabled!r} for "
+                          f"{config.model.name!r})")
+    if not catlip:
+        return
+    if not isinstance(synsets.min_count, int) or synsets.min_count < 1:
+        raise ConfigError("config key 'data.synsets.min_count' must be a positive integer")
+    if not isinstance(synsets.max_size, int) or synsets.max_size < 0:
+        raise ConfigError("config key 'data.synsets.max_size' must be an integer >= 0")
+    from contrastive_jax.evaluate.task_schema import tasks_of
+
+    train = config.train
+    conflicts = {
+        "data.render.enabled": config.data.render.enabled,
+        "train.microbatches": train.microbatches > 1,
+        "train.embedding_cache.enabled": train.embedding_cache.enabled,
+        "train.cit.enabled": train.cit.enabled,
+        "train.mixup.enabled": train.mixup.enabled,
+        "loss.positives": config.loss.positives != "pairs",
+        "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
+        "evals retrieval tasks": any(t["kind"] == "retrieval" for t in tasks_of(config)),
+    }
+    _refuse(conflicts, "model 'catlip' (an image tower classifying synsets: no text tower, "
+            "no pairs)")
 
 
 def _validate_siglip2(config: ConfigDict) -> None:
@@ -131,10 +167,8 @@ def _validate_siglip2(config: ConfigDict) -> None:
     if model.locca.enabled:  # the caption loss skips id 0 and keeps a cut caption's EOS
         conflicts.update({"data.pad_id": config.data.pad_id != 0,
                           "data.eos": config.data.eos != "sticky"})
-    for key, conflict in conflicts.items():
-        if conflict:
-            raise ConfigError(f"config key {key!r} does not apply to model 'siglip2' (no "
-                              "GradCache or cached images; LocCa needs pad 0 and sticky EOS)")
+    _refuse(conflicts, "model 'siglip2' (no GradCache or cached images; LocCa needs pad 0 "
+            "and sticky EOS)")
     ranges = {
         "locca.parallel_fraction": (model.locca.parallel_fraction, 0.0, 1.0),
         "teacher.start_fraction": (teacher.start_fraction, 0.0, 1.0),

@@ -83,6 +83,21 @@ def tiny_cappa_config(**sections) -> ml_collections.ConfigDict:
     return _with_sections(config, sections)
 
 
+def tiny_catlip_config(num_synsets: int = 12, **sections) -> ml_collections.ConfigDict:
+    """A CatLIP (image tower + synset head) with `tiny_config`'s image tower."""
+    config = default_config()
+    use_model_schema(config, "catlip")
+    size = {"variant": None, "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
+    merge_into(config, {
+        "model": {"image": {**size, "patch_size": 7, "image_size": 28, "channels": 1},
+                  "head": {"num_synsets": num_synsets}},
+        **_TINY_RUN,
+        "data": {"max_len": 8, "synsets": {"enabled": True}},
+        "evals": {"embedding_stats": {"enabled": False}},
+    })
+    return _with_sections(config, sections)
+
+
 def tiny_siglip2_config(**sections) -> ml_collections.ConfigDict:
     """`tiny_config`'s towers as a SigLIP 2 model: a one-layer LocCa decoder, 2 local views
     of 14 px, a 32-prototype head, the self-supervised terms from step 4 of 10."""

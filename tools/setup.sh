@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up: the demo data (Debian's real Fashion-MNIST images), GNU Unifont (CLIPPO's
-# text rendering) and the package with its dependencies and test tools. Safe to run again.
+# text rendering), WordNet (CatLIP's synsets) and the package with its dependencies and test
+# tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +10,12 @@ apt_install_unless() {  # FILE PACKAGE: installs the apt PACKAGE when FILE is mi
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "$2"
+  $sudo apt-get install -y -qq --no-install-recommends "$2"
 }
 
 apt_install_unless /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz dataset-fashion-mnist
 # GNU Unifont glyphs: CLIPPO (configs/demo_clippo.py) renders captions with them.
 apt_install_unless /usr/share/unifont/unifont.hex unifont
-python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hf]"
+# WordNet 3.0's dictionary files: CatLIP (configs/demo_catlip.py) maps caption nouns to synsets.
+apt_install_unless /usr/share/wordnet/data.noun wordnet-base
+python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hf,catlip]"

@@ -28,7 +28,11 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
     batch = {"label": np.arange(batch_size, dtype=np.int32)}
     reader = config.model.get("text") or config.model.get("decoder")  # CapPa: the decoder's
-    if reader is not None:
+    if config.model.name == "catlip":  # up to 3 synsets per caption, 0-padded
+        ids = rng.integers(0, config.model.head.num_synsets + 1, (batch_size, config.data.max_len))
+        ids[:, 3:] = 0
+        batch["text"] = ids.astype(np.int32)
+    elif reader is not None:
         vocab, length = reader.vocab_size, config.data.max_len
         batch["text"] = rng.integers(3, vocab, (batch_size, length)).astype(np.int32)
     else:  # one tower (CLIPPO): the text is a rendered image of the image's shape

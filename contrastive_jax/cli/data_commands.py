@@ -1,4 +1,5 @@
-"""`contrastive-jax data ...`: tokenizer, demo data, TFRecord builds, scores, dedup."""
+"""`contrastive-jax data ...`: tokenizer, demo data, TFRecord builds, scores, dedup, synset
+vocabularies."""
 
 from __future__ import annotations
 
@@ -47,6 +48,18 @@ def _cmd_data_dedup(args: argparse.Namespace, extra: Sequence[str]) -> int:
                             split=args.split, eps=args.eps, clusters=args.clusters,
                             batch_size=args.batch_size, step=args.step,
                             overrides=split_overrides(extra)))
+    return 0
+
+def _cmd_data_synsets(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.config import load_config
+    from contrastive_jax.data.text_encoder import synset_vocabulary
+
+    config = load_config(args.config, split_overrides(extra))
+    vocab = synset_vocabulary(config.data, args.limit)
+    vocab.save(args.out)
+    top = dict(zip(vocab.synsets[:10], vocab.counts[:10], strict=True))
+    print_json({"synsets": args.out, "size": len(vocab.synsets), "hash": vocab.hash,
+                **vocab.summary, "top": top})
     return 0
 
 
@@ -101,3 +114,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--batch-size", type=int, default=512)
     p.set_defaults(run=_cmd_data_dedup)
+
+    p = data.add_parser("synsets", help="CatLIP: count the WordNet synsets the training "
+                        "captions name and write the vocabulary",
+                        epilog="Set data.synsets.min_count / max_size (and other data) with "
+                               "--config.data.KEY=VALUE overrides.")
+    p.add_argument("--config", required=True, help="configs/NAME.py: its training data")
+    p.add_argument("--out", required=True, help="vocabulary file (.json)")
+    p.add_argument("--limit", type=int, default=1_000_000,
+                   help="captions read per source (default 1,000,000)")
+    p.set_defaults(run=_cmd_data_synsets)

@@ -60,6 +60,11 @@ def default_data_config() -> ml_collections.ConfigDict:
             },
             "filters": default_filters_config(),  # see contrastive_jax/filters
             "render": default_render_config(),  # CLIPPO: captions rendered as images
+            # CatLIP: captions become the ids of their nouns' WordNet synsets
+            # (data/synsets.py). path None -> built from the training captions into the
+            # workdir; hash "" -> any vocabulary, else it must be this one.
+            "synsets": {"enabled": False, "path": None, "hash": "", "min_count": 500,
+                        "max_size": 0},
         }
     )
 

@@ -1,5 +1,7 @@
 """What turns a run's captions into model inputs: its sentencepiece tokenizer (trained on
-the training captions when the config names none) or, for CLIPPO, the text renderer."""
+the training captions when the config names none), for CLIPPO the text renderer, or for
+CatLIP the synset labeller (its vocabulary built from the training captions when the
+config names none)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,18 @@ import ml_collections
 
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import source_captions
+from contrastive_jax.data.synsets import (
+    SynsetLabeller,
+    SynsetVocabulary,
+    build_vocabulary,
+    check_hash,
+)
 from contrastive_jax.data.text_conventions import TextConventions, for_model
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
 
 TOKENIZER_CAPTIONS = 1_000_000  # per source; plenty for a sentencepiece model
+SYNSETS_FILE = "synsets.json"
+TextEncoder = Tokenizer | TextRenderer | SynsetLabeller
 
 
 def training_captions(data_config: ml_collections.ConfigDict) -> Iterator[str]:
@@ -27,8 +37,33 @@ def text_renderer(data_config: ml_collections.ConfigDict) -> TextRenderer:
                         value_range=data_config.value_range, lowercase=data_config.lowercase)
 
 
-def ensure_tokenizer(data_config: ml_collections.ConfigDict,
-                     workdir: str) -> Tokenizer | TextRenderer:
+def synset_vocabulary(data_config: ml_collections.ConfigDict, limit: int) -> SynsetVocabulary:
+    """The vocabulary of the first `limit` captions of each training source (CatLIP)."""
+    from contrastive_jax.data.nouns import NounSynsets
+
+    cfg = data_config.synsets
+    return build_vocabulary(source_captions(data_config, limit), NounSynsets(),
+                               min_count=cfg.min_count, max_size=cfg.max_size)
+
+
+def ensure_synset_labeller(data_config: ml_collections.ConfigDict,
+                           workdir: str) -> SynsetLabeller:
+    """The run's synset labeller: `workdir/synsets.json`, copied there from
+    `data.synsets.path` or built from the training captions on a fresh start, so a resumed
+    run labels exactly as before; checked against `data.synsets.hash`."""
+    path = os.path.join(workdir, SYNSETS_FILE)
+    if not os.path.exists(path):
+        given = data_config.synsets.path
+        vocab = (SynsetVocabulary.load(given) if given
+                 else synset_vocabulary(data_config, TOKENIZER_CAPTIONS))
+        check_hash(vocab, data_config.synsets.hash, given or "built from the captions")
+        vocab.save(path)
+    vocab = SynsetVocabulary.load(path)
+    check_hash(vocab, data_config.synsets.hash, path)
+    return SynsetLabeller(vocab)
+
+
+def ensure_tokenizer(data_config: ml_collections.ConfigDict, workdir: str) -> TextEncoder:
     """The configured tokenizer; without a path, one trained on the training captions.
 
     The trained model is saved as `workdir/tokenizer.model` and reused when present, so a
@@ -37,6 +72,8 @@ def ensure_tokenizer(data_config: ml_collections.ConfigDict,
     """
     if data_config.render.enabled:
         return text_renderer(data_config)
+    if data_config.synsets.enabled:
+        return ensure_synset_labeller(data_config, workdir)
     conventions = TextConventions.from_config(data_config)  # pad id, EOS rule, lowercasing
     if data_config.tokenizer.path:
         return Tokenizer(data_config.tokenizer.path, conventions)
@@ -48,12 +85,13 @@ def ensure_tokenizer(data_config: ml_collections.ConfigDict,
     return Tokenizer(path, conventions)
 
 
-def workdir_tokenizer(config: ml_collections.ConfigDict,
-                      workdir: str) -> Tokenizer | TextRenderer:
+def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> TextEncoder:
     """What turned a run's captions into model input: its sentencepiece model under the
     run's text conventions (pad id, EOS rule, lowercasing, max_len; a workdir from before
     they were recorded gets pad 0 and sticky EOS), or the text renderer (CLIPPO: prompts
     are rendered, nothing to load)."""
     if config.data.render.enabled:
         return text_renderer(config.data)
+    if config.data.synsets.get("enabled", False):
+        return SynsetLabeller(SynsetVocabulary.load(os.path.join(workdir, SYNSETS_FILE)))
     return Tokenizer(os.path.join(workdir, "tokenizer.model"), for_model(config))

@@ -1,5 +1,6 @@
 """Zero-shot classification: prompt-ensemble class embeddings against image embeddings, or,
-for a captioner (CapPa), each class's prompt log-likelihood given the image."""
+for a captioner (CapPa), each class's prompt log-likelihood given the image, or, for a
+synset classifier (CatLIP), the mean logit of each class name's synsets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax.data.nouns import wordnet_synset
 from contrastive_jax.evaluate.embed import encode_texts, num_batch_shards, pad_rows
 from contrastive_jax.evaluate.prompts import fill
 from contrastive_jax.parallel.mesh import process_rows, replicated, to_global
@@ -36,6 +38,8 @@ def classifier_of(model_def: ModelDef, state: TrainState, tokenizer,
         prompts = [fill(template, name) for name in class_names for template in templates]
         tokens = trim_pad_columns(tokenizer.encode_batch(prompts, max_len))
         return tokens.reshape(len(class_names), len(templates), -1)
+    if model_def.objective == "classification":  # CatLIP: class names, no prompts
+        return tokenizer.class_rows(class_names, wordnet_synset)
     return class_embeddings(model_def, state, tokenizer, class_names, templates, max_len,
                             mesh)
 
@@ -51,12 +55,14 @@ def trim_pad_columns(tokens: np.ndarray) -> np.ndarray:
 def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
     """Jitted: (params, rest, classifier, batch) -> per-class top-1/top-5 hits, per-class
     counts and the [true, predicted] confusion counts of the batch."""
-    scoring = model_def.objective == "captioning"
+    objective = model_def.objective
 
     def counts(params, rest, classifier, images, labels, mask):
         model = model_def.bind(params, rest)
-        if scoring:  # log-likelihoods of the prompts, averaged over templates
+        if objective == "captioning":  # log-likelihoods of the prompts, averaged over templates
             logits = model.class_log_likelihoods(images, classifier)
+        elif objective == "classification":  # mean logit of each class's synsets
+            logits = model.class_scores(images, classifier)
         else:
             logits = model.encode_image(images) @ classifier.T
         top5 = jax.lax.top_k(logits, min(5, classifier.shape[0]))[1]

@@ -48,7 +48,8 @@ def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = No
         raise UserError(f"export supports two_tower models (and siglip2, as its two towers) "
                         f"only; {workdir} holds a {name!r} "
                         f"model (one_tower reads rendered captions, cappa has a decoder and "
-                        f"no text tower: no export format has them)")
+                        f"catlip a synset head instead of a text tower: no export format "
+                        f"has them)")
     config, params, step = restore_params(workdir, step)
     if name == "siglip2":  # its decoder and teacher are training-only: the towers go out
         config.model, params = towers_only(config.model, params)

@@ -13,7 +13,7 @@ import ml_collections
 from flax import nnx
 
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.models import cappa, one_tower, siglip2, two_tower
+from contrastive_jax.models import cappa, catlip, one_tower, siglip2, two_tower
 from contrastive_jax.registry import Registry
 
 Builder = Callable[..., nnx.Module]  # builder(config, *, rngs) -> nnx.Module
@@ -29,6 +29,7 @@ MODELS: Registry[ModelEntry] = Registry("model", {
     "one_tower": ModelEntry(one_tower.OneTower, one_tower.default_config),
     "cappa": ModelEntry(cappa.CapPa, cappa.default_config),
     "siglip2": ModelEntry(siglip2.SigLIP2, siglip2.default_config),
+    "catlip": ModelEntry(catlip.CatLIP, catlip.default_config),
 }, config_key="model.name")
 
 

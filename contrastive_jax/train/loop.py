@@ -74,6 +74,12 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def check_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer | TextRenderer) -> None:
+    if config.model.name == "catlip":  # the head's rows are the vocabulary's synsets
+        if tokenizer.vocab_size != config.model.head.num_synsets:
+            raise ConfigError(f"config key 'model.head.num_synsets' is "
+                              f"{config.model.head.num_synsets} but the synset vocabulary "
+                              f"has {tokenizer.vocab_size} synsets")
+        return
     group = next((g for g in ("text", "decoder") if g in config.model), None)
     if group is None:  # one tower: rendered captions, no vocabulary
         return

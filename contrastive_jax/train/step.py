@@ -57,7 +57,8 @@ def make_train_step(
     resumed run draws exactly as an unbroken one.
 
     A captioning model (`model_def.objective`, e.g. CapPa) trains on its own caption loss
-    of (image, text); `loss_fn` and t / b are not used then. A SigLIP 2 model adds its
+    of (image, text), a classifying one (CatLIP) on its synset loss of (image, synset ids
+    in "text"); `loss_fn` and t / b are not used then. A SigLIP 2 model adds its
     recipe's terms to the contrastive loss; its self-supervised terms run from step
     `distill_from`, and its EMA teacher (in `state.rest`) is updated after each step.
     `mixup` = (probability, image_share, beta): ZeroVL's coin-flipping mixup
@@ -70,11 +71,12 @@ def make_train_step(
     lock = tuple(lock)
     captioning = model_def.objective == "captioning"
     siglip2 = model_def.objective == "siglip2"
-    if (captioning or siglip2) and (microbatches > 1 or cached_image_embeddings):
+    classifying = model_def.objective == "classification"  # CatLIP: "text" = synset ids
+    if (captioning or siglip2 or classifying) and (microbatches > 1 or cached_image_embeddings):
         raise ValueError(f"a {model_def.objective} model takes neither micro-batches nor "
                          "cached images")
-    if mixup is not None and (captioning or siglip2 or microbatches > 1 or labels_as_positives
-                              or cached_image_embeddings):
+    if mixup is not None and (captioning or siglip2 or classifying or microbatches > 1
+                              or labels_as_positives or cached_image_embeddings):
         raise ValueError("mixup takes a two-tower contrastive step on images and pairs")
 
     def split_batch(x: jax.Array) -> jax.Array:
@@ -90,6 +92,9 @@ def make_train_step(
         if captioning:
             return model.caption_loss(batch["image"], batch["text"], batch["parallel"],
                                       batch.get("mask_noise"))
+        if classifying:
+            return model.classification_loss(batch["image"], batch["text"],
+                                             batch.get("mask_noise"))
         if siglip2:
             zimg, ztxt, tokens = model.embed_with_tokens(batch["image"], batch["text"],
                                                          batch.get("mask_noise"))
