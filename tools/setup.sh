@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up: the demo data (Debian's real Fashion-MNIST images), GNU Unifont (CLIPPO's
-# text rendering), WordNet (CatLIP's synsets) and the package with its dependencies and test
-# tools. Safe to run again.
+# text rendering), WordNet (CatLIP's synsets), Tesseract (the CAT filter's OCR) and the
+# package with its dependencies and test tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +18,7 @@ apt_install_unless /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz 
 apt_install_unless /usr/share/unifont/unifont.hex unifont
 # WordNet 3.0's dictionary files: CatLIP (configs/demo_catlip.py) maps caption nouns to synsets.
 apt_install_unless /usr/share/wordnet/data.noun wordnet-base
+# Tesseract OCR and its English model: the CAT filter's text-spotting (filters/cat.py).
+apt_install_unless /usr/bin/tesseract tesseract-ocr
+apt_install_unless /usr/share/tesseract-ocr/5/tessdata/eng.traineddata tesseract-ocr-eng
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hf,catlip]"

@@ -63,6 +63,20 @@ def _cmd_data_synsets(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def _cmd_data_cat(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from contrastive_jax.config import apply_overrides, default_config, load_config
+    from contrastive_jax.filters.cat import cat_file
+
+    if args.config:
+        config = load_config(args.config, split_overrides(extra))
+    else:
+        config = default_config()
+        apply_overrides(config, split_overrides(extra))
+    for row in cat_file(args.input, config.data.filters.cat):
+        print_json(row)
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The data subcommands."""
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command",
@@ -124,3 +138,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=1_000_000,
                    help="captions read per source (default 1,000,000)")
     p.set_defaults(run=_cmd_data_synsets)
+
+    p = data.add_parser("cat", help="DiHT's CAT filter on a JSONL file of captions (and "
+                        "images): complexity, action, text-spotting, keep",
+                        epilog="Thresholds: --config.data.filters.cat.KEY=VALUE overrides.")
+    p.add_argument("--input", required=True,
+                   help='.jsonl, one {"caption": ..., "image": optional path} per line')
+    p.add_argument("--config", default=None,
+                   help="configs/NAME.py whose data.filters.cat applies (default: defaults)")
+    p.set_defaults(run=_cmd_data_cat)

@@ -12,7 +12,7 @@ import ml_collections
 from contrastive_jax.data.unifont import DEFAULT_FONT_PATH, GLYPH_SIZE
 from contrastive_jax.errors import ConfigError
 
-FILTER_NAMES = ("basic", "dedup", "score", "metaclip")  # data.filters
+FILTER_NAMES = ("basic", "dedup", "score", "metaclip", "cat")  # data.filters
 KEEP_MODES = ("topk", "threshold")  # train.cit.keep
 
 
@@ -92,6 +92,10 @@ def default_filters_config() -> ml_collections.ConfigDict:
             "counts_path": "",  # entry-count json, written by the first run; "" -> recount
             "lowercase": False,
         },
+        # DiHT's Complexity, Action, Text-spotting filter (filters/cat.py): the paper's C1,
+        # action required, OCR'd words of >= 3 characters matched against the caption.
+        "cat": {"enabled": False, "min_complexity": 1, "require_action": True,
+                "text_spotting": True, "min_text_chars": 3},
     })
 
 
@@ -130,6 +134,11 @@ def check_filters_config(cfg: ml_collections.ConfigDict) -> None:
                           "and 'top_fraction'")
     if cfg.metaclip.enabled and cfg.metaclip.t <= 0:
         raise ConfigError("config key 'data.filters.metaclip.t' must be positive")
+    for key in ("min_complexity", "min_text_chars"):
+        value = cfg.cat[key]
+        if cfg.cat.enabled and (not isinstance(value, int) or isinstance(value, bool)
+                                or value < 0):
+            raise ConfigError(f"config key 'data.filters.cat.{key}' must be an integer >= 0")
 
 
 def default_render_config() -> ml_collections.ConfigDict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -17,7 +18,7 @@ import tensorflow as tf
 
 from contrastive_jax.data.schema import FILTER_NAMES, filter_order
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.filters import metaclip, uid_tables
+from contrastive_jax.filters import cat, metaclip, uid_tables
 from contrastive_jax.filters.basic import basic_predicate
 from contrastive_jax.filters.counters import FilterCounters, Predicate
 
@@ -66,6 +67,18 @@ def _predicate(name: str, cfg, pool: tf.data.Dataset, dataset, data_dir) -> Pred
     return _metaclip(cfg, pool, dataset, data_dir)
 
 
+def _cat_code(cfg) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
+    """Example -> int32 CAT reason code (0: kept), decided on the host."""
+    decide = cat.CatFilter(cfg)
+
+    def code(ex: dict[str, tf.Tensor]) -> tf.Tensor:
+        uid = ex.get("uid", tf.constant(b""))
+        return tf.numpy_function(decide.reason_code, [ex["caption"], ex["image"], uid],
+                                 tf.int32, stateful=False)
+
+    return code
+
+
 def apply_filters(
     ds: tf.data.Dataset,
     filters_cfg: ml_collections.ConfigDict | None,
@@ -89,6 +102,12 @@ def apply_filters(
     for name in filter_order(filters_cfg):
         cfg = filters_cfg[name]
         if not cfg.enabled:
+            continue
+        if name == "cat":  # counted per reason too
+            code = _cat_code(cfg)
+            uncounted = uncounted.filter(lambda ex, code=code: tf.equal(code(ex), 0))
+            ds = ds.filter(counters.counted_reasons(name, cat.REASONS, code) if counters
+                           else lambda ex, code=code: tf.equal(code(ex), 0))
             continue
         predicate = _predicate(name, cfg, uncounted, dataset, data_dir)
         uncounted = uncounted.filter(predicate)

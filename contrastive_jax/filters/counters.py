@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -19,6 +19,7 @@ class FilterCounters:
 
     def __init__(self):
         self._vars: dict[str, tuple[tf.Variable, tf.Variable]] = {}
+        self._reasons: dict[str, dict[str, tf.Variable]] = {}
 
     def pair(self, name: str) -> tuple[tf.Variable, tf.Variable]:
         if name not in self._vars:
@@ -43,10 +44,30 @@ class FilterCounters:
 
         return wrapped
 
+    def counted_reasons(self, name: str, reasons: Sequence[str],
+                        reason_code: Callable[[dict[str, tf.Tensor]], tf.Tensor]) -> Predicate:
+        """Keeps examples whose `reason_code` is 0, counting kept / dropped and each drop
+        under its reason (code k: `reasons[k - 1]`)."""
+        with tf.init_scope():
+            by_reason = self._reasons.setdefault(name, {
+                r: tf.Variable(0, dtype=tf.int64, trainable=False) for r in reasons})
+
+        def code_is_zero(ex: dict[str, tf.Tensor]) -> tf.Tensor:
+            code = tf.reshape(tf.cast(reason_code(ex), tf.int64), [])
+            updates = [v.assign_add(tf.cast(tf.equal(code, k + 1), tf.int64))
+                       for k, v in enumerate(by_reason.values())]
+            with tf.control_dependencies(updates):
+                return tf.equal(code, 0)
+
+        return self.counted(name, code_is_zero)
+
     def as_dict(self) -> dict[str, int]:
-        """{"filters/<name>/kept": n, "filters/<name>/dropped": m} for every filter."""
+        """{"filters/<name>/kept": n, "filters/<name>/dropped": m} for every filter, and
+        "filters/<name>/dropped/<reason>" for filters that give reasons."""
         out = {}
         for name, (kept, dropped) in self._vars.items():
             out[f"filters/{name}/kept"] = int(kept.numpy())
             out[f"filters/{name}/dropped"] = int(dropped.numpy())
+            for reason, count in self._reasons.get(name, {}).items():
+                out[f"filters/{name}/dropped/{reason}"] = int(count.numpy())
         return out

@@ -1,0 +1,140 @@
+"""DiHT's CAT filter: complexity and action of unambiguous captions against hand labels,
+text-spotting on images rendered with and without the caption's words, parse failures,
+the pipeline's per-reason counters and `data cat`."""
+
+import json
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from contrastive_jax.config import ConfigError
+from contrastive_jax.data.schema import check_filters_config, default_filters_config
+from contrastive_jax.errors import DataError
+from contrastive_jax.filters import cat
+
+
+def _cfg(**kw) -> ml_collections.ConfigDict:
+    cfg = default_filters_config().cat
+    cfg.update(enabled=True, **kw)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def decide():
+    return cat.CatFilter(_cfg())
+
+
+# (caption, complexity, action): the most attribute + relation edges at one object.
+HAND_LABELLED = [
+    ("a dress.", 0, False),
+    ("a red dress.", 1, False),  # one attribute
+    ("the dress is red.", 1, False),  # a copula's complement is an attribute too
+    ("a photo of a dog.", 1, False),  # one relation (of), no verb
+    ("a black and white picture of a dress.", 3, False),  # 2 attributes + 1 relation
+    ("two cats sleep on a sofa.", 2, True),  # "two" + (cats, sleep on, sofa)
+    ("a man rides a red bicycle.", 2, True),  # bicycle: "red" + (man, rides, bicycle)
+    ("a woman is walking.", 0, True),  # an action without a second object
+    ("a centered photo of a dog.", 2, False),  # a participle as an adjective: no action
+]
+
+
+@pytest.mark.parametrize("caption, complexity, action", HAND_LABELLED)
+def test_complexity_and_action_agree_with_hand_labels(decide, caption, complexity, action):
+    result = decide(caption)
+    assert (result.complexity, result.action) == (complexity, action)
+    expected = None if complexity >= 1 and action else ("complexity" if complexity < 1
+                                                        else "action")
+    assert result.reason == expected and result.keep == (expected is None)
+
+
+@pytest.mark.parametrize("caption", ["", "   ", "...", b"\xff\xfe"])
+def test_a_caption_without_words_is_a_parse_failure(decide, caption):
+    result = decide(caption)
+    assert result.reason == "parse_failure" and not result.keep
+
+
+def _image(text: str | None, size: int = 224) -> np.ndarray:
+    img = Image.new("RGB", (size, size), "white" if text else (120, 140, 160))
+    if text:
+        ImageDraw.Draw(img).text((10, size // 2 - 16), text, fill="black",
+                                 font=ImageFont.load_default(size=28))
+    return np.asarray(img)
+
+
+CAPTION = "a man rides a red bicycle in the park."
+
+
+def test_text_spotting_drops_images_that_show_the_captions_words(decide):
+    assert decide(CAPTION, _image("RED BICYCLE")).reason == "text_spotted"
+    plain = decide(CAPTION, _image(None))
+    assert plain.keep and plain.text_spotted is False
+    other = decide(CAPTION, _image("OPEN 24 HOURS"))  # text, but not the caption's
+    assert other.keep and other.text_spotted is False
+    assert cat.CatFilter(_cfg(text_spotting=False))(CAPTION, _image("RED BICYCLE")).keep
+
+
+def test_a_missing_tesseract_is_one_line_with_the_install(decide, monkeypatch):
+    monkeypatch.setattr(cat.shutil, "which", lambda name: None)
+    with pytest.raises(DataError, match="apt-get install tesseract-ocr") as e:
+        decide(CAPTION, _image(None))
+    assert "\n" not in str(e.value)
+
+
+def test_the_pipeline_counts_each_reason_and_reads_an_image_once(decide, monkeypatch):
+    import tensorflow as tf
+
+    from contrastive_jax.filters import FilterCounters, apply_filters
+
+    read, ocr_words = [], cat.ocr_words
+    monkeypatch.setattr(cat, "ocr_words", lambda image, n: read.append(1) or ocr_words(image, n))
+
+    rows = [(CAPTION, _image("RED BICYCLE")), (CAPTION, _image(None)), ("a dress.", _image(None)),
+            ("a photo of a dog.", _image(None)), ("", _image(None)),
+            ("two cats sleep on a sofa.", _image(None))]
+    expected = [decide(c, i) for c, i in rows]
+    ds = tf.data.Dataset.from_tensor_slices({
+        "caption": [c for c, _ in rows], "image": np.stack([i for _, i in rows]),
+        "uid": [str(k) for k in range(len(rows))], "label": np.zeros(len(rows), np.int32)})
+    filters = default_filters_config()
+    filters.cat.enabled = True
+    counters = FilterCounters()
+    read.clear()
+    epochs = apply_filters(ds.repeat(2), filters, counters=counters)  # two epochs
+    kept = [ex["uid"].numpy().decode() for ex in epochs]
+    assert kept == [str(k) for k, r in enumerate(expected) if r.keep] * 2 == ["1", "5"] * 2
+    counts = counters.as_dict()
+    assert counts["filters/cat/kept"] == 4 and counts["filters/cat/dropped"] == 8
+    assert {r: counts[f"filters/cat/dropped/{r}"] for r in cat.REASONS} == {
+        "parse_failure": 2, "complexity": 2, "action": 2, "text_spotted": 2}
+    assert len(read) == 3  # the three pairs that reach OCR, once each: decided by uid
+
+
+def test_data_cat_prints_a_line_per_input_and_a_summary(tmp_path, capsys):
+    from contrastive_jax import cli
+
+    Image.fromarray(_image("RED BICYCLE")).save(tmp_path / "sign.png")
+    rows = [{"caption": CAPTION, "image": "sign.png"}, {"caption": CAPTION},
+            {"caption": "a dress."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli.main(["data", "cat", "--input", str(path)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["keep"] for o in out[:3]] == [False, True, False]
+    assert out[0]["text_spotted"] is True and out[1]["text_spotted"] is None
+    assert out[2] == {"line": 3, "complexity": 0, "action": False, "text_spotted": None,
+                      "keep": False, "reason": "complexity"}
+    assert out[3]["summary"] == {"lines": 3, "kept": 1, "dropped": 2,
+                                 "dropped/parse_failure": 0, "dropped/complexity": 1,
+                                 "dropped/action": 0, "dropped/text_spotted": 1}
+    path.write_text('{"caption": "a dog", "image": "missing.png"}\n')
+    assert cli.main(["data", "cat", "--input", str(path)]) == 2
+    assert "missing.png is not readable" in capsys.readouterr().err
+
+
+def test_bad_thresholds_are_one_line_errors():
+    filters = default_filters_config()
+    filters.cat.update(enabled=True, min_complexity=-1)
+    with pytest.raises(ConfigError, match=r"data\.filters\.cat\.min_complexity"):
+        check_filters_config(filters)
