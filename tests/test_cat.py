@@ -138,3 +138,20 @@ def test_bad_thresholds_are_one_line_errors():
     filters.cat.update(enabled=True, min_complexity=-1)
     with pytest.raises(ConfigError, match=r"data\.filters\.cat\.min_complexity"):
         check_filters_config(filters)
+
+
+def test_data_cat_writes_the_keep_list_of_a_configs_training_data(fake_data_dir, tmp_path,
+                                                                   capsys):
+    from contrastive_jax import cli
+
+    out = tmp_path / "cat_keep.txt"
+    argv = ["data", "cat", "--config", "configs/demo_siglip.py", "--keep-list", str(out),
+            f"--config.data.data_dir={fake_data_dir}"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    kept = out.read_text().split()
+    assert summary["kept"] == len(kept) > 0 and len(set(kept)) == len(kept)
+    assert summary["examples"] == summary["kept"] + sum(
+        summary[f"dropped/{r}"] for r in cat.REASONS) and summary["dropped/action"] > 0
+    with pytest.raises(SystemExit, match="needs --config"):  # the data is the config's
+        cli.main(["data", "cat", "--keep-list", str(out)])

@@ -222,3 +222,37 @@ def test_a_run_builds_its_vocabulary_once_and_the_stream_carries_synset_ids(
     ids = batch["text"].numpy()
     assert ids.shape == (16, 8) and ids.dtype == np.int32
     assert 0 <= ids.min() and ids.max() <= labeller.vocab_size and (ids[:, 0] > 0).all()
+
+
+def test_a_catlip_run_trains_evaluates_and_its_workdir_evaluates_the_same(
+        fake_data_dir, tmp_path):
+    from contrastive_jax.data.text_encoder import ensure_tokenizer
+    from contrastive_jax.evaluate.model_eval import evaluate_model
+    from contrastive_jax.train import loop
+
+    config = tiny_catlip_config(
+        num_synsets=0,  # set from the vocabulary below
+        data={"data_dir": fake_data_dir, "shuffle_buffer": 64,
+              "synsets": {"enabled": True, "min_count": 1}},
+        train={"steps": 4, "checkpoint_every": 4},
+        evals={"zeroshot": {"batch_size": 64}})
+    workdir = str(tmp_path / "run")  # not there yet: the vocabulary's save makes it
+    config.model.head.num_synsets = ensure_tokenizer(config.data, workdir).vocab_size
+    final = loop.train(config, workdir)
+    assert 0.0 <= final["zeroshot/fashion_mnist/top1"] <= 1.0 and "train/t" not in final
+    again = evaluate_model(workdir)
+    assert again["zeroshot/fashion_mnist/top1"] == final["zeroshot/fashion_mnist/top1"]
+
+
+def test_data_synsets_writes_the_vocabulary_of_a_configs_training_data(
+        fake_data_dir, tmp_path, capsys):
+    from contrastive_jax import cli
+
+    out = tmp_path / "synsets.json"
+    assert cli.main(["data", "synsets", "--config", "configs/demo_catlip.py", "--out", str(out),
+                     f"--config.data.data_dir={fake_data_dir}",
+                     "--config.data.synsets.min_count=1"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    vocab = SynsetVocabulary.load(str(out))
+    assert printed["size"] == len(vocab.synsets) > 5 and printed["hash"] == vocab.hash
+    assert printed["min_count"] == 1 and sum(vocab.counts) >= printed["captions"] > 0

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     takes_overrides = args.command in ("train", "eval", "embed", "bench") or (
-        args.command == "data" and args.data_command in ("score", "dedup"))
+        args.command == "data" and args.data_command in ("score", "dedup", "synsets", "cat"))
     if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

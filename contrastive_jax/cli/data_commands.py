@@ -67,6 +67,17 @@ def _cmd_data_cat(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.config import apply_overrides, default_config, load_config
     from contrastive_jax.filters.cat import cat_file
 
+    if (args.input is None) == (args.keep_list is None):
+        raise SystemExit("error: data cat takes --input FILE.jsonl, or --config with "
+                         "--keep-list OUT")
+    if args.keep_list:
+        from contrastive_jax.filters.offline import cat_split
+
+        if not args.config:
+            raise SystemExit("error: data cat --keep-list needs --config (the data to read)")
+        print_json(cat_split(args.keep_list, args.config, split=args.split,
+                             overrides=split_overrides(extra)))
+        return 0
     if args.config:
         config = load_config(args.config, split_overrides(extra))
     else:
@@ -142,8 +153,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("cat", help="DiHT's CAT filter on a JSONL file of captions (and "
                         "images): complexity, action, text-spotting, keep",
                         epilog="Thresholds: --config.data.filters.cat.KEY=VALUE overrides.")
-    p.add_argument("--input", required=True,
+    p.add_argument("--input", default=None,
                    help='.jsonl, one {"caption": ..., "image": optional path} per line')
     p.add_argument("--config", default=None,
-                   help="configs/NAME.py whose data.filters.cat applies (default: defaults)")
+                   help="configs/NAME.py whose data.filters.cat applies (default: defaults); "
+                        "with --keep-list, also the training data to read")
+    p.add_argument("--keep-list", default=None,
+                   help="write the uids CAT keeps of the config's split (for "
+                        "data.filters.dedup.keep_lists)")
+    p.add_argument("--split", default=None, help="default: the config's data.train_split")
     p.set_defaults(run=_cmd_data_cat)

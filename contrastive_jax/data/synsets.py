@@ -48,6 +48,7 @@ class SynsetVocabulary:
                 "synsets": [{"name": n, "count": c} for n, c in zip(self.synsets, self.counts,
                                                                    strict=True)],
                 "forms": dict(sorted(self.forms.items()))}
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)

@@ -1,8 +1,10 @@
 """Offline passes over a split: `data score` (image-caption cosine per uid under a
-checkpoint) and `data dedup` (keep-lists from exact or semantic deduplication)."""
+checkpoint), `data dedup` (keep-lists from exact or semantic deduplication) and `data cat
+--config` (a keep-list of the pairs DiHT's CAT filter keeps)."""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +13,7 @@ from contrastive_jax.config import load_config
 from contrastive_jax.data.text_encoder import workdir_tokenizer
 from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
+from contrastive_jax.filters.cat import REASONS, CatFilter
 from contrastive_jax.filters.corpus import split_batches
 from contrastive_jax.filters.dedup import exact_keep, semdedup_keep
 from contrastive_jax.filters.uid_tables import write_keep_list, write_scores
@@ -78,3 +81,26 @@ def dedup_split(mode: str, out: str, *, workdir: str | None = None, config: str 
         raise ConfigError(f"unknown dedup mode {mode!r} (exact or semantic)")
     write_keep_list(out, keep)
     return {"keep_list": out, "mode": mode, "examples": len(uids), "kept": len(keep)}
+
+
+def cat_split(out: str, config: str, *, split: str | None = None, batch_size: int = 512,
+              overrides: Sequence[str] = ()) -> dict[str, object]:
+    """Runs CAT (`data.filters.cat` of `config`) over a split's pairs once, writes the uids
+    it keeps to `out` (a keep-list for `data.filters.dedup`: training then filters by a
+    table lookup, and OCR never runs in the input pipeline) and returns the counts."""
+    import tensorflow as tf
+
+    cfg = load_config(config, overrides).data
+    decide = CatFilter(cfg.filters.cat)
+    kept, dropped = [], collections.Counter()
+    for batch in split_batches(cfg, split or cfg.train_split, batch_size):
+        for uid, caption, pixels in zip(batch["uid"], batch["caption"], batch["pixels"],
+                                        strict=True):
+            result = decide(caption, tf.io.parse_tensor(pixels, tf.uint8).numpy())
+            if result.keep:
+                kept.append(uid.decode("utf-8"))
+            else:
+                dropped[result.reason] += 1
+    write_keep_list(out, kept)
+    return {"keep_list": out, "examples": len(kept) + sum(dropped.values()), "kept": len(kept),
+            **{f"dropped/{reason}": dropped[reason] for reason in REASONS}}
