@@ -52,17 +52,22 @@ def longest_matches(words: Sequence[str], lookup: Callable[[Sequence[str]], str 
 
 
 @functools.cache
-def load_tagger():
-    """spaCy's English tagger (no parser, no NER): the part of speech of each token."""
+def load_spacy(exclude: tuple[str, ...] = ()):
+    """spaCy's English pipeline without the components in `exclude`."""
     try:
         import spacy
     except ImportError as e:
-        raise DataError("noun tagging needs spaCy: pip install 'contrastive-jax[catlip]'") from e
+        raise DataError("caption parsing needs spaCy: pip install 'contrastive-jax[catlip]'") from e
     try:
-        return spacy.load(SPACY_MODEL, exclude=["parser", "ner", "lemmatizer"])
+        return spacy.load(SPACY_MODEL, exclude=list(exclude))
     except OSError as e:
         raise DataError(f"spaCy model {SPACY_MODEL!r} is not installed: pip install "
                         "'contrastive-jax[catlip]'") from e
+
+
+def load_tagger():
+    """spaCy's English tagger (no parser, no NER): the part of speech of each token."""
+    return load_spacy(("parser", "ner", "lemmatizer"))
 
 
 def wordnet_synset(words: Sequence[str], wordnet=None) -> str | None:

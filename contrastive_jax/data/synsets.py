@@ -116,8 +116,8 @@ class SynsetLabeller:
     def __init__(self, vocabulary: SynsetVocabulary):
         self.vocabulary = vocabulary
         self.vocab_size = len(vocabulary.synsets)
-        index = {name: i for i, name in enumerate(vocabulary.synsets)}
-        self._ids = {form: index[name] + 1 for form, name in vocabulary.forms.items()}
+        self._index = {name: i for i, name in enumerate(vocabulary.synsets)}
+        self._ids = {form: self._index[name] + 1 for form, name in vocabulary.forms.items()}
 
     def labels(self, caption: str) -> list[int]:
         """0-based synset ids the caption names, first mention first, each once."""
@@ -153,13 +153,12 @@ class SynsetLabeller:
         without a synset in the vocabulary gets a zero row, which the scorer never
         predicts."""
         rows = np.zeros((len(class_names), self.vocab_size), np.float32)
-        index = {name: i for i, name in enumerate(self.vocabulary.synsets)}
         for c, name in enumerate(class_names):
             ids = self.labels(name)
             if not ids and wordnet_lookup is not None:
                 words = [m.group() for m in caption_words(name)]
                 found = longest_matches(words, wordnet_lookup)
-                ids = [index[s] for _, s in found if s in index]
+                ids = [self._index[s] for _, s in found if s in self._index]
             if ids:
                 rows[c, ids] = 1.0 / len(set(ids))
         return rows

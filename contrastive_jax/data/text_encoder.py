@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import ml_collections
 
+from contrastive_jax.data.nouns import NounSynsets
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import source_captions
 from contrastive_jax.data.synsets import (
@@ -39,8 +40,6 @@ def text_renderer(data_config: ml_collections.ConfigDict) -> TextRenderer:
 
 def synset_vocabulary(data_config: ml_collections.ConfigDict, limit: int) -> SynsetVocabulary:
     """The vocabulary of the first `limit` captions of each training source (CatLIP)."""
-    from contrastive_jax.data.nouns import NounSynsets
-
     cfg = data_config.synsets
     return build_vocabulary(source_captions(data_config, limit), NounSynsets(),
                                min_count=cfg.min_count, max_size=cfg.max_size)
@@ -52,14 +51,16 @@ def ensure_synset_labeller(data_config: ml_collections.ConfigDict,
     `data.synsets.path` or built from the training captions on a fresh start, so a resumed
     run labels exactly as before; checked against `data.synsets.hash`."""
     path = os.path.join(workdir, SYNSETS_FILE)
-    if not os.path.exists(path):
+    if os.path.exists(path):
+        vocab, where = SynsetVocabulary.load(path), path
+    else:
         given = data_config.synsets.path
         vocab = (SynsetVocabulary.load(given) if given
                  else synset_vocabulary(data_config, TOKENIZER_CAPTIONS))
-        check_hash(vocab, data_config.synsets.hash, given or "built from the captions")
+        where = given or "built from the captions"
+    check_hash(vocab, data_config.synsets.hash, where)  # before a wrong one is saved
+    if where != path:
         vocab.save(path)
-    vocab = SynsetVocabulary.load(path)
-    check_hash(vocab, data_config.synsets.hash, path)
     return SynsetLabeller(vocab)
 
 
@@ -92,6 +93,6 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> TextEn
     are rendered, nothing to load)."""
     if config.data.render.enabled:
         return text_renderer(config.data)
-    if config.data.synsets.get("enabled", False):
+    if config.data.synsets.enabled:
         return SynsetLabeller(SynsetVocabulary.load(os.path.join(workdir, SYNSETS_FILE)))
     return Tokenizer(os.path.join(workdir, "tokenizer.model"), for_model(config))

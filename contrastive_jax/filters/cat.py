@@ -35,7 +35,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from contrastive_jax.data.nouns import SPACY_MODEL, caption_words
+from contrastive_jax.data.nouns import caption_words, load_spacy
 from contrastive_jax.errors import DataError, InputNotFoundError
 
 REASONS = ("parse_failure", "complexity", "action", "text_spotted")  # in the order checked
@@ -61,18 +61,9 @@ class CatResult:
         return self.reason is None
 
 
-@functools.cache
 def load_parser():
     """spaCy's English pipeline with its dependency parser (no NER)."""
-    try:
-        import spacy
-    except ImportError as e:
-        raise DataError("the CAT filter needs spaCy: pip install 'contrastive-jax[catlip]'") from e
-    try:
-        return spacy.load(SPACY_MODEL, exclude=["ner"])
-    except OSError as e:
-        raise DataError(f"spaCy model {SPACY_MODEL!r} is not installed: pip install "
-                        "'contrastive-jax[catlip]'") from e
+    return load_spacy(("ner",))
 
 
 def _head_object(token):
