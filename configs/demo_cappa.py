@@ -7,7 +7,8 @@ The image tower is demo_siglip's (GAP-pooled for the few-shot probe); a 2-layer 
 cross-attends to its 16 patch tokens and learns to write the caption, three quarters of the
 examples by parallel prediction (all-MASK input, every token at once; Tschannen et al.
 2023). Zero-shot classification scores each class's held-out prompts by their
-log-likelihood given the image; there is no text embedding, hence no embedding statistics.
+log-likelihood given the image (the log of the templates' mean likelihood: see
+docs/captioning.md); there is no text embedding, hence no embedding statistics.
 """
 
 import ml_collections

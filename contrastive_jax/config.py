@@ -129,6 +129,9 @@ def default_config() -> ConfigDict:
                     split="test",
                     prompts="fashion_mnist_heldout",
                     batch_size=500,
+                    # Captioners: "likelihood" (log of the prompts' mean likelihood) or
+                    # "log_likelihood" (their mean log-likelihood); see docs/captioning.md.
+                    template_average="likelihood",
                 )
             ),
             # Alignment and uniformity (Wang & Isola) on paired held-out examples.

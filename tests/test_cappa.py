@@ -110,18 +110,20 @@ def test_scoring_zero_shot_equals_brute_force():
     prompts = rng.integers(3, 64, size=(4, 2, 8)).astype(np.int32)  # 4 classes x 2 templates
     prompts[..., 5:] = 0  # right padding
     prompts[1, 0, 3:] = 0  # one shorter prompt
-    scores = model.class_log_likelihoods(images, jnp.asarray(trim_pad_columns(
-        prompts.reshape(8, 8)).reshape(4, 2, -1)))
-    brute = np.zeros((3, 4))
+    trimmed = jnp.asarray(trim_pad_columns(prompts.reshape(8, 8)).reshape(4, 2, -1))
+    brute = np.zeros((3, 4, 2))  # each (image, class, template) prompt's log-likelihood
     one = nnx.jit(lambda m, x, t: jax.nn.log_softmax(
         m.caption_logits(x, t, jnp.zeros(1, bool))[0], axis=-1))  # one pair at a time
     for i in range(3):
         for c in range(4):
             for t in range(2):
                 logp = np.asarray(one(model, images[i:i + 1], jnp.asarray(prompts[c, t][None])))
-                brute[i, c] += sum(float(logp[p, k]) for p, k in enumerate(prompts[c, t])
-                                   if k) / 2
-    np.testing.assert_allclose(scores, brute, rtol=1e-5, atol=1e-5)
+                brute[i, c, t] = sum(float(logp[p, k]) for p, k in enumerate(prompts[c, t]) if k)
+    mixture = np.log(np.exp(brute).mean(axis=-1))  # log of the templates' mean likelihood
+    np.testing.assert_allclose(model.class_log_likelihoods(images, trimmed), mixture,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.class_log_likelihoods(images, trimmed, "log_likelihood"),
+                               brute.mean(axis=-1), rtol=1e-5, atol=1e-5)
     assert trim_pad_columns(prompts.reshape(8, 8)).shape == (8, 5)
 
 

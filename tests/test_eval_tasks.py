@@ -51,6 +51,7 @@ def _tasks(*specs) -> list:
 def test_schema_fills_defaults_and_names_the_bad_key():
     (task,) = _tasks(_task())
     assert task["prompts"] == "" and task["every"] == 0 and task["batch_size"] == 256
+    assert task["template_average"] == "likelihood"
     for spec, match in [
         (_task(shots=[1]), r"'evals.tasks\[0\].shots': unknown for a zeroshot task"),
         (_task(data={"kind": "folder"}), r"'evals.tasks\[0\].data.path' is required"),
@@ -60,6 +61,8 @@ def test_schema_fills_defaults_and_names_the_bad_key():
         (_task(data={"kind": "csv", "path": "x", "label": "y"}), r"data.label': unknown"),
         ({**_task(kind="retrieval"), "classes": ""}, r"unknown for a retrieval task"),
         (_task(every=-1), r"'evals.tasks\[0\].every' must be an integer >= 0"),
+        (_task(template_average="max"),
+         r"'evals.tasks\[0\].template_average' must be one of likelihood, log_likelihood"),
     ]:
         with pytest.raises(ConfigError, match=match):
             _tasks(spec)

@@ -56,7 +56,8 @@ def run_zeroshot_task(task: dict[str, Any], config: ml_collections.ConfigDict,
     classifier = classifier_of(model_def, state, tokenizer, names, task_prompts(task),
                                config.data.max_len, mesh)
     result = zeroshot_accuracy(model_def, state, classifier,
-                               images.batches(task["batch_size"]), mesh)
+                               images.batches(task["batch_size"]), mesh,
+                               task["template_average"])
     key = f"zeroshot/{task['name']}"
     log.info("%s: top1 %.4f top5 %.4f on %d images", key, result["top1"], result["top5"],
              result["count"])

@@ -23,7 +23,9 @@ _COMMON: dict[str, Any] = {"kind": REQUIRED, "name": REQUIRED, "data": REQUIRED,
 TASK_KEYS: dict[str, dict[str, Any]] = {
     # classes "": the dataset's own label names (TFDS ClassLabel, folder names, ...);
     # prompts "": the shipped templates of `classes` when it names a list, else clip_80.
-    "zeroshot": {"classes": "", "prompts": ""},
+    # template_average (captioners): "likelihood" scores a class by the log of its prompts'
+    # mean likelihood, "log_likelihood" by their mean log-likelihood.
+    "zeroshot": {"classes": "", "prompts": "", "template_average": "likelihood"},
     # captions_key: a TFDS sequence of captions per image (COCO protocol); "" compares
     # num_examples held-out (image, caption) pairs of the dataset (one caption each).
     "retrieval": {"captions_key": "captions/text", "num_examples": 0, "chunk": 1024},
@@ -32,6 +34,7 @@ TASK_KEYS: dict[str, dict[str, Any]] = {
     "fewshot": {"train_data": {}, "shots": [1, 5, 10, 25], "seeds": 3, "l2_reg": 2.0**10,
                 "classes": ""},
 }
+TEMPLATE_AVERAGES = ("likelihood", "log_likelihood")
 # Per data kind: its keys and their defaults.
 DATA_KEYS: dict[str, dict[str, Any]] = {
     "tfds": {"name": REQUIRED, "split": "test", "data_dir": "", "image_key": "image",
@@ -89,6 +92,9 @@ def parse_task(spec: Any, index: int) -> dict[str, Any]:
         shots = task["shots"]
         if not shots or min(shots) < 1 or task["seeds"] < 1:
             raise ConfigError(f"config key '{where}': shots must be positive and seeds >= 1")
+    if kind == "zeroshot" and task["template_average"] not in TEMPLATE_AVERAGES:
+        raise ConfigError(f"config key '{where}.template_average' must be one of "
+                          f"{', '.join(TEMPLATE_AVERAGES)}, got {task['template_average']!r}")
     if kind == "retrieval" and task["data"]["kind"] != "tfds":
         raise ConfigError(f"config key '{where}.data.kind': retrieval reads TFDS captions "
                           f"(kind 'tfds'), got {task['data']['kind']!r}")
@@ -110,7 +116,8 @@ def _legacy_tasks(evals: Mapping[str, Any], data: Mapping[str, Any]) -> list[dic
     zs = evals["zeroshot"]
     if zs["enabled"]:
         out.append({"kind": "zeroshot", "name": zs["name"], "prompts": zs["prompts"],
-                    "data": tfds(zs["dataset"], zs["split"]), "batch_size": zs["batch_size"]})
+                    "data": tfds(zs["dataset"], zs["split"]), "batch_size": zs["batch_size"],
+                    "template_average": zs["template_average"]})
     rc = evals["retrieval"]
     if rc["enabled"]:
         # dataset "": held-out pairs of the zero-shot split, as before tasks existed.

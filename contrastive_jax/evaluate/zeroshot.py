@@ -52,15 +52,16 @@ def trim_pad_columns(tokens: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
+def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh, template_average: str = "likelihood"):
     """Jitted: (params, rest, classifier, batch) -> per-class top-1/top-5 hits, per-class
-    counts and the [true, predicted] confusion counts of the batch."""
+    counts and the [true, predicted] confusion counts of the batch. `template_average`: how a
+    captioner's prompt log-likelihoods combine over templates (see CapPa's scoring)."""
     objective = model_def.objective
 
     def counts(params, rest, classifier, images, labels, mask):
         model = model_def.bind(params, rest)
         if objective == "captioning":  # log-likelihoods of the prompts, averaged over templates
-            logits = model.class_log_likelihoods(images, classifier)
+            logits = model.class_log_likelihoods(images, classifier, template_average)
         elif objective == "classification":  # mean logit of each class's synsets
             logits = model.class_scores(images, classifier)
         else:
@@ -77,10 +78,11 @@ def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh):
 
 
 def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.ndarray,
-                      batches, mesh: Mesh) -> dict[str, float | np.ndarray]:
+                      batches, mesh: Mesh, template_average: str = "likelihood"
+                      ) -> dict[str, float | np.ndarray]:
     """`batches` yields global {image, label, mask} batches, the same on every process; each
     process feeds its own slice of each. Returns top1, top5, per-class accuracy and count."""
-    fn = make_eval_batch_fn(model_def, mesh)
+    fn = make_eval_batch_fn(model_def, mesh, template_average)
     num_classes = classifier.shape[0]
     hit1 = np.zeros(num_classes)
     hit5 = np.zeros(num_classes)

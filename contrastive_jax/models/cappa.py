@@ -81,9 +81,11 @@ class CapPa(nnx.Module):
         """Mean token cross-entropy of the batch's captions (see losses/captioning.py)."""
         return caption_loss(self.caption_logits(images, targets, parallel, mask_noise), targets)
 
-    def class_log_likelihoods(self, images: jax.Array, prompts: jax.Array) -> jax.Array:
+    def class_log_likelihoods(self, images: jax.Array, prompts: jax.Array,
+                              template_average: str = "likelihood") -> jax.Array:
         """images [B, ...], prompts [C, T, L] ids -> [B, C]: each class's prompt
-        log-likelihood given the image (teacher-forced), averaged over its T templates."""
+        log-likelihood given the image (teacher-forced), over its T templates either the log
+        of the mean likelihood ("likelihood") or the mean log-likelihood ("log_likelihood")."""
         n_class, n_templates, length = prompts.shape
         _, tokens = self.img(images, return_tokens=True)
         b, p = images.shape[0], n_class * n_templates
@@ -92,4 +94,8 @@ class CapPa(nnx.Module):
         targets = jnp.tile(prompts.reshape(p, length), (b, 1))
         logits = self.decoder(targets, memory, jnp.zeros((b * p,), bool))
         ll = caption_log_likelihood(logits, targets).reshape(b, n_class, n_templates)
-        return ll.mean(axis=-1)
+        if template_average == "log_likelihood":
+            return ll.mean(axis=-1)
+        # The templates as a uniform mixture: one template the captioner finds unlikely for
+        # every class lowers each class alike instead of deciding between them.
+        return jax.nn.logsumexp(ll, axis=-1) - jnp.log(n_templates)
