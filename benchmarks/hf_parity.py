@@ -10,13 +10,20 @@ natural call path, on the run's first zero-shot task. Prints one JSON object.
   the same ensemble averaged from its text embeddings;
 - the pipeline: `pipeline("zero-shot-image-classification")` with the task's first template
   as `hypothesis_template`, against ours with that one template;
-- open_clip: `create_model_from_pretrained` / `get_tokenizer` / its preprocess, ensemble.
+- open_clip: `create_model_from_pretrained` / `get_tokenizer` / its preprocess, ensemble, in
+  a process of its own (no jax beside torch there), by `--open-clip-python` (default: this
+  one), e.g. a venv with `pip install open_clip_torch==3.3.0 torch==2.14.1 torchvision==0.29.1
+  transformers sentencepiece`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,11 +34,46 @@ def _ensemble(text_embeds: np.ndarray, num_classes: int) -> np.ndarray:
     return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
 
+# open_clip's side: its loaders, its preprocess on PIL images, the prompt ensemble.
+_OPEN_CLIP_SIDE = """
+import json, sys
+import numpy as np, open_clip, torch
+from PIL import Image
+out, data, batch = sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3])
+prompts, num_classes = json.loads(sys.argv[4]), int(sys.argv[5])
+model, preprocess = open_clip.create_model_from_pretrained("local-dir:" + out)
+tokenizer = open_clip.get_tokenizer("local-dir:" + out)
+model.eval()
+pils = [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in data["pixels"]]
+with torch.no_grad():
+    text = model.encode_text(tokenizer(prompts), normalize=True).numpy()
+    cls = text.reshape(num_classes, -1, text.shape[-1]).mean(axis=1)
+    cls /= np.linalg.norm(cls, axis=-1, keepdims=True)
+    preds = [np.argmax(model.encode_image(torch.stack([preprocess(p) for p in
+             pils[i:i + batch]]), normalize=True).numpy() @ cls.T, 1)
+             for i in range(0, len(pils), batch)]
+print(json.dumps(float(np.mean(np.concatenate(preds) == data["labels"]))))
+"""
+
+
+def _open_clip_top1(args, pils, prompts, num_classes: int, labels: np.ndarray) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data.npz")
+        np.savez(data, pixels=np.stack([np.asarray(p) for p in pils]), labels=labels)
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        out = subprocess.run([args.open_clip_python, "-c", _OPEN_CLIP_SIDE, args.open_clip, data,
+                              str(args.batch_size), json.dumps(prompts), str(num_classes)],
+                             check=True, capture_output=True, text=True, env=env)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--hf", default=None, help="export --format hf directory")
     parser.add_argument("--open-clip", default=None, help="export --format open_clip directory")
+    parser.add_argument("--open-clip-python", default=sys.executable,
+                        help="a Python with open_clip installed")
     parser.add_argument("--num", type=int, default=0, help="test images (0: all)")
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args()
@@ -100,19 +142,8 @@ def main() -> None:
         top1["pipeline_first_template"] = float(np.mean(picked == labels))
         timings["pipeline_s"] = round(time.time() - start, 1)
     if args.open_clip:
-        import open_clip
-
-        oc, preprocess = open_clip.create_model_from_pretrained(f"local-dir:{args.open_clip}")
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{args.open_clip}")
-        oc.eval()
-        start, preds = time.time(), []
-        with torch.no_grad():
-            cls = _ensemble(oc.encode_text(tokenizer(prompts), normalize=True).numpy(),
-                            len(names))
-            for i in range(0, len(pils), args.batch_size):
-                x = torch.stack([preprocess(p) for p in pils[i:i + args.batch_size]])
-                preds.append(np.argmax(oc.encode_image(x, normalize=True).numpy() @ cls.T, 1))
-        top1["open_clip"] = float(np.mean(np.concatenate(preds) == labels))
+        start = time.time()
+        top1["open_clip"] = _open_clip_top1(args, pils, prompts, len(names), labels)
         timings["open_clip_s"] = round(time.time() - start, 1)
     print(json.dumps({"workdir": args.workdir, "step": loaded.step, "task": task["name"],
                       "images": int(len(labels)), "templates": len(templates),

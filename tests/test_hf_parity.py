@@ -235,18 +235,25 @@ def test_import_refusals_are_one_line_naming_the_file(exported, tmp_path):
         load_model(f"hf:{out}-missing")
 
 
-# open_clip: a CLIP (causal text pooled at the EOS, softmax) and a SigLIP-loss model with a
-# bidirectional text tower pooled at the final position and a logit bias.
+# open_clip: a CLIP (causal text pooled at the EOS, softmax), a SigLIP-loss model with a
+# bidirectional text tower pooled at the final position and a logit bias, SiglipModel's
+# architecture (a MAP tower: timm's, in open_clip), and a GAP tower with ln_pre and a biased
+# image projection (timm's too).
 OPEN_CLIP = {
     "clip": (CLIP, 32, "softmax"),
     "siglip_text": ({**CLIP, "bias_init": -2.0,
                      "text": {**CLIP["text"], "pool": "final", "causal": False}},
                     32, "sigmoid"),
+    "siglip_map": (SIGLIP, 64, "sigmoid_chunked"),
+    "gap_pre_norm": ({**SIGLIP, "proj_bias": True, "image": {
+        **SIGLIP["image"], "pool": "gap", "pre_norm": True, "head": True,
+        "posemb": "sincos2d"}}, 64, "sigmoid"),
 }
 
 
 # open_clip's side runs in its own process: no jax there (with the `open_clip` extra, its
-# CUDA torch's triton segfaulted on import beside jax and TensorFlow).
+# CUDA torch's triton segfaulted on import beside jax and TensorFlow). OPEN_CLIP_PYTHON
+# names another environment's interpreter that has open_clip (this one's by default).
 _OPEN_CLIP_SIDE = """
 import json, sys
 import numpy as np, open_clip, torch
@@ -300,14 +307,16 @@ def test_open_clip_loads_our_export_with_our_embeddings(kind, tokenizer_file, tm
     import subprocess
     import sys
 
-    if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip is not installed (pip install -e '.[open_clip]')")
+    python = os.environ.get("OPEN_CLIP_PYTHON", sys.executable)
+    if python == sys.executable and importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed (pip install -e '.[open_clip]', or set "
+                    "OPEN_CLIP_PYTHON to a Python that has it)")
     config, params, out = _exported_open_clip(kind, tokenizer_file, tmp_path)
     pixels = np.stack(_grey_images(n=3, seed=4, size=(36, 31)))
     raw = np.random.default_rng(2).uniform(-1, 1, (2, 28, 28, 1)).astype(np.float32)
     np.save(tmp_path / "pixels.npy", pixels)
     np.save(tmp_path / "raw.npy", np.repeat(raw, 3, -1).transpose(0, 3, 1, 2))
-    subprocess.run([sys.executable, "-c", _OPEN_CLIP_SIDE, out, str(tmp_path / "pixels.npy"),
+    subprocess.run([python, "-c", _OPEN_CLIP_SIDE, out, str(tmp_path / "pixels.npy"),
                     json.dumps(TEXTS), str(tmp_path / "raw.npy"), str(tmp_path / "got.npz")],
                    check=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
     got = np.load(tmp_path / "got.npz")
@@ -323,6 +332,57 @@ def test_open_clip_loads_our_export_with_our_embeddings(kind, tokenizer_file, tm
     assert ours_tokens.shape == (len(TEXTS), config.data.max_len)
 
 
+# open_clip's side of a model open_clip itself wrote: its loader builds the architecture of
+# the directory's config, every tensor is perturbed in torch, and the state dict is saved
+# back as open_clip's safetensors; its forward on raw inputs is the reference.
+_OPEN_CLIP_WRITES = """
+import sys
+import numpy as np, open_clip, torch
+from safetensors.torch import save_file
+out, raw, tokens = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])
+torch.manual_seed(0)
+model, _ = open_clip.create_model_from_pretrained("local-dir:" + out)
+model.eval()
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              out + "/open_clip_model.safetensors")
+    text = torch.from_numpy(tokens.astype(np.int64))
+    np.savez(sys.argv[4], zimg=model.encode_image(torch.from_numpy(raw), normalize=True).numpy(),
+             ztxt=model.encode_text(text, normalize=True).numpy(),
+             t=float(model.logit_scale.exp()),
+             b=float(model.logit_bias) if model.logit_bias is not None else 0.0)
+"""
+
+
+@pytest.mark.parametrize("kind", sorted(OPEN_CLIP))
+def test_a_model_open_clip_wrote_imports_with_its_embeddings(kind, tokenizer_file, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    python = os.environ.get("OPEN_CLIP_PYTHON", sys.executable)
+    if python == sys.executable and importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed (pip install -e '.[open_clip]', or set "
+                    "OPEN_CLIP_PYTHON to a Python that has it)")
+    config, _, out = _exported_open_clip(kind, tokenizer_file, tmp_path)
+    raw = np.random.default_rng(3).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+    tokens = _tokens(config, tokenizer_file)
+    np.save(tmp_path / "raw.npy", raw.transpose(0, 3, 1, 2))
+    np.save(tmp_path / "tokens.npy", tokens)
+    subprocess.run([python, "-c", _OPEN_CLIP_WRITES, out, str(tmp_path / "raw.npy"),
+                    str(tmp_path / "tokens.npy"), str(tmp_path / "want.npz")],
+                   check=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    want = np.load(tmp_path / "want.npz")
+    back = load_model(f"open_clip:{out}")
+    ours = back.model_def.bind(jax.device_get(back.state.params))
+    np.testing.assert_allclose(np.asarray(ours.encode_image(raw)), want["zimg"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours.encode_text(tokens)), want["ztxt"], atol=1e-5)
+    np.testing.assert_allclose(float(ours.temperature()), want["t"], rtol=1e-5)
+    np.testing.assert_allclose(float(ours.bias()), want["b"], rtol=1e-5, atol=1e-6)
+
+
 def _tokens(config, tokenizer_file):
     from contrastive_jax.data.text_conventions import for_model
     from contrastive_jax.data.tokenizer import Tokenizer
@@ -334,7 +394,35 @@ def test_open_clip_export_refuses_what_open_clip_cannot_compute(tmp_path):
     from contrastive_jax.errors import UserError
     from contrastive_jax.export.open_clip_format import export_open_clip
 
-    config = _config(SIGLIP, 64, "sigmoid_chunked")
-    with pytest.raises(UserError, match=r"open_clip CLIP: image.pool='map' \(open_clip's "):
+    no_ln_pre = {**CLIP, "image": {**CLIP["image"], "pre_norm": False}}
+    config = _config(no_ln_pre, 32, "softmax")
+    with pytest.raises(UserError, match=r"open_clip CLIP: image.pre_norm=False \(open_clip's "):
         export_open_clip(config, {}, 0, "unused.model", str(tmp_path / "oc"))
     assert not os.path.exists(tmp_path / "oc")
+
+
+def test_open_clip_timm_export_moved_and_refused_configs(tokenizer_file, tmp_path):
+    """A moved export still reads back (its timm folder is found beside the config), and a
+    timm folder we did not write is one line naming its file and key."""
+    import json
+
+    from contrastive_jax.errors import UserError
+
+    config, params, out = _exported_open_clip("siglip_map", tokenizer_file, tmp_path)
+    with open(os.path.join(out, "open_clip_config.json"), encoding="utf-8") as f:
+        vision = json.load(f)["model_cfg"]["vision_cfg"]
+    assert vision["timm_model_name"] == "local-dir:" + os.path.join(out, "timm_vision")
+    moved = str(tmp_path / "moved")
+    shutil.move(out, moved)
+    back = load_model(f"open_clip:{moved}")
+    assert back.config.model.image.pool == "map"
+    timm_cfg = os.path.join(moved, "timm_vision", "config.json")
+    with open(timm_cfg, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg["model_args"] |= {"act_layer": "gelu", "reg_tokens": 4}
+    with open(timm_cfg, "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    with pytest.raises(UserError, match=r"timm_vision/config.json: not a timm ViT we compute "
+                       r"exactly: unexpected model_args key 'reg_tokens'; model_args "
+                       r"act_layer='gelu' \(we compute 'gelu_tanh'\)"):
+        load_model(f"open_clip:{moved}")

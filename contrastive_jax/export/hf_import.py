@@ -31,6 +31,12 @@ from contrastive_jax.export.hf_layers import (
     read_norm,
 )
 from contrastive_jax.export.native import _flatten_abstract
+from contrastive_jax.export.timm_vit import (
+    read_timm_config,
+    read_timm_state_dict,
+    timm_folder,
+    timm_pool,
+)
 from contrastive_jax.models import complete_config
 
 HF_PREFIX, OPEN_CLIP_PREFIX = "hf:", "open_clip:"
@@ -136,14 +142,17 @@ def _hf_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
     return flat
 
 
-def _open_clip_model_config(cfg: dict, where: str) -> dict:
-    """Our model config from open_clip_config.json's model_cfg (a CLIP of open_clip's own
-    VisionTransformer and TextTransformer)."""
+def _open_clip_model_config(cfg: dict, where: str, export_dir: str) -> dict:
+    """Our model config from open_clip_config.json's model_cfg: a CLIP of open_clip's own
+    TextTransformer and its VisionTransformer or a timm ViT of our export's layout."""
     vis, txt = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
-    for key in ("timm_model_name", "hf_model_name"):
-        if vis.get(key) or txt.get(key):
-            raise DataError(f"{where}: {key} towers are not open_clip's own transformers")
+    if txt.get("hf_model_name"):
+        raise DataError(f"{where}: hf_model_name text towers are not open_clip's own "
+                        "transformers")
+    timm_name = vis.get("timm_model_name")
     for tower, name in ((vis, "vision_cfg"), (txt, "text_cfg")):
+        if timm_name and tower is vis:
+            continue  # timm's activation and norms are in its own config.json
         act = (tower.get("act_kwargs") or {}).get("approximate")
         eps = (tower.get("norm_kwargs") or {}).get("eps", 1e-5)
         if cfg.get("quick_gelu") or act != "tanh":
@@ -152,23 +161,17 @@ def _open_clip_model_config(cfg: dict, where: str) -> dict:
                             "(act_kwargs approximate='tanh')")
         if abs(float(eps) - 1e-6) > 1e-12:
             raise DataError(f"{where}: {name} LayerNorm eps {eps}; ours use 1e-6")
-    if vis.get("pool_type", "tok") != "tok" or vis.get("attentional_pool") or vis.get(
-            "no_ln_pre") or vis.get("final_ln_after_pool"):
-        raise DataError(f"{where}: vision_cfg must pool the class token after ln_pre "
-                        "(pool_type='tok', no attentional_pool)")
+    if timm_name:
+        image = _timm_image_config(vis, where, export_dir, bool(txt.get("proj_bias", False)))
+    else:
+        image = _open_clip_image_config(vis, where)
     causal = not txt.get("no_causal_mask", False)
     pool = txt.get("pool_type", "argmax")
     eos_ok = not causal or txt.get("eos_id", 2) == 1
     if (causal, pool) not in ((True, "eos"), (False, "last")) or not eos_ok:
         raise DataError(f"{where}: text_cfg pool_type={pool!r}, no_causal_mask={not causal}; "
                         "we compute causal 'eos' pooling (eos_id 1) or bidirectional 'last'")
-    width, vwidth = txt.get("width", 512), vis.get("width", 768)
-    size = vis.get("image_size", 224)
-    image = dict(_tower(vwidth, vis.get("layers", 12), vwidth // vis.get("head_width", 64),
-                        int(vwidth * vis.get("mlp_ratio", 4.0))),
-                 patch_size=vis.get("patch_size", 16), channels=3, posemb="learn",
-                 image_size=size[0] if isinstance(size, list) else size, pool="cls",
-                 head=True, pre_norm=True)
+    width = txt.get("width", 512)
     text = dict(_tower(width, txt.get("layers", 12), txt.get("heads", 8),
                        int(width * txt.get("mlp_ratio", 4.0))),
                 vocab_size=txt.get("vocab_size", 49408), max_len=txt.get("context_length", 77),
@@ -177,14 +180,53 @@ def _open_clip_model_config(cfg: dict, where: str) -> dict:
                 bias_init=cfg.get("init_logit_bias"), image=image, text=text)
 
 
+def _open_clip_image_config(vis: dict, where: str) -> dict:
+    """open_clip's own VisionTransformer: CLIP's class-token tower."""
+    if vis.get("pool_type", "tok") != "tok" or vis.get("attentional_pool") or vis.get(
+            "no_ln_pre") or vis.get("final_ln_after_pool"):
+        raise DataError(f"{where}: vision_cfg must pool the class token after ln_pre "
+                        "(pool_type='tok', no attentional_pool)")
+    vwidth, size = vis.get("width", 768), vis.get("image_size", 224)
+    return dict(_tower(vwidth, vis.get("layers", 12), vwidth // vis.get("head_width", 64),
+                       int(vwidth * vis.get("mlp_ratio", 4.0))),
+                patch_size=vis.get("patch_size", 16), channels=3, posemb="learn",
+                image_size=size[0] if isinstance(size, list) else size, pool="cls",
+                head=True, pre_norm=True)
+
+
+def _timm_image_config(vis: dict, where: str, export_dir: str, text_proj_bias: bool) -> dict:
+    """A timm tower of open_clip's TimmModel, as our exports write it (export/timm_vit.py)."""
+    name = vis["timm_model_name"]
+    if not str(name).startswith("local-dir:"):
+        raise DataError(f"{where}: vision_cfg.timm_model_name={name!r}; we read timm towers "
+                        "from a 'local-dir:' folder (as our exports write them)")
+    timm_where = os.path.join(timm_folder(name, export_dir), "config.json")
+    image = read_timm_config(_json(timm_where), timm_where)
+    proj, pool = vis.get("timm_proj", "linear"), vis.get("timm_pool", "avg")
+    if proj not in ("linear", "none") or pool != timm_pool(image["pool"]):
+        raise DataError(f"{where}: vision_cfg timm_proj={proj!r}, timm_pool={pool!r}; we read "
+                        "a 'linear' or 'none' projection after the tower's own pooling")
+    head = proj == "linear"
+    if head and bool(vis.get("timm_proj_bias", False)) != text_proj_bias:
+        raise DataError(f"{where}: timm_proj_bias differs from text_cfg.proj_bias (our two "
+                        "projections share one proj_bias)")
+    return dict(image, head=head)
+
+
 def _open_clip_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
-    flat = read_class_token_embeddings(sd["visual.conv1.weight"], sd["visual.class_embedding"],
-                                       sd["visual.positional_embedding"])
-    flat |= read_norm(sd, "visual.ln_pre", "img/pre_norm")
-    flat |= read_encoder(sd, "visual.transformer", "img/encoder", model["image"]["depth"],
-                          OPEN_CLIP_BLOCK)
-    flat |= read_norm(sd, "visual.ln_post", "img/encoder/encoder_norm")
-    flat["img_head/kernel"] = sd["visual.proj"]
+    if model["image"]["pool"] == "cls":
+        flat = read_class_token_embeddings(sd["visual.conv1.weight"],
+                                           sd["visual.class_embedding"],
+                                           sd["visual.positional_embedding"])
+        flat |= read_norm(sd, "visual.ln_pre", "img/pre_norm")
+        flat |= read_encoder(sd, "visual.transformer", "img/encoder", model["image"]["depth"],
+                              OPEN_CLIP_BLOCK)
+        flat |= read_norm(sd, "visual.ln_post", "img/encoder/encoder_norm")
+        flat["img_head/kernel"] = sd["visual.proj"]
+    else:
+        flat = read_timm_state_dict(sd, "visual.trunk", model["image"])
+        if model["image"]["head"]:
+            flat |= read_linear(sd, "visual.head.proj", "img_head")
     flat["txt/embedding/embedding"] = sd["token_embedding.weight"]
     flat["txt/pos_embedding"] = sd["positional_embedding"]
     flat |= read_encoder(sd, "transformer", "txt/encoder", model["text"]["depth"],
@@ -258,7 +300,7 @@ def import_model(spec: str, config: Any) -> tuple[dict[str, Any], Any]:
     else:
         where = os.path.join(path, "open_clip_config.json")
         oc = _json(where)
-        model = _open_clip_model_config(oc.get("model_cfg", oc), where)
+        model = _open_clip_model_config(oc.get("model_cfg", oc), where, path)
         weights = os.path.join(path, "open_clip_model.safetensors")
         pre = oc.get("preprocess_cfg", {})
         mean, std = pre.get("mean", [0.5] * 3), pre.get("std", [0.5] * 3)

@@ -1,14 +1,18 @@
 """open_clip export: a directory that `open_clip.create_model_from_pretrained('local-dir:DIR')`
 and `open_clip.get_tokenizer('local-dir:DIR')` load.
 
-open_clip's own VisionTransformer always prepends a class token and has no SigLIP MAP head
-(its SigLIP models are timm towers of fixed names), so the image tower must be CLIP's:
-  image: class-token pooling (`pool_type="tok"`) after a pre-encoder LayerNorm (`ln_pre`), the
-         encoder's final LayerNorm as `ln_post`, a projection without bias;
+The image tower is open_clip's own VisionTransformer when it is CLIP's (class-token pooling,
+`pool_type="tok"`, after a pre-encoder LayerNorm `ln_pre`, the encoder's final LayerNorm as
+`ln_post`, a projection without bias), and a timm tower otherwise: MAP- or GAP-pooled towers
+(SigLIP's) have no class token, which open_clip's VisionTransformer always prepends. Such an
+export carries a timm model folder (`timm_vision/config.json`, see export/timm_vit.py) that
+`vision_cfg.timm_model_name` names as `local-dir:` by absolute path (open_clip 3.3.0 hands
+timm the name as it is): a moved export needs that path updated, and says so in timm's
+"Config file not found" error.
   text:  causal attention pooled at the EOS (`pool_type="eos"`, eos_id 1), or bidirectional
          pooled at the final position without a pad mask (`no_causal_mask`, `"last"`);
-  both:  tanh GELU and LayerNorm eps 1e-6 through open_clip's `act_kwargs` / `norm_kwargs`;
-         a logit bias b when the model has one (`init_logit_bias`).
+  both:  tanh GELU and LayerNorm eps 1e-6 (open_clip's `act_kwargs` / `norm_kwargs`, timm's
+         `act_layer="gelu_tanh"`); a logit bias b when the model has one (`init_logit_bias`).
 Weights: `open_clip_model.safetensors` in open_clip's CLIP state-dict layout. Tokenizer: the
 transformers T5Tokenizer of the hf export (open_clip's `HFTokenizer`, read from DIR itself).
 """
@@ -32,6 +36,13 @@ from contrastive_jax.export.hf_layers import (
     shared_unsupported,
 )
 from contrastive_jax.export.native import TOKENIZER_FILE, export_config, write_atomically
+from contrastive_jax.export.timm_vit import (
+    TIMM_DIR,
+    timm_config,
+    timm_pool,
+    timm_state_dict,
+    timm_unsupported,
+)
 from contrastive_jax.models import complete_config
 from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
@@ -44,18 +55,17 @@ def open_clip_unsupported(model: Any) -> list[str]:
     """Why `model` (a complete model config) cannot be an exact open_clip CLIP; [] if it can."""
     img, txt = model.image, model.text
     reasons = shared_unsupported(model)
-    if img.pool != "cls":
-        reasons.append(f"image.pool={img.pool!r} (open_clip's VisionTransformer always has a "
-                       "class token and pools it: image.pool='cls')")
-    if not img.pre_norm:
-        reasons.append("image.pre_norm=False (open_clip has ln_pre)")
+    if img.pool != "cls":  # a timm tower
+        reasons += timm_unsupported(img)
+    elif not img.pre_norm:
+        reasons.append("image.pre_norm=False (open_clip's VisionTransformer has ln_pre)")
     if (txt.causal, txt.pool) not in ((True, "last"), (False, "final")):
         reasons.append(f"text.causal={txt.causal}, text.pool={txt.pool!r} (open_clip: causal "
                        "pooled at the EOS, or bidirectional pooled at the final position "
                        "without pad masking: text.pool='final')")
-    if model.proj_bias and (img.head or resolve_size(img, tower="image", with_patch=True)[
-            "width"] != model.embed_dim):
-        reasons.append("proj_bias=True on the image projection (open_clip's has no bias)")
+    if img.pool == "cls" and model.proj_bias and "img_head" in model_heads(model):
+        reasons.append("proj_bias=True on the image projection (open_clip's VisionTransformer "
+                       "has no bias)")
     return reasons
 
 
@@ -88,13 +98,20 @@ def open_clip_state_dict(params: dict, model: Any) -> dict[str, np.ndarray]:
     img, txt = params["img"], params["txt"]
     isize = resolve_size(model.image, tower="image", with_patch=True)
     tsize = resolve_size(model.text, tower="text", with_patch=False)
-    kernel, cls, pos = class_token_embeddings(img, model)
-    sd = {"visual.conv1.weight": kernel, "visual.class_embedding": cls,
-          "visual.positional_embedding": pos}
-    sd |= prefixed("visual.ln_pre", norm(img["pre_norm"]))
-    sd |= _resblocks("visual.transformer", img["encoder"])
-    sd |= prefixed("visual.ln_post", norm(img["encoder"]["encoder_norm"]))
-    sd["visual.proj"] = _projection(params, "img_head", isize["width"], model.embed_dim)[""]
+    if model.image.pool == "cls":
+        kernel, cls, pos = class_token_embeddings(img, model)
+        sd = {"visual.conv1.weight": kernel, "visual.class_embedding": cls,
+              "visual.positional_embedding": pos}
+        sd |= prefixed("visual.ln_pre", norm(img["pre_norm"]))
+        sd |= _resblocks("visual.transformer", img["encoder"])
+        sd |= prefixed("visual.ln_post", norm(img["encoder"]["encoder_norm"]))
+        sd["visual.proj"] = _projection(params, "img_head", isize["width"],
+                                        model.embed_dim)[""]
+    else:  # open_clip's TimmModel: the trunk, then its head's Linear (`timm_proj`)
+        sd = timm_state_dict(img, model.image, "visual.trunk")
+        if "img_head" in params:
+            sd |= prefixed("visual.head.proj", {"weight": params["img_head"]["kernel"].T} | (
+                {"bias": params["img_head"]["bias"]} if "bias" in params["img_head"] else {}))
     sd["token_embedding.weight"] = txt["embedding"]["embedding"]
     sd["positional_embedding"] = txt["pos_embedding"][0]
     sd |= _resblocks("transformer", txt["encoder"])
@@ -108,15 +125,24 @@ def open_clip_state_dict(params: dict, model: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=np.float32, order="C") for k, v in sd.items()}
 
 
-def open_clip_config(model: Any, card: dict) -> dict[str, Any]:
-    """open_clip_config.json: `model_cfg` (the architecture) and `preprocess_cfg`."""
+def open_clip_config(model: Any, card: dict, timm_dir: str = "") -> dict[str, Any]:
+    """open_clip_config.json: `model_cfg` (the architecture) and `preprocess_cfg`;
+    `timm_dir`: where a timm image tower's folder will be (absolute)."""
     isize = resolve_size(model.image, tower="image", with_patch=True)
     tsize = resolve_size(model.text, tower="text", with_patch=False)
     size = card["image"]["size"]
     common = {"act_kwargs": {"approximate": "tanh"}, "norm_kwargs": {"eps": 1e-6}}
-    vision = {"image_size": size, "patch_size": isize["patch_size"], "width": isize["width"],
-              "layers": isize["depth"], "head_width": isize["width"] // isize["num_heads"],
-              "mlp_ratio": isize["mlp_dim"] / isize["width"], "pool_type": "tok", **common}
+    if model.image.pool == "cls":
+        vision = {"image_size": size, "patch_size": isize["patch_size"],
+                  "width": isize["width"], "layers": isize["depth"],
+                  "head_width": isize["width"] // isize["num_heads"],
+                  "mlp_ratio": isize["mlp_dim"] / isize["width"], "pool_type": "tok", **common}
+    else:
+        head = "img_head" in model_heads(model)
+        vision = {"image_size": size, "timm_model_name": f"local-dir:{timm_dir}",
+                  "timm_model_pretrained": False, "timm_pool": timm_pool(model.image.pool),
+                  "timm_proj": "linear" if head else "none",
+                  "timm_proj_bias": head and bool(model.proj_bias)}
     text = {"context_length": model.text.max_len, "vocab_size": model.text.vocab_size,
             "width": tsize["width"], "heads": tsize["num_heads"], "layers": tsize["depth"],
             "mlp_ratio": tsize["mlp_dim"] / tsize["width"],
@@ -163,11 +189,16 @@ def export_open_clip(config: Any, params: dict, step: int, tokenizer_file: str, 
 
     card = export_config(config, params, step)
     tensors = open_clip_state_dict(params, model)
+    timm_dir = os.path.join(os.path.abspath(out), TIMM_DIR)  # the path after the rename
 
     def fill(tmp: str) -> None:
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE))
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(open_clip_config(model, card), f, indent=2)
+            json.dump(open_clip_config(model, card, timm_dir), f, indent=2)
+        if model.image.pool != "cls":
+            os.makedirs(os.path.join(tmp, TIMM_DIR))
+            with open(os.path.join(tmp, TIMM_DIR, "config.json"), "w", encoding="utf-8") as f:
+                json.dump(timm_config(model.image, card["image"]["value_range"]), f, indent=2)
         shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
         save_tokenizer(tmp, card, masked=model.text.causal)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
