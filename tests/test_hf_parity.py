@@ -298,6 +298,7 @@ def test_open_clip_export_reads_back_as_our_model(kind, tokenizer_file, tmp_path
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
     # A logit bias survives (open_clip's init_logit_bias carries the trained b).
     assert (back.config.model.bias_init is None) == (config.model.bias_init is None)
+    assert back.step == 3  # the export card's step
 
 
 @pytest.mark.parametrize("kind", sorted(OPEN_CLIP))

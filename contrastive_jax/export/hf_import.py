@@ -242,6 +242,12 @@ def _open_clip_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
     return flat
 
 
+def exported_step(path: str) -> int:
+    """The training step our export card records; 0 for a model another library wrote."""
+    card = os.path.join(path, CARD_FILE)
+    return int(_json(card).get("step", 0)) if os.path.isfile(card) else 0
+
+
 def _conventions(path: str) -> TextConventions:
     """The card's text conventions, or T5Tokenizer's (pad 0, sticky EOS) for a directory
     whose tokenizer is a T5Tokenizer of its own sentencepiece model."""

@@ -114,7 +114,12 @@ def _big_vision(path: str, tokenizer_path: str | None, suite_spec: str | None,
 
 
 def _imported(spec: str, suite_spec: str | None, overrides: list[str]):
-    from contrastive_jax.export.hf_import import HF_PREFIX, OPEN_CLIP_PREFIX, import_model
+    from contrastive_jax.export.hf_import import (
+        HF_PREFIX,
+        OPEN_CLIP_PREFIX,
+        exported_step,
+        import_model,
+    )
 
     config = default_config()
     if suite_spec:  # a full run config (data, evals) for the imported model
@@ -123,8 +128,8 @@ def _imported(spec: str, suite_spec: str | None, overrides: list[str]):
     params, tokenizer = import_model(spec, config)
     apply_overrides(config, overrides)
     tokenizer = tokenizer.with_conventions(for_model(config))  # --config.data.pad_id=... wins
-    mesh, state = _on_mesh(config, params, 0)
     path = spec.removeprefix(HF_PREFIX).removeprefix(OPEN_CLIP_PREFIX)
+    mesh, state = _on_mesh(config, params, exported_step(path))
     return config, mesh, state, tokenizer, os.path.abspath(path)
 
 
