@@ -275,6 +275,26 @@ with torch.no_grad():
 """
 
 
+def _open_clip_python() -> str:
+    """OPEN_CLIP_PYTHON, or this Python when it has open_clip; the test skips otherwise."""
+    import importlib.util
+    import sys
+
+    python = os.environ.get("OPEN_CLIP_PYTHON", sys.executable)
+    if python == sys.executable and importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed (pip install -e '.[open_clip]', or set "
+                    "OPEN_CLIP_PYTHON to a Python that has it)")
+    return python
+
+
+def _run_open_clip(python: str, script: str, *args: str) -> None:
+    """`script` in its own process (no jax there, nor our XLA flags)."""
+    import subprocess
+
+    subprocess.run([python, "-c", script, *args], check=True,
+                   env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+
+
 def _exported_open_clip(kind, tokenizer_file, tmp_path):
     from contrastive_jax.export.open_clip_format import export_open_clip
 
@@ -303,23 +323,16 @@ def test_open_clip_export_reads_back_as_our_model(kind, tokenizer_file, tmp_path
 
 @pytest.mark.parametrize("kind", sorted(OPEN_CLIP))
 def test_open_clip_loads_our_export_with_our_embeddings(kind, tokenizer_file, tmp_path):
-    import importlib.util
     import json
-    import subprocess
-    import sys
 
-    python = os.environ.get("OPEN_CLIP_PYTHON", sys.executable)
-    if python == sys.executable and importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip is not installed (pip install -e '.[open_clip]', or set "
-                    "OPEN_CLIP_PYTHON to a Python that has it)")
+    python = _open_clip_python()
     config, params, out = _exported_open_clip(kind, tokenizer_file, tmp_path)
     pixels = np.stack(_grey_images(n=3, seed=4, size=(36, 31)))
     raw = np.random.default_rng(2).uniform(-1, 1, (2, 28, 28, 1)).astype(np.float32)
     np.save(tmp_path / "pixels.npy", pixels)
     np.save(tmp_path / "raw.npy", np.repeat(raw, 3, -1).transpose(0, 3, 1, 2))
-    subprocess.run([python, "-c", _OPEN_CLIP_SIDE, out, str(tmp_path / "pixels.npy"),
-                    json.dumps(TEXTS), str(tmp_path / "raw.npy"), str(tmp_path / "got.npz")],
-                   check=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    _run_open_clip(python, _OPEN_CLIP_SIDE, out, str(tmp_path / "pixels.npy"),
+                   json.dumps(TEXTS), str(tmp_path / "raw.npy"), str(tmp_path / "got.npz"))
     got = np.load(tmp_path / "got.npz")
     want_img, want_txt, _ = _ours(config, params, tokenizer_file, list(pixels), TEXTS)
     ours = ModelDef(complete_config(config.model)).bind(params)
@@ -359,22 +372,14 @@ with torch.no_grad():
 
 @pytest.mark.parametrize("kind", sorted(OPEN_CLIP))
 def test_a_model_open_clip_wrote_imports_with_its_embeddings(kind, tokenizer_file, tmp_path):
-    import importlib.util
-    import subprocess
-    import sys
-
-    python = os.environ.get("OPEN_CLIP_PYTHON", sys.executable)
-    if python == sys.executable and importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip is not installed (pip install -e '.[open_clip]', or set "
-                    "OPEN_CLIP_PYTHON to a Python that has it)")
+    python = _open_clip_python()
     config, _, out = _exported_open_clip(kind, tokenizer_file, tmp_path)
     raw = np.random.default_rng(3).uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
     tokens = _tokens(config, tokenizer_file)
     np.save(tmp_path / "raw.npy", raw.transpose(0, 3, 1, 2))
     np.save(tmp_path / "tokens.npy", tokens)
-    subprocess.run([python, "-c", _OPEN_CLIP_WRITES, out, str(tmp_path / "raw.npy"),
-                    str(tmp_path / "tokens.npy"), str(tmp_path / "want.npz")],
-                   check=True, env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    _run_open_clip(python, _OPEN_CLIP_WRITES, out, str(tmp_path / "raw.npy"),
+                   str(tmp_path / "tokens.npy"), str(tmp_path / "want.npz"))
     want = np.load(tmp_path / "want.npz")
     back = load_model(f"open_clip:{out}")
     ours = back.model_def.bind(jax.device_get(back.state.params))

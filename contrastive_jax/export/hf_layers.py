@@ -66,19 +66,24 @@ def packed_attention(p: dict) -> dict[str, np.ndarray]:
             "out_proj.weight": attn["out_proj.weight"], "out_proj.bias": attn["out_proj.bias"]}
 
 
+def patch_position_embeddings(img: dict, image: Any) -> np.ndarray:
+    """The patches' position embeddings [grid^2, width]: learned ones, or the fixed sincos2d
+    ones written out (libraries store them as learned)."""
+    if image.posemb == "learn":
+        return np.reshape(img["pos_embedding"], img["pos_embedding"].shape[-2:])
+    isize = resolve_size(image, tower="image", with_patch=True)
+    size = image.image_size
+    grid = (size if isinstance(size, int) else int(size[0])) // isize["patch_size"]
+    return posemb_sincos_2d(grid, grid, isize["width"])[0]
+
+
 def class_token_embeddings(img: dict, model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(conv weight, class embedding, position embeddings [1 + grid^2, width]) of a class-
     token image tower, in CLIP's layout. CLIP's patch embedding has no bias and its class
     token gets a position embedding, ours the reverse: the conv bias is folded into the patch
     position embeddings and the class position embedding is zero, which is the same sum.
     Fixed sincos2d position embeddings are stored as learned ones."""
-    isize = resolve_size(model.image, tower="image", with_patch=True)
-    size = model.image.image_size
-    grid = (size if isinstance(size, int) else int(size[0])) // isize["patch_size"]
-    if model.image.posemb == "learn":
-        pos = img["pos_embedding"][0]
-    else:
-        pos = posemb_sincos_2d(grid, grid, isize["width"])[0]
+    pos = patch_position_embeddings(img, model.image)
     patch_pos = pos + img["embedding"]["bias"][None, :]
     return (rgb_patch_kernel(img["embedding"]["kernel"]), img["cls"].reshape(-1),
             np.concatenate([np.zeros((1, pos.shape[1]), np.float32), patch_pos]))

@@ -109,9 +109,11 @@ def open_clip_state_dict(params: dict, model: Any) -> dict[str, np.ndarray]:
                                         model.embed_dim)[""]
     else:  # open_clip's TimmModel: the trunk, then its head's Linear (`timm_proj`)
         sd = timm_state_dict(img, model.image, "visual.trunk")
-        if "img_head" in params:
-            sd |= prefixed("visual.head.proj", {"weight": params["img_head"]["kernel"].T} | (
-                {"bias": params["img_head"]["bias"]} if "bias" in params["img_head"] else {}))
+        head = params.get("img_head")
+        if head is not None:
+            sd["visual.head.proj.weight"] = head["kernel"].T
+            if "bias" in head:
+                sd["visual.head.proj.bias"] = head["bias"]
     sd["token_embedding.weight"] = txt["embedding"]["embedding"]
     sd["positional_embedding"] = txt["pos_embedding"][0]
     sd |= _resblocks("transformer", txt["encoder"])

@@ -26,6 +26,7 @@ from contrastive_jax.export.hf_layers import (
     mlp,
     norm,
     packed_attention,
+    patch_position_embeddings,
     prefixed,
     read_linear,
     read_norm,
@@ -33,7 +34,6 @@ from contrastive_jax.export.hf_layers import (
 )
 from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
-from contrastive_jax.models.transformer import posemb_sincos_2d
 
 TIMM_DIR = "timm_vision"  # the export's timm model folder (its config.json)
 # A registered timm ViT entrypoint; every size comes from `model_args`, which override it.
@@ -75,19 +75,15 @@ def timm_config(image: Any, value_range: tuple[float, float]) -> dict[str, Any]:
 
 def timm_state_dict(img: dict, image: Any, prefix: str) -> dict[str, np.ndarray]:
     """Our image tower params -> timm VisionTransformer's state dict under `prefix`."""
-    size = resolve_size(image, tower="image", with_patch=True)
-    px = image.image_size if isinstance(image.image_size, int) else int(image.image_size[0])
-    grid = px // size["patch_size"]
-    pos = (img["pos_embedding"] if image.posemb == "learn"
-           else posemb_sincos_2d(grid, grid, size["width"]))
+    pos = patch_position_embeddings(img, image)
     bias = img["embedding"]["bias"]
     sd = {f"{prefix}.patch_embed.proj.weight": rgb_patch_kernel(img["embedding"]["kernel"])}
     if image.pre_norm:  # timm's patch embedding has no bias then: fold it into the positions
-        pos = pos + bias[None, None, :]
+        pos = pos + bias[None, :]
         sd |= prefixed(f"{prefix}.norm_pre", norm(img["pre_norm"]))
     else:
         sd[f"{prefix}.patch_embed.proj.bias"] = bias
-    sd[f"{prefix}.pos_embed"] = np.reshape(pos, (1, grid * grid, size["width"]))
+    sd[f"{prefix}.pos_embed"] = pos[None]
     blocks = unstack_layers({"blocks": img["encoder"]["blocks"]})["blocks"]
     for i in sorted(blocks, key=int):
         block, pre = blocks[i], f"{prefix}.blocks.{i}"
