@@ -115,3 +115,18 @@ def test_weight_decay_skips_scalars_norms_and_biases():
     assert any(v for v in flat.values())
     assert all(v == k.endswith("kernel") for k, v in flat.items())
     assert flat["img/encoder/blocks/0/mlp/fc1/kernel"]
+
+
+def test_grad_norm_per_part_adds_up_to_the_clipped_norm():
+    """`train/grad_norm/<part>` for each trained top-level part (a locked tower has none):
+    their root sum of squares is the global norm that the clip reads."""
+    batches = synthetic_batches(1, 16, seed=2)
+    _, (metrics,) = run_steps(tiny_config(), jax.devices()[:1], batches)
+    parts = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("train/grad_norm/")}
+    assert {"img", "txt", "t_log", "b"} <= set(parts)
+    np.testing.assert_allclose(np.sqrt(sum(v**2 for v in parts.values())),
+                               metrics["train/grad_norm"], rtol=1e-5)
+    _, (locked,) = run_steps(tiny_config(train={"locked": {"image": True}}), jax.devices()[:1],
+                             batches)
+    locked_parts = {k.split("/")[-1] for k in locked if k.startswith("train/grad_norm/")}
+    assert "img" not in locked_parts and "txt" in locked_parts

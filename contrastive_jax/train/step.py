@@ -159,6 +159,8 @@ def make_train_step(
         metrics = {
             "train/loss": loss,
             "train/grad_norm": grad_norm,
+            # Per top-level part (img, txt, heads, t_log, b): which part drives the clip.
+            **{f"train/grad_norm/{part}": optax.global_norm(g) for part, g in grads.items()},
             NONFINITE: (~finite).astype(jnp.int32),  # 1: this step's update was dropped
             # t, b, pos_logit, neg_logit, and whatever else the objective reports.
             **{f"train/{name}": value for name, value in aux.items()},
