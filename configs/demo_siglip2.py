@@ -9,8 +9,8 @@ the examples by parallel prediction), and for the last 20% of the steps an EMA t
 drives local-to-global self-distillation (4 local crops of 14 px per image) and masked prediction
 (half the patches replaced by a mask token). `off=` switches terms off (locca,
 self_distill, masked_prediction, joined by +), for the ablation in docs/captioning.md.
-1,400 steps (demo_siglip's 1,200 plus the ~2 minutes the 15-minute budget leaves after
-the self-supervised phase): 0.8735 zero-shot in 13 min on the 2-core CPU.
+1,400 steps: 0.8735 zero-shot in 13 min on the 2-core CPU (demo_siglip over the same
+1,400 steps: 0.8773; docs/captioning.md).
 """
 
 import os

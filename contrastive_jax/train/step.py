@@ -150,7 +150,9 @@ def make_train_step(
         stats = {k: aux.pop(k) for k in [k for k in aux if k.startswith("_")]}
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
-        grad_norm = optax.global_norm(grads)
+        # Per top-level part (img, txt, heads, t_log, b): which part drives the clip.
+        part_norms = {part: optax.global_norm(g) for part, g in grads.items()}
+        grad_norm = jnp.sqrt(sum(n * n for n in part_norms.values()))  # the clip's norm
         # A non-finite loss or gradient drops the whole update (params and optimizer
         # state), on device: the state stays finite, so no checkpoint can hold a NaN.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -159,8 +161,7 @@ def make_train_step(
         metrics = {
             "train/loss": loss,
             "train/grad_norm": grad_norm,
-            # Per top-level part (img, txt, heads, t_log, b): which part drives the clip.
-            **{f"train/grad_norm/{part}": optax.global_norm(g) for part, g in grads.items()},
+            **{f"train/grad_norm/{part}": norm for part, norm in part_norms.items()},
             NONFINITE: (~finite).astype(jnp.int32),  # 1: this step's update was dropped
             # t, b, pos_logit, neg_logit, and whatever else the objective reports.
             **{f"train/{name}": value for name, value in aux.items()},
