@@ -93,8 +93,9 @@ def test_remat_same_loss_and_grads_fewer_saved_activations(remat):
     l0, g0 = _plain_loss_and_grads()
     (l1, _), g1 = jax.jit(_grad_fn(rematted, rest, 1))(params, batch["image"], batch["text"])
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    # Recomputed blocks fuse differently: float32 rounding apart (gradients are O(1)).
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert residual_bytes(remat, 32) < 0.6 * residual_bytes("none", 32)
 
 

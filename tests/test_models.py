@@ -250,3 +250,54 @@ def test_text_pool_final_is_the_unmasked_last_position():
     assert not np.allclose(final(tokens[:, :4])[0], pooled[0])
     last = tower("last")
     np.testing.assert_allclose(last(tokens[:, :4])[0], last(tokens)[0], atol=1e-6)
+
+
+def _pooled_and_grads(tower, inputs, pruned):
+    """A pooling tower's features and d(sum sin features)/d(params), computed by the
+    one-query last block (`pruned`) or from the full token output (`return_tokens`)."""
+    graphdef, params = nnx.split(tower)
+
+    def features(params):
+        model = nnx.merge(graphdef, params)
+        return model(inputs) if pruned else model(inputs, return_tokens=True)[0]
+
+    value = jax.jit(features)(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(features(p)))))(params)
+    flops = jax.jit(features).lower(params).cost_analysis()["flops"]
+    return value, grads, flops
+
+
+def assert_same_grads(grads, want):
+    # Relative to the largest gradient: some are zero in exact arithmetic (key biases,
+    # which softmax ignores) and come out as rounding noise either way.
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
+    for got, expected in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("pool,causal,scan_layers,remat", [
+    ("last", False, False, "none"), ("last", True, True, "full"),
+    ("final", False, True, "none")])
+def test_one_position_pools_compute_only_that_query_in_the_last_block(
+        pool, causal, scan_layers, remat):
+    """The pooled feature (and every param's gradient) equals the full tower's, at fewer
+    FLOPs: the last block computes the pooled position's query alone."""
+    txt = TextTransformer(**TINY, vocab_size=50, max_len=12, pool=pool, causal=causal,
+                          scan_layers=scan_layers, remat=remat, rngs=nnx.Rngs(0))
+    _, tokens = batch(length=8)
+    full, full_grads, full_flops = _pooled_and_grads(txt, tokens, pruned=False)
+    pooled, grads, flops = _pooled_and_grads(txt, tokens, pruned=True)
+    np.testing.assert_allclose(pooled, full, atol=2e-6)
+    assert_same_grads(grads, full_grads)
+    if not scan_layers:  # XLA's cost analysis counts a scan's body once, whatever its length
+        assert flops < 0.9 * full_flops
+
+
+def test_vit_cls_pool_computes_only_the_class_query_in_the_last_block():
+    vit = ViT(**TINY, patch_size=4, image_size=8, channels=3, pool="cls", rngs=nnx.Rngs(0))
+    images, _ = batch()
+    full, full_grads, full_flops = _pooled_and_grads(vit, images, pruned=False)
+    pooled, grads, flops = _pooled_and_grads(vit, images, pruned=True)
+    np.testing.assert_allclose(pooled, full, atol=2e-6)
+    assert_same_grads(grads, full_grads)
+    assert flops < 0.9 * full_flops

@@ -10,6 +10,7 @@ from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.transformer import Dtype, Encoder, MAPHead, parse_dtype
 
 POOLS = ("last", "first", "mean", "map", "final")
+_ONE_POSITION = ("last", "final", "first")  # pools that read one position per sequence
 PAD_ID = 0
 
 
@@ -90,6 +91,14 @@ class TextTransformer(nnx.Module):
         attend = mask
         if self.causal:
             attend = mask[:, None, None, :] & jnp.tril(jnp.ones((length, length), bool))
+        if not return_tokens and self.pool in _ONE_POSITION:
+            # Only the pooled position's output is needed: the last block computes that
+            # query alone (exactly that row of the full result, at a fraction of the cost).
+            index = {"last": last_token_index(mask),
+                     "final": jnp.full(tokens.shape[:1], length - 1),
+                     "first": jnp.zeros(tokens.shape[:1], jnp.int32)}[self.pool]
+            pooled = self.encoder(x, attend, query=index)[:, 0]
+            return pooled.astype(jnp.float32)
         x = self.encoder(x, attend)  # float32
 
         if self.pool == "last":

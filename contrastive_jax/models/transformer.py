@@ -53,6 +53,15 @@ def attention(width: int, num_heads: int, dtype: Dtype, param_dtype: Dtype,
         decode=False, deterministic=True, keep_rngs=False, rngs=rngs)
 
 
+def query_rows(x: Array, index: Array, axis: int = 1) -> Array:
+    """Each sequence's row `index[b]` of x's `axis` (the query axis), kept as a length-1
+    axis: [B, L, ...] -> [B, 1, ...]."""
+    shape = [1] * x.ndim
+    shape[0] = index.shape[0]
+    x = jnp.broadcast_to(x, (index.shape[0], *x.shape[1:]))
+    return jnp.take_along_axis(x, index.reshape(shape), axis=axis)
+
+
 def attention_mask(mask: Array | None) -> Array | None:
     """[B, L] key-validity mask -> [B, 1, 1, L], broadcastable over heads and queries; a
     [B, 1, Lq, Lk] mask (e.g. causal) is used as it is."""
@@ -85,10 +94,20 @@ class EncoderBlock(nnx.Module):
         self.ln2 = layer_norm(width, param_dtype, rngs)
         self.mlp = MlpBlock(width, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        """x: [B, L, D]; mask: optional [B, L], True where the token is real."""
+    def __call__(self, x: Array, mask: Array | None = None, query: Array | None = None
+                 ) -> Array:
+        """x: [B, L, D]; mask: optional [B, L] (True where the token is real) or
+        [B, 1, L, L]. With `query` [B] int, only position query[b] is computed as a query
+        (every token is still a key and value): the output is [B, 1, D], equal to that row
+        of the full block's output. A tower that pools one position needs no more from its
+        last block, and the rows it skips are most of that block's attention and MLP."""
         y = self.ln1(x).astype(self.dtype)
-        x = x + self.attn(y, mask=attention_mask(mask)).astype(x.dtype)
+        queries = y
+        if query is not None:
+            x, queries = query_rows(x, query), query_rows(y, query)
+            if mask is not None and mask.ndim == 4:  # causal: the query's row of the mask
+                mask = query_rows(mask, query, axis=2)
+        x = x + self.attn(queries, y, mask=attention_mask(mask)).astype(x.dtype)
         y = self.ln2(x).astype(self.dtype)
         return x + self.mlp(y).astype(x.dtype)
 
@@ -125,9 +144,10 @@ def _apply_block(block: nnx.Module, x: Array, *args: Any) -> Array:
     return block(x, *args)
 
 
-def run_blocks(blocks: nnx.Module, x: Array, *args: Any, remat: str, scan_layers: bool
-               ) -> Array:
-    """x through every block of `build_blocks`, each called as `block(x, *args)`.
+def run_blocks(blocks: nnx.Module, x: Array, *args: Any, remat: str, scan_layers: bool,
+               last_args: tuple = ()) -> Array:
+    """x through every block of `build_blocks`, each called as `block(x, *args)`, the
+    last one as `block(x, *args, *last_args)`.
 
     `remat` (one of REMAT_NAMES) rematerialises each block in the backward pass; stacked
     blocks run under `jax.lax.scan`, traced and compiled once whatever the depth.
@@ -137,17 +157,22 @@ def run_blocks(blocks: nnx.Module, x: Array, *args: Any, remat: str, scan_layers
         # dropout RNGs, no batch stats), so nothing needs to flow back out of the loop.
         graphdef, state = nnx.split(blocks)
 
-        def body(carry: Array, layer_state: Any) -> tuple[Array, None]:
-            return nnx.merge(graphdef, layer_state)(carry, *args), None
+        def layer(carry: Array, layer_state: Any, *extra: Any) -> Array:
+            return nnx.merge(graphdef, layer_state)(carry, *args, *extra)
 
         if remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[remat])
-        return jax.lax.scan(body, x, state)[0]
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat])
+        if not last_args:
+            return jax.lax.scan(lambda c, s: (layer(c, s), None), x, state)[0]
+        head = jax.tree.map(lambda leaf: leaf[:-1], state)
+        x = jax.lax.scan(lambda c, s: (layer(c, s), None), x, head)[0]
+        return layer(x, jax.tree.map(lambda leaf: leaf[-1], state), *last_args)
     apply = _apply_block
     if remat != "none":
         apply = nnx.remat(_apply_block, policy=REMAT_POLICIES[remat])
-    for block in blocks:
-        x = apply(block, x, *args)
+    depth = len(blocks)
+    for i, block in enumerate(blocks):
+        x = apply(block, x, *args, *(last_args if i == depth - 1 else ()))
     return x
 
 
@@ -165,7 +190,7 @@ class Encoder(nnx.Module):
                  dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs, remat: str = "none",
                  scan_layers: bool = False):
         check_remat(remat)
-        self.remat, self.scan_layers = remat, bool(scan_layers)
+        self.remat, self.scan_layers, self.depth = remat, bool(scan_layers), int(depth)
 
         def block(rngs: nnx.Rngs) -> EncoderBlock:
             return EncoderBlock(width, mlp_dim, num_heads, dtype=dtype,
@@ -174,8 +199,14 @@ class Encoder(nnx.Module):
         self.blocks = build_blocks(block, depth, self.scan_layers, rngs)
         self.encoder_norm = layer_norm(width, param_dtype, rngs)
 
-    def __call__(self, x: Array, mask: Array | None = None) -> Array:
-        x = run_blocks(self.blocks, x, mask, remat=self.remat, scan_layers=self.scan_layers)
+    def __call__(self, x: Array, mask: Array | None = None, query: Array | None = None
+                 ) -> Array:
+        """With `query` [B] int: only each sequence's position query[b] comes out of the
+        last block (see EncoderBlock), as [B, 1, D]."""
+        if query is not None and not self.depth:  # no block to pick the rows for us
+            x, query = query_rows(x, query), None
+        x = run_blocks(self.blocks, x, mask, remat=self.remat, scan_layers=self.scan_layers,
+                       last_args=() if query is None else (query,))
         return self.encoder_norm(x)
 
 

@@ -144,6 +144,10 @@ class ViT(nnx.Module):
                                 axis=1)
         if self.pre_norm is not None:
             x = self.pre_norm(x).astype(self.dtype)
+        if self.pool == "cls" and not return_tokens:
+            # Only the class token's output is needed: the last block computes it alone.
+            pooled = self.encoder(x, query=jnp.zeros((b,), jnp.int32))[:, 0]
+            return pooled.astype(jnp.float32)
         x = self.encoder(x)  # float32, final LayerNorm applied
 
         if self.pool == "map":
