@@ -41,6 +41,12 @@ def test_bench_counts_two_flops_per_multiply_add():
                                               abs=0.011)
         assert row["params"] == row["image_params"] + row["text_params"] + 1  # + t_log
         assert row["gflops_ratio"] == pytest.approx(row["gflops"] / 14.78, abs=1e-3)
+        # As run, the class token's query alone goes through the last block: the other 49
+        # positions' q and output projections, MLP and attention rows are not computed.
+        skipped = 2 * (n - 1) * (2 * d * d + 2 * d * mlp) + 2 * 2 * (n - 1) * n * d
+        assert (row["image_gflops"] - row["image_gflops_run"]) * 1e9 == pytest.approx(
+            skipped, abs=2e7)
+        assert row["text_gflops_run"] < row["text_gflops"]  # the EOS position alone, too
 
 
 def test_a_config_without_published_figures_is_refused():

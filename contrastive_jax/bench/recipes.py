@@ -4,7 +4,9 @@ abstract shapes only (nothing is initialised or run), against its published figu
 Parameters come from `jax.eval_shape` of the model's init; FLOPs from XLA's cost analysis
 of each tower's lowered (uncompiled) forward pass on one example, which counts 2 FLOPs per
 multiply-add as torch's FlopCounterMode does (open_clip's model_profile.csv), plus the
-elementwise work (softmax, norms, GELU) that torch's counter leaves out.
+elementwise work (softmax, norms, GELU) that torch's counter leaves out. `*_gflops` count
+every position, as the published figures do; `*_gflops_run` is what the tower computes
+(less where it pools one position: see models/transformer.py's EncoderBlock).
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ def _gflops(fn, *args) -> float:
     return float(cost["flops"]) / 1e9
 
 
+def _tower_gflops(model_def: ModelDef, params: Any, rest: Any, x: Any, kind: str,
+                  tower: str) -> tuple[float, float]:
+    """(all positions, as run) GFLOPs of encoding one example. A tower that pools one
+    position runs only that query through its last block (models/transformer.py); the
+    published figures count every position, and so does the first number (the tower's
+    full token output in place of its pooled one)."""
+    def encode(p, x):
+        return getattr(model_def.bind(p, rest), f"encode_{kind}")(x)
+
+    def pooled(p, x):
+        return getattr(model_def.bind(p, rest), tower)(x)
+
+    def pooled_from_all_positions(p, x):
+        return getattr(model_def.bind(p, rest), tower)(x, return_tokens=True)[0]
+
+    run = _gflops(encode, params, x)
+    return run - _gflops(pooled, params, x) + _gflops(pooled_from_all_positions, params, x), run
+
+
 def _ratio(ours: float, paper: float | None) -> float | None:
     return None if paper is None else round(ours / paper, 4)
 
@@ -49,12 +70,13 @@ def recipe_row(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
     size = img.image_size if isinstance(img.image_size, int) else tuple(img.image_size)
     h, w = (size, size) if isinstance(size, int) else size
     image = jax.ShapeDtypeStruct((1, h, w, img.channels), jnp.float32)
-    image_gflops = _gflops(lambda p, x: model_def.bind(p, rest).encode_image(x), params, image)
+    image_gflops, image_run = _tower_gflops(model_def, params, rest, image, "image", "img")
     if "text" in config.model:
         text = jax.ShapeDtypeStruct((1, config.model.text.max_len), jnp.int32)
+        tower = "txt"
     else:  # one tower: captions are rendered images of the image's shape
-        text = image
-    text_gflops = _gflops(lambda p, x: model_def.bind(p, rest).encode_text(x), params, text)
+        text, tower = image, "img"
+    text_gflops, text_run = _tower_gflops(model_def, params, rest, text, "text", tower)
 
     paper = config.recipe
     if paper.params_paper is None:
@@ -66,6 +88,7 @@ def recipe_row(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
         "params_paper": paper.params_paper,
         "params_ratio": _ratio(total_params, paper.params_paper),
         "image_gflops": round(image_gflops, 2), "text_gflops": round(text_gflops, 2),
+        "image_gflops_run": round(image_run, 2), "text_gflops_run": round(text_run, 2),
         "gflops": round(gflops, 2), "gflops_paper": paper.gflops_paper,
         "gflops_ratio": _ratio(gflops, paper.gflops_paper),
         "image_gflops_ratio": _ratio(image_gflops, paper.image_gflops_paper),
