@@ -301,3 +301,10 @@ def test_vit_cls_pool_computes_only_the_class_query_in_the_last_block():
     np.testing.assert_allclose(pooled, full, atol=2e-6)
     assert_same_grads(grads, full_grads)
     assert flops < 0.9 * full_flops
+
+
+def test_a_tower_without_blocks_pools_the_right_position():
+    txt = TextTransformer(width=16, depth=0, mlp_dim=32, num_heads=2, vocab_size=32,
+                          max_len=6, pool="last", rngs=nnx.Rngs(0))
+    tokens = jnp.array([[5, 6, 1, 0, 0, 0], [7, 8, 9, 10, 11, 1]], jnp.int32)
+    np.testing.assert_array_equal(txt(tokens), txt(tokens, return_tokens=True)[0])

@@ -164,8 +164,8 @@ def run_blocks(blocks: nnx.Module, x: Array, *args: Any, remat: str, scan_layers
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat])
         if not last_args:
             return jax.lax.scan(lambda c, s: (layer(c, s), None), x, state)[0]
-        head = jax.tree.map(lambda leaf: leaf[:-1], state)
-        x = jax.lax.scan(lambda c, s: (layer(c, s), None), x, head)[0]
+        all_but_last = jax.tree.map(lambda leaf: leaf[:-1], state)
+        x = jax.lax.scan(lambda c, s: (layer(c, s), None), x, all_but_last)[0]
         return layer(x, jax.tree.map(lambda leaf: leaf[-1], state), *last_args)
     apply = _apply_block
     if remat != "none":
