@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.models.transformer import Dtype, Encoder, MAPHead, parse_dtype
+from contrastive_jax.models.transformer import Dtype, Encoder, MAPHead, parse_dtype, query_rows
 
 POOLS = ("last", "first", "mean", "map", "final")
 _ONE_POSITION = ("last", "final", "first")  # pools that read one position per sequence
@@ -91,23 +91,16 @@ class TextTransformer(nnx.Module):
         attend = mask
         if self.causal:
             attend = mask[:, None, None, :] & jnp.tril(jnp.ones((length, length), bool))
-        if not return_tokens and self.pool in _ONE_POSITION:
-            # Only the pooled position's output is needed: the last block computes that
-            # query alone (exactly that row of the full result, at a fraction of the cost).
-            index = {"last": last_token_index(mask),
-                     "final": jnp.full(tokens.shape[:1], length - 1),
-                     "first": jnp.zeros(tokens.shape[:1], jnp.int32)}[self.pool]
-            pooled = self.encoder(x, attend, query=index)[:, 0]
-            return pooled.astype(jnp.float32)
+        if self.pool in _ONE_POSITION:
+            index = self._pooled_position(mask)
+            if not return_tokens:
+                # Only the pooled position's output is needed: the last block computes that
+                # query alone (exactly that row of the full result, at a fraction of the cost).
+                return self.encoder(x, attend, query=index)[:, 0].astype(jnp.float32)
         x = self.encoder(x, attend)  # float32
 
-        if self.pool == "last":
-            idx = last_token_index(mask)
-            pooled = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
-        elif self.pool == "final":
-            pooled = x[:, -1]
-        elif self.pool == "first":
-            pooled = x[:, 0]
+        if self.pool in _ONE_POSITION:
+            pooled = query_rows(x, index)[:, 0]
         elif self.pool == "mean":
             # where, not multiply: pad rows contribute exactly nothing, even if non-finite.
             total = jnp.sum(jnp.where(mask[..., None], x, 0.0), axis=1)
@@ -116,3 +109,9 @@ class TextTransformer(nnx.Module):
             pooled = self.map_head(x, mask)
         pooled = pooled.astype(jnp.float32)
         return (pooled, x, mask) if return_tokens else pooled
+
+    def _pooled_position(self, mask: jax.Array) -> jax.Array:
+        """[B] index of the position a one-position pool reads."""
+        if self.pool == "last":
+            return last_token_index(mask)
+        return jnp.full(mask.shape[:1], mask.shape[1] - 1 if self.pool == "final" else 0)

@@ -162,10 +162,10 @@ def run_blocks(blocks: nnx.Module, x: Array, *args: Any, remat: str, scan_layers
 
         if remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[remat])
+        scanned = jax.tree.map(lambda leaf: leaf[:-1], state) if last_args else state
+        x = jax.lax.scan(lambda c, s: (layer(c, s), None), x, scanned)[0]
         if not last_args:
-            return jax.lax.scan(lambda c, s: (layer(c, s), None), x, state)[0]
-        all_but_last = jax.tree.map(lambda leaf: leaf[:-1], state)
-        x = jax.lax.scan(lambda c, s: (layer(c, s), None), x, all_but_last)[0]
+            return x
         return layer(x, jax.tree.map(lambda leaf: leaf[-1], state), *last_args)
     apply = _apply_block
     if remat != "none":
