@@ -4,10 +4,10 @@ text tower tuned against it.
     contrastive-jax train --config configs/demo_siglip.py --workdir /tmp/demo_siglip
     contrastive-jax train --config configs/demo_lit.py:init=/tmp/demo_siglip --workdir /tmp/lit
 
-`init` is the demo_siglip workdir (or an export of it); its image tower and projection head
-are copied and locked (no optimizer state, no backward pass), while the text tower, t and
-b start fresh. With `cache=True` (default) the locked tower embeds the 60,000 training
-images once and the steps run the text tower only.
+`init` is the demo_siglip workdir (or an export of it, e.g. `init=hf:/tmp/siglip_hf`); its
+image tower (MAP-pooled, no projection head) is copied and locked (no optimizer state, no
+backward pass), while the text tower, t and b start fresh. With `cache=True` (default) the
+locked tower embeds the 60,000 training images once and the steps run the text tower only.
 """
 
 import importlib.util

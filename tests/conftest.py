@@ -106,7 +106,8 @@ def pytest_sessionfinish(session) -> None:
 HEAVIEST_FIRST = (
     "test_preemption.py", "test_grad_cache.py", "test_hf_parity.py",
     "test_checkpoint_integrity.py", "test_multiprocess.py", "test_data_sources.py",
-    "test_resume.py", "test_flip.py", "test_cappa.py", "test_siglip2.py", "test_zerovl.py",
+    "test_resume.py", "test_demo_chain.py", "test_flip.py", "test_cappa.py", "test_siglip2.py",
+    "test_zerovl.py",
     "test_catlip.py", "test_resume_read_size.py", "test_lit_init_cache.py", "test_models.py",
     "test_train_step.py", "test_cit_and_offline.py", "test_bench.py", "test_sharding.py",
     "test_memory.py", "test_nonfinite.py", "test_one_tower.py", "test_loss_family.py",

@@ -14,6 +14,7 @@ from contrastive_jax.bench.flops import compiled_flops
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import path_name
 from contrastive_jax.train.lock import (
+    check_lock,
     check_patterns,
     lock_patterns,
     merge_params,
@@ -67,6 +68,25 @@ def test_bad_patterns_are_one_line_errors():
         check_patterns(params, ("img/(",))
     with pytest.raises(ValueError, match="locks every parameter"):
         check_patterns(params, (".",))
+
+
+def test_a_tower_shorthand_locks_the_head_only_where_there_is_one():
+    """SigLIP's MAP image tower has no projection head: `locked.image` locks the tower alone
+    (no error), a model with a head gets it locked too, and a missing tower is one line."""
+    for head in (True, False):
+        config = tiny_config(model={"embed_dim": 32, "image": {"pool": "map", "head": head}})
+        params, _ = ModelDef.init(config.model, jax.random.key(0))
+        check_lock(params, _lock(image=True))
+        _, locked = split_params(params, lock_patterns(_lock(image=True)))
+        tops = {n.split("/")[0] for n in param_names(locked)}
+        assert tops == ({"img", "img_head"} if head else {"img"})
+    # `params` has no image head now: a pattern the user wrote for it is still refused.
+    with pytest.raises(ValueError, match=r"pattern '\^img_head/' matches no parameter"):
+        check_lock(params, _lock(patterns=("^img_head/",)))
+    with pytest.raises(ValueError, match="'train.locked.text': this model has no text tower"):
+        check_lock({"img": {"k": np.zeros(1)}, "b": np.zeros(())}, _lock(text=True))
+    with pytest.raises(ValueError, match="'train.locked' locks every parameter"):
+        check_lock({"img": {"k": np.zeros(1)}}, _lock(image=True))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ differentiates only the trainable sub-dict and passes the locked one in as a con
 Paths are those of `state.params`, e.g. `img/encoder/blocks/0/mlp/fc1/kernel`,
 `img_head/kernel`, `txt/embedding/embedding`, `t_log`, `b`. `re.search` semantics: anchor
 with `^` to match from the start. `train.locked.image` / `train.locked.text` are shorthands
-for the tower's patterns below (the tower and its projection head; t and b stay trainable).
+for the tower's patterns below: the tower, and its projection head when the model has one
+(SigLIP's MAP image tower has none); t and b stay trainable.
 """
 
 from __future__ import annotations
@@ -79,6 +80,25 @@ def param_names(params: Mapping, prefix: str = "") -> list[str]:
         name = f"{prefix}{key}"
         names += param_names(value, name + "/") if isinstance(value, Mapping) else [name]
     return names
+
+
+def check_lock(params: Mapping, lock_config: ml_collections.ConfigDict) -> None:
+    """One-line ConfigError for a `train.locked` group this model cannot take.
+
+    A tower shorthand needs the tower (its first pattern) and locks the head only where the
+    model has one; each explicit pattern must be a valid regex matching some parameter.
+    """
+    names = param_names(params)
+    for tower in ("image", "text"):
+        body = TOWER_PATTERNS[tower][0]
+        if lock_config[tower] and not any(re.search(body, n) for n in names):
+            raise ConfigError(f"config key 'train.locked.{tower}': this model has no {tower} "
+                              f"tower (no parameter matches {body!r})")
+    check_patterns(params, tuple(lock_config.patterns))
+    patterns = lock_patterns(lock_config)
+    if patterns and all(is_locked(n, patterns) for n in names):
+        raise ConfigError("config key 'train.locked' locks every parameter; nothing would "
+                          "train")
 
 
 def check_patterns(params: Mapping, patterns: Sequence[str],

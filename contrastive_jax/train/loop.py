@@ -33,7 +33,7 @@ from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.embedding_cache import check_image_tower_locked
 from contrastive_jax.train.init_from import init_params
-from contrastive_jax.train.lock import check_patterns, lock_patterns
+from contrastive_jax.train.lock import check_lock, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.nonfinite import NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
@@ -122,7 +122,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
-    check_patterns(state.params, lock_patterns(config.train.locked))
+    check_lock(state.params, config.train.locked)
     checkpointer = Checkpointer(workdir, config)
     resumed_meta = {}
     if checkpointer.latest_step() is not None:
