@@ -7,8 +7,9 @@ action, and its image does not show the caption's words as text.
   their conjuncts, and the complement of a copula it is the subject of; relations: a
   preposition between two objects, a verb between its subject and its object or the object
   of its preposition; a participial clause's verb has the noun it modifies as its subject,
-  and a multi-word preposition, "next to" or "in front of", is one relation). The complexity is the most edges (attributes + relations) at any one
-  object; `min_complexity` (the paper's C1: 1) is the least kept.
+  and a multi-word preposition, "next to" or "in front of", is one relation). The
+  complexity is the most edges (attributes + relations) at any one object;
+  `min_complexity` (the paper's C1: 1) is the least kept.
 - Action: the caption has a verb that is not an auxiliary (spaCy's VERB), nor a participle
   modifying a noun ("a centered photo").
 - Text-spotting: Tesseract reads the image; a pair is dropped when a word it reads (of at
