@@ -248,3 +248,55 @@ DATA_READERS = {
 def test_every_data_reader(data_inputs, reader, tally, tmp_path):
     directory, name = data_inputs[reader]
     run_mutants(tally, reader, directory, [name], DATA_READERS[reader], tmp_path)
+
+
+def _damaged_copy(src: str, dst, name: str, kind: str) -> str:
+    shutil.copytree(src, dst)
+    mutate(os.path.join(dst, name), kind, np.random.default_rng(SEED))
+    return str(dst)
+
+
+def test_the_command_line_prints_one_line_and_exits_2(exports, data_inputs, tmp_path):
+    """`embed --model` of a damaged export, as a user runs it: no traceback."""
+    model = _damaged_copy(exports["npz"], tmp_path / "npz", "export_config.json", "truncated")
+    texts = os.path.join(*data_inputs["text lines"])
+    out = subprocess.run([sys.executable, "-m", "contrastive_jax.cli", "embed", "--model",
+                          model, "--texts", texts, "--out", str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: export config ") and "export_config.json is damaged" in last
+
+
+@pytest.mark.parametrize("name", ["config.json", "processor_config.json",
+                                  "contrastive_jax_export.json"])
+def test_embed_of_a_damaged_hf_export_is_one_line(exports, data_inputs, tmp_path, capsys,
+                                                  name):
+    from contrastive_jax import cli
+
+    model = _damaged_copy(exports["hf"], tmp_path / "hf", name, "head_flip")
+    texts = os.path.join(*data_inputs["text lines"])
+    argv = ["embed", "--model", f"hf:{model}", "--texts", texts, "--out", str(tmp_path / "x")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and name in err[-1] and "damaged" in err[-1]
+
+
+@pytest.mark.parametrize("kind", ["emptied", "head_flip"])
+def test_training_on_a_source_with_no_usable_record_is_one_line(data_inputs, tmp_path,
+                                                                capsys, kind):
+    """The tokenizer is trained on the captions first: without one, the run names the
+    source and its skipped records by reason instead of failing inside sentencepiece."""
+    from contrastive_jax import cli
+
+    shard = os.path.join(_damaged_copy(data_inputs["tfrecord"][0], tmp_path / "data",
+                                       "a.tfrecord", kind), "a.tfrecord")
+    argv = ["train", "--config", "configs/demo_siglip.py:steps=2", "--workdir",
+            str(tmp_path / "run"), f"--config.data.sources=({{'kind': 'tfrecord', "
+            f"'pattern': '{shard}'}},)", "--config.data.dataset=", "--config.data.channels=1",
+            "--config.train.progress_bar=False"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: training source tfrecord {shard} has no usable caption")
+    assert "skipped: " in err
