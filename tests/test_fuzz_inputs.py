@@ -300,3 +300,18 @@ def test_training_on_a_source_with_no_usable_record_is_one_line(data_inputs, tmp
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: training source tfrecord {shard} has no usable caption")
     assert "skipped: " in err
+
+
+@pytest.mark.parametrize("key", ["model", "text", "train_config", "step"])
+def test_an_export_card_that_lost_a_key_is_one_line(exports, tmp_path, key):
+    """A flipped byte inside a key name leaves valid JSON without that key."""
+    from contrastive_jax.errors import DataError
+    from contrastive_jax.export.native import load_exported
+
+    work = shutil.copytree(exports["npz"], tmp_path / "npz")
+    card = json.loads((work / "export_config.json").read_text())
+    card[key + "_"] = card.pop(key)
+    (work / "export_config.json").write_text(json.dumps(card))
+    with pytest.raises(DataError, match=rf"export_config.json is damaged: key '{key}' is "
+                                        "missing"):
+        load_exported(str(work))

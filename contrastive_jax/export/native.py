@@ -21,7 +21,7 @@ from contrastive_jax.data import text_conventions
 from contrastive_jax.data.text_conventions import EOS_ID, TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError, UserError
 from contrastive_jax.export.flat import flatten, unflatten
-from contrastive_jax.json_files import read_json
+from contrastive_jax.json_files import field, read_json
 
 if TYPE_CHECKING:  # the tokenizer loads TensorFlow; only load_exported needs it
     from contrastive_jax.data.tokenizer import Tokenizer
@@ -165,9 +165,11 @@ def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Toke
     card = read_json(card_path, "export config")
     if card.get("weights") not in WEIGHT_FILES.values():
         raise DataError(f"{card_path}: 'weights' must be one of {sorted(WEIGHT_FILES.values())}")
+    for key, kind in (("model", dict), ("text", dict), ("train_config", dict), ("step", int)):
+        field(card, key, card_path, kind)  # a key a damaged card lost: one line, not KeyError
     params = unflatten(_read_weights(os.path.join(export_dir, card["weights"])))
     check_params(complete_config(card["model"]), params)
-    tok_path = os.path.join(export_dir, card["text"]["tokenizer"])
+    tok_path = os.path.join(export_dir, field(card["text"], "tokenizer", card_path, str))
     if not os.path.isfile(tok_path):
         raise InputNotFoundError(f"missing tokenizer file {tok_path}")
     from contrastive_jax.data.tokenizer import Tokenizer
