@@ -165,6 +165,8 @@ def eval_config(spec: str, *, config: str | None = None, overrides: Sequence[str
         run = load_workdir_config(spec, model_overrides)
     elif kind == "export":
         run, card = default_config(), os.path.join(spec, EXPORT_CARD)
+        if not os.path.isfile(card):  # as load_exported says it
+            raise InputNotFoundError(f"{spec} is not an export directory: no {EXPORT_CARD}")
         merge_into(run, field(read_json(card, "export config"), "train_config", card, dict))
     else:  # hf, open_clip, big_vision: the suite file is merged whole, model aside
         run = default_config()
