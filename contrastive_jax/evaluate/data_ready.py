@@ -24,8 +24,9 @@ def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:
     if kind == "webdataset":
         pattern = spec["pattern"]
         return None if glob.glob(pattern) else f"no webdataset shards match {pattern!r}"
-    path = spec["path"]  # folder, csv, jsonl
-    return None if os.path.exists(path) else f"{kind} {path} does not exist"
+    path = spec["path"]
+    what = "image folder" if kind == "folder" else f"{kind} table"
+    return None if os.path.exists(path) else f"{what} {path} not found"
 
 
 def missing_data(config: ml_collections.ConfigDict) -> dict[str, str]:
