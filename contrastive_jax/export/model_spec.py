@@ -173,8 +173,11 @@ def eval_config(spec: str, *, config: str | None = None, overrides: Sequence[str
         if config:
             merge_into(run, {k: v for k, v in load_config_file(config).items()
                              if k != "model"})
-        config = None
-    if kind != "workdir":
+        # The model comes with the weights (load_model validates the two together): only
+        # the data and evals settings are wanted here.
+        apply_overrides(run, [o for o in overrides if not o.startswith("model.")])
+        return run
+    if kind == "export":
         apply_overrides(run, model_overrides)
     _use_suite(run, config, evals_overrides)
     return run
