@@ -44,7 +44,7 @@ CARD_FILE = "contrastive_jax_export.json"
 
 
 def _json(path: str) -> dict:
-    return read_json(path, os.path.basename(path))
+    return read_json(path, "model file")
 
 
 def _tensors(path: str) -> dict[str, np.ndarray]:
