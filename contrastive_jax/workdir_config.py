@@ -6,7 +6,6 @@ gets its config here, so they agree on the schema, the model's defaults and the 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from contrastive_jax.config import (
     use_model_schema,
 )
 from contrastive_jax.errors import InputNotFoundError
+from contrastive_jax.json_files import read_json
 
 
 def load_workdir_config(workdir: str, overrides: Sequence[str] = ()) -> ConfigDict:
@@ -26,8 +26,7 @@ def load_workdir_config(workdir: str, overrides: Sequence[str] = ()) -> ConfigDi
     if not os.path.isfile(path):
         raise InputNotFoundError(f"{workdir} is not a training workdir: no config.json")
     config = default_config()
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = read_json(path, "workdir config")
     use_model_schema(config, saved.get("model", {}).get("name", config.model.name))
     merge_into(config, saved)
     # How the training job was launched (e.g. process 0's process_id) is not part of the run.

@@ -40,13 +40,62 @@ HAND_LABELLED = [
 ]
 
 
-@pytest.mark.parametrize("caption, complexity, action", HAND_LABELLED)
+# Participial clauses: the participle joins the noun it modifies to its verb's objects and
+# to its prepositions' objects, as a finite verb joins its subject to them.
+PARTICIPIAL = [
+    ("a dog sleeping on a sofa.", 1, True),  # (dog, sleeping on, sofa)
+    ("two boys throwing stones.", 2, True),  # boys: "two" + (boys, throwing, stones)
+    ("a woman holding an umbrella.", 1, True),
+    ("a man surrounded by dogs.", 1, True),  # a passive participle's agent
+    ("a boy throwing a red ball to a dog.", 2, True),  # boy: ball, dog; ball: red, boy
+]
+# Multi-word prepositions: one relation between the words around them; the noun inside
+# ("front", "top") is no object of the scene.
+MULTIWORD = [
+    ("a dog in front of a house.", 1, False),  # (dog, in front of, house); no "front"
+    ("a cat on top of a table.", 1, False),
+    ("a dog next to a car.", 1, False),
+    ("a red dress next to a blue shirt.", 2, False),  # dress: red + next to shirt
+    ("a man standing next to a car.", 1, True),  # both constructions at once
+    ("a man riding a horse in front of a barn.", 2, True),  # man: horse, barn
+]
+
+
+@pytest.mark.parametrize("caption, complexity, action",
+                         HAND_LABELLED + PARTICIPIAL + MULTIWORD)
 def test_complexity_and_action_agree_with_hand_labels(decide, caption, complexity, action):
     result = decide(caption)
     assert (result.complexity, result.action) == (complexity, action)
     expected = None if complexity >= 1 and action else ("complexity" if complexity < 1
                                                         else "action")
     assert result.reason == expected and result.keep == (expected is None)
+
+
+# Hand-ordered: each caption adds objects, attributes or relations to the one before, so
+# complexity must never fall along a group. Before participles and multi-word
+# prepositions were read, it fell in the first three (e.g. 2 -> 1 from "a brown dog on a
+# sofa" to "a brown dog sleeping on a red sofa").
+GROWING_SCENES = [
+    ["a dog.", "a brown dog.", "a brown dog on a sofa.", "a brown dog sleeping on a red sofa.",
+     "a small brown dog sleeping on a red sofa next to a cat."],
+    ["two boys.", "two boys with stones.", "two boys throwing stones.",
+     "two young boys throwing stones into a lake.",
+     "two young boys throwing flat stones into a lake next to a wooden boat."],
+    ["a house.", "a dog in front of a house.", "a dog sleeping in front of a house.",
+     "a brown dog sleeping in front of a red house.",
+     "a brown dog sleeping on a mat in front of a red house."],
+    ["a man.", "a man with a bicycle.", "a man riding a red bicycle.",
+     "a tall man riding a red bicycle in front of a bus.",
+     "a tall man in a hat riding a red bicycle in front of a bus on a busy street."],
+    ["a table.", "a cat on top of a table.", "a black cat sitting on top of a wooden table.",
+     "a black cat sitting on top of a wooden table next to a vase of flowers."],
+]
+
+
+@pytest.mark.parametrize("group", GROWING_SCENES, ids=lambda g: g[1])
+def test_complexity_never_falls_as_the_scene_grows(decide, group):
+    complexity = [decide(caption).complexity for caption in group]
+    assert complexity == sorted(complexity) and complexity[-1] > complexity[1], complexity
 
 
 @pytest.mark.parametrize("caption", ["", "   ", "...", b"\xff\xfe"])
@@ -115,8 +164,9 @@ def test_data_cat_prints_a_line_per_input_and_a_summary(tmp_path, capsys):
     from contrastive_jax import cli
 
     Image.fromarray(_image("RED BICYCLE")).save(tmp_path / "sign.png")
+    Image.fromarray(_image("DRESS")).save(tmp_path / "dress.png")
     rows = [{"caption": CAPTION, "image": "sign.png"}, {"caption": CAPTION},
-            {"caption": "a dress."}]
+            {"caption": "a dress."}, {"caption": "a dress.", "image": "dress.png"}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert cli.main(["data", "cat", "--input", str(path)]) == 0
@@ -125,8 +175,12 @@ def test_data_cat_prints_a_line_per_input_and_a_summary(tmp_path, capsys):
     assert out[0]["text_spotted"] is True and out[1]["text_spotted"] is None
     assert out[2] == {"line": 3, "complexity": 0, "action": False, "text_spotted": None,
                       "keep": False, "reason": "complexity"}
-    assert out[3]["summary"] == {"lines": 3, "kept": 1, "dropped": 2,
-                                 "dropped/parse_failure": 0, "dropped/complexity": 1,
+    # Every check is reported although complexity already drops the pair; the reason
+    # and the counts stay the first check's, as in the pipeline.
+    assert out[3] == {"line": 4, "complexity": 0, "action": False, "text_spotted": True,
+                      "keep": False, "reason": "complexity"}
+    assert out[4]["summary"] == {"lines": 4, "kept": 1, "dropped": 3,
+                                 "dropped/parse_failure": 0, "dropped/complexity": 2,
                                  "dropped/action": 0, "dropped/text_spotted": 1}
     path.write_text('{"caption": "a dog", "image": "missing.png"}\n')
     assert cli.main(["data", "cat", "--input", str(path)]) == 2

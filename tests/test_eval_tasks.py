@@ -222,8 +222,10 @@ def test_eval_suite_errors_are_one_line(trained_workdir, tmp_path, capsys):
         ([_task(data={"kind": "folder", "path": str(tmp_path / "numbers")})],
          "zeroshot task 't': its label names are not words"),
         ([_task(prompt="x")], "evals.tasks[0].prompt': unknown"),
+        # Found before the model loads, with every other task whose data is missing.
         ([_task(data={"kind": "folder", "path": str(tmp_path / "none")})],
-         "zeroshot task 't': image folder not found"),
+         f"1 eval task(s) have no data: zeroshot/t: image folder {tmp_path / 'none'} "
+         "not found"),
     ]:
         assert cli.main([*base, f"--config.evals.tasks={tasks!r}"]) == 2
         err = capsys.readouterr().err

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -72,20 +73,50 @@ def _saved_steps(workdir) -> list[int]:
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
 
+SAVED = "checkpoint saved"
+
+
 def _interrupt(proc, metrics, logged: int, signum: int) -> dict:
-    """Sends `signum` once `metrics` holds `logged` train records; what the process left."""
+    """Sends `signum` once `metrics` holds `logged` train records, and SIGKILL one second
+    after the process logs that its checkpoint is saved, if it still runs then: the
+    checkpoint must be committed when the message prints. What the process left."""
+    err_lines, saved_at = [], []
+
+    def read_stderr():
+        for line in proc.stderr:
+            err_lines.append(line)
+            if SAVED in line and not saved_at:
+                saved_at.append(time.monotonic())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if _logged_steps(metrics) >= logged:
             break
         time.sleep(0.02)
     running = proc.poll() is None
+    signalled = time.monotonic()
     if running:
         proc.send_signal(signum)
-    out, err = proc.communicate(timeout=120)
+    while proc.poll() is None and not saved_at and time.monotonic() < signalled + 120:
+        time.sleep(0.01)
+    killed = False
+    if not saved_at and proc.poll() is None:  # no message in 2 minutes: fails below
+        proc.kill()
+    if saved_at:
+        time.sleep(max(0.0, saved_at[0] + 1.0 - time.monotonic()))
+        killed = proc.poll() is None
+        if killed:
+            proc.kill()
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    exited = time.monotonic()
+    reader.join(timeout=10)
     last = out.strip().splitlines()[-1] if out.strip() else "{}"
     return {"running_when_signalled": running, "returncode": proc.returncode, "out": out,
-            "err": err, "final": json.loads(last) if last.startswith("{") else {}}
+            "err": "".join(err_lines), "final": json.loads(last) if last.startswith("{") else {},
+            "killed_after_saved": killed, "seconds_to_exit": exited - signalled}
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +176,9 @@ def test_sigterm_to_training_process_saves_exits_0_and_resumes_identically(fake_
     sigterm, cache = runs["sigterm"], runs["cache"]
     full_dir, cut_dir = runs["full_dir"], runs["cut_dir"]
     assert sigterm["running_when_signalled"], "the run ended before it could be preempted"
+    # A prompt exit: within a second of the committed save (the SIGKILL then found no
+    # process), and well inside a preemption notice's ~30 s (7 to 22 s before the fix).
+    assert not sigterm["killed_after_saved"] and sigterm["seconds_to_exit"] < 15
     assert sigterm["returncode"] == 0, sigterm["err"][-2000:]
     stopped = sigterm["final"]
     stop_step = stopped["step"]

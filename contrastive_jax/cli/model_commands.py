@@ -40,19 +40,44 @@ def _load(args: argparse.Namespace, extra: Sequence[str]):
                       overrides=split_overrides(extra), kind=kind)
 
 
+def _missing_data(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, str]:
+    """Every task whose data is not there, found before the model loads: an error naming
+    them all, or with --skip-missing, the tasks to leave out."""
+    from contrastive_jax.errors import InputNotFoundError
+    from contrastive_jax.evaluate.data_ready import missing_data
+    from contrastive_jax.export.model_spec import eval_config
+
+    spec, kind = _model_spec(args)
+    if kind == "big_vision" or spec.startswith(_BIG_VISION):
+        kind = "big_vision"
+    missing = missing_data(eval_config(spec, config=args.config,
+                                       overrides=split_overrides(extra), kind=kind))
+    if missing and not args.skip_missing:
+        raise InputNotFoundError(
+            f"{len(missing)} eval task(s) have no data: "
+            + "; ".join(f"{task}: {why}" for task, why in missing.items())
+            + " (--skip-missing evaluates the other tasks)")
+    return missing
+
+
 def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    missing = _missing_data(args, extra)
     model = _load(args, extra)
     import jax
 
+    from contrastive_jax.evaluate.data_ready import without_tasks
     from contrastive_jax.evaluate.model_eval import evaluate_loaded
     from contrastive_jax.evaluate.report import write_report
 
-    details: dict = {}  # per-class accuracies, confusion matrices: for the report only
+    without_tasks(model.config, set(missing))
+    details: dict = {"missing_data": missing}  # per-class accuracies, ...: the report only
     result = evaluate_loaded(model, details)
     if jax.process_index() == 0:  # every process computed the same numbers; one writes
         paths = write_report(args.out or model.home, result, details, source=model.source,
                              metrics_file=os.path.join(model.home, "metrics.jsonl"))
         result = {**result, "report": paths["json"]}
+    if missing:
+        result["skipped_missing_data"] = sorted(missing)
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -109,6 +134,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_arguments(p)
     p.add_argument("--out", default=None, help="where report.json, report.md and the PNGs "
                    "go (default: the workdir / export dir / the .npz's directory)")
+    p.add_argument("--skip-missing", action="store_true", help="run the tasks whose data is "
+                   "there and list the others in the report (default: name them all and stop)")
     p.set_defaults(run=_cmd_eval)
 
     p = sub.add_parser("embed", help="L2-normalised embeddings of images or texts as .npy")

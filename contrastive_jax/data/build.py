@@ -22,6 +22,7 @@ import tqdm
 
 from contrastive_jax.data import formats, records
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
+from contrastive_jax.json_files import read_json
 
 
 class BuildError(DataError):
@@ -110,8 +111,7 @@ def build(input_path: str, out_dir: str, *, prefix: str = "data", examples_per_s
                 "examples_per_shard": examples_per_shard if is_table else None}  # fmt: skip
     manifest = {**identity, "shards": {}}
     if os.path.exists(manifest_path):
-        with open(manifest_path, encoding="utf-8") as f:
-            previous = json.load(f)
+        previous = read_json(manifest_path, "build manifest")
         if {k: previous.get(k) for k in identity} != identity:
             raise BuildError(f"{manifest_path} records a build of another input or layout; "
                              f"use a new output directory")

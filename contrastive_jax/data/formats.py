@@ -122,6 +122,14 @@ def read_table(path: str, image_column: str = "path", caption_column: str = "cap
     """
     if not os.path.isfile(path):
         raise InputNotFoundError(f"table file not found: {path}")
+    try:
+        return _table_rows(path, image_column, caption_column, uid_column)
+    except csv.Error as e:  # a NUL byte, an unterminated quote at the end, a huge field
+        raise DataError(f"table {path} is damaged: {e}") from e
+
+
+def _table_rows(path: str, image_column: str, caption_column: str,
+                uid_column: str) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         if path.endswith((".jsonl", ".json")):

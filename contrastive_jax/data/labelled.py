@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from contrastive_jax.data import augment, formats, preprocess
 from contrastive_jax.datasets.catalogue import class_names as tfds_class_names
-from contrastive_jax.datasets.catalogue import get_builder, read_split
+from contrastive_jax.datasets.catalogue import get_builder, not_prepared, read_split
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.registry import Registry
 
@@ -232,6 +232,9 @@ def _webdataset(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict,
 
 def _tfds(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where: str):
     data_dir = spec["data_dir"] or data_config.data_dir or None
+    missing = not_prepared(spec["name"], data_dir)
+    if missing:  # else TFDS's AssertionError, with a traceback
+        raise InputNotFoundError(f"{where}: {missing}")
     builder = get_builder(spec["name"], data_dir)
     label_key, image_key = spec["label_key"], spec["image_key"]
     features = builder.info.features

@@ -14,6 +14,7 @@ stream positions attached.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator, Sequence
 
 import ml_collections
@@ -177,12 +178,30 @@ def uid_image_batches(data_config: ml_collections.ConfigDict,
 
 def source_captions(data_config: ml_collections.ConfigDict, limit: int) -> Iterator[str]:
     """Up to `limit` cleaned usable captions per source, in stored order (for tokenizer
-    training); images are not decoded."""
+    training); images are not decoded. A source without one is a DataError naming it and
+    its skipped records by reason (sentencepiece would otherwise fail on no input)."""
     for source in train_sources(data_config)[0]:
-        ds = _whole_source(source, data_config)
-        ds = ds.map(records.check_caption).filter(lambda r: tf.equal(r["reason"], records.OK))
-        ds = ds.map(lambda r: preprocess.clean_captions(r["caption"], data_config.lowercase))
-        # Unparseable records are skipped here; the training stream counts them.
-        ds = ds.ignore_errors()
-        for caption in ds.take(limit).as_numpy_iterator():
+        def clean(r):
+            ok = tf.equal(r["reason"], records.OK)
+            return r["reason"], tf.cond(ok, lambda: preprocess.clean_captions(
+                r["caption"], data_config.lowercase), lambda: tf.constant(b""))
+
+        it = _whole_source(source, data_config).map(records.check_caption).map(clean)
+        it, served, skipped = it.as_numpy_iterator(), 0, collections.Counter()
+        while served < limit:
+            try:
+                reason, caption = next(it)
+            except StopIteration:
+                break
+            except tf.errors.InvalidArgumentError:  # a record that does not parse: skipped
+                skipped["unparseable_record"] += 1  # (the training stream counts it too)
+                continue
+            if reason != records.OK:
+                skipped[records.REASONS[reason - 1]] += 1
+                continue
+            served += 1
             yield caption.decode("utf-8")
+        if not served:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "no records"
+            raise DataError(f"training source {source.name} has no usable caption to train "
+                            f"the tokenizer on (skipped: {counts})")

@@ -37,6 +37,28 @@ def class_names(dataset_name: str, data_dir: str | None = None, key: str = "labe
     return list(names)
 
 
+def not_prepared(dataset: str, data_dir: str | None = None) -> str | None:
+    """Why `dataset` cannot be read from `data_dir` yet, with how to prepare it (one
+    clause); None when it is prepared or is one of the project's own (LOCAL_BUILDERS, which
+    prepare themselves). Reads only the catalogue and the folder: nothing is downloaded."""
+    if dataset in LOCAL_BUILDERS:
+        return None
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        return (f"TFDS dataset {dataset!r} is not in TFDS's catalogue: register a builder "
+                "of it and prepare it")
+    if builder.is_prepared():
+        return None
+    where = f"TFDS dataset {dataset!r} is not prepared in {builder.data_dir}"
+    build = f"tfds build {dataset} --data_dir {data_dir or '~/tensorflow_datasets'}"
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        manual = " ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
+        return (f"{where}: it needs a manual download ({manual[:200]}); put the files in "
+                f"a folder DIR, then run `{build} --manual_dir DIR`")
+    return f"{where}: prepare it with `{build}` (downloads it)"
+
+
 def read_split(builder: tfds.core.DatasetBuilder, split: str,
                skip_images: str | None = None) -> tf.data.Dataset:
     """A split in its stored order (no file shuffling); the feature `skip_images` stays

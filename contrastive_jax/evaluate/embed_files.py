@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 
 from contrastive_jax.data.labelled import data_config_for, image_files, unlabelled_files
-from contrastive_jax.errors import InputNotFoundError
+from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,11 @@ def read_texts(path: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file, without their line breaks."""
     if not os.path.isfile(path):
         raise InputNotFoundError(f"text file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        texts = [line.rstrip("\r\n") for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            texts = [line.rstrip("\r\n") for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise DataError(f"text file {path} is not UTF-8 (byte {e.start} of a line)") from e
     if not texts:
         raise InputNotFoundError(f"{path} has no text lines")
     return texts

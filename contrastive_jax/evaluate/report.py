@@ -60,6 +60,9 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## Few-shot {name}", "", "| shots | mean | per seed |", "|---|---|---|"]
         lines += [f"| {k} | {v['mean']:.4f} | {', '.join(f'{a:.4f}' for a in v['per_seed'])} |"
                   for k, v in fs.items()]
+    if report.get("missing_data"):
+        lines += ["", "## Not run: no data", "", "| task | why |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(report["missing_data"].items())]
     return "\n".join(lines) + "\n"
 
 
@@ -85,6 +88,8 @@ def write_report(out_dir: str, result: dict[str, Any], details: dict[str, Any],
         report.setdefault("zeroshot", {})[name] = {**zs, "confusion_png": png}
     if details.get("fewshot"):
         report["fewshot"] = details["fewshot"]
+    if details.get("missing_data"):  # eval --skip-missing: task -> why it did not run
+        report["missing_data"] = details["missing_data"]
     paths["json"] = os.path.join(out_dir, REPORT_JSON)
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2, sort_keys=True)

@@ -11,7 +11,6 @@ tokenizer) is refused in one line naming the file.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -37,6 +36,7 @@ from contrastive_jax.export.timm_vit import (
     timm_folder,
     timm_pool,
 )
+from contrastive_jax.json_files import read_json
 from contrastive_jax.models import complete_config
 
 HF_PREFIX, OPEN_CLIP_PREFIX = "hf:", "open_clip:"
@@ -44,10 +44,7 @@ CARD_FILE = "contrastive_jax_export.json"
 
 
 def _json(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise InputNotFoundError(f"missing {path}")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path, "model file")
 
 
 def _tensors(path: str) -> dict[str, np.ndarray]:

@@ -150,6 +150,39 @@ def spec_kind(spec: str) -> str:
                              "open_clip:DIR")
 
 
+def eval_config(spec: str, *, config: str | None = None, overrides: Sequence[str] = (),
+                kind: str | None = None) -> ml_collections.ConfigDict:
+    """The config `load_model` would evaluate `spec` with (its data settings and the
+    suite's tasks), read without loading any weights: the eval command checks every task's
+    data against it before loading the model. A workdir's or export's own config; for the
+    imports, the defaults with `config`'s sections, as `load_model` builds them."""
+    from contrastive_jax.json_files import field, read_json
+    from contrastive_jax.workdir_config import load_workdir_config
+
+    model_overrides, evals_overrides = _split(overrides)
+    kind = kind or spec_kind(spec)
+    if kind == "workdir":
+        run = load_workdir_config(spec, model_overrides)
+    elif kind == "export":
+        run, card = default_config(), os.path.join(spec, EXPORT_CARD)
+        if not os.path.isfile(card):  # as load_exported says it
+            raise InputNotFoundError(f"{spec} is not an export directory: no {EXPORT_CARD}")
+        merge_into(run, field(read_json(card, "export config"), "train_config", card, dict))
+    else:  # hf, open_clip, big_vision: the suite file is merged whole, model aside
+        run = default_config()
+        if config:
+            merge_into(run, {k: v for k, v in load_config_file(config).items()
+                             if k != "model"})
+        # The model comes with the weights (load_model validates the two together): only
+        # the data and evals settings are wanted here.
+        apply_overrides(run, [o for o in overrides if not o.startswith("model.")])
+        return run
+    if kind == "export":
+        apply_overrides(run, model_overrides)
+    _use_suite(run, config, evals_overrides)
+    return run
+
+
 def load_model(spec: str, *, step: int | None = None, tokenizer: str | None = None,
                config: str | None = None, overrides: Sequence[str] = (),
                kind: str | None = None) -> LoadedModel:

@@ -21,6 +21,7 @@ from contrastive_jax.data import text_conventions
 from contrastive_jax.data.text_conventions import EOS_ID, TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError, UserError
 from contrastive_jax.export.flat import flatten, unflatten
+from contrastive_jax.json_files import field, read_json
 
 if TYPE_CHECKING:  # the tokenizer loads TensorFlow; only load_exported needs it
     from contrastive_jax.data.tokenizer import Tokenizer
@@ -161,13 +162,14 @@ def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Toke
     card_path = os.path.join(export_dir, CONFIG_FILE)
     if not os.path.isfile(card_path):
         raise InputNotFoundError(f"{export_dir} is not an export directory: no {CONFIG_FILE}")
-    with open(card_path, encoding="utf-8") as f:
-        card = json.load(f)
+    card = read_json(card_path, "export config")
     if card.get("weights") not in WEIGHT_FILES.values():
         raise DataError(f"{card_path}: 'weights' must be one of {sorted(WEIGHT_FILES.values())}")
+    for key, kind in (("model", dict), ("text", dict), ("train_config", dict), ("step", int)):
+        field(card, key, card_path, kind)  # a key a damaged card lost: one line, not KeyError
     params = unflatten(_read_weights(os.path.join(export_dir, card["weights"])))
     check_params(complete_config(card["model"]), params)
-    tok_path = os.path.join(export_dir, card["text"]["tokenizer"])
+    tok_path = os.path.join(export_dir, field(card["text"], "tokenizer", card_path, str))
     if not os.path.isfile(tok_path):
         raise InputNotFoundError(f"missing tokenizer file {tok_path}")
     from contrastive_jax.data.tokenizer import Tokenizer

@@ -6,8 +6,10 @@ action, and its image does not show the caption's words as text.
   a compound's words one object; attributes: an object's adjectival and numeric modifiers,
   their conjuncts, and the complement of a copula it is the subject of; relations: a
   preposition between two objects, a verb between its subject and its object or the object
-  of its preposition). The complexity is the most edges (attributes + relations) at any one
-  object; `min_complexity` (the paper's C1: 1) is the least kept.
+  of its preposition; a participial clause's verb has the noun it modifies as its subject,
+  and a multi-word preposition, "next to" or "in front of", is one relation). The
+  complexity is the most edges (attributes + relations) at any one object;
+  `min_complexity` (the paper's C1: 1) is the least kept.
 - Action: the caption has a verb that is not an auxiliary (spaCy's VERB), nor a participle
   modifying a noun ("a centered photo").
 - Text-spotting: Tesseract reads the image; a pair is dropped when a word it reads (of at
@@ -43,6 +45,17 @@ _OBJECT_TAGS = ("NOUN", "PROPN")
 _ATTRIBUTE_DEPS = ("amod", "nummod")
 _SUBJECT_DEPS = ("nsubj", "nsubjpass")
 _OBJECT_DEPS = ("dobj", "obj", "attr")
+_PREP_DEPS = ("prep", "agent")  # agent: the "by" of a passive ("a man surrounded by dogs")
+_ADVERBIAL_DEPS = ("advmod", "amod")  # "next" of "next to", "full" of "full of"
+# Multi-word prepositions whose middle word is a noun: SceneGraphParser's list
+# (sng_parser/_data/phrasal-preps.txt) and the spatial ones captions use most. Those
+# headed by an adverb or adjective ("next to") need no list: see _prep_objects.
+MULTIWORD_PREPOSITIONS = frozenset((
+    "in front of", "in back of", "on top of", "on the top of", "on side of",
+    "on the side of", "at the side of", "in the middle of", "in the center of",
+    "at the edge of", "on the edge of", "at the end of", "at the bottom of",
+    "at the top of", "in addition to", "in spite of", "on account of", "in regard to",
+    "with regard to", "in reference to"))
 _OCR_WORD = re.compile(r"[a-z0-9]+")
 _REMEMBERED = 1_000_000  # pairs whose decision a filter keeps (a few hundred MB at most)
 _INSTALL_OCR = ("text-spotting needs Tesseract: sudo apt-get install tesseract-ocr "
@@ -66,46 +79,85 @@ def load_parser():
     return load_spacy(("ner",))
 
 
-def _head_object(token):
-    """The object a noun token belongs to (a compound's words belong to its head)."""
+def _head_object(token, fake: frozenset[int] = frozenset()):
+    """The object a noun token belongs to (a compound's words belong to its head); None
+    for a word that is not an object, or the noun of a multi-word preposition."""
     while token.dep_ == "compound" and token.head.pos_ in _OBJECT_TAGS and token.head is not token:
         token = token.head
-    return token if token.pos_ in _OBJECT_TAGS else None
+    return token if token.pos_ in _OBJECT_TAGS and token.i not in fake else None
 
 
-def _prep_objects(token):
-    """Objects reached through `token`'s prepositions (prep -> pobj)."""
-    return [o for p in token.children if p.dep_ == "prep"
-            for o in map(_head_object, p.children) if o is not None and o.dep_ == "pobj"]
+def _phrase_nouns(doc) -> frozenset[int]:
+    """The nouns inside multi-word prepositions ("front" of "in front of"): the
+    preposition joins the words around it, the noun names no object of the scene."""
+    fake = set()
+    for token in doc:
+        if token.dep_ != "pobj" or token.head.dep_ != "prep":
+            continue
+        for of in token.children:
+            words = doc[token.head.i:of.i + 1].text.lower()
+            if of.dep_ == "prep" and words in MULTIWORD_PREPOSITIONS:
+                fake.add(token.i)
+    return frozenset(fake)
+
+
+def _prep_objects(token, fake: frozenset[int]):
+    """Objects reached through `token`'s prepositions: prep -> pobj ("on a sofa"), passive
+    agents ("by a dog"), through a multi-word preposition's noun ("in front of a house")
+    and through an adverb or adjective that heads one ("next to a car")."""
+    found = []
+    for p in token.children:
+        if p.dep_ in _ADVERBIAL_DEPS:  # "next to", "close to", "ahead of"
+            found += _prep_objects(p, fake)
+            continue
+        if p.dep_ not in _PREP_DEPS:
+            continue
+        for o in p.children:
+            if o.dep_ != "pobj":
+                continue
+            if o.i in fake:  # "in front of a house": the house, not the front
+                found += _prep_objects(o, fake)
+            elif (obj := _head_object(o, fake)) is not None:
+                found.append(obj)
+    return found
+
+
+def _subjects(token, fake: frozenset[int]):
+    """The objects that act in `token`: its subjects, or for a participial clause ("a dog
+    sleeping on a sofa", "two boys throwing stones") the noun the clause modifies."""
+    subjects = [s for s in map(lambda c: _head_object(c, fake), token.children)
+                if s is not None and s.dep_ in _SUBJECT_DEPS]
+    if token.dep_ == "acl" and token.pos_ == "VERB":
+        head = _head_object(token.head, fake)
+        subjects += [head] if head is not None else []
+    return subjects
 
 
 def scene_graph_edges(doc) -> dict[int, int]:
     """Object token index -> its number of attribute and relation edges."""
-    edges: dict[int, int] = {}
-    objects = {t.i for t in doc if t.pos_ in _OBJECT_TAGS and _head_object(t) is t}
-    for i in objects:
-        edges[i] = 0
+    fake = _phrase_nouns(doc)
+    objects = {t.i for t in doc if _head_object(t, fake) is t}
+    edges = dict.fromkeys(objects, 0)
     for i in objects:
         obj = doc[i]
         attributes = [c for c in obj.children if c.dep_ in _ATTRIBUTE_DEPS]
         attributes += [c for a in attributes for c in a.conjuncts]
         edges[i] += len({a.i for a in attributes})
-        for other in _prep_objects(obj):  # "a dog on a sofa"
+        for other in _prep_objects(obj, fake):  # "a dog on a sofa", "a dog next to a car"
             edges[i] += 1
             edges[other.i] += 1
     for token in doc:
-        subjects = [s for s in map(_head_object, token.children) if s is not None
-                    and s.dep_ in _SUBJECT_DEPS]
+        subjects = _subjects(token, fake)
         if token.pos_ == "AUX" or token.lemma_ == "be":  # "the dress is red"
             for s in subjects:
                 edges[s.i] += sum(c.dep_ == "acomp" for c in token.children)
             continue
         if token.pos_ != "VERB":
             continue
-        targets = [o for o in map(_head_object, token.children) if o is not None
-                   and o.dep_ in _OBJECT_DEPS] + _prep_objects(token)
+        targets = [o for o in map(lambda c: _head_object(c, fake), token.children)
+                   if o is not None and o.dep_ in _OBJECT_DEPS] + _prep_objects(token, fake)
         for s in subjects:
-            for o in targets:  # "a man rides a bicycle", "cats sleep on a sofa"
+            for o in targets:  # "a man rides a bicycle", "a dog sleeping on a sofa"
                 edges[s.i] += 1
                 edges[o.i] += 1
     return edges
@@ -172,31 +224,38 @@ class CatFilter:
                 self._decided.popitem(last=False)
         return code
 
-    def __call__(self, caption: str | bytes, image: np.ndarray | None = None) -> CatResult:
-        """CAT's decision; `image` None: text-spotting is not checked."""
+    def __call__(self, caption: str | bytes, image: np.ndarray | None = None, *,
+                 every_check: bool = False) -> CatResult:
+        """CAT's decision; `image` None: text-spotting is not checked. The pipeline stops
+        at the first check that drops the pair (OCR is the costly one); `every_check` runs
+        all of them (`data cat` reports each), and the reason is still the first."""
         if isinstance(caption, bytes):
             try:
                 caption = caption.decode("utf-8")
             except UnicodeDecodeError:
                 return CatResult(None, False, None, "parse_failure")
         structure = self._structure(caption.strip())
+        failed = []
+        complexity, action = structure if structure is not None else (None, False)
         if structure is None:
-            return CatResult(None, False, None, "parse_failure")
-        complexity, action = structure
-        if complexity < self.cfg.min_complexity:
-            return CatResult(complexity, action, None, "complexity")
-        if self.cfg.require_action and not action:
-            return CatResult(complexity, action, None, "action")
-        if image is None or not self.cfg.text_spotting:
-            return CatResult(complexity, action, None, None)
-        words = set(_OCR_WORD.findall(caption.lower()))  # split as the OCR text is
-        spotted = bool(ocr_words(image, self.cfg.min_text_chars) & words)
-        return CatResult(complexity, action, spotted, "text_spotted" if spotted else None)
+            failed.append("parse_failure")
+        elif complexity < self.cfg.min_complexity:
+            failed.append("complexity")
+        if structure is not None and self.cfg.require_action and not action:
+            failed.append("action")
+        spotted = None
+        if image is not None and self.cfg.text_spotting and (every_check or not failed):
+            words = set(_OCR_WORD.findall(caption.lower()))  # split as the OCR text is
+            spotted = bool(words) and bool(ocr_words(image, self.cfg.min_text_chars) & words)
+            if spotted:
+                failed.append("text_spotted")
+        return CatResult(complexity, action, spotted, failed[0] if failed else None)
 
 
 def cat_file(path: str, cfg: ml_collections.ConfigDict) -> Iterator[dict[str, Any]]:
     """`data cat`: one result per line of a JSONL file of {"caption", "image" (optional: a
-    path, relative to the file's folder)}, then a summary."""
+    path, relative to the file's folder)}, every check reported even after one drops the
+    pair, then a summary (counted by the first reason, as the pipeline counts)."""
     from PIL import Image
 
     decide = CatFilter(cfg)
@@ -221,7 +280,8 @@ def cat_file(path: str, cfg: ml_collections.ConfigDict) -> Iterator[dict[str, An
                 image = np.asarray(Image.open(full).convert("RGB"))
             except (OSError, ValueError) as e:
                 raise DataError(f"{path}:{number}: image {full} is not readable ({e})") from e
-        result = decide(caption if isinstance(caption, str) else str(caption), image)
+        result = decide(caption if isinstance(caption, str) else str(caption), image,
+                        every_check=True)
         summary["lines"] += 1
         summary["kept" if result.keep else "dropped"] += 1
         if not result.keep:

@@ -26,6 +26,7 @@ from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.datasets.uid_random import uid_uniform
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.filters.counters import Predicate
+from contrastive_jax.json_files import read_json
 
 _PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")
 _CHARS_TO_SPACE = ("\t", "\n", "\r")
@@ -104,8 +105,7 @@ def save_counts(path: str, entries: Sequence[str], counts: np.ndarray) -> None:
 
 def load_counts(path: str, entries: Sequence[str]) -> np.ndarray:
     """Counts from a file written by `save_counts` for the same entry list."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = read_json(path, "MetaCLIP counts file")
     if data.get("entries") != list(entries):
         raise DataError(f"MetaCLIP counts file {path} was counted for another entry list; "
                          "delete it to recount")

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -143,18 +144,26 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                checkpointer, resumed_meta)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) in `workdir`; returns the final metrics, evals included."""
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          on_stop: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) in `workdir`; returns the final metrics, evals included.
+
+    `on_stop(result)`: called after a stop by SIGTERM / SIGINT once the checkpoint is
+    committed and the metrics are closed, while the input pipeline still runs. The CLI ends
+    the process there: tearing down a tf.data iterator waits for the elements its threads
+    have in flight, and interpreter shutdown collects every jax and TensorFlow object,
+    which took 7 to 22 s on the demo, against the ~30 s a preemption notice gives."""
     distributed.initialize(config)  # before anything touches a device
     run = setup(config, workdir)
     # Every exit, an error's too, waits for the checkpoint being written and closes the
     # checkpointer and the metrics writer: the last good checkpoint stays whole.
     with contextlib.ExitStack() as on_exit:
         on_exit.callback(run.checkpointer.close)
-        return _train(run, workdir, on_exit)
+        return _train(run, workdir, on_exit, on_stop)
 
 
-def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, Any]:
+def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
+           on_stop: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     config = run.config
     batch_size, total_steps = config.train.batch_size, config.train.steps
     step = int(run.state.step)
@@ -233,11 +242,16 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
         bar.close()
         guard.flush()
         save(force=True)
-        run.checkpointer.close()  # the final save is on disk before the evals
+        # Committed, not only started: close() waits for orbax's finalize (the rename of
+        # the step's temporary folder), so the message below is true when it prints.
+        run.checkpointer.close()
     if stop.signal is not None:
-        log.warning("stopped by signal %d at step %d; checkpoint saved", stop.signal, step)
         writer.close()
-        return {"step": step, "interrupted_by": int(stop.signal)}
+        log.warning("stopped by signal %d at step %d; checkpoint saved", stop.signal, step)
+        result = {"step": step, "interrupted_by": int(stop.signal)}
+        if on_stop is not None:
+            on_stop(result)  # `data` is still referenced here: see train()
+        return result
     final = evaluate(state)
     writer.write(step, final)
     writer.close()

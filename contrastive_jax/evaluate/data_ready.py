@@ -1,0 +1,54 @@
+"""Which eval tasks have their data: checked before any model is loaded, so that a suite
+whose datasets are not prepared stops in a second, naming every task that cannot run,
+instead of after the model loaded and the first tasks ran; `eval --skip-missing` runs the
+ready ones."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from contrastive_jax.datasets.catalogue import not_prepared
+from contrastive_jax.evaluate.task_schema import tasks_of
+
+
+def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:
+    """Why the data `spec` names is not there, and how to get it; None if it is."""
+    kind = spec["kind"]
+    if kind == "tfds":
+        return not_prepared(spec["name"], spec["data_dir"] or default_dir or None)
+    if kind == "webdataset":
+        pattern = spec["pattern"]
+        return None if glob.glob(pattern) else f"no webdataset shards match {pattern!r}"
+    path = spec["path"]
+    what = "image folder" if kind == "folder" else f"{kind} table"
+    return None if os.path.exists(path) else f"{what} {path} not found"
+
+
+def missing_data(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """Task key ("<kind>/<name>") -> why its data (or its few-shot train data) is missing
+    and how to prepare it, for every task of `config` whose data is not there."""
+    missing = {}
+    for task in tasks_of(config):
+        for key in ("data", "train_data"):
+            why = _missing(task[key], config.data.data_dir) if task.get(key) else None
+            if why:
+                missing[f"{task['kind']}/{task['name']}"] = why
+                break
+    return missing
+
+
+def without_tasks(config: ml_collections.ConfigDict, keys: set[str]) -> None:
+    """Drops the tasks `keys` ("<kind>/<name>") from `config.evals`, in place: from
+    `evals.tasks`, and the legacy groups (`evals.zeroshot`, ...) they stand for."""
+    evals = config.evals
+    with evals.unlocked():
+        evals.tasks = [t for t in evals.tasks if f"{t['kind']}/{t['name']}" not in keys]
+    for kind in ("zeroshot", "retrieval", "fewshot"):
+        group = evals.get(kind)
+        if group is not None and group.get("enabled") and f"{kind}/{group.name}" in keys:
+            group.enabled = False
