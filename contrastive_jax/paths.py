@@ -237,15 +237,12 @@ def move(src: str, dst: str) -> None:
         remove(src)
 
 
-@contextlib.contextmanager
-def local_file(path: str) -> Iterator[str]:
-    """A local file name holding `path`'s content: `path` itself when local, else a
-    temporary copy, deleted on exit (for libraries that read only local files)."""
-    if not is_url(path):
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="contrastive_jax-") as tmp:
-        local = os.path.join(tmp, basename(path))
-        with open(local, "wb") as f:
-            f.write(read_bytes(path))
-        yield local
+def cache_dir(name: str) -> str:
+    """The local cache folder `name` (created): $CONTRASTIVE_JAX_CACHE, else
+    $XDG_CACHE_HOME/contrastive_jax, else ~/.cache/contrastive_jax. The only local place
+    a run on gs:// paths writes to (docs/multihost.md names what goes there)."""
+    base = os.environ.get("CONTRASTIVE_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "contrastive_jax")
+    path = os.path.join(base, name)
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -7,9 +7,9 @@ gets its config here, so they agree on the schema, the model's defaults and the 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
+from contrastive_jax import paths
 from contrastive_jax.config import (
     ConfigDict,
     apply_overrides,
@@ -22,12 +22,11 @@ from contrastive_jax.errors import InputNotFoundError
 
 def load_workdir_config(workdir: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """`workdir`'s saved config on today's schema, then `key=value` `overrides`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.isfile(path):
         raise InputNotFoundError(f"{workdir} is not a training workdir: no config.json")
     config = default_config()
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
     use_model_schema(config, saved.get("model", {}).get("name", config.model.name))
     merge_into(config, saved)
     # How the training job was launched (e.g. process 0's process_id) is not part of the run.
