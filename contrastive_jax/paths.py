@@ -159,19 +159,33 @@ def read_text(path: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    """Writes `path` all-or-nothing: a reader sees the old content or the new, never part.
-    Locally through a temp file beside it; on an object store straight to the object,
-    which appears only once its upload is complete."""
+    """Writes `path` all-or-nothing: a reader sees the old content or the new, never part
+    (see `atomic_writer`)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[IO[bytes]]:
+    """A binary file to stream `path`'s content into, all-or-nothing: it appears (or
+    replaces the old one) only if the block ends without an exception. Locally a temp file
+    renamed into place; on an object store an upload whose object is created on close,
+    and cancelled on an exception."""
     if is_url(path):
-        with open_file(path, "wb") as f:
-            f.write(data)
+        f = open_file(path, "wb")
+        try:
+            yield f
+        except BaseException:
+            f.discard()  # fsspec's buffered file: drop the upload, create nothing
+            raise
+        f.close()
         return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -197,13 +211,16 @@ def rmtree(path: str) -> None:
         shutil.rmtree(path)
 
 
-def _files_under(path: str) -> Iterator[str]:
-    """Relative paths of every file under directory `path`."""
-    for root, _, files in _epath(path).walk():
-        rel = os.path.relpath(str(root), path) if not is_url(path) else (
-            str(root)[len(path.rstrip("/")):].strip("/"))
-        for name in files:
-            yield posixpath.join(rel, name) if rel not in ("", ".") else name
+def files_under(directory: str) -> list[str]:
+    """Every file under `directory` (recursively; locally as glob's `**`, which skips
+    hidden names), sorted."""
+    if not is_url(directory):
+        found = _glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+        return sorted(f for f in found if os.path.isfile(f))
+    found = []
+    for entry in _epath(directory).iterdir():
+        found += files_under(str(entry)) if entry.is_dir() else [str(entry)]
+    return sorted(found)
 
 
 def copy(src: str, dst: str) -> None:
@@ -218,8 +235,9 @@ def copy(src: str, dst: str) -> None:
 
 def copytree(src: str, dst: str) -> None:
     """Copies every file under directory `src` to the same place under `dst`."""
-    for rel in _files_under(src):
-        copy(join(src, rel), join(dst, rel))
+    prefix = src.rstrip("/") + "/"
+    for path in files_under(src):
+        copy(path, join(dst, path[len(prefix):]))
 
 
 def move(src: str, dst: str) -> None:
@@ -246,3 +264,16 @@ def cache_dir(name: str) -> str:
     path = os.path.join(base, name)
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What a read raises once the storage client's own bounded retries are spent (gcsfs:
+    6 tries per request with exponential backoff, on 5xx, 408, 429 and dropped
+    connections), besides OSError: readers of shards count it like a truncated shard."""
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError)
+    try:
+        import aiohttp
+        from gcsfs.retry import HttpError
+    except ImportError:  # without gcsfs there is no gs:// read to fail
+        return errors
+    return (*errors, HttpError, aiohttp.ClientError, TimeoutError)
