@@ -54,7 +54,9 @@ def write_corpus(root: str, staging: str, n: int = 64) -> dict[str, str]:
         tar_bytes = io.BytesIO()
         with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
             for i in range(half + shard * half // 2, half + (shard + 1) * half // 2):
-                for ext, data in (("jpg", image(i)), ("txt", caption(i).encode())):
+                # .cls: the class id, for zero-shot eval tasks on the same tars.
+                for ext, data in (("jpg", image(i)), ("txt", caption(i).encode()),
+                                  ("cls", str(i % len(CLASSES)).encode())):
                     info = tarfile.TarInfo(f"s{i:04d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
