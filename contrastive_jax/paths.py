@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
+import logging
 import os
 import posixpath
 import shutil
-import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -35,6 +35,8 @@ from contrastive_jax.errors import ConfigError, InputNotFoundError
 
 # Before etils picks its backend (read once, on the first URL it resolves): see above.
 os.environ.setdefault("EPATH_USE_TF", "false")
+# fsspec logs one INFO line per file it opens (its read-ahead cache): noise in a run's log.
+logging.getLogger("fsspec").setLevel(logging.WARNING)
 
 
 def is_url(path: str) -> bool:
@@ -180,11 +182,12 @@ def atomic_writer(path: str) -> Iterator[IO[bytes]]:
             raise
         f.close()
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # One writer per file (process 0): a fixed temp name, so a rerun after a kill
+    # overwrites the leftover instead of leaving it beside the file for good.
+    tmp = f"{path}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             yield f
         os.replace(tmp, path)
     except BaseException:

@@ -112,12 +112,12 @@ def main() -> int:
 
         task = [{"kind": "zeroshot", "name": "gcs_wds",
                  "data": {"kind": "webdataset", "pattern": gcs_sources["wds"]},
-                 "classes": list(CLASSES), "prompts": ["a photo of {}"]}]
+                 "classes": list(CLASSES), "prompts": "class_name"}]
         t = time.monotonic()
         out = subprocess.run([*CLI, "eval", "--model", workdir, f"--config.evals.tasks={task!r}",
                               "--config.evals.zeroshot.enabled=False",
                               "--config.evals.embedding_stats.enabled=False"],
-                             cwd=cwd, env=env, check=True, capture_output=True, text=True)
+                             cwd=cwd, env=env, check=True, stdout=subprocess.PIPE, text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         timings["eval_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
