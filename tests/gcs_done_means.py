@@ -12,9 +12,10 @@ to a local folder, then:
   4. `export --checkpoint gs://.../workdir --format hf --out gs://.../hf`.
 It checks that the resumed run's train/loss equals the reference at every logged step, and
 that the gs:// processes wrote nothing to their working directory or their TMPDIR (both
-empty folders of their own); their one local write is the cache $CONTRASTIVE_JAX_CACHE
-(TensorBoard events before upload, the export's staging). Takes minutes: a script, not a
-test (tests/test_gcs_run.py is the short version).
+empty folders of their own) but the caches docs/multihost.md names: $CONTRASTIVE_JAX_CACHE
+(TensorBoard events before upload, the export's staging, here the XLA cache too) and, in
+TMPDIR, TensorFlow autograph's generated modules and torch's inductor folder. Takes
+minutes: a script, not a test (tests/test_gcs_run.py is the short version).
 """
 
 from __future__ import annotations
@@ -132,11 +133,17 @@ def main() -> int:
             "logged_steps": len(theirs), "resumed_equals_reference": ours == theirs,
             "eval": {k: v for k, v in result.items() if "/" in k or k == "step"},
             "export_files": paths.listdir(hf),
-            "cwd_after": os.listdir(cwd), "tmpdir_after": os.listdir(tmp),
+            "cwd_after": os.listdir(cwd), "tmpdir_after": sorted(os.listdir(tmp)),
             "cache_after": sorted(os.listdir(cache)), **timings,
         }
+        # The temp folder's documented library caches (docs/multihost.md): TensorFlow
+        # autograph's generated modules and torch's inductor folder (the hf export).
+        others = [f for f in report["tmpdir_after"] if not f.startswith(
+            ("__autograph_generated_file", "torchinductor_"))]
+        report["tmpdir_undocumented"] = others
+        report["tmpdir_after"] = sorted({f[:26] for f in report["tmpdir_after"]})
         print(json.dumps(report, indent=1))
-        ok = (ours == theirs and not report["cwd_after"] and not report["tmpdir_after"]
+        ok = (ours == theirs and not report["cwd_after"] and not others
               and result.get("step") == args.steps and "config.json" in report["export_files"])
         return 0 if ok else 1
     finally:
