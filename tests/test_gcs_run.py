@@ -9,6 +9,7 @@ The whole done-means run (200 + 200 steps of the demo, SIGKILL, `eval --model gs
 minutes, so it is run by hand (docs/multihost.md).
 """
 
+import io
 import json
 import os
 import signal
@@ -16,12 +17,13 @@ import signal
 import jax
 import numpy as np
 import pytest
-from gcs_corpus import write_corpus
+from gcs_corpus import image, write_corpus
 from helpers import sigterm_in_step, tiny_config
 
 from contrastive_jax import paths
 from contrastive_jax.data.sources import create_source, parse_sources
 from contrastive_jax.errors import InputNotFoundError
+from contrastive_jax.evaluate.embed_files import embed_images_of, embed_texts_of
 from contrastive_jax.export import export_checkpoint
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.export.model_spec import load_model
@@ -78,6 +80,14 @@ def test_train_resume_eval_export_on_gcs(gcs, tmp_path, monkeypatch):
 
     model = load_model(workdir)  # what `eval --model gs://...` reads
     assert model.step == 6
+    for i in range(3):  # `embed`: inputs and outputs on gs:// too
+        paths.write_bytes(paths.join(root, "images", f"{i}.jpg"), image(i))
+    paths.write_text(paths.join(root, "texts.txt"), "a photo of dots\n\na photo of blank\n")
+    rows = embed_images_of(model, paths.join(root, "images"), paths.join(root, "e.npy"), 4)
+    assert rows["rows"] == 3 and paths.read_text(paths.join(root, "e.txt")).splitlines() == [
+        paths.join(root, "images", f"{i}.jpg") for i in range(3)]
+    embed_texts_of(model, paths.join(root, "texts.txt"), paths.join(root, "t.npy"), 4)
+    assert np.load(io.BytesIO(paths.read_bytes(paths.join(root, "t.npy")))).shape == (2, 16)
     out = paths.join(root, "export")
     assert export_checkpoint(workdir, "safetensors", out) == out
     exported = load_model(out)
