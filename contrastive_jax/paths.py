@@ -78,11 +78,17 @@ def check_reachable(path: str, what: str) -> None:
         raise ConfigError(f"{what} {path}: the scheme {scheme}:// is not supported "
                           "(use gs:// or a local path)")
     bucket = f"gs://{rest.split('/', 1)[0]}"
+    gcsfs_log = logging.getLogger("gcsfs")
+    level = gcsfs_log.level
+    # gcsfs logs each request it gives up on with a traceback; the line below says it all.
+    gcsfs_log.setLevel(logging.CRITICAL)
     try:
         found = _epath(bucket).exists()
     except OSError as e:  # PermissionError, a refused connection, ...
         raise ConfigError(f"{what} {path}: cannot reach {bucket}: "
                           f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    finally:
+        gcsfs_log.setLevel(level)
     if not found:
         raise InputNotFoundError(f"{what} {path}: the bucket {bucket} does not exist")
 

@@ -19,12 +19,14 @@ import pytest
 
 from contrastive_jax import paths
 from contrastive_jax.data import formats, records, tfrecord_io
+from contrastive_jax.errors import ConfigError
 
 
 class _FlakyProxy(http.server.ThreadingHTTPServer):
     def __init__(self, upstream: str):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream, self.failures_left, self.failed, self.status = upstream, 0, 0, 503
+        self.match = "alt=media"  # which requests fail: object data by default
         self.lock = threading.Lock()
 
 
@@ -34,7 +36,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _forward(self):
         server: _FlakyProxy = self.server
-        if "alt=media" in self.path:
+        if server.match in self.path:
             with server.lock:
                 fail = server.failures_left != 0
                 if fail:
@@ -114,3 +116,10 @@ def test_transient_errors_are_retried_and_persistent_ones_count_as_truncated(fla
     assert list(formats.read_tfrecord(shard)) == [(b"r%d" % i, records.OK) for i in range(4)]
     flaky.failures_left, flaky.status = -1, 403
     assert [reason for _, reason in formats.read_tfrecord(shard)] == [records.TRUNCATED]
+
+
+def test_a_bucket_without_permission_is_one_line(flaky):
+    flaky.failures_left, flaky.status, flaky.match = -1, 403, "/b/cj-test"
+    with pytest.raises(ConfigError, match=r"^--workdir gs://cj-test/run: cannot reach "
+                                          r"gs://cj-test: .*Forbidden"):
+        paths.check_reachable("gs://cj-test/run", "--workdir")
