@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
+import io
 import logging
 import os
 import posixpath
@@ -146,14 +147,12 @@ def open_file(path: str, mode: str = "r", **kwargs: Any) -> IO:
         return open(path, mode, **kwargs)  # noqa: SIM115 - the caller closes it
     if mode not in ("r", "rb", "w", "wb"):
         raise ValueError(f"mode {mode!r} is not supported on an object store: {path}")
-    # epath opens text as UTF-8; `newline`/`errors` need a text wrapper of our own.
-    if "b" in mode or not (kwargs.keys() - {"encoding"}):
+    if "b" in mode:
         return _epath(path).open(mode)
-    import io
-
-    raw = _epath(path).open(mode + "b")
-    return io.TextIOWrapper(raw, encoding=kwargs.get("encoding", "utf-8"),
-                            errors=kwargs.get("errors"), newline=kwargs.get("newline"))
+    # Text: our own wrapper over the binary object, so `encoding`, `errors` and `newline`
+    # mean what they mean for `open`.
+    return io.TextIOWrapper(_epath(path).open(mode + "b"), encoding=kwargs.get(
+        "encoding", "utf-8"), errors=kwargs.get("errors"), newline=kwargs.get("newline"))
 
 
 def read_bytes(path: str) -> bytes:
