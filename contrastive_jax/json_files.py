@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from contrastive_jax import paths
 from contrastive_jax.errors import DataError, InputNotFoundError
 
 
@@ -19,7 +20,7 @@ def read_json(path: str, what: str) -> dict[str, Any]:
     A missing file is an InputNotFoundError; unreadable content, or a value that is not
     an object, a DataError."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with paths.open_file(path, "r", encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError as e:
         raise InputNotFoundError(f"missing {what} {path}") from e

@@ -6,9 +6,9 @@ gets its config here, so they agree on the schema, the model's defaults and the 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
+from contrastive_jax import paths
 from contrastive_jax.config import (
     ConfigDict,
     apply_overrides,
@@ -22,8 +22,8 @@ from contrastive_jax.json_files import read_json
 
 def load_workdir_config(workdir: str, overrides: Sequence[str] = ()) -> ConfigDict:
     """`workdir`'s saved config on today's schema, then `key=value` `overrides`."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.isfile(path):
         raise InputNotFoundError(f"{workdir} is not a training workdir: no config.json")
     config = default_config()
     saved = read_json(path, "workdir config")

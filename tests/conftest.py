@@ -88,6 +88,22 @@ def trained_workdir(fake_data_dir, tmp_path_factory) -> str:
     return _built_once(tmp_path_factory, "trained_run", lambda path: loop.train(config, path))
 
 
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS JSON API on loopback (tests/gcs_emulator.py) with bucket `cj-test` and every
+    client of this process and its subprocesses pointed at it; stopped at the end."""
+    from gcs_emulator import GcsEmulator, point_clients_at, restore_env
+
+    emulator = GcsEmulator().start()
+    previous = point_clients_at(emulator)
+    try:
+        emulator.create_bucket("cj-test")
+        yield emulator
+    finally:
+        restore_env(previous)
+        emulator.stop()
+
+
 def pytest_sessionfinish(session) -> None:
     """Frees jax's compiled programs while the run is still the worker's own: under xdist,
     execnet sends SIGINT to a worker still busy 5 s after it reported the session finished,

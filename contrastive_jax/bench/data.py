@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax import paths
 from contrastive_jax.data import records
 from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
@@ -95,9 +96,11 @@ def bench_pipeline(data_config: ml_collections.ConfigDict, tokenizer: Tokenizer,
 def bench_data(config: ml_collections.ConfigDict, *, image_size: int = 224, patch_size: int = 16,
                num_examples: int = 2048, threads: tuple[int, ...] = (1,), batches: int = 8,
                step_steps: int = 5, with_step: bool = True,
-               kinds: tuple[str, ...] = ("tfrecord",)) -> list[dict[str, Any]]:
+               kinds: tuple[str, ...] = ("tfrecord",),
+               directory: str | None = None) -> list[dict[str, Any]]:
     """Pipeline rows (per source kind and thread count), the train-step row and the ratio
-    of the first pipeline row to the step."""
+    of the first pipeline row to the step. `directory`: where the shards are read from
+    (e.g. a gs:// folder; they are uploaded there), default the local temporary folder."""
     from contrastive_jax.bench.train_step import bench_train_step
 
     config = bench_config(config, image_size, patch_size)
@@ -109,12 +112,19 @@ def bench_data(config: ml_collections.ConfigDict, *, image_size: int = 224, patc
                  if f.endswith(".tfrecord")]  # fmt: skip
         tokenizer = Tokenizer(train_tokenizer(captions, os.path.join(tmp, "spm"),
                                               config.data.tokenizer.vocab_size))  # fmt: skip
+        where = tmp
+        if directory is not None:
+            for name in sorted(os.listdir(tmp)):
+                if name.startswith("bench-"):
+                    paths.copy(os.path.join(tmp, name), paths.join(directory, name))
+            where = directory
         for kind in kinds:
-            pattern = os.path.join(tmp, "bench-*." + ("tar" if kind == "wds" else "tfrecord"))
+            pattern = paths.join(where, "bench-*." + ("tar" if kind == "wds" else "tfrecord"))
             for n in threads:
                 row = bench_pipeline(config.data, tokenizer, pattern, kind=kind,
                                      batch_size=batch, threads=n, batches=batches)  # fmt: skip
                 row["mean_jpeg_kb"] = round(sum(sizes) / num_examples / 1024, 1)
+                row["shards_in"] = where if directory is not None else "local temp"
                 rows.append(row)
     if with_step:
         step = bench_train_step(config, steps=step_steps)

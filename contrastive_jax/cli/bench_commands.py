@@ -30,7 +30,7 @@ def _cmd_bench_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
                           num_examples=args.num_examples,
                           threads=tuple(args.threads), batches=args.batches,
                           step_steps=args.steps, with_step=not args.no_step,
-                          kinds=tuple(args.sources)):  # fmt: skip
+                          kinds=tuple(args.sources), directory=args.dir):  # fmt: skip
         print_json(row)
     return 0
 
@@ -119,6 +119,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-step", action="store_true", help="time the pipeline only")
     p.add_argument("--sources", nargs="+", default=["tfrecord"], choices=("tfrecord", "wds"),
                    help="source kinds to time (the same JPEGs in TFRecords or tars)")
+    p.add_argument("--dir", default=None, help="read the shards from this folder (e.g. "
+                   "gs://BUCKET/bench: they are uploaded there first); default a local temp")
     p.set_defaults(run=_cmd_bench_data)
 
     p = bench_sub.add_parser(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Sequence
 
+from contrastive_jax import paths as storage  # `paths`: eval's report files
 from contrastive_jax.cli.common import split_overrides
 from contrastive_jax.errors import ConfigError
 
@@ -74,7 +74,7 @@ def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     result = evaluate_loaded(model, details)
     if jax.process_index() == 0:  # every process computed the same numbers; one writes
         paths = write_report(args.out or model.home, result, details, source=model.source,
-                             metrics_file=os.path.join(model.home, "metrics.jsonl"))
+                             metrics_file=storage.join(model.home, "metrics.jsonl"))
         result = {**result, "report": paths["json"]}
     if missing:
         result["skipped_missing_data"] = sorted(missing)
@@ -108,8 +108,8 @@ def _cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.evaluate.curves import save_curves
 
-    out = args.out or os.path.join(args.workdir, "curves.png")
-    print(json.dumps({"plot": save_curves(os.path.join(args.workdir, "metrics.jsonl"), out)}))
+    out = args.out or storage.join(args.workdir, "curves.png")
+    print(json.dumps({"plot": save_curves(storage.join(args.workdir, "metrics.jsonl"), out)}))
     return 0
 
 

@@ -17,13 +17,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from contrastive_jax.data import records
+from contrastive_jax import paths
+from contrastive_jax.data import records, tfrecord_io
 from contrastive_jax.errors import DataError, InputNotFoundError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def split_key(name: str) -> tuple[str, str] | None:
 
 def stable_uid(source: str, key: str) -> str:
     """A uid that depends only on the source's file name and the sample's key."""
-    return hashlib.sha1(f"{os.path.basename(source)}/{key}".encode()).hexdigest()
+    return hashlib.sha1(f"{paths.basename(source)}/{key}".encode()).hexdigest()
 
 
 def _sample(tar_path: str, key: str, files: dict[str, bytes]) -> dict:
@@ -68,13 +68,14 @@ def _sample(tar_path: str, key: str, files: dict[str, bytes]) -> dict:
 
 def read_tar(path: str) -> Iterator[dict]:
     """Samples of one webdataset tar shard in stored order; markers for failures."""
-    if not os.path.exists(path):
+    if not paths.exists(path):
         log.warning("missing shard %s: skipped (counted as missing_file)", path)
         yield records.marker(records.MISSING, path)
         return
     key, files = None, {}
     try:
-        with tarfile.open(path, "r|*") as tar:  # streaming: no seeks, reads once
+        # Streaming: no seeks, reads once (an object-store file reads ahead in blocks).
+        with paths.open_file(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -86,8 +87,9 @@ def read_tar(path: str) -> Iterator[dict]:
                         yield _sample(path, key, files)
                     key, files = parts[0], {}
                 files[parts[1]] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        # The sample being read when the damage hit is incomplete: not served.
+    except (tarfile.TarError, *paths.read_errors()) as e:
+        # The sample being read when the damage hit is incomplete: not served. A read that
+        # failed past the client's bounded retries (gs://) counts the same.
         log.warning("truncated or damaged shard %s (%s): kept the samples before the damage",
                     path, e)  # fmt: skip
         yield records.marker(records.TRUNCATED, path)
@@ -100,14 +102,18 @@ def read_tfrecord(path: str) -> Iterator[tuple[bytes, int]]:
     """(serialized example, reason) of one TFRecord file; a truncated tail becomes a marker."""
     import tensorflow as tf
 
-    if not os.path.exists(path):
+    if not paths.exists(path):
         log.warning("missing shard %s: skipped (counted as missing_file)", path)
         yield path.encode(), records.MISSING
         return
+    # TensorFlow's reader for local files; on an object store our own (TF's GCS client is
+    # not the project's, see paths.py), which reads the same framing and checksums.
+    reader = (tfrecord_io.iterate(path) if paths.is_url(path)
+              else tf.compat.v1.io.tf_record_iterator(path))
     try:
-        for serialized in tf.compat.v1.io.tf_record_iterator(path):
+        for serialized in reader:
             yield serialized, records.OK
-    except tf.errors.DataLossError as e:
+    except (tf.errors.DataLossError, tfrecord_io.DataLoss, *paths.read_errors()) as e:
         log.warning("truncated shard %s (%s): kept the records before the damage", path,
                     str(e).splitlines()[0])  # fmt: skip
         yield path.encode(), records.TRUNCATED
@@ -120,7 +126,7 @@ def read_table(path: str, image_column: str = "path", caption_column: str = "cap
     Captions keep their original bytes (surrogateescape), so a non-UTF-8 caption reaches
     the pipeline's caption check instead of failing here.
     """
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"table file not found: {path}")
     try:
         return _table_rows(path, image_column, caption_column, uid_column)
@@ -131,7 +137,8 @@ def read_table(path: str, image_column: str = "path", caption_column: str = "cap
 def _table_rows(path: str, image_column: str, caption_column: str,
                 uid_column: str) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+    with paths.open_file(path, "r", encoding="utf-8", errors="surrogateescape",
+                         newline="") as f:
         if path.endswith((".jsonl", ".json")):
             items = _json_lines(path, f)
         elif path.endswith((".csv", ".tsv")):
@@ -173,4 +180,4 @@ def _json_lines(path: str, lines: Iterable[str]) -> Iterator[Any]:
 
 def resolve(root: str, image: str) -> str:
     """An image path of a table row, relative to `root` unless absolute."""
-    return image if os.path.isabs(image) else os.path.join(root, image)
+    return image if paths.is_absolute(image) else paths.join(root, image)

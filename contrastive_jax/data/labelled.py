@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax import paths as storage  # `paths` here: lists of image paths
 from contrastive_jax.data import augment, formats, preprocess
 from contrastive_jax.datasets.catalogue import class_names as tfds_class_names
 from contrastive_jax.datasets.catalogue import get_builder, not_prepared, read_split
@@ -98,42 +99,59 @@ def _decoded(channels: int):
     return fn
 
 
-def _files_reader(paths: Sequence[str], labels: np.ndarray, channels: int):
-    paths = np.asarray(paths, dtype=object)
+def _read_file_or_empty(path: bytes) -> bytes:
+    try:
+        return storage.read_bytes(path.decode())
+    except storage.read_errors():
+        return b""  # decodes as no image: counted and skipped like an undecodable one
+
+
+def _files_reader(files: Sequence[str], labels: np.ndarray, channels: int):
+    remote = any(storage.is_url(f) for f in files)
+    files = np.asarray(files, dtype=object)
+
+    def read_file(path: tf.Tensor) -> tf.Tensor:
+        if not remote:
+            return tf.io.read_file(path)
+        # TensorFlow's file system cannot reach the project's object stores (see paths.py).
+        data = tf.numpy_function(_read_file_or_empty, [path], tf.string, stateful=False)
+        data.set_shape([])
+        return data
 
     def read(wanted: np.ndarray) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices(
-            (wanted.astype(np.int64), paths[wanted].astype(str), labels[wanted].astype(np.int32)))
+            (wanted.astype(np.int64), files[wanted].astype(str), labels[wanted].astype(np.int32)))
         # A missing or unreadable file fails like an undecodable image: counted, skipped.
-        ds = ds.map(lambda i, p, y: (i, tf.io.read_file(p), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda i, p, y: (i, read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.map(_decoded(channels), num_parallel_calls=tf.data.AUTOTUNE)
     return read
 
 
 def _folder(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where: str):
     root = spec["path"]
-    if not os.path.isdir(root):
+    storage.check_reachable(root, where)
+    if not storage.isdir(root):
         raise InputNotFoundError(f"{where}: image folder not found: {root}")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = [d for d in storage.listdir(root) if storage.isdir(storage.join(root, d))]
     if not classes:
         raise DataError(f"{where}: {root} has no class subfolders")
-    paths, labels = [], []
+    images, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in os.listdir(os.path.join(root, name))
-                       if f.lower().endswith(_IMAGE_SUFFIXES))
+        files = [f for f in storage.listdir(storage.join(root, name))
+                 if f.lower().endswith(_IMAGE_SUFFIXES)]
         if not files:
-            raise DataError(f"{where}: class folder {os.path.join(root, name)} has no images")
-        paths += [os.path.join(root, name, f) for f in files]
+            raise DataError(f"{where}: class folder {storage.join(root, name)} has no images")
+        images += [storage.join(root, name, f) for f in files]
         labels += [label] * len(files)
     labels = np.asarray(labels, np.int64)
-    return labels, classes, _files_reader(paths, labels, data_config.channels), paths
+    return labels, classes, _files_reader(images, labels, data_config.channels), images
 
 
 def _table_rows(path: str, where: str) -> list[dict]:
-    if not os.path.isfile(path):
+    storage.check_reachable(path, where)
+    if not storage.isfile(path):
         raise InputNotFoundError(f"{where}: table file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
+    with storage.open_file(path, "r", encoding="utf-8", newline="") as f:
         if path.endswith((".jsonl", ".json")):
             rows = []
             for number, line in enumerate(f, 1):
@@ -162,7 +180,7 @@ def label_ids(values: Sequence[Any], where: str) -> tuple[np.ndarray, list[str] 
 
 def _table(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where: str):
     path = spec["path"]
-    root = spec["root"] or os.path.dirname(os.path.abspath(path))
+    root = spec["root"] or storage.dirname(storage.absolute(path))
     rows = _table_rows(path, where)
     image_col, label_col = spec["image_column"], spec["label_column"]
     for i, row in enumerate(rows):
@@ -170,15 +188,15 @@ def _table(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, wher
             raise DataError(f"{where}: {path} row {i} needs columns {image_col!r} and "
                             f"{label_col!r}")
     labels, names = label_ids([r[label_col] for r in rows], f"{where} ({path})")
-    paths = [formats.resolve(root, str(r[image_col])) for r in rows]
-    return labels, names, _files_reader(paths, labels, data_config.channels), paths
+    images = [formats.resolve(root, str(r[image_col])) for r in rows]
+    return labels, names, _files_reader(images, labels, data_config.channels), images
 
 
 def _tar_samples(files: Sequence[str], label_key: str, where: str) -> Iterator[tuple]:
     """(image bytes, label value) per sample of webdataset shards, in stored order."""
     for path in files:
         key, parts = None, {}
-        with tarfile.open(path, "r|*") as tar:
+        with storage.open_file(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 split = formats.split_key(member.name) if member.isfile() else None
                 if split is None:
@@ -208,7 +226,8 @@ def _tar_sample(parts: dict[str, bytes], label_key: str, where: str) -> tuple[by
 
 
 def _webdataset(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where: str):
-    files = sorted(glob.glob(spec["pattern"]))
+    storage.check_reachable(spec["pattern"], where)
+    files = storage.glob(spec["pattern"])
     if not files:
         raise InputNotFoundError(f"{where}: no webdataset shards match {spec['pattern']!r}")
     # One pass for the labels (image bytes dropped: shards can be far larger than memory),
@@ -293,11 +312,14 @@ LABELLED_KINDS: Registry = Registry("eval data kind", {
 
 def image_files(pattern: str) -> list[str]:
     """Image files of a folder (searched recursively) or a glob, sorted."""
-    if os.path.isdir(pattern):
-        found = glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+    storage.check_reachable(pattern, "--images")
+    if storage.isdir(pattern):
+        found = storage.files_under(pattern)
+    elif storage.is_url(pattern):
+        found = [f for f in storage.glob(pattern) if storage.isfile(f)]
     else:
-        found = glob.glob(pattern, recursive=True)
-    files = sorted(f for f in found if os.path.isfile(f) and f.lower().endswith(_IMAGE_SUFFIXES))
+        found = [f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f)]
+    files = sorted(f for f in found if f.lower().endswith(_IMAGE_SUFFIXES))
     if not files:
         raise InputNotFoundError(f"no image files in {pattern!r}")
     return files

@@ -12,7 +12,6 @@ so that each process reads a disjoint part, and reads its units in an order give
 from __future__ import annotations
 
 import abc
-import glob
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax import paths
 from contrastive_jax.data import formats, records
 from contrastive_jax.datasets.catalogue import get_builder
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
@@ -84,9 +84,10 @@ def _glob(pattern: str | Sequence[str], name: str) -> list[str]:
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     files = set()
     for p in patterns:
-        matches = glob.glob(p)
+        paths.check_reachable(p, name)  # a missing bucket is named as such
+        matches = paths.glob(p)
         # A listed file that is missing is kept: reading it counts it as missing_file.
-        files.update(matches if matches or glob.has_magic(p) else [p])
+        files.update(matches if matches or paths.has_magic(p) else [p])
     if not files:
         raise InputNotFoundError(f"{name}: no file matches {pattern!r}")
     return sorted(files)
@@ -179,7 +180,7 @@ class FolderSource(Source):
 
     def __init__(self, spec: dict[str, Any]):
         self.name = f"folder {spec['path']}"
-        self.root = spec["root"] or os.path.dirname(os.path.abspath(spec["path"]))
+        self.root = spec["root"] or paths.dirname(paths.absolute(spec["path"]))
         self.rows = formats.read_table(spec["path"], spec["image_column"],
                                        spec["caption_column"], spec["uid_column"])
         if not self.rows:
@@ -208,9 +209,8 @@ class FolderSource(Source):
 
 def _read_image_file(path: bytes) -> tuple[bytes, np.int32]:
     try:
-        with open(path, "rb") as f:
-            return f.read(), np.int32(records.OK)
-    except OSError:
+        return paths.read_bytes(os.fsdecode(path)), np.int32(records.OK)
+    except paths.read_errors():
         log.warning("missing image file %s: skipped (counted as missing_file)", path.decode())
         return b"", np.int32(records.MISSING)
 

@@ -16,12 +16,12 @@ import collections
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.data.nouns import caption_words, longest_matches
 from contrastive_jax.errors import ConfigError, DataError
 
@@ -48,17 +48,12 @@ class SynsetVocabulary:
                 "synsets": [{"name": n, "count": c} for n, c in zip(self.synsets, self.counts,
                                                                    strict=True)],
                 "forms": dict(sorted(self.forms.items()))}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
+        paths.write_text(path, json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, path: str) -> SynsetVocabulary:
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(paths.read_text(path))
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
             vocab = cls(tuple(s["name"] for s in data["synsets"]),

@@ -5,11 +5,11 @@ config names none)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import ml_collections
 
+from contrastive_jax import paths
 from contrastive_jax.data.nouns import NounSynsets
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import source_captions
@@ -50,8 +50,8 @@ def ensure_synset_labeller(data_config: ml_collections.ConfigDict,
     """The run's synset labeller: `workdir/synsets.json`, copied there from
     `data.synsets.path` or built from the training captions on a fresh start, so a resumed
     run labels exactly as before; checked against `data.synsets.hash`."""
-    path = os.path.join(workdir, SYNSETS_FILE)
-    if os.path.exists(path):
+    path = paths.join(workdir, SYNSETS_FILE)
+    if paths.exists(path):
         vocab, where = SynsetVocabulary.load(path), path
     else:
         given = data_config.synsets.path
@@ -78,8 +78,8 @@ def ensure_tokenizer(data_config: ml_collections.ConfigDict, workdir: str) -> Te
     conventions = TextConventions.from_config(data_config)  # pad id, EOS rule, lowercasing
     if data_config.tokenizer.path:
         return Tokenizer(data_config.tokenizer.path, conventions)
-    path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "tokenizer.model")
+    if not paths.exists(path):
         prefix = path[: -len(".model")]
         train_tokenizer(training_captions(data_config), prefix,
                         data_config.tokenizer.vocab_size, lowercase=data_config.lowercase)
@@ -94,5 +94,5 @@ def workdir_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> TextEn
     if config.data.render.enabled:
         return text_renderer(config.data)
     if config.data.synsets.enabled:
-        return SynsetLabeller(SynsetVocabulary.load(os.path.join(workdir, SYNSETS_FILE)))
-    return Tokenizer(os.path.join(workdir, "tokenizer.model"), for_model(config))
+        return SynsetLabeller(SynsetVocabulary.load(paths.join(workdir, SYNSETS_FILE)))
+    return Tokenizer(paths.join(workdir, "tokenizer.model"), for_model(config))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
 
+from contrastive_jax import paths
 from contrastive_jax.data.text_conventions import EOS_ID, PAD_ID, UNK_ID, TextConventions
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 
@@ -35,31 +35,31 @@ def train_tokenizer(
 
     Ids: pad=0, eos=1, unk=2, no bos. `hard_vocab_limit=False` lets a small corpus yield a
     smaller vocabulary instead of failing; `Tokenizer.vocab_size` reports the real size.
-    The model is written to a temporary prefix and moved into place, so a concurrent
-    reader never sees a half-written file.
+    The model is trained into memory and written all-or-nothing through the path layer
+    (local or gs://), `.model` last, so a reader never sees a half-written one.
     """
-    out_dir = os.path.dirname(os.path.abspath(model_prefix))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        tmp_prefix = os.path.join(tmp, "spm")
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_prefix=tmp_prefix,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            hard_vocab_limit=False,
-            pad_id=PAD_ID,
-            eos_id=EOS_ID,
-            unk_id=UNK_ID,
-            bos_id=-1,
-            # nmt_nfkc_cf = NFKC + case folding: the model itself lowercases.
-            normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
-            character_coverage=1.0,
-            num_threads=num_threads,
-            minloglevel=2,
-        )
-        for ext in (".model", ".vocab"):
-            os.replace(tmp_prefix + ext, model_prefix + ext)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        hard_vocab_limit=False,
+        pad_id=PAD_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        bos_id=-1,
+        # nmt_nfkc_cf = NFKC + case folding: the model itself lowercases.
+        normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+        character_coverage=1.0,
+        num_threads=num_threads,
+        minloglevel=2,
+    )
+    proto = model.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(len(sp)))
+    paths.write_text(model_prefix + ".vocab", vocab)
+    paths.write_bytes(model_prefix + ".model", proto)
     logging.info("Trained tokenizer %s.model", model_prefix)
     return model_prefix + ".model"
 
@@ -67,11 +67,11 @@ def train_tokenizer(
 def train_tokenizer_cli(input_path: str, out_prefix: str, vocab_size: int) -> str:
     """Trains from a text file with one caption per line (blank lines ignored)."""
 
-    if not os.path.isfile(input_path):
+    if not paths.isfile(input_path):
         raise InputNotFoundError(f"caption file not found: {input_path}")
 
     def lines() -> Iterable[str]:
-        with open(input_path, encoding="utf-8") as f:
+        with paths.open_file(input_path, "r", encoding="utf-8") as f:
             for line in f:
                 if line.strip():
                     yield line.rstrip("\n")
@@ -87,10 +87,9 @@ class Tokenizer:
 
     def __init__(self, model_path: str, conventions: TextConventions | None = None):
         self.model_path = model_path
-        if not os.path.isfile(model_path):
+        if not paths.isfile(model_path):
             raise InputNotFoundError(f"sentencepiece model not found: {model_path}")
-        with open(model_path, "rb") as f:
-            self._proto = f.read()
+        self._proto = paths.read_bytes(model_path)
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         except RuntimeError as e:  # sentencepiece's only error for a proto it cannot parse

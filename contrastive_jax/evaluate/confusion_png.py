@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from contrastive_jax import paths
 
 _CELL = 36  # pixels per matrix cell: room for a 4-digit count in the default font
 _MARGIN = 8
@@ -60,5 +63,7 @@ def render_confusion(confusion: np.ndarray, class_names: Sequence[str],
 
 def save_confusion_png(path: str, confusion: np.ndarray, class_names: Sequence[str],
                        title: str = "") -> str:
-    render_confusion(confusion, class_names, title).save(path, format="PNG")
+    png = io.BytesIO()
+    render_confusion(confusion, class_names, title).save(png, format="PNG")
+    paths.write_bytes(path, png.getvalue())
     return path

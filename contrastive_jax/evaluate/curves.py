@@ -3,11 +3,12 @@ metric (and `suite/mean`) against step, one panel each, as one PNG."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import re
 
+from contrastive_jax import paths
 from contrastive_jax.errors import InputNotFoundError
 
 TRAIN_CURVES = ("train/loss", "train/t", "train/b")
@@ -19,10 +20,10 @@ _HEADLINE = re.compile(r"^(zeroshot/[^/]+/top1|retrieval/[^/]+/mean_r1|fewshot/[
 def read_curves(metrics_file: str) -> dict[str, tuple[list[int], list[float]]]:
     """{metric: (steps, values)} of the curves worth plotting, in the file's order (a
     resumed run's repeated steps keep their last value)."""
-    if not os.path.isfile(metrics_file):
+    if not paths.isfile(metrics_file):
         raise InputNotFoundError(f"no metrics file: {metrics_file}")
     series: dict[str, dict[int, float]] = {}
-    with open(metrics_file, encoding="utf-8") as f:
+    with paths.open_file(metrics_file, "r", encoding="utf-8") as f:
         for line in f:
             if not line.strip():
                 continue
@@ -62,7 +63,8 @@ def save_curves(metrics_file: str, out: str) -> str | None:
     for ax in list(axes.flat)[len(curves):]:
         ax.axis("off")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    paths.write_bytes(out, png.getvalue())
     return out

@@ -5,13 +5,12 @@ ready ones."""
 
 from __future__ import annotations
 
-import glob
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from contrastive_jax import paths
 from contrastive_jax.datasets.catalogue import not_prepared
 from contrastive_jax.evaluate.task_schema import tasks_of
 
@@ -23,10 +22,10 @@ def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:
         return not_prepared(spec["name"], spec["data_dir"] or default_dir or None)
     if kind == "webdataset":
         pattern = spec["pattern"]
-        return None if glob.glob(pattern) else f"no webdataset shards match {pattern!r}"
+        return None if paths.glob(pattern) else f"no webdataset shards match {pattern!r}"
     path = spec["path"]
     what = "image folder" if kind == "folder" else f"{kind} table"
-    return None if os.path.exists(path) else f"{what} {path} not found"
+    return None if paths.exists(path) else f"{what} {path} not found"
 
 
 def missing_data(config: ml_collections.ConfigDict) -> dict[str, str]:

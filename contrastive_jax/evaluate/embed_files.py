@@ -8,14 +8,15 @@ and left out of both files.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import tqdm
 
+from contrastive_jax import paths as storage  # `paths`: lists of image files
 from contrastive_jax.data.labelled import data_config_for, image_files, unlabelled_files
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
@@ -30,10 +31,11 @@ def _bar(total: int, unit: str):
 
 def _write(out: str, rows: np.ndarray, names: list[str]) -> dict[str, Any]:
     if jax.process_index() == 0:  # every process computed the same rows
-        os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-        np.save(out, rows.astype(np.float32))
-        with open(_listing(out), "w", encoding="utf-8") as f:
-            f.writelines(f"{name}\n" for name in names)
+        array = io.BytesIO()
+        np.save(array, rows.astype(np.float32))
+        # np.save's own rule: a name without .npy gets it appended.
+        storage.write_bytes(out if out.endswith(".npy") else out + ".npy", array.getvalue())
+        storage.write_text(_listing(out), "".join(f"{name}\n" for name in names))
     return {"embeddings": out, "inputs": _listing(out), "rows": int(len(rows)),
             "dim": int(rows.shape[1]) if rows.ndim == 2 else 0}
 
@@ -65,10 +67,10 @@ def embed_images_of(model, pattern: str, out: str, batch_size: int) -> dict[str,
 
 def read_texts(path: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file, without their line breaks."""
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
         raise InputNotFoundError(f"text file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
+        with storage.open_file(path, "r", encoding="utf-8") as f:
             texts = [line.rstrip("\r\n") for line in f if line.strip()]
     except UnicodeDecodeError as e:
         raise DataError(f"text file {path} is not UTF-8 (byte {e.start} of a line)") from e

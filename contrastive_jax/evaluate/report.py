@@ -4,10 +4,10 @@ confusion-matrix PNG per zero-shot task and, for a workdir, its training curves.
 from __future__ import annotations
 
 import json
-import os
 import re
 from typing import Any
 
+from contrastive_jax import paths as storage  # `paths`: the report's files
 from contrastive_jax.evaluate.confusion_png import save_confusion_png
 from contrastive_jax.evaluate.curves import save_curves
 
@@ -70,30 +70,28 @@ def write_report(out_dir: str, result: dict[str, Any], details: dict[str, Any],
                  source: str = "", metrics_file: str | None = None) -> dict[str, str]:
     """Writes the report files into `out_dir` (created if needed); returns their paths.
     `metrics_file`: a workdir's metrics.jsonl, plotted as the training curves if it exists."""
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     metrics = {k: v for k, v in result.items() if k != "step"}
     report: dict[str, Any] = {"step": result.get("step"), "source": source,
                               "metrics": report_metrics(metrics, details),
                               "tasks": details.get("tasks", [])}
     paths = {}
-    if metrics_file and os.path.isfile(metrics_file):
-        curves = save_curves(metrics_file, os.path.join(out_dir, CURVES_PNG))
+    if metrics_file and storage.isfile(metrics_file):
+        curves = save_curves(metrics_file, storage.join(out_dir, CURVES_PNG))
         if curves:
             paths["curves"], report["curves_png"] = curves, CURVES_PNG
     for name, zs in details.get("zeroshot", {}).items():
         png = f"confusion_{_safe(name)}.png"
         paths[f"confusion/{name}"] = save_confusion_png(
-            os.path.join(out_dir, png), zs["confusion"], zs["class_names"],
+            storage.join(out_dir, png), zs["confusion"], zs["class_names"],
             title=f"zero-shot {name}, step {result.get('step', '?')}")
         report.setdefault("zeroshot", {})[name] = {**zs, "confusion_png": png}
     if details.get("fewshot"):
         report["fewshot"] = details["fewshot"]
     if details.get("missing_data"):  # eval --skip-missing: task -> why it did not run
         report["missing_data"] = details["missing_data"]
-    paths["json"] = os.path.join(out_dir, REPORT_JSON)
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-    paths["markdown"] = os.path.join(out_dir, REPORT_MD)
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(_markdown(report))
+    paths["json"] = storage.join(out_dir, REPORT_JSON)
+    storage.write_text(paths["json"], json.dumps(report, indent=2, sort_keys=True))
+    paths["markdown"] = storage.join(out_dir, REPORT_MD)
+    storage.write_text(paths["markdown"], _markdown(report))
     return paths

@@ -7,11 +7,11 @@ overwrite) -> the written directory.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import jax
 
+from contrastive_jax import paths
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import export_hf
 from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
@@ -53,7 +53,7 @@ def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = No
     config, params, step = restore_params(workdir, step)
     if name == "siglip2":  # its decoder and teacher are training-only: the towers go out
         config.model, params = towers_only(config.model, params)
-    return exporter(config, params, step, os.path.join(workdir, TOKENIZER_FILE), out,
+    return exporter(config, params, step, paths.join(workdir, TOKENIZER_FILE), out,
                     overwrite=overwrite)
 
 

@@ -18,13 +18,13 @@ configs/proj/image_text/common.py; `text_conventions` gives those as our convent
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.data.text_conventions import EOS_ID, TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.export.flat import unflatten
@@ -131,7 +131,7 @@ def load_big_vision(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from contrastive_jax.export.native import _read_weights, check_params
     from contrastive_jax.models import complete_config
 
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"big_vision checkpoint not found: {path}")
     flat = convert(_read_weights(path))
     for needed in ("t_log", "img/embedding/kernel", "txt/embedding/embedding",

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.errors import ConfigError, UserError
 from contrastive_jax.export.hf_clip import clip_config, clip_state_dict, clip_unsupported
 from contrastive_jax.export.hf_layers import (
@@ -84,7 +85,7 @@ def _folds_case(tokenizer_file: str) -> bool:
     """Whether the sentencepiece model's own normaliser lowercases (ASCII and beyond)."""
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_file=tokenizer_file)
+    sp = spm.SentencePieceProcessor(model_proto=paths.read_bytes(tokenizer_file))
     probe = "Ab Zy \u00c4\u00d6"  # ASCII and non-ASCII capitals
     return sp.encode(probe) == sp.encode(probe.lower())
 
@@ -220,7 +221,7 @@ def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: st
 
     def fill(tmp: str) -> None:
         hf_model.save_pretrained(tmp)
-        shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
+        paths.copy(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
         _save_processors(tmp, card, clip)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
                   encoding="utf-8") as f:

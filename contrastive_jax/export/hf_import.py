@@ -11,12 +11,12 @@ tokenizer) is refused in one line naming the file.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.data.text_conventions import TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.export.flat import unflatten
@@ -48,12 +48,12 @@ def _json(path: str) -> dict:
 
 
 def _tensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"missing weights file {path}")
     try:
-        return load_file(path)
+        return load(paths.read_bytes(path))
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
         raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
 
@@ -197,7 +197,7 @@ def _timm_image_config(vis: dict, where: str, export_dir: str, text_proj_bias: b
     if not str(name).startswith("local-dir:"):
         raise DataError(f"{where}: vision_cfg.timm_model_name={name!r}; we read timm towers "
                         "from a 'local-dir:' folder (as our exports write them)")
-    timm_where = os.path.join(timm_folder(name, export_dir), "config.json")
+    timm_where = paths.join(timm_folder(name, export_dir), "config.json")
     image = read_timm_config(_json(timm_where), timm_where)
     proj, pool = vis.get("timm_proj", "linear"), vis.get("timm_pool", "avg")
     if proj not in ("linear", "none") or pool != timm_pool(image["pool"]):
@@ -241,17 +241,17 @@ def _open_clip_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
 
 def exported_step(path: str) -> int:
     """The training step our export card records; 0 for a model another library wrote."""
-    card = os.path.join(path, CARD_FILE)
-    return int(_json(card).get("step", 0)) if os.path.isfile(card) else 0
+    card = paths.join(path, CARD_FILE)
+    return int(_json(card).get("step", 0)) if paths.isfile(card) else 0
 
 
 def _conventions(path: str) -> TextConventions:
     """The card's text conventions, or T5Tokenizer's (pad 0, sticky EOS) for a directory
     whose tokenizer is a T5Tokenizer of its own sentencepiece model."""
-    card = os.path.join(path, CARD_FILE)
-    if os.path.isfile(card):
+    card = paths.join(path, CARD_FILE)
+    if paths.isfile(card):
         return TextConventions.from_dict(_json(card).get("text") or {})
-    tok_cfg = os.path.join(path, "tokenizer_config.json")
+    tok_cfg = paths.join(path, "tokenizer_config.json")
     tok_class = _json(tok_cfg).get("tokenizer_class")
     if tok_class not in ("T5Tokenizer", "T5TokenizerFast"):
         raise DataError(f"{tok_cfg}: tokenizer_class {tok_class!r}; we read a T5Tokenizer's "
@@ -265,8 +265,8 @@ def _image_processor_config(path: str) -> dict:
     and std 0.5: the value range [-1, 1])."""
     for name, key in (("processor_config.json", "image_processor"),
                       ("preprocessor_config.json", None)):
-        file = os.path.join(path, name)
-        if os.path.isfile(file):
+        file = paths.join(path, name)
+        if paths.isfile(file):
             found = _json(file)
             found = found.get(key, {}) if key else found
             if found:
@@ -292,19 +292,19 @@ def import_model(spec: str, config: Any) -> tuple[dict[str, Any], Any]:
 
     hf = spec.startswith(HF_PREFIX)
     path = spec.removeprefix(HF_PREFIX if hf else OPEN_CLIP_PREFIX)
-    if not os.path.isdir(path):
+    if not paths.isdir(path):
         raise InputNotFoundError(f"model {spec!r}: no directory {path}")
     if hf:
-        where = os.path.join(path, "config.json")
+        where = paths.join(path, "config.json")
         model = _hf_model_config(_json(where), where)
-        weights = os.path.join(path, "model.safetensors")
+        weights = paths.join(path, "model.safetensors")
         pre = _image_processor_config(path)
         mean, std = pre.get("image_mean", [0.5] * 3), pre.get("image_std", [0.5] * 3)
     else:
-        where = os.path.join(path, "open_clip_config.json")
+        where = paths.join(path, "open_clip_config.json")
         oc = _json(where)
         model = _open_clip_model_config(oc.get("model_cfg", oc), where, path)
-        weights = os.path.join(path, "open_clip_model.safetensors")
+        weights = paths.join(path, "open_clip_model.safetensors")
         pre = oc.get("preprocess_cfg", {})
         mean, std = pre.get("mean", [0.5] * 3), pre.get("std", [0.5] * 3)
     sd = _tensors(weights)
@@ -322,7 +322,7 @@ def import_model(spec: str, config: Any) -> tuple[dict[str, Any], Any]:
     config.data.max_len = config.model.text.max_len
     conventions = _conventions(path)
     use_conventions(config, conventions)
-    tok_path = os.path.join(path, "spiece.model")
-    if not os.path.isfile(tok_path):
+    tok_path = paths.join(path, "spiece.model")
+    if not paths.isfile(tok_path):
         raise InputNotFoundError(f"{spec}: missing tokenizer file {tok_path}")
     return params, Tokenizer(tok_path, TextConventions.from_config(config))

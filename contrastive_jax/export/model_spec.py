@@ -10,7 +10,6 @@ encoder that tokenises exactly as the model was trained (its recorded convention
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from contrastive_jax import paths
 from contrastive_jax.config import (
     ConfigError,
     apply_overrides,
@@ -110,7 +110,7 @@ def _big_vision(path: str, tokenizer_path: str | None, suite_spec: str | None,
                             if k != "model"})
     params, tokenizer = big_vision_model(path, tokenizer_path, config, overrides)
     mesh, state = _on_mesh(config, params, 0)
-    return config, mesh, state, tokenizer, os.path.dirname(os.path.abspath(path))
+    return config, mesh, state, tokenizer, paths.dirname(paths.absolute(path))
 
 
 def _imported(spec: str, suite_spec: str | None, overrides: list[str]):
@@ -130,7 +130,7 @@ def _imported(spec: str, suite_spec: str | None, overrides: list[str]):
     tokenizer = tokenizer.with_conventions(for_model(config))  # --config.data.pad_id=... wins
     path = spec.removeprefix(HF_PREFIX).removeprefix(OPEN_CLIP_PREFIX)
     mesh, state = _on_mesh(config, params, exported_step(path))
-    return config, mesh, state, tokenizer, os.path.abspath(path)
+    return config, mesh, state, tokenizer, paths.absolute(path)
 
 
 def spec_kind(spec: str) -> str:
@@ -141,9 +141,9 @@ def spec_kind(spec: str) -> str:
     for kind in ("hf", "open_clip"):
         if spec.startswith(f"{kind}:"):
             return kind
-    if os.path.isfile(os.path.join(spec, "config.json")):
+    if paths.isfile(paths.join(spec, "config.json")):
         return "workdir"
-    if os.path.isfile(os.path.join(spec, EXPORT_CARD)):
+    if paths.isfile(paths.join(spec, EXPORT_CARD)):
         return "export"
     raise InputNotFoundError(f"model {spec!r} is neither a training workdir, an export "
                              f"directory, {BIG_VISION_PREFIX}FILE.npz, hf:DIR nor "
@@ -164,8 +164,8 @@ def eval_config(spec: str, *, config: str | None = None, overrides: Sequence[str
     if kind == "workdir":
         run = load_workdir_config(spec, model_overrides)
     elif kind == "export":
-        run, card = default_config(), os.path.join(spec, EXPORT_CARD)
-        if not os.path.isfile(card):  # as load_exported says it
+        run, card = default_config(), paths.join(spec, EXPORT_CARD)
+        if not paths.isfile(card):  # as load_exported says it
             raise InputNotFoundError(f"{spec} is not an export directory: no {EXPORT_CARD}")
         merge_into(run, field(read_json(card, "export config"), "train_config", card, dict))
     else:  # hf, open_clip, big_vision: the suite file is merged whole, model aside

@@ -8,15 +8,18 @@ An export directory holds:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.data import text_conventions
 from contrastive_jax.data.text_conventions import EOS_ID, TextConventions
 from contrastive_jax.errors import DataError, InputNotFoundError, UserError
@@ -68,11 +71,21 @@ def _write_weights(fmt: str, flat: dict[str, np.ndarray], out_dir: str) -> None:
                   path, metadata={"format": "contrastive_jax", "scalars": scalars})
 
 
+# The card of each format, written last to an object store: a reader (`spec_kind`, the
+# importers) sees an export there only once its card exists, i.e. once every file is up.
+CARD_FILES = (CONFIG_FILE, "contrastive_jax_export.json")
+
+
 def write_atomically(out: str, overwrite: bool, fill: Callable[[str], None]) -> str:
-    """Runs `fill(tmp_dir)` and moves the result to `out`: never a half-written export."""
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite:
+    """Runs `fill(tmp_dir)` and moves the result to `out`: never a half-written export.
+    On an object store (no rename) the files are staged in the local cache and uploaded,
+    the card last."""
+    out = paths.absolute(out)
+    paths.check_reachable(out, "--out")
+    if paths.exists(out) and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it")
+    if paths.is_url(out):
+        return _upload_export(out, fill)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = out + ".tmp-export"
@@ -88,6 +101,20 @@ def write_atomically(out: str, overwrite: bool, fill: Callable[[str], None]) -> 
     return out
 
 
+def _upload_export(out: str, fill: Callable[[str], None]) -> str:
+    staging = tempfile.mkdtemp(dir=paths.cache_dir("exports"))
+    try:
+        fill(staging)
+        if paths.exists(out):  # --overwrite: the old export goes first, its card with it
+            paths.rmtree(out)
+        files = paths.files_under(staging)
+        for path in sorted(files, key=lambda f: os.path.basename(f) in CARD_FILES):
+            paths.copy(path, paths.join(out, os.path.relpath(path, staging)))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
 def export_weights(fmt: str, config: Any, params: dict, step: int, tokenizer_file: str,
                    out: str, *, overwrite: bool = False) -> str:
     """Writes an npz or safetensors export of restored weights (`params` at `step` of a run
@@ -97,7 +124,7 @@ def export_weights(fmt: str, config: Any, params: dict, step: int, tokenizer_fil
 
     def fill(tmp: str) -> None:
         _write_weights(fmt, flatten(params), tmp)
-        shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
+        paths.copy(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(card, f, indent=2, sort_keys=True)
 
@@ -105,12 +132,14 @@ def export_weights(fmt: str, config: Any, params: dict, step: int, tokenizer_fil
 
 
 def _read_weights(path: str) -> dict[str, np.ndarray]:
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"missing weights file {path}")
     try:
         if path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as f:
+            with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
+        if paths.is_url(path):  # safetensors maps local files only: parse the bytes
+            return _safetensors_bytes(paths.read_bytes(path))
         from safetensors import safe_open
 
         with safe_open(path, framework="numpy") as f:
@@ -120,6 +149,17 @@ def _read_weights(path: str) -> dict[str, np.ndarray]:
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files of either kind
         raise DataError(f"cannot read {path} (truncated or not a weights file): "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:120]}") from e
+
+
+def _safetensors_bytes(data: bytes) -> dict[str, np.ndarray]:
+    import struct
+
+    from safetensors.numpy import load
+
+    (size,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8:8 + size]).get("__metadata__") or {}
+    scalars = set(filter(None, metadata.get("scalars", "").split(",")))
+    return {k: v.reshape(()) if k in scalars else v for k, v in load(data).items()}
 
 
 def check_params(model_config: Any, params: dict) -> None:
@@ -159,18 +199,18 @@ def load_exported(export_dir: str) -> tuple[dict[str, Any], dict[str, Any], Toke
     the tokenizer encodes by the card's text conventions."""
     from contrastive_jax.models import complete_config
 
-    card_path = os.path.join(export_dir, CONFIG_FILE)
-    if not os.path.isfile(card_path):
+    card_path = paths.join(export_dir, CONFIG_FILE)
+    if not paths.isfile(card_path):
         raise InputNotFoundError(f"{export_dir} is not an export directory: no {CONFIG_FILE}")
     card = read_json(card_path, "export config")
     if card.get("weights") not in WEIGHT_FILES.values():
         raise DataError(f"{card_path}: 'weights' must be one of {sorted(WEIGHT_FILES.values())}")
     for key, kind in (("model", dict), ("text", dict), ("train_config", dict), ("step", int)):
         field(card, key, card_path, kind)  # a key a damaged card lost: one line, not KeyError
-    params = unflatten(_read_weights(os.path.join(export_dir, card["weights"])))
+    params = unflatten(_read_weights(paths.join(export_dir, card["weights"])))
     check_params(complete_config(card["model"]), params)
-    tok_path = os.path.join(export_dir, field(card["text"], "tokenizer", card_path, str))
-    if not os.path.isfile(tok_path):
+    tok_path = paths.join(export_dir, field(card["text"], "tokenizer", card_path, str))
+    if not paths.isfile(tok_path):
         raise InputNotFoundError(f"missing tokenizer file {tok_path}")
     from contrastive_jax.data.tokenizer import Tokenizer
 

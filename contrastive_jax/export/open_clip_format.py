@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import save_tokenizer, tokenizer_unsupported
 from contrastive_jax.export.hf_layers import (
@@ -191,7 +191,7 @@ def export_open_clip(config: Any, params: dict, step: int, tokenizer_file: str, 
 
     card = export_config(config, params, step)
     tensors = open_clip_state_dict(params, model)
-    timm_dir = os.path.join(os.path.abspath(out), TIMM_DIR)  # the path after the rename
+    timm_dir = paths.join(paths.absolute(out), TIMM_DIR)  # the path after the rename
 
     def fill(tmp: str) -> None:
         save_file(tensors, os.path.join(tmp, WEIGHTS_FILE))
@@ -201,7 +201,7 @@ def export_open_clip(config: Any, params: dict, step: int, tokenizer_file: str, 
             os.makedirs(os.path.join(tmp, TIMM_DIR))
             with open(os.path.join(tmp, TIMM_DIR, "config.json"), "w", encoding="utf-8") as f:
                 json.dump(timm_config(model.image, card["image"]["value_range"]), f, indent=2)
-        shutil.copyfile(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
+        paths.copy(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
         save_tokenizer(tmp, card, masked=model.text.causal)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
                   encoding="utf-8") as f:

@@ -15,11 +15,12 @@ embeddings (the same sum, added before the LayerNorm).
 
 from __future__ import annotations
 
-import os
+import posixpath
 from typing import Any
 
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.errors import DataError
 from contrastive_jax.export.hf_layers import (
     attention,
@@ -120,9 +121,10 @@ def timm_folder(name: str, export_dir: str) -> str:
     """The folder of a `local-dir:` timm model name; if it is gone (the export was moved),
     the folder of that name inside `export_dir`."""
     folder = name.removeprefix("local-dir:")
-    if os.path.isdir(folder):
+    if paths.isdir(folder):
         return folder
-    return os.path.join(export_dir, os.path.basename(os.path.normpath(folder)))
+    # normpath only for its last component: the name of the folder, local or a URL.
+    return paths.join(export_dir, posixpath.basename(posixpath.normpath(folder)))
 
 
 def read_timm_config(cfg: dict, where: str) -> dict[str, Any]:

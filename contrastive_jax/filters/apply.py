@@ -9,13 +9,13 @@ filtered stream is as resumable as an unfiltered one.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 
 import jax
 import ml_collections
 import tensorflow as tf
 
+from contrastive_jax import paths
 from contrastive_jax.data.schema import FILTER_NAMES, filter_order
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.filters import cat, metaclip, uid_tables
@@ -37,7 +37,7 @@ def _metaclip(cfg, pool: tf.data.Dataset, dataset: str | None,
     else:
         raise ConfigError("config key 'data.filters.metaclip.entries_file' is needed here")
     matcher = metaclip.EntryMatcher(entries, cfg.lowercase)
-    if cfg.counts_path and os.path.exists(cfg.counts_path):
+    if cfg.counts_path and paths.exists(cfg.counts_path):
         counts = metaclip.load_counts(cfg.counts_path, entries)
     else:
         # The pool is the whole dataset in every process, so all count alike; one writes.

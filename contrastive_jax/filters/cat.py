@@ -27,7 +27,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -37,6 +36,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.data.nouns import caption_words, load_spacy
 from contrastive_jax.errors import DataError, InputNotFoundError
 
@@ -259,10 +259,10 @@ def cat_file(path: str, cfg: ml_collections.ConfigDict) -> Iterator[dict[str, An
     from PIL import Image
 
     decide = CatFilter(cfg)
-    root = os.path.dirname(os.path.abspath(path))
+    root = paths.dirname(paths.absolute(path))
     summary = {"lines": 0, "kept": 0, "dropped": 0, **{f"dropped/{r}": 0 for r in REASONS}}
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        lines = paths.read_text(path).splitlines()
     except FileNotFoundError as e:
         raise InputNotFoundError(f"{path} not found") from e
     for number, line in enumerate(lines, 1):
@@ -275,9 +275,9 @@ def cat_file(path: str, cfg: ml_collections.ConfigDict) -> Iterator[dict[str, An
             raise DataError(f"{path}:{number}: not a JSON object with a 'caption' ({e})") from e
         image = None
         if image_path:
-            full = os.path.join(root, image_path)
+            full = paths.join(root, image_path)
             try:
-                image = np.asarray(Image.open(full).convert("RGB"))
+                image = np.asarray(Image.open(io.BytesIO(paths.read_bytes(full))).convert("RGB"))
             except (OSError, ValueError) as e:
                 raise DataError(f"{path}:{number}: image {full} is not readable ({e})") from e
         result = decide(caption if isinstance(caption, str) else str(caption), image,

@@ -15,7 +15,6 @@ as the uninterrupted one. The train step itself is unchanged.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from contrastive_jax import paths
 from contrastive_jax.data.schema import check_cit_config
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.datasets.catalogue import class_names
@@ -67,9 +67,9 @@ def make_select_fn(model_def: ModelDef, mesh: Mesh, batch_size: int, keep: str,
 def metadata_entries(config: ml_collections.ConfigDict) -> list[str]:
     path = config.train.cit.metadata
     if path:
-        if not os.path.isfile(path):
+        if not paths.isfile(path):
             raise InputNotFoundError(f"config key 'train.cit.metadata': no file {path}")
-        with open(path, encoding="utf-8") as f:
+        with paths.open_file(path, "r", encoding="utf-8") as f:
             entries = [line.strip() for line in f if line.strip()]
     elif config.data.sources:  # `data.dataset` is not what these sources are about
         raise ConfigError("config key 'train.cit.metadata' is needed with 'data.sources' "

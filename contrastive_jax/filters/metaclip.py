@@ -16,12 +16,12 @@ Rules followed, transcribed from facebookresearch/MetaCLIP (`metaclip/substr_mat
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax import paths
 from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.datasets.uid_random import uid_uniform
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
@@ -97,10 +97,8 @@ def balanced_keep(uid: str | bytes, matched: Sequence[int], probs: np.ndarray) -
 
 def save_counts(path: str, entries: Sequence[str], counts: np.ndarray) -> None:
     """Writes the counts file whole or not at all (a later run trusts any file it finds)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        json.dump({"entries": list(entries), "counts": [int(c) for c in counts]}, f)
-    os.replace(f"{path}.tmp", path)
+    paths.write_text(path, json.dumps({"entries": list(entries),
+                                       "counts": [int(c) for c in counts]}))
 
 
 def load_counts(path: str, entries: Sequence[str]) -> np.ndarray:
@@ -114,9 +112,9 @@ def load_counts(path: str, entries: Sequence[str]) -> np.ndarray:
 
 def read_entries(path: str) -> list[str]:
     """One entry per line; blank lines are skipped."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"MetaCLIP entry file not found: {path}")
-    with open(path, encoding="utf-8") as f:
+    with paths.open_file(path, "r", encoding="utf-8") as f:
         entries = [line.strip() for line in f]
     return [e for e in entries if e]
 

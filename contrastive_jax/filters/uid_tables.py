@@ -7,13 +7,14 @@ Both are looked up in-graph with a tf.lookup.StaticHashTable keyed by the exampl
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax import paths
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.filters.counters import Predicate
 
@@ -26,17 +27,17 @@ def write_scores(path: str, uids: Sequence[str], scores: np.ndarray) -> None:
         raise DataError(f"{len(uids)} uids but {len(scores)} scores")
     if len(np.unique(uids)) != len(uids):
         raise DataError("score file uids must be unique (the dataset has repeated uids)")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the name
-        np.savez(f, uids=uids, scores=scores)
+    data = io.BytesIO()  # a file object: np.savez would append ".npz" to a name
+    np.savez(data, uids=uids, scores=scores)
+    paths.write_bytes(path, data.getvalue())
 
 
 def read_scores(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(uids str [N], scores float32 [N]) from a score file."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"score file not found: {path} (write it with "
                                 "`contrastive-jax data score`)")
-    with np.load(path) as data:
+    with np.load(io.BytesIO(paths.read_bytes(path))) as data:
         if "uids" not in data or "scores" not in data:
             raise DataError(f"{path} is not a score file (needs arrays 'uids' and 'scores')")
         return data["uids"].astype(str), data["scores"].astype(np.float32)
@@ -76,16 +77,14 @@ def score_predicate(uids: np.ndarray, scores: np.ndarray, cut: float) -> Predica
 
 
 def write_keep_list(path: str, uids: Sequence[str]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(f"{uid}\n" for uid in uids)
+    paths.write_text(path, "".join(f"{uid}\n" for uid in uids))
 
 
 def read_keep_list(path: str) -> list[str]:
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise InputNotFoundError(f"keep-list not found: {path} (write it with "
                                 "`contrastive-jax data dedup`)")
-    with open(path, encoding="utf-8") as f:
+    with paths.open_file(path, "r", encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.rstrip("\n")]
 
 

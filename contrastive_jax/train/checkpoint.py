@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -14,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
+from contrastive_jax import paths
 from contrastive_jax.data import text_conventions
 from contrastive_jax.errors import CheckpointError, InputNotFoundError
 from contrastive_jax.parallel import distributed
@@ -76,7 +76,8 @@ class Checkpointer:
     of every array saved with it (train/fingerprint.py), checked on every restore."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        # A URL stays a URL: orbax writes gs:// through tensorstore and etils.epath.
+        self.directory = paths.absolute(paths.join(workdir, "checkpoints"))
         self.config = config
         options = ocp.CheckpointManagerOptions(
             max_to_keep=config.train.keep_checkpoints,
@@ -308,7 +309,7 @@ class Checkpointer:
             return {}
 
     def _step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+        return paths.join(self.directory, str(step))
 
     def _damaged(self, bad: integrity.Unreadable) -> str:
         return (f"checkpoint {bad.step} in {self.directory} is damaged "

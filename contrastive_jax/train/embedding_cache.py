@@ -16,9 +16,9 @@ a cached embedding is of one fixed view of the image.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 import re
 
 import jax
@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax import paths
 from contrastive_jax.data.stream import uid_image_batches
 from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images
@@ -36,14 +37,14 @@ log = logging.getLogger(__name__)
 
 
 def cache_file(config: ml_collections.ConfigDict, workdir: str) -> str:
-    directory = config.train.embedding_cache.dir or os.path.join(workdir, "embedding_cache")
+    directory = config.train.embedding_cache.dir or paths.join(workdir, "embedding_cache")
     data = config.data
     if data.sources:  # a digest of the source list: another list is another cache
         name = "sources_" + hashlib.sha256(json.dumps(
             [dict(s) for s in data.sources], sort_keys=True, default=str).encode()).hexdigest()[:16]
     else:
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.dataset}_{data.train_split}")
-    return os.path.join(directory, f"{name}.npz")
+    return paths.join(directory, f"{name}.npz")
 
 
 def check_image_tower_locked(params: dict, lock: tuple[str, ...]) -> None:
@@ -99,17 +100,16 @@ def load_or_build(config: ml_collections.ConfigDict, workdir: str, model_def: Mo
     (every process computes it; process 0 writes it)."""
     path = cache_file(config, workdir)
     key = fingerprint(state.params)
-    if os.path.isfile(path):
-        with np.load(path, allow_pickle=False) as f:
+    if paths.isfile(path):
+        with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as f:
             if str(f["fingerprint"]) == key:
                 log.info("embedding cache: read %s", path)
                 return f["uid"], f["embedding"]
         log.warning("embedding cache %s is of other image params; rebuilding it", path)
     uids, embeddings = compute_embeddings(config, model_def, state, mesh)
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, uid=uids, embedding=embeddings, fingerprint=np.str_(key))
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, uid=uids, embedding=embeddings, fingerprint=np.str_(key))
+        paths.write_bytes(path, buffer.getvalue())  # all-or-nothing, local or gs://
         log.info("embedding cache: wrote %d embeddings to %s", len(uids), path)
     return uids, embeddings

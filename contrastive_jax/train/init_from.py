@@ -17,7 +17,6 @@ heads with `drop_heads`) keep their fresh initialisation.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from contrastive_jax import paths
 from contrastive_jax.config import INIT_FROM_TOWERS
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.flat import flatten
@@ -58,17 +58,17 @@ def load_source(path: str) -> dict[str, np.ndarray]:
         from contrastive_jax.config import default_config
 
         return flatten(hf_import.import_model(path, default_config())[0])
-    if not os.path.exists(path):
+    if not paths.exists(path):
         raise InitFromError(f"config key 'train.init_from.path': {path} does not exist")
-    if os.path.isdir(path):
-        parent = os.path.dirname(os.path.abspath(path))
-        if os.path.basename(os.path.abspath(path)) == "checkpoints" and os.path.isfile(
-                os.path.join(parent, "config.json")):
+    if paths.isdir(path):
+        parent = paths.dirname(paths.absolute(path))
+        if paths.basename(paths.absolute(path)) == "checkpoints" and paths.isfile(
+                paths.join(parent, "config.json")):
             path = parent
-        if os.path.isfile(os.path.join(path, "config.json")):
+        if paths.isfile(paths.join(path, "config.json")):
             _, params, _ = restore_params(path)
             return flatten(params)
-        if os.path.isfile(os.path.join(path, native.CONFIG_FILE)):
+        if paths.isfile(paths.join(path, native.CONFIG_FILE)):
             return flatten(native.load_exported(path)[1])
         raise InitFromError(f"config key 'train.init_from.path': {path} is neither a workdir "
                             f"(config.json) nor an export directory ({native.CONFIG_FILE})")

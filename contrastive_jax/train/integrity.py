@@ -17,6 +17,7 @@ import sys
 import jax
 from jax.experimental import multihost_utils
 
+from contrastive_jax import paths
 from contrastive_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def describe(step: int, e: BaseException, directory: str,
     text = " ".join(str(x) for x in chain)
     files = [f for f in _FILE.findall(text) if not f.endswith("/")]  # not the database dir
     leaf = _LEAF.search(text)
-    if files:
+    if files and not paths.is_url(directory):
         where = os.path.relpath(files[-1], directory)
     elif leaf:
         where = f"leaf {leaf.group(1)}"
@@ -87,14 +88,17 @@ def move_aside(directory: str, kind: str, reasons: dict[int, str]) -> None:
         return
     if jax.process_index() == 0:
         for step, reason in reasons.items():
-            target_dir = os.path.join(directory, kind)
-            target, n = os.path.join(target_dir, str(step)), 1
-            while os.path.exists(target):
+            target_dir = paths.join(directory, kind)
+            target, n = paths.join(target_dir, str(step)), 1
+            while paths.exists(target):
                 n += 1
-                target = os.path.join(target_dir, f"{step}.{n}")
+                target = paths.join(target_dir, f"{step}.{n}")
             try:
-                os.makedirs(target_dir, exist_ok=True)
-                os.rename(os.path.join(directory, str(step)), target)
+                # On an object store a move is copy-then-delete, not atomic: a crash midway
+                # leaves a copy under kind/ (never read) and perhaps part of the source,
+                # which fails its read again on the next resume and is set aside again.
+                paths.makedirs(target_dir)
+                paths.move(paths.join(directory, str(step)), target)
             except OSError as e:
                 raise CheckpointError(f"{reason}; cannot move it to {kind}/: {e}") from e
             log.warning("%s; moved to %s", reason, target)

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from contrastive_jax import paths
 from contrastive_jax.config import config_to_json
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import train_dataset
@@ -108,11 +108,11 @@ class Run:
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Builds the mesh, tokenizer, sharded state (restored if the workdir has one) and step."""
-    os.makedirs(workdir, exist_ok=True)
+    paths.check_reachable(workdir, "--workdir")  # a missing bucket: one line, before compiling
+    paths.makedirs(workdir)
     enable_compilation_cache(config.train.compilation_cache_dir)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config_to_json(config))
+        paths.write_text(paths.join(workdir, "config.json"), config_to_json(config))
     mesh = create_mesh(config.mesh)
     batch_size_per_process(config.train.batch_size, mesh)  # fail early on a bad split
     if jax.process_index() == 0:  # one process trains the tokenizer; the others load it
