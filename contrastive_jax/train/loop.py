@@ -172,14 +172,16 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack) -> dict[str, A
         check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
         cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
                                                run.mesh)
-    # The stream continues at the exact next unread example, whatever the batch size was.
+    # Every logical stream continues at its exact next unread example, whatever the batch
+    # size and the process count were (a count that cannot is refused here, in one line).
     progress = StreamProgress.resume(run.resumed_meta, step, config)
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_example=progress.examples_read, seed=config.seed,
         filter_counters=counters, image_embeddings=cached,
-        resume_positions=progress.position).as_numpy_iterator())
+        resume_positions=progress.position,
+        logical_streams=progress.logical_streams).as_numpy_iterator())
     state = run.state
     guard = NonfiniteGuard(config.train.nonfinite, config.train.nonfinite_limit,
                            total=int(run.resumed_meta.get("nonfinite_steps", 0)))
