@@ -1,0 +1,88 @@
+"""One process of the elastic-resume tests: `train` on fake Fashion-MNIST captions with
+logical streams, recording every global batch's example ids.
+
+Run by tests/test_elastic_resume.py as `python tests/elastic_worker.py SPEC_JSON` with 4 CPU
+devices per process, or called in the test process (`train_recording`). The ids of a row
+are its image's and tokens' bytes, hashed: fake images are random, so an id names an
+example together with its augmentation. Process 0 appends {"step", "ids"} lines to
+`spec["ids"]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def elastic_config(spec: dict):
+    """The run of `spec` (data_dir, tokenizer, steps, streams; port, processes, process_id
+    for a distributed process)."""
+    from helpers import tiny_config
+
+    port = spec.get("port", 0)
+    return tiny_config(
+        data={"data_dir": spec["data_dir"], "tokenizer": {"path": spec["tokenizer"]},
+              "shuffle_buffer": 64, "flip": True, "logical_streams": spec["streams"]},
+        train={"steps": spec["steps"], "checkpoint_every": spec.get("checkpoint_every", 1000),
+               "keep_checkpoints": 10},
+        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
+        distributed={"enabled": "on" if port else "off",
+                     "coordinator_address": f"localhost:{port}" if port else "",
+                     "num_processes": spec.get("processes", 0),
+                     "process_id": spec.get("process_id", -1)})  # fmt: skip
+
+
+def row_ids(local: dict[str, np.ndarray]) -> list[int]:
+    """The global batch's row ids, in global row order (a collective)."""
+    from contrastive_jax.parallel.distributed import gathered_over_processes
+
+    ids = [int.from_bytes(hashlib.sha1(local["image"][i].tobytes() + local["text"][i].tobytes())
+                          .digest()[:7], "little") for i in range(len(local["image"]))]
+    return gathered_over_processes(np.array(ids, np.int64)).ravel().tolist()
+
+
+def train_recording(spec: dict) -> dict:
+    """Trains (or resumes) `spec["workdir"]`; SIGTERM at step `spec["stop_at"]` if given,
+    as a preempted job gets it. Returns train's result."""
+    import jax
+
+    from contrastive_jax.train import loop
+
+    feed, stop_at, steps = loop.to_global, spec.get("stop_at"), []
+
+    def recording(batch, mesh):
+        ids = row_ids(batch)
+        if jax.process_index() == 0:
+            with open(spec["ids"], "a") as f:
+                f.write(json.dumps({"step": len(steps) + spec.get("first", 1), "ids": ids})
+                        + "\n")
+        steps.append(1)
+        if stop_at is not None and len(steps) + spec.get("first", 1) - 1 == stop_at:
+            import signal
+
+            signal.raise_signal(signal.SIGTERM)
+        return feed(batch, mesh)
+
+    loop.to_global = recording
+    try:
+        return loop.train(elastic_config(spec), spec["workdir"])
+    finally:
+        loop.to_global = feed
+
+
+def main(argv: list[str]) -> None:
+    import jax
+
+    spec = json.loads(argv[0])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    result = train_recording(spec)
+    with open(os.path.join(spec["workdir"], f"result{spec['process_id']}.json"), "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
