@@ -5,7 +5,8 @@ Run by tests/test_elastic_resume.py as `python tests/elastic_worker.py SPEC_JSON
 devices per process, or called in the test process (`train_recording`). The ids of a row
 are its image's and tokens' bytes, hashed: fake images are random, so an id names an
 example together with its augmentation. Process 0 appends {"step", "ids"} lines to
-`spec["ids"]`.
+`spec["ids"]` (if given). `spec["hang_in_commit"]`: the commit of that step's checkpoint
+hangs, for a kill -9 during a save.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy as np
 
 
 def elastic_config(spec: dict):
-    """The run of `spec` (data_dir, tokenizer, steps, streams; port, processes, process_id
-    for a distributed process)."""
+    """The run of `spec` (data_dir, tokenizer, steps, streams, optional vocab and
+    checkpoint_every; port, processes, process_id for a distributed process)."""
     from helpers import tiny_config
 
     port = spec.get("port", 0)
     return tiny_config(
+        model={"text": {"vocab_size": spec.get("vocab", 64)}},
         data={"data_dir": spec["data_dir"], "tokenizer": {"path": spec["tokenizer"]},
               "shuffle_buffer": 64, "flip": True, "logical_streams": spec["streams"]},
         train={"steps": spec["steps"], "checkpoint_every": spec.get("checkpoint_every", 1000),
@@ -56,7 +58,7 @@ def train_recording(spec: dict) -> dict:
 
     def recording(batch, mesh):
         ids = row_ids(batch)
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and "ids" in spec:
             with open(spec["ids"], "a") as f:
                 f.write(json.dumps({"step": len(steps) + spec.get("first", 1), "ids": ids})
                         + "\n")
@@ -74,11 +76,36 @@ def train_recording(spec: dict) -> dict:
         loop.to_global = feed
 
 
+def hang_in_commit(step: int, marker: str) -> None:
+    """Makes the commit (orbax's rename of the finished temporary directory) of checkpoint
+    `step` write `marker` and hang, so the test can kill -9 the job in the middle of that
+    save."""
+    import time
+
+    from orbax.checkpoint._src.path import atomicity
+
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def hanging(self, *args, **kwargs):
+        if self.get_final().name == str(step):
+            with open(marker, "w") as f:
+                f.write(str(self.get()))
+            time.sleep(600)
+        return await finalize(self, *args, **kwargs)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = hanging
+
+
 def main(argv: list[str]) -> None:
+    import logging
+
     import jax
 
     spec = json.loads(argv[0])
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if "hang_in_commit" in spec:
+        hang_in_commit(spec["hang_in_commit"], os.path.join(spec["workdir"], "committing"))
     result = train_recording(spec)
     with open(os.path.join(spec["workdir"], f"result{spec['process_id']}.json"), "w") as f:
         json.dump(result, f)
