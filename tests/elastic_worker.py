@@ -21,7 +21,7 @@ import numpy as np
 
 def elastic_config(spec: dict):
     """The run of `spec` (data_dir, tokenizer, steps, streams, optional vocab and
-    checkpoint_every; port, processes, process_id for a distributed process)."""
+    checkpoint_every, batch; port, processes, process_id for a distributed process)."""
     from helpers import tiny_config
 
     port = spec.get("port", 0)
@@ -30,7 +30,7 @@ def elastic_config(spec: dict):
         data={"data_dir": spec["data_dir"], "tokenizer": {"path": spec["tokenizer"]},
               "shuffle_buffer": 64, "flip": True, "logical_streams": spec["streams"]},
         train={"steps": spec["steps"], "checkpoint_every": spec.get("checkpoint_every", 1000),
-               "keep_checkpoints": 10},
+               "keep_checkpoints": 10, "batch_size": spec.get("batch", 16)},
         evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
         distributed={"enabled": "on" if port else "off",
                      "coordinator_address": f"localhost:{port}" if port else "",
