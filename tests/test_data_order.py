@@ -23,11 +23,13 @@ KEYS = ("image", "text", "label", "data_counts", "stream_position")
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """Source a: 8 shards x 4 examples (labels 0..31); source b: 4 x 3 (labels 100..111)."""
+    """Source a: 8 shards x 4 examples (labels 0..31; the basic filter drops those with
+    label % 4 == 2); source b: 4 x 3 (labels 100..111)."""
     d = tmp_path_factory.mktemp("order")
     for s in range(8):
-        write_shard(str(d / f"a-{s}.tfrecord"),
-                    [(jpeg(), f"photo of thing {4 * s + i} a b", 4 * s + i) for i in range(4)])
+        write_shard(str(d / f"a-{s}.tfrecord"),  # i = 2: 8 words, for the filter
+                    [(jpeg(), f"photo of thing {4 * s + i}" + " a b" * (i % 3), 4 * s + i)
+                     for i in range(4)])  # fmt: skip
     for s in range(4):
         write_shard(str(d / f"b-{s}.tfrecord"),
                     [(jpeg(), f"picture {i} c", 100 + 3 * s + i) for i in range(3)])
@@ -40,6 +42,7 @@ def config(shards, **overrides):
                    {"kind": "tfrecord", "pattern": str(shards / "b-*.tfrecord")})
     cfg.image_size, cfg.max_len, cfg.shuffle_buffer, cfg.cycle_length = 8, 8, 3, 2
     cfg.flip = True  # augmentations keyed by (stream, position), not by process
+    cfg.filters.basic.update(enabled=True, max_words=7)  # drops i % 3 == 2 of source a
     cfg.augment.update(inception_crop=True, color_jitter=0.5, word_deletion=0.2)
     cfg.logical_streams = STREAMS
     for key, value in overrides.items():
@@ -88,6 +91,7 @@ def test_batches_are_the_same_on_every_process_count_and_resume_on_another(shard
         assert all(x >= 100 or (x // 4) % STREAMS == s for x in rows)  # files[s::4]
     assert order.row_source(5, 3, BATCH, STREAMS) == (2, 7)
     assert {x >= 100 for x in labels.ravel()} == {False, True}  # both sources are read
+    assert not any(x < 100 and x % 4 == 2 for x in labels.ravel())  # and filtered
 
 
 def test_debiased_batches_stay_whole_draws_on_every_process_count(shards, tokenizer):
