@@ -73,12 +73,18 @@ def train_dataset(
     order.check_batch(streams, global_batch_size, "a global batch")
     order.check_batch(streams, start_example, "a resume at the examples read so far")
     sources, weights = train_sources(cfg)
+    chunk, position = global_batch_size // streams, start_example // streams
+    # ZeroVL's debiased sampling: one source per batch (data/mixture.py). Every stream
+    # draws the same choices, so every stream's sources stand at the same positions.
+    group = chunk if cfg.debiased_sampling else 1
+    starts = mixture_positions(weights, seed, position, group) if len(sources) > 1 else [
+        position]
     saved = None
     if resume_positions is not None and len(resume_positions) == len(mine) * len(sources):
         saved = np.reshape(np.asarray(resume_positions, np.int64), (len(mine), -1)).tolist()
     parts = [_logical_stream(
-        cfg, text_encoder, sources, weights, stream=s, streams=streams,
-        chunk=global_batch_size // streams, position=start_example // streams, seed=seed,
+        cfg, text_encoder, sources, weights, stream=s, streams=streams, chunk=chunk,
+        position=position, starts=starts, group=group, seed=seed,
         filter_counters=filter_counters, image_embeddings=image_embeddings,
         resume_positions=saved[i] if saved else None) for i, s in enumerate(mine)]
     # A process serving several streams puts their chunks side by side, as the global
@@ -95,17 +101,14 @@ def _side_by_side(*chunks: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 def _logical_stream(
     cfg: ml_collections.ConfigDict, text_encoder, sources: list[Source],
     weights: list[float], *, stream: int, streams: int, chunk: int, position: int,
-    seed: int, filter_counters: FilterCounters | None,
+    starts: list[int], group: int, seed: int, filter_counters: FilterCounters | None,
     image_embeddings: tuple[np.ndarray, np.ndarray] | None,
     resume_positions: Sequence[int] | None,
 ) -> tf.data.Dataset:
     """Logical stream `stream` of `streams` in finished batches of `chunk`, from its
-    `position`-th example (a fixed function of the config, seed and data: what process
-    `stream` of `streams` read before logical streams existed)."""
-    # ZeroVL's debiased sampling: one source per batch (data/mixture.py).
-    group = chunk if cfg.debiased_sampling else 1
-    starts = mixture_positions(weights, seed, position, group) if len(sources) > 1 else [
-        position]
+    `position`-th example, its sources from their `starts` (a fixed function of the
+    config, seed and data: what process `stream` of `streams` read before logical streams
+    existed); the mixture draws one choice per `group` examples."""
     saved = positions.resume_points(resume_positions, len(sources)) if position else None
     per_source = [
         source_stream(src, cfg, k=k, num_sources=len(sources), seed=seed,
