@@ -41,9 +41,10 @@ def config(shards, **overrides):
     cfg.sources = ({"kind": "tfrecord", "pattern": str(shards / "a-*.tfrecord"), "weight": 3},
                    {"kind": "tfrecord", "pattern": str(shards / "b-*.tfrecord")})
     cfg.image_size, cfg.max_len, cfg.shuffle_buffer, cfg.cycle_length = 8, 8, 3, 2
-    cfg.flip = True  # augmentations keyed by (stream, position), not by process
     cfg.filters.basic.update(enabled=True, max_words=7)  # drops i % 3 == 2 of source a
-    cfg.augment.update(inception_crop=True, color_jitter=0.5, word_deletion=0.2)
+    # Augmentations keyed by (stream, position), not by process (the other image ops take
+    # the flip's key).
+    cfg.flip, cfg.augment.word_deletion = True, 0.2
     cfg.logical_streams = STREAMS
     for key, value in overrides.items():
         cfg[key] = value
@@ -96,7 +97,7 @@ def test_batches_are_the_same_on_every_process_count_and_resume_on_another(shard
 
 def test_debiased_batches_stay_whole_draws_on_every_process_count(shards, tokenizer):
     cfg = config(shards, debiased_sampling=True, logical_streams=2, flip=False)
-    cfg.augment.update(inception_crop=False, color_jitter=0.0, word_deletion=0.0)
+    cfg.augment.word_deletion = 0.0
     one = global_batches(cfg, tokenizer, 1, 8)
     assert_same(global_batches(cfg, tokenizer, 2, 8), one)
     assert all(len({x >= 100 for x in b["label"]}) == 1 for b in one)
