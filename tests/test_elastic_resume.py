@@ -107,6 +107,8 @@ def test_two_processes_resume_on_one_then_on_two_after_a_kill_9_and_a_damaged_ch
     assert len(moved) == 1 and "checkpoint 10" in moved[0] and "is damaged" in moved[0], moved
     assert sorted(p.name for p in (checkpoints / "corrupt").iterdir()) == ["10"]
     assert steps_in(checkpoints) == [1, 4, 8, 12]
+    # orbax names a save's temporary directory by its step: saving 12 again removed it.
+    assert not [p.name for p in checkpoints.iterdir() if p.name.startswith("12.")]
     assert reference["step"] == STEPS
     assert [json.loads((cut / f"result{i}.json").read_text()) for i in (0, 1)] == [
         {"step": STEPS}] * 2
