@@ -15,12 +15,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from elastic_worker import elastic_config, train_recording
 from test_checkpoint_integrity import _flip_chunk_data
 from test_multiprocess import ROOT, TESTS, free_port
 from xla_flags import CHEAP_COMPILE
 
 from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.errors import ConfigError
 
 STEPS = 12
 STREAMS = 2
@@ -128,6 +130,10 @@ def test_two_processes_resume_on_one_then_on_two_after_a_kill_9_and_a_damaged_ch
     meta = json.loads((checkpoints / str(STEPS) / "meta" / "metadata").read_text())
     assert meta["stream"]["logical_streams"] == STREAMS
     assert len(meta["stream"]["positions"]) == STREAMS
+    # Another order than the checkpoint's is refused in one line, before any compile.
+    with pytest.raises(ConfigError, match=f"^checkpoint {STEPS} orders its data in 2 logical "
+                                          "streams; resume it with 'data.logical_streams=2'"):
+        train_recording({**run, "first": STEPS + 1, "streams": 1, "steps": STEPS + 2})
 
 
 def kill_9_in_commit(procs: list[subprocess.Popen], marker, log_dir) -> None:

@@ -39,7 +39,7 @@ from contrastive_jax.train.nonfinite import NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
 from contrastive_jax.train.step import NONFINITE, StepFn, train_step_from_config
-from contrastive_jax.train.stream_progress import StreamProgress
+from contrastive_jax.train.stream_progress import StreamProgress, logical_streams
 from contrastive_jax.train.stream_progress import read_size as stream_read_size
 
 log = logging.getLogger(__name__)
@@ -120,12 +120,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     tokenizer = ensure_tokenizer(config.data, workdir)
     check_vocab(config, tokenizer)
 
+    checkpointer = Checkpointer(workdir, config)
+    latest = checkpointer.latest_step()
+    if latest is not None:  # a process count that cannot continue the data order: refused
+        logical_streams(checkpointer.saved_meta(latest), latest, config)  # before any compile
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
     check_patterns(state.params, lock_patterns(config.train.locked))
-    checkpointer = Checkpointer(workdir, config)
     resumed_meta = {}
-    if checkpointer.latest_step() is not None:
+    if latest is not None:
         state, resumed_meta = checkpointer.restore(state, shardings)
         log.info("resumed from step %d", int(state.step))
     elif config.train.init_from.path:
