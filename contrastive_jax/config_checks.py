@@ -38,6 +38,7 @@ def validate(config: ConfigDict) -> None:
     if k < 1 or config.train.batch_size % k:
         raise ConfigError(f"config key 'train.microbatches' ({k}) must be >= 1 and divide "
                           f"'train.batch_size' ({config.train.batch_size})")
+    _validate_logical_streams(config)
     _validate_rendering(config)
     _validate_masking(config)
     _validate_captioning(config)
@@ -77,6 +78,20 @@ def validate(config: ConfigDict) -> None:
     tasks_of(config)  # every eval task, so a bad key fails before training starts
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
+
+
+def _validate_logical_streams(config: ConfigDict) -> None:
+    """`data.logical_streams`: 0 (one per process) or a count the global batch splits over."""
+    streams = config.data.logical_streams
+    if not isinstance(streams, int) or isinstance(streams, bool) or streams < 0:
+        raise ConfigError(f"config key 'data.logical_streams' must be an integer >= 0, got "
+                          f"{streams!r}")
+    cit = config.train.cit
+    read = config.train.batch_size * (cit.oversample if cit.enabled else 1)
+    if streams and read % streams:
+        raise ConfigError(f"config key 'data.logical_streams' ({streams}) must divide the "
+                          f"examples read per step ('train.batch_size' times CiT's "
+                          f"oversample: {read})")
 
 
 def _validate_masking(config: ConfigDict) -> None:

@@ -120,10 +120,10 @@ def pytest_sessionfinish(session) -> None:
 # loadfile hands out files in collection order, so a heavy file collected last would run
 # alone at the end while the other worker idles. Longest first keeps both busy.
 HEAVIEST_FIRST = (
-    "test_preemption.py", "test_grad_cache.py", "test_hf_parity.py",
-    "test_checkpoint_integrity.py", "test_multiprocess.py", "test_data_sources.py",
-    "test_resume.py", "test_demo_chain.py", "test_flip.py", "test_cappa.py", "test_siglip2.py",
-    "test_zerovl.py",
+    "test_preemption.py", "test_elastic_resume.py", "test_grad_cache.py",
+    "test_hf_parity.py", "test_checkpoint_integrity.py", "test_multiprocess.py",
+    "test_data_sources.py", "test_resume.py", "test_data_order.py", "test_demo_chain.py",
+    "test_flip.py", "test_cappa.py", "test_siglip2.py", "test_zerovl.py",
     "test_catlip.py", "test_resume_read_size.py", "test_lit_init_cache.py", "test_models.py",
     "test_train_step.py", "test_cit_and_offline.py", "test_bench.py", "test_sharding.py",
     "test_memory.py", "test_nonfinite.py", "test_one_tower.py", "test_loss_family.py",

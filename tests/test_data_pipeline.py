@@ -21,7 +21,7 @@ from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import EOS_ID, Tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 from contrastive_jax.datasets.catalogue import class_names
-from contrastive_jax.errors import DataError
+from contrastive_jax.errors import ConfigError
 
 N_TRAIN, N_TEST = 200, 50
 REF_BATCH, REF_BATCHES = 8, 64  # 512 examples
@@ -174,7 +174,7 @@ def test_two_processes_read_disjoint_equal_halves_and_resume(cfg, tokenizer):
                                          process_index=p, process_count=2,
                                          start_example=140), 2)  # fmt: skip
             assert rows(resumed) == local[70 : 70 + global_batch]
-    with pytest.raises(DataError, match="split evenly over 2 processes"):
+    with pytest.raises(ConfigError, match="split evenly over the 2 logical streams"):
         train_dataset(cfg, tokenizer, global_batch_size=21, process_count=2)
 
 

@@ -111,7 +111,7 @@ def test_shard_split_is_disjoint_across_processes(corpus, tokenizer):
     assert sorted(parts[0][:12]) == sorted(parts[0][12:])
     assert not set(parts[0]) & set(parts[1])
     assert set(parts[0]) | set(parts[1]) == set(range(24))
-    with pytest.raises(DataError, match="cannot feed 5 processes"):
+    with pytest.raises(DataError, match="cannot feed 5 logical streams"):
         batches(cfg, tokenizer, 1, batch=5, process_index=4, process_count=5)
 
 

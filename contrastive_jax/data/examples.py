@@ -240,14 +240,19 @@ def source_stream(source: Source, cfg: ml_collections.ConfigDict, *, k: int,
     elif start:
         n = usable_per_epoch(source, units, cfg, (process_index, process_count), limit=start)
         if n == 0:
-            raise DataError(f"{source.name}: no usable example for process {process_index}")
+            raise DataError(f"{source.name}: no usable example for logical stream "
+                            f"{process_index} of {process_count}")
         # n None: the first epoch has more than `start` usable examples; resume inside it.
         first_epoch, skip = (0, start) if n is None else divmod(start, n)
         log.info("%s: resuming at epoch %d + %d examples (%s usable per epoch)", source.name,
                  first_epoch, skip, n or f"more than {start}")  # fmt: skip
-    elif not list(usable(epoch(tf.constant(0, tf.int64)), cfg, source).take(1)):
+    elif not list(usable(source.read(units, tf.range(len(units), dtype=tf.int64), 1), cfg,
+                         source).take(1)):
         # Without this, a stream with no usable example makes the epoch loop spin forever.
-        raise DataError(f"{source.name}: no usable example for process {process_index}")
+        # Read in stored order, without the shuffle buffer: it stops at the first usable
+        # example instead of filling a buffer (once per logical stream the process serves).
+        raise DataError(f"{source.name}: no usable example for logical stream "
+                        f"{process_index} of {process_count}")
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
     if start and resume:  # `skip` counts raw records: skipped before anything is decoded
         ds = usable(ds.skip(skip), cfg, source, counters)

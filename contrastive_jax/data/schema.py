@@ -30,7 +30,10 @@ def default_data_config() -> ml_collections.ConfigDict:
             "image_size": 28,  # resized when the stored size differs
             "value_range": (-1.0, 1.0),
             "flip": False,  # random horizontal flip (train only)
-            "shuffle_buffer": 10_000,
+            "shuffle_buffer": 10_000,  # per logical stream
+            # The global example order's logical streams (data/order.py): a run resumes
+            # exactly on any process count dividing it. 0: the process count it starts with.
+            "logical_streams": 0,
             "max_len": 16,  # text tokens per caption, EOS included
             # True / "unicode", "ascii" (A-Z only: big_vision's tf.strings.lower) or False.
             "lowercase": True,

@@ -71,11 +71,13 @@ def parse_sources(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def split_units(units: Sequence, process_index: int, process_count: int, name: str) -> list:
-    """units[process_index::process_count]; ValueError if this process would get none."""
+    """units[process_index::process_count] (of logical streams, data/order.py); DataError
+    if this stream would get none."""
     mine = list(units[process_index::process_count])
     if not mine:
-        raise DataError(f"{name}: {len(units)} file(s) cannot feed {process_count} processes "
-                         f"(process {process_index} would read nothing); write more shards")
+        raise DataError(f"{name}: {len(units)} file(s) cannot feed {process_count} logical "
+                        f"streams ('data.logical_streams', 0: one per process; stream "
+                        f"{process_index} would read nothing); write more shards")
     return mine
 
 

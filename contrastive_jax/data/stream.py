@@ -1,15 +1,17 @@
 """The one training stream: `data.sources` (or `data.dataset`, a one-source tfds mixture)
-as host-local batches, exactly resumable.
+as host-local batches, exactly resumable on any process count that divides the run's
+logical streams (data/order.py: the global order is a function of the config, the seed and
+the data; each process serves its share of the logical streams).
 
-Each source's examples come from data/examples.py; several sources are mixed by a seeded
-choice stream (data/mixture.py) whose first P choices say how many examples each source
-served, so per-source positions follow from the process's position P. A process's stream
-of examples does not depend on the batch size, so a resume at "examples read so far"
-continues at the exact next example whatever the new batch size (with
-`data.debiased_sampling`, one source per batch, it does, and a resume keeps the batch
-size). One finish step turns a batch of examples into model inputs: images scaled (or
-swapped for cached embeddings), captions tokenized (or rendered, CLIPPO), counters and
-stream positions attached.
+Each source's examples come from data/examples.py; in each logical stream several sources
+are mixed by a seeded choice stream (data/mixture.py) whose first P choices say how many
+examples each source served, so per-source positions follow from the stream's position P.
+A logical stream's examples do not depend on the batch size, so a resume at "examples read
+so far" continues every stream at its exact next example whatever the new batch size (but
+for `data.debiased_sampling`, one source per batch, where a resume keeps the batch size).
+One finish step turns a batch of examples into model inputs: images scaled (or swapped for
+cached embeddings), captions tokenized (or rendered, CLIPPO), counters and stream
+positions attached.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.data import positions, preprocess, records
+from contrastive_jax.data import order, positions, preprocess, records
 from contrastive_jax.data.examples import NUM_COUNTERS, source_stream, usable
 from contrastive_jax.data.mixture import mixture_choices, mixture_positions
 from contrastive_jax.data.render_text import text_pairs
@@ -48,58 +50,90 @@ def train_dataset(
     process_index: int = 0, process_count: int = 1, start_example: int = 0, seed: int = 0,
     filter_counters: FilterCounters | None = None,
     image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
-    resume_positions: Sequence[int] | None = None,
+    resume_positions: Sequence[int] | None = None, logical_streams: int | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text", "label" i32 [b],
-    "data_counts" int64 [S, K], "stream_position" int64 [S]}, b = global_batch_size //
-    process_count, from global example `start_example` on.
+    "data_counts" int64 [l*S, K], "stream_position" int64 [l*S]}, b = global_batch_size //
+    process_count, from global example `start_example` on: this process's rows of the
+    global batches of data/order.py, whose l = L / process_count logical streams (L =
+    `logical_streams`, default `data.logical_streams`, 0 there: `process_count`) it serves.
 
     `text_encoder`: a Tokenizer ("text" int32 [b, L]) or a TextRenderer (CLIPPO: "text" is
     the rendered captions and `data.render.text_pair_fraction` of the images become
     renderings of another caption of the same label).
-    "data_counts" holds, per source, the cumulative [seen, skipped per reason] of this
-    process's stream (since it started) up to the batch's last example (COUNTER_KEYS).
-    `image_embeddings` = (uids [N], embeddings [N, D]): batches carry "image_embedding"
-    [b, D] looked up by each example's uid instead of "image"; the stream's order and
-    positions are the same as with images. `resume_positions`, the latest
-    "stream_position" of the run being resumed (data/positions.py), spares the resume the
-    counting of an epoch.
+    "data_counts" holds, per served stream and source, the cumulative [seen, skipped per
+    reason] of that stream (since it started) up to the batch's last example
+    (COUNTER_KEYS). `image_embeddings` = (uids [N], embeddings [N, D]): batches carry
+    "image_embedding" [b, D] looked up by each example's uid instead of "image"; the
+    stream's order and positions are the same as with images. `resume_positions`, the
+    latest "stream_position" of the run being resumed for this process's streams
+    (data/positions.py), spares the resume the counting of an epoch.
     """
     cfg = data_config
-    if global_batch_size % process_count or start_example % process_count:
-        raise DataError(f"a global batch of {global_batch_size} and a resume at example "
-                        f"{start_example} must both split evenly over {process_count} "
-                        f"processes")
+    streams = logical_streams or cfg.get("logical_streams", 0) or process_count
+    mine = order.process_streams(streams, process_index, process_count)
+    order.check_batch(streams, global_batch_size, "a global batch")
+    order.check_batch(streams, start_example, "a resume at the examples read so far")
     sources, weights = train_sources(cfg)
-    position = start_example // process_count  # examples this process has already served
-    local_batch = global_batch_size // process_count
-    # ZeroVL's debiased sampling: one source per batch (data/mixture.py).
-    group = local_batch if cfg.debiased_sampling else 1
+    chunk, position = global_batch_size // streams, start_example // streams
+    # ZeroVL's debiased sampling: one source per batch (data/mixture.py). Every stream
+    # draws the same choices, so every stream's sources stand at the same positions.
+    group = chunk if cfg.debiased_sampling else 1
     starts = mixture_positions(weights, seed, position, group) if len(sources) > 1 else [
         position]
+    saved = None
+    if resume_positions is not None and len(resume_positions) == len(mine) * len(sources):
+        saved = np.reshape(np.asarray(resume_positions, np.int64), (len(mine), -1)).tolist()
+    parts = [_logical_stream(
+        cfg, text_encoder, sources, weights, stream=s, streams=streams, chunk=chunk,
+        position=position, starts=starts, group=group, seed=seed,
+        filter_counters=filter_counters, image_embeddings=image_embeddings,
+        resume_positions=saved[i] if saved else None) for i, s in enumerate(mine)]
+    # A process serving several streams puts their chunks side by side, as the global
+    # batch holds them (data/order.py); one stream (L = processes) needs no joining.
+    ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts)).map(
+        _side_by_side, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _side_by_side(*chunks: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {key: tf.concat([c[key] for c in chunks], axis=0) for key in chunks[0]}
+
+
+def _logical_stream(
+    cfg: ml_collections.ConfigDict, text_encoder, sources: list[Source],
+    weights: list[float], *, stream: int, streams: int, chunk: int, position: int,
+    starts: list[int], group: int, seed: int, filter_counters: FilterCounters | None,
+    image_embeddings: tuple[np.ndarray, np.ndarray] | None,
+    resume_positions: Sequence[int] | None,
+) -> tf.data.Dataset:
+    """Logical stream `stream` of `streams` in finished batches of `chunk`, from its
+    `position`-th example, its sources from their `starts` (a fixed function of the
+    config, seed and data: what process `stream` of `streams` read before logical streams
+    existed); the mixture draws one choice per `group` examples."""
     saved = positions.resume_points(resume_positions, len(sources)) if position else None
-    streams = [
+    per_source = [
         source_stream(src, cfg, k=k, num_sources=len(sources), seed=seed,
-                      process_index=process_index, process_count=process_count, start=start,
+                      process_index=stream, process_count=streams, start=start,
                       counters=filter_counters, resume=saved[k] if saved else None,
                       keep_images=image_embeddings is None)
         for k, (src, start) in enumerate(zip(sources, starts, strict=True))
     ]  # fmt: skip
-    if len(streams) == 1:
-        ds = streams[0]
+    if len(per_source) == 1:
+        ds = per_source[0]
     else:
         choices = mixture_choices(weights, seed, position, group)
-        ds = tf.data.Dataset.choose_from_datasets(streams, choices, stop_on_empty_dataset=True)
+        ds = tf.data.Dataset.choose_from_datasets(per_source, choices,
+                                                  stop_on_empty_dataset=True)
     # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
-    ds = ds.batch(local_batch, drop_remainder=True).enumerate(start=position // local_batch)
-    finish = _finish(cfg, text_encoder, seed, process_index, image_embeddings)
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
+    finish = _finish(cfg, text_encoder, seed, stream, image_embeddings)
+    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, process_index: int,
+def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, stream: int,
             image_embeddings: tuple[np.ndarray, np.ndarray] | None):
-    """The one step from a batch of examples to model inputs."""
+    """The one step from a batch of one logical stream's examples to model inputs."""
     lo, hi = (float(v) for v in cfg.value_range)
     pair_fraction = cfg.render.text_pair_fraction if cfg.render.enabled else 0.0
     lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
@@ -114,7 +148,7 @@ def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, process_ind
             return {**out, "image_embedding": lookup(batch["uid"])}
         image = batch["image"] * ((hi - lo) / 255.0) + lo
         if pair_fraction > 0:
-            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + process_index, index])
+            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + stream, index])
             image = text_pairs(image, text, batch["label"], pair_fraction, key)
         return {**out, "image": image}
 

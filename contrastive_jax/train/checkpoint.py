@@ -302,6 +302,11 @@ class Checkpointer:
                                        "its content differs from the digest saved with it")
         return meta
 
+    def saved_meta(self, step: int) -> dict[str, Any]:
+        """Checkpoint `step`'s metadata, unverified beyond its digest; {} when it does not
+        read back (`restore` then decides what to do with it)."""
+        return self._meta_or_none(step)
+
     def _meta_or_none(self, step: int) -> dict[str, Any]:
         try:
             return self._read_meta(step)

@@ -40,7 +40,7 @@ from contrastive_jax.train.nonfinite import NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
 from contrastive_jax.train.step import NONFINITE, StepFn, train_step_from_config
-from contrastive_jax.train.stream_progress import StreamProgress
+from contrastive_jax.train.stream_progress import StreamProgress, logical_streams
 from contrastive_jax.train.stream_progress import read_size as stream_read_size
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,15 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     tokenizer = ensure_tokenizer(config.data, workdir)
     check_vocab(config, tokenizer)
 
+    checkpointer = Checkpointer(workdir, config)
+    latest = checkpointer.latest_step()
+    if latest is not None:  # a process count that cannot continue the data order: refused
+        logical_streams(checkpointer.saved_meta(latest), latest, config)  # before any compile
     tx, schedule = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)
     check_lock(state.params, config.train.locked)
-    checkpointer = Checkpointer(workdir, config)
     resumed_meta = {}
-    if checkpointer.latest_step() is not None:
+    if latest is not None:
         state, resumed_meta = checkpointer.restore(state, shardings)
         log.info("resumed from step %d", int(state.step))
     elif config.train.init_from.path:
@@ -181,14 +184,16 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
         check_image_tower_locked(run.state.params, lock_patterns(config.train.locked))
         cached = embedding_cache.load_or_build(config, workdir, run.model_def, run.state,
                                                run.mesh)
-    # The stream continues at the exact next unread example, whatever the batch size was.
+    # Every logical stream continues at its exact next unread example, whatever the batch
+    # size and the process count were (a count that cannot is refused here, in one line).
     progress = StreamProgress.resume(run.resumed_meta, step, config)
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         start_example=progress.examples_read, seed=config.seed,
         filter_counters=counters, image_embeddings=cached,
-        resume_positions=progress.position).as_numpy_iterator())
+        resume_positions=progress.position,
+        logical_streams=progress.logical_streams).as_numpy_iterator())
     state = run.state
     guard = NonfiniteGuard(config.train.nonfinite, config.train.nonfinite_limit,
                            total=int(run.resumed_meta.get("nonfinite_steps", 0)))

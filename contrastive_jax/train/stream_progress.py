@@ -1,11 +1,12 @@
 """Where the training stream stands: examples read and trained on, the running bad-record
-counters, and the per-source stream positions that checkpoints save so a resume needs no
-counting pass (data/positions.py).
+counters, the logical streams of the data order (data/order.py) and the per-stream,
+per-source positions that checkpoints save so a resume needs no counting pass
+(data/positions.py), on any process count that divides the logical streams.
 
-A process's stream of examples does not depend on the batch size (data/stream.py), so
-"examples read" is all a resume needs to continue at the exact next unread example, even
-with another `train.batch_size` or CiT `oversample` than the run that saved it (but for
-`data.debiased_sampling`, whose batches are whole draws from one source).
+A logical stream's examples do not depend on the batch size (data/stream.py), so
+"examples read" is all a resume needs to continue every stream at its exact next unread
+example, even with another `train.batch_size` or CiT `oversample` than the run that saved
+it (but for `data.debiased_sampling`, whose batches are whole draws from one source).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from contrastive_jax.data import positions
+from contrastive_jax.data import order, positions
 from contrastive_jax.data.stream import counter_metrics
-from contrastive_jax.errors import CheckpointError
+from contrastive_jax.errors import CheckpointError, ConfigError
 from contrastive_jax.parallel import distributed
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,39 @@ def examples_read_at(meta: dict[str, Any], step: int, config: ml_collections.Con
     return step * read_size(config)
 
 
-def saved_positions(meta: dict[str, Any], examples_read: int) -> list[int] | None:
-    """This process's stream position saved in a checkpoint's `meta`; None when it has none
-    (older checkpoints) or it was saved by another number of processes: the stream then
-    counts, as it always could."""
+def logical_streams(meta: dict[str, Any], step: int,
+                    config: ml_collections.ConfigDict) -> int:
+    """The run's logical streams (data/order.py): the checkpoint's (`meta` at `step`), else
+    `data.logical_streams`, else this run's process count; ConfigError in one line if this
+    process count cannot serve them, or the config names others than the checkpoint."""
+    saved = meta.get("stream") or {}
+    # Checkpoints written before logical streams existed: process p was stream p.
+    recorded = saved.get("logical_streams") or len(saved.get("positions") or ()) or None
+    configured = config.data.get("logical_streams", 0)
+    if step and recorded and configured and configured != recorded:
+        raise ConfigError(f"checkpoint {step} orders its data in {recorded} logical streams; "
+                          f"resume it with '{order.KEY}={recorded}' (or 0)")
+    streams = (recorded if step else None) or configured or jax.process_count()
+    order.check_count(streams, jax.process_count())
+    return streams
+
+
+def saved_positions(meta: dict[str, Any], examples_read: int,
+                    streams: int) -> list[int] | None:
+    """This process's streams' positions saved in a checkpoint's `meta`, flat [l * S];
+    None when it has none (older checkpoints): the stream then counts, as it always
+    could."""
     saved = meta.get("stream") or {}
     if not saved.get("positions"):
         return None
-    if saved["examples_read"] != examples_read or len(saved["positions"]) != jax.process_count():
-        log.warning("the checkpoint's stream positions (%d processes, %d examples read) do not "
-                    "fit this run (%d processes): each process's stream is new, and resumes "
-                    "by counting", len(saved["positions"]), saved["examples_read"],
-                    jax.process_count())
+    if saved["examples_read"] != examples_read or len(saved["positions"]) != streams:
+        log.warning("the checkpoint's stream positions (%d streams, %d examples read) do not "
+                    "fit this run (%d streams, %d examples read): each stream resumes by "
+                    "counting", len(saved["positions"]), saved["examples_read"], streams,
+                    examples_read)
         return None
-    return [int(p) for p in saved["positions"][jax.process_index()]]
+    mine = order.process_streams(streams, jax.process_index(), jax.process_count())
+    return [int(p) for s in mine for p in saved["positions"][s]]
 
 
 class StreamProgress:
@@ -69,8 +89,10 @@ class StreamProgress:
     out of each host batch, keeping their running maxima (both only grow along the stream)."""
 
     def __init__(self, examples_read: int = 0, examples_trained: int = 0,
-                 resume_positions: Sequence[int] | None = None, debiased: bool = False):
+                 resume_positions: Sequence[int] | None = None, debiased: bool = False,
+                 logical_streams: int = 1):
         self.examples_read = examples_read
+        self.logical_streams = logical_streams
         self.debiased = debiased  # data.debiased_sampling, recorded with the position
         self.examples_trained = examples_trained
         self.counts: np.ndarray | None = None
@@ -82,8 +104,11 @@ class StreamProgress:
                config: ml_collections.ConfigDict) -> StreamProgress:
         """The progress of the checkpoint (`meta`, `step`) a run resumes from (0: fresh)."""
         debiased = bool(config.data.debiased_sampling)
+        streams = logical_streams(meta, step, config)
+        order.check_batch(streams, read_size(config), "'train.batch_size' (times CiT's "
+                          "oversample)")
         if not step:
-            return cls(debiased=debiased)
+            return cls(debiased=debiased, logical_streams=streams)
         read = examples_read_at(meta, step, config)
         saved = (meta.get("stream") or {}).get("debiased_sampling", False)
         if len(config.data.sources) > 1 and saved != debiased:
@@ -98,7 +123,7 @@ class StreamProgress:
                 f"data.debiased_sampling draws one source per batch of them: resume it with "
                 f"the same 'train.batch_size' (times CiT's oversample)")
         trained = int(meta.get("examples_seen", step * config.train.batch_size))
-        return cls(read, trained, saved_positions(meta, read), debiased)
+        return cls(read, trained, saved_positions(meta, read, streams), debiased, streams)
 
     def take(self, batch: dict[str, np.ndarray], read: int, trained: int
              ) -> dict[str, np.ndarray]:
@@ -121,11 +146,15 @@ class StreamProgress:
         return distributed.summed_counters(counter_metrics(self.counts))
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Examples read and every process's position (a collective), for the checkpoint."""
+        """Examples read, the logical streams and every stream's position [L][S] (a
+        collective), for the checkpoint."""
         state: dict[str, Any] = {"examples_read": self.examples_read,
-                                 "debiased_sampling": self.debiased}
+                                 "debiased_sampling": self.debiased,
+                                 "logical_streams": self.logical_streams}
         if self.position is not None:
-            state["positions"] = distributed.gathered_over_processes(self.position).tolist()
+            # Processes hold consecutive streams, so process order is stream order.
+            gathered = distributed.gathered_over_processes(self.position)
+            state["positions"] = gathered.reshape(self.logical_streams, -1).tolist()
         return state
 
 

@@ -1,0 +1,61 @@
+"""The global example order: L logical streams laid side by side in every global batch.
+
+The data is split into `data.logical_streams` = L logical streams. Logical stream s is the
+stream data/stream.py builds for "part s of L" (its files `files[s::L]`, a TFDS split's
+s-th even part), with its own shuffle, mixture position and augmentation keys. Global
+batch n of B examples is the concatenation, in stream order, of each stream's examples
+[n * B/L, (n + 1) * B/L): row r comes from stream r // (B/L), at that stream's position
+n * B/L + r % (B/L). None of this depends on the number of processes.
+
+Process p of P (P dividing L) serves the L/P consecutive streams [p * L/P, (p + 1) * L/P);
+its rows of the global batch are then exactly the contiguous block of B/P rows that
+`jax.make_array_from_process_local_data` gives process p, so the global jax.Array is the
+same, bit for bit, on every process count that divides L. A checkpoint records L and every
+stream's position; a resume on a count that does not divide L is refused in one line.
+
+`data.logical_streams` = 0 (the default) means "as many as the processes the run starts
+with", which keeps the order of runs and checkpoints written before logical streams existed
+(process p was then stream p); the checkpoint fixes L from then on.
+"""
+
+from __future__ import annotations
+
+from contrastive_jax.errors import ConfigError
+
+KEY = "data.logical_streams"
+
+
+def working_counts(streams: int) -> list[int]:
+    """The process counts that can serve `streams` logical streams: its divisors."""
+    return [p for p in range(1, streams + 1) if streams % p == 0]
+
+
+def check_count(streams: int, process_count: int) -> None:
+    """ConfigError, in one line, if `process_count` processes cannot serve the order."""
+    if streams % process_count:
+        counts = ", ".join(map(str, working_counts(streams)))
+        raise ConfigError(f"{process_count} processes cannot continue this run's data order "
+                          f"exactly: its {streams} logical streams ('{KEY}') split over "
+                          f"{counts} processes only")
+
+
+def process_streams(streams: int, process_index: int, process_count: int) -> range:
+    """The logical streams process `process_index` of `process_count` serves, in the order
+    its rows hold them."""
+    check_count(streams, process_count)
+    per = streams // process_count
+    return range(process_index * per, (process_index + 1) * per)
+
+
+def check_batch(streams: int, examples: int, what: str) -> None:
+    """ConfigError unless `examples` (a global batch, or the examples read so far) splits
+    evenly over the logical streams."""
+    if examples % streams:
+        raise ConfigError(f"{what} ({examples}) must split evenly over the {streams} logical "
+                          f"streams ('{KEY}')")
+
+
+def row_source(row: int, batch: int, global_batch_size: int, streams: int) -> tuple[int, int]:
+    """(logical stream, its position) of row `row` of global batch `batch`."""
+    chunk = global_batch_size // streams
+    return row // chunk, batch * chunk + row % chunk
