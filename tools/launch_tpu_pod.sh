@@ -28,8 +28,8 @@ done
 train_args=$(printf ' %q' "$@")
 remote="cd $(printf %q "$repo_dir")"
 if [ "$setup" = 1 ]; then
-  # TPU VMs need jax's TPU build instead of the CPU one pyproject names.
-  remote+=" && pip install -q -e . && pip install -q 'jax[tpu]'"
+  # TPU VMs need libtpu, pinned in lockstep with jax by the package's `tpu` extra.
+  remote+=" && pip install -q -e '.[tpu]'"
 fi
 remote+=" && contrastive-jax train${train_args}"
 

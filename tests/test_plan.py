@@ -1,0 +1,122 @@
+"""`plan` compiles for TPU topologies with libtpu (no TPU needed): names, the step's per-chip
+memory against a hand count, each sharded loss, the one-line refusal, the collectives."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from helpers import tiny_config
+
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e .[tpu]): "
+                                     "compiling for a TPU topology needs it")
+
+from contrastive_jax.bench.loss_memory import compile_loss_grad  # noqa: E402
+from contrastive_jax.errors import ConfigError  # noqa: E402
+from contrastive_jax.plan.compile import plan_mesh, target_devices  # noqa: E402
+from contrastive_jax.plan.topology import parse_target  # noqa: E402
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def aligned_config(**sections):
+    """A one-block model whose every array fills TPU tiles (8 x 128 floats on the last two
+    axes), so the compiler's bytes equal a hand count with no layout padding: 8 heads of 128,
+    width 1024, 8-channel 28 px images, 128-d embeddings."""
+    size = {"variant": None, "width": 1024, "depth": 1, "mlp_dim": 1024, "num_heads": 8}
+    return tiny_config(model={"embed_dim": 128,
+                              "image": {**size, "channels": 8},
+                              "text": size}, **sections)
+
+
+@pytest.mark.parametrize("name, jax_name, chips", [
+    ("v4-32", "v4:2x2x4", 16), ("v5p-128", "v5:4x4x4", 64), ("v5litepod-16", "v5e:4x4", 16),
+    ("v6e-256", "v6e:16x16", 256), ("v4:2x2x2", "v4:2x2x2", 8), ("V5E:2x2", "v5e:2x2", 4)])
+def test_topology_names(name, jax_name, chips):
+    target = parse_target(name)
+    assert (target.jax_name, target.chips) == (jax_name, chips)
+    assert parse_target(name, slices=2).chips == 2 * chips
+
+
+@pytest.mark.parametrize("bad", ["v4-31", "v7-8", "v5e:2x2x2", "tpu"])
+def test_bad_topology_names_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="--topology"):
+        parse_target(bad)
+
+
+def _state_bytes_per_chip(row_state, mesh) -> int:
+    """Hand count: every leaf of params + optimizer state, at its shard's shape."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(row_state))
+
+
+@pytest.mark.parametrize("topology, mesh", [("v5e:2x2", {}),
+                                            ("v4:2x2x2", {"data": 4, "fsdp": 2})])
+def test_step_memory_matches_a_hand_count(topology, mesh):
+    from contrastive_jax.plan.compile import compile_step
+    from contrastive_jax.plan.report import plan_row
+
+    target = parse_target(topology)
+    config = aligned_config(train={"batch_size": 64}, mesh=mesh)
+    compiled = compile_step(config, target_devices(target))
+    row = plan_row(config, target, compiled, "aligned")
+    assert row["fits"] and row["chips"] == target.chips
+    # The donated state (params, AdamW's two moments, counters) comes back in place.
+    hand = _state_bytes_per_chip(compiled.state, compiled.mesh)
+    params = sum(x.size for x in jax.tree.leaves(compiled.state.params))
+    shards = mesh.get("fsdp", 1)
+    assert hand > 3 * 4 * params / shards * 0.95  # f32 params + mu + nu, split over fsdp
+    assert hand <= row["alias_bytes"] <= hand + 64 * 1024  # + padded scalars only
+    batch = 16 * 28 * 28 * 8 * 4 + 16 * 8 * 4  # this chip's images and token ids
+    assert row["argument_bytes"] - row["alias_bytes"] >= batch
+    assert row["needed_bytes"] >= row["argument_bytes"] + row["temp_bytes"]
+    # Data parallel: one all-reduce of the gradients; with fsdp, gathers and scatters too.
+    kinds = {c["kind"] for c in row["collectives"]}
+    assert "all-reduce" in kinds
+    assert row["flops_per_chip"] > 0 and row["step_s_bound"] > 0
+
+
+@pytest.mark.parametrize("variant", ["softmax_sharded", "softmax_chunked", "sigmoid_chunked",
+                                     "sigmoid_chunked_tile256"])
+def test_each_sharded_loss_compiles_for_tpu_meshes(variant):
+    one_d = plan_mesh(tiny_config(), target_devices(parse_target("v5e:2x2")))
+    two_d = plan_mesh(tiny_config(mesh={"data": 4, "fsdp": 2}),
+                      target_devices(parse_target("v4:2x2x2")))
+    for mesh in (one_d, two_d):
+        compiled = compile_loss_grad(variant, 512 * mesh.size, 128, mesh.size, mesh=mesh,
+                                     batch_axes=("data", "fsdp"))
+        # Each chip holds its own rows of both towers' embeddings (f32), nothing more.
+        assert compiled.memory_analysis().argument_size_in_bytes >= 2 * 512 * 128 * 4
+        text = compiled.as_text()
+        assert ("collective-permute" in text) == ("chunked" in variant)
+
+
+def test_ring_collectives_are_counted_per_loop_trip():
+    from contrastive_jax.plan.hlo import collectives
+
+    mesh = plan_mesh(tiny_config(), target_devices(parse_target("v5e:2x2")))
+    compiled = compile_loss_grad("sigmoid_chunked", 4 * 256, 128, 4, mesh=mesh)
+    permutes = {c["kind"]: c for c in collectives(compiled.as_text(), 4)}["collective-permute"]
+    # Forward and backward rings pass 256 x 128 text chunks round 4 chips: at least 3 hops
+    # each way of a f32 chunk, counted once per trip of their while loops.
+    assert permutes["count"] >= 2 * 3 and permutes["bytes"] >= 2 * 3 * 256 * 128 * 4
+
+
+def test_a_far_too_large_batch_is_refused_in_one_line(tmp_path):
+    config = tmp_path / "tiny.py"
+    config.write_text(f"import sys\nsys.path.insert(0, {TESTS!r})\n"
+                      "from helpers import tiny_config\n\n\n"
+                      "def get_config():\n    return tiny_config()\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "contrastive_jax.cli", "plan", "--config", str(config),
+         "--topology", "v5e:2x2", "--batch", str(2**22), "--no-suggest"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: does not fit"), result.stderr
+    assert "TPU v5e" in lines[0] and "GiB" in lines[0]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["fits"] is False and row["needed_bytes"] > row["hbm_bytes"]
