@@ -40,8 +40,6 @@ def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
 
 
 def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    if _GPU.match(args.topology):
-        raise ConfigError(_gpu_refusal(args.topology))
     # The local accelerator plays no part: compile-only devices come from libtpu.
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from contrastive_jax.config import load_config
@@ -50,8 +48,14 @@ def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.plan.report import render_table
     from contrastive_jax.plan.topology import parse_target
 
-    target = parse_target(args.topology, args.slices)
     config = load_config(args.config, _overrides(args, extra))
+    topology = args.topology or config.recipe.topology_paper
+    if not topology:
+        raise ConfigError("--topology: give a TPU slice (e.g. v4-32); this config names no "
+                          "paper topology (config key 'recipe.topology_paper')")
+    if _GPU.match(topology):
+        raise ConfigError(_gpu_refusal(topology))
+    target = parse_target(topology, args.slices)
     name = os.path.splitext(os.path.basename(args.config.split(":")[0]))[0]
     devices = plan_compile.target_devices(target)
     problem = plan_compile.lockstep_problem()
@@ -76,8 +80,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "plan", help="compile the train step for a TPU slice here: per-chip memory, "
                      "FLOPs, collectives, roofline bound; exit 2 if it does not fit")
     p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
-    p.add_argument("--topology", required=True,
-                   help="v4-32, v5p-128, v5litepod-16, v6e-256, or jax's v4:2x2x4")
+    p.add_argument("--topology", default=None,
+                   help="v4-32, v5p-128, v5litepod-16, v6e-256, or jax's v4:2x2x4; default: "
+                        "the recipe's paper topology (recipe.topology_paper)")
     p.add_argument("--slices", type=int, default=1, help="multislice: this many slices")
     p.add_argument("--batch", type=int, default=None, help="global batch (train.batch_size)")
     p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=-1,fsdp=4")
