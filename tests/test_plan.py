@@ -129,3 +129,13 @@ def test_a_gpu_target_is_refused_in_one_line(capsys):
     assert main(["plan", "--config", "configs/demo_siglip.py", "--topology", "h100-8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --topology h100-8:"), err
+
+
+def test_multislice_meshes_span_the_slices_with_data():
+    target = parse_target("v5e:2x2", slices=2)
+    mesh = plan_mesh(tiny_config(), target_devices(target))
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "model": 1}
+    slices = [d.slice_index for d in mesh.devices.flat]
+    assert slices == sorted(slices) and set(slices) == {0, 1}  # each slice a run of `data`
+    compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
+    assert compiled.memory_analysis().argument_size_in_bytes >= 2 * 64 * 128 * 4

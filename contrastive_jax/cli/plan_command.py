@@ -22,7 +22,8 @@ def _log(message: str) -> None:
 def _gpu_refusal(topology: str) -> str:
     import importlib.util
 
-    if importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
+    plugins = importlib.util.find_spec("jax_plugins")
+    if plugins is None or importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
         return (f"--topology {topology}: compiling for a GPU needs jax's CUDA plugin: "
                 "pip install 'jax-cuda12-plugin[with-cuda]' matching jax (about 5 GB)")
     return f"--topology {topology}: GPU targets are not planned yet; give a TPU slice"

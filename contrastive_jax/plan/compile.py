@@ -79,10 +79,22 @@ def target_devices(target: Target) -> list:
 
 def plan_mesh(config: ml_collections.ConfigDict, devices: list) -> Mesh:
     """The config's ('data', 'fsdp', 'model') mesh over the target's devices, laid out on
-    its torus by jax's mesh utilities as `create_mesh` does on real hardware."""
+    its torus by jax's mesh utilities as `create_mesh` does on real hardware. Over several
+    slices, `data` spans them (the only axis whose collectives cross the slower DCN)."""
+    from jax.experimental import mesh_utils
+
     sizes = mesh_shape(config.mesh, len(devices))
-    return jax.make_mesh(tuple(sizes[a] for a in AXIS_ORDER), AXIS_ORDER, devices=devices,
-                         axis_types=(AxisType.Auto,) * len(AXIS_ORDER))
+    shape = tuple(sizes[a] for a in AXIS_ORDER)
+    auto = (AxisType.Auto,) * len(AXIS_ORDER)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices == 1:
+        return jax.make_mesh(shape, AXIS_ORDER, devices=devices, axis_types=auto)
+    if sizes["data"] % slices:
+        raise ConfigError(f"config key 'mesh.data': {sizes['data']} does not split over "
+                          f"{slices} slices")
+    per_slice = (sizes["data"] // slices, *shape[1:])
+    grid = mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1, 1), devices)
+    return Mesh(grid, AXIS_ORDER, axis_types=auto)
 
 
 def abstract_step_inputs(config: ml_collections.ConfigDict, mesh: Mesh, tx) -> tuple[
