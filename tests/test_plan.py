@@ -123,6 +123,14 @@ def test_a_far_too_large_batch_is_refused_in_one_line(tmp_path):
     assert row["fits"] is False and row["needed_bytes"] > row["hbm_bytes"]
 
 
+def _cuda_plugin() -> bool:
+    import importlib.util
+
+    return (importlib.util.find_spec("jax_plugins") is not None
+            and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+
+
+@pytest.mark.skipif(_cuda_plugin(), reason="jax's CUDA plugin is installed: GPUs are planned")
 def test_a_gpu_target_is_refused_in_one_line(capsys):
     from contrastive_jax.cli import main
 
@@ -139,3 +147,17 @@ def test_multislice_meshes_span_the_slices_with_data():
     assert slices == sorted(slices) and set(slices) == {0, 1}  # each slice a run of `data`
     compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
     assert compiled.memory_analysis().argument_size_in_bytes >= 2 * 64 * 128 * 4
+
+
+@pytest.mark.skipif(not _cuda_plugin(), reason="jax's CUDA plugin is not installed (see "
+                    "docs/plan.md: jax-cuda12-plugin, jax-cuda12-pjrt and the nvcc wheels)")
+def test_a_ring_loss_compiles_for_eight_h100s_without_a_gpu():
+    """Deviceless GPU compile (needs XLA_FLAGS=--xla_gpu_autotune_level=0, as the CLI sets)."""
+    from contrastive_jax.plan.hlo import collectives
+
+    target = parse_target("h100-8")
+    mesh = plan_mesh(tiny_config(), target_devices(target))
+    assert mesh.devices.flat[0].device_kind == "NVIDIA H100 80GB HBM3"
+    compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
+    permutes = {c["kind"]: c for c in collectives(compiled.as_text(), 8)}["collective-permute"]
+    assert permutes["count"] >= 2 * 7  # known_trip_count of each ring's while loop

@@ -1,32 +1,23 @@
-"""`contrastive-jax plan`: compile the config's train step for a TPU slice on this host (no
-accelerator needed) and print the per-chip memory, FLOPs, collectives and a roofline bound."""
+"""`contrastive-jax plan`: compile the config's train step for a TPU slice (or GPUs, with
+jax's CUDA plugin) on this host, no accelerator needed, and print the per-chip memory,
+FLOPs, collectives and a roofline bound."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 
 from contrastive_jax.cli.common import print_json, split_overrides
 from contrastive_jax.errors import ConfigError
 
-_GPU = re.compile(r"^(h100|h200|a100|b200)\b", re.IGNORECASE)
+# XLA reads its flags once, when jax starts: a GPU target needs autotuning off.
+_NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _gpu_refusal(topology: str) -> str:
-    import importlib.util
-
-    plugins = importlib.util.find_spec("jax_plugins")
-    if plugins is None or importlib.util.find_spec("jax_plugins.xla_cuda12") is None:
-        return (f"--topology {topology}: compiling for a GPU needs jax's CUDA plugin: "
-                "pip install 'jax-cuda12-plugin[with-cuda]' matching jax (about 5 GB)")
-    return f"--topology {topology}: GPU targets are not planned yet; give a TPU slice"
 
 
 def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
@@ -54,9 +45,10 @@ def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if not topology:
         raise ConfigError("--topology: give a TPU slice (e.g. v4-32); this config names no "
                           "paper topology (config key 'recipe.topology_paper')")
-    if _GPU.match(topology):
-        raise ConfigError(_gpu_refusal(topology))
     target = parse_target(topology, args.slices)
+    if target.platform == "cuda" and _NO_AUTOTUNE not in os.environ.get("XLA_FLAGS", ""):
+        # Before the first compilation of this process, when XLA parses its flags.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_NO_AUTOTUNE}".strip()
     name = os.path.splitext(os.path.basename(args.config.split(":")[0]))[0]
     devices = plan_compile.target_devices(target)
     problem = plan_compile.lockstep_problem()

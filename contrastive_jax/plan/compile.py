@@ -62,10 +62,30 @@ def lockstep_problem() -> str | None:
             f"jaxlib{pins.get('jaxlib', '?')}): install contrastive_jax[tpu]")
 
 
+def _gpu_devices(target: Target) -> list:
+    """Compile-only GPUs from jax's CUDA plugin and the target's XLA config (jax's
+    tests/aot_test.py). Autotuning needs a real GPU: XLA_FLAGS must carry
+    --xla_gpu_autotune_level=0 before jax starts (the CLI sets it)."""
+    import importlib.util
+
+    from jax.experimental import topologies
+
+    if (importlib.util.find_spec("jax_plugins") is None
+            or importlib.util.find_spec("jax_plugins.xla_cuda12") is None):
+        raise ConfigError(
+            f"--topology {target.name}: compiling for a GPU needs jax's CUDA plugin and a PTX "
+            f"compiler: pip install jax-cuda12-plugin=={jax.__version__} "
+            f"jax-cuda12-pjrt=={jax.__version__} nvidia-cuda-nvcc-cu12 nvidia-nvjitlink-cu12 "
+            "nvidia-cuda-runtime-cu12 (about 700 MB)")
+    return topologies.get_topology_desc(**target.topology_kwargs()).devices
+
+
 def target_devices(target: Target) -> list:
     """The target's compile-only devices (one per chip, every slice's)."""
     from jax.experimental import topologies
 
+    if target.platform == "cuda":
+        return _gpu_devices(target)
     if libtpu_version() is None:
         raise ConfigError(f"--topology {target.name}: compiling for a TPU needs libtpu; "
                           "install it with `pip install -e .[tpu]`")

@@ -1,8 +1,9 @@
 """The collectives of a compiled (SPMD, per-chip) HLO module: kind, count and bytes.
 
 A collective inside a while loop runs once per iteration: its count and bytes are
-multiplied by the loop's trip count, read from the loop condition (`i < N`, with `i`'s start
-from the loop's initial tuple when that is a constant). Bytes are the collective's result
+multiplied by the loop's trip count: XLA's `known_trip_count` where the module has it (GPU),
+else read from the loop condition (`i < N`, with `i`'s start from the loop's initial tuple
+when that is a constant; TPU modules). Bytes are the collective's result
 buffers on one chip; `wire_bytes` is what a bandwidth-optimal ring moves over the chip's
 links for it (all-reduce 2(n-1)/n, all-gather and all-to-all (n-1)/n, reduce-scatter
 (n-1) times its result, a permute its buffer once), for the roofline's interconnect term.
@@ -76,11 +77,16 @@ def _split(text: str) -> tuple[dict[str, list[tuple]], str | None]:
 
 
 def _trip_count(computations: dict, condition: str, init: str | None, caller: list) -> int:
-    """N - start of a loop whose condition is `i < N` (N, start: constants); 1 if unknown."""
+    """N - start of a loop whose condition is `i < N` (N, start: constants; N may sit in a
+    fusion the condition calls, as on GPUs); 1 if unknown."""
     limit = None
     for _, shape, op, rest in computations.get(condition, []):
         if op == "constant" and shape.startswith("s32[]"):
             limit = int(re.match(r"(-?\d+)", rest).group(1))
+        for callee in re.findall(r"calls=%([\w.\-]+)", rest) if limit is None else ():
+            for _, inner_shape, inner_op, inner in computations.get(callee, []):
+                if inner_op == "constant" and inner_shape.startswith("s32[]"):
+                    limit = int(re.match(r"(-?\d+)", inner).group(1))
     if limit is None:
         return 1
     start = 0
@@ -101,7 +107,9 @@ def _multiplicities(computations: dict, entry: str) -> dict[str, int]:
                 body = re.search(r"body=%([\w.\-]+)", rest).group(1)
                 cond = re.search(r"condition=%([\w.\-]+)", rest).group(1)
                 init = re.match(r"%([\w.\-]+)", rest)
-                trips = _trip_count(computations, cond, init and init.group(1), instructions)
+                known = re.search(r'known_trip_count":\{"n":"(\d+)"', rest)  # GPU modules
+                trips = (int(known.group(1)) if known else
+                         _trip_count(computations, cond, init and init.group(1), instructions))
                 edges[comp] += [(body, trips), (cond, trips + 1)]
                 continue
             for attr in ("calls", "to_apply", "true_computation", "false_computation"):
@@ -136,8 +144,13 @@ def collectives(hlo_text: str, devices: int) -> list[dict[str, Any]]:
                 continue
             kind, started = match.group(1), bool(match.group(2))
             sizes = [s for s in _array_bytes(shape) if s > 4 or not started]
-            # A -start tuple holds (input, output, context): one buffer moves.
-            size = max(sizes, default=0) if started and kind != "all-reduce" else sum(sizes)
+            # A -start tuple holds its inputs, then its outputs (then context scalars): an
+            # all-gather moves its output, the others as many bytes as they take in.
+            size = sum(sizes)
+            if started and kind == "all-gather":
+                size = max(sizes, default=0)
+            elif started and kind != "all-reduce":
+                size = size / 2
             n = _group_size(rest, devices)
             row = rows.setdefault(kind, {"kind": kind, "count": 0, "bytes": 0, "wire_bytes": 0})
             row["count"] += runs

@@ -82,15 +82,21 @@ def plan_row(config: ml_collections.ConfigDict, target: Target, compiled: Compil
         "scan_layers": bool(config.model.get("scan_layers", False)),
         "microbatches": config.train.microbatches, "dtype": config.model.get("dtype"),
         "jax": jax.__version__, "libtpu": libtpu_version(),
+        "compiler": (f"TPU compiler, jax {jax.__version__}, libtpu {libtpu_version()}"
+                     if target.platform == "tpu" else
+                     f"XLA GPU compiler of jax {jax.__version__}'s CUDA plugin"),
         "date": datetime.date.today().isoformat(), "compile_s": round(compiled.compile_s, 1),
         **memory_row(compiled, target),
     }
     if compiled.executable is None:
         return row
+    # The deviceless GPU path gives no cost analysis (None): the roofline then has the
+    # model's FLOPs and no HBM term.
     cost = compiled.executable.cost_analysis() or {}
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
     flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    row["cost_analysis"] = bool(cost)
     found = collectives(compiled.executable.as_text(), chips)
     wire = sum(c["wire_bytes"] for c in found)
     per_example = model_flops_per_example(config)
@@ -112,7 +118,7 @@ def render_table(row: dict[str, Any]) -> str:
              f"  global batch {row['global_batch']} ({row['local_batch']} per chip), loss "
              f"{row['loss']}, remat {row['remat']}, scan_layers {row['scan_layers']}, "
              f"microbatches {row['microbatches']}",
-             f"  per-chip memory (TPU compiler, jax {row['jax']}, libtpu {row['libtpu']}):"]
+             f"  per-chip memory ({row['compiler']}):"]
     if "temp_bytes" in row:
         for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "code_bytes"):
             lines.append(f"    {key.removesuffix('_bytes'):<10}{_gib(row[key]):>14}")
@@ -120,8 +126,12 @@ def render_table(row: dict[str, Any]) -> str:
                  f"{_gib(row['hbm_bytes'])} HBM: {'fits' if row['fits'] else 'DOES NOT FIT'}")
     if "flops_per_chip" not in row:
         return "\n".join(lines)
-    lines.append(f"  compiled per chip: {row['flops_per_chip'] / 1e12:.1f} TFLOP, "
-                 f"{row['bytes_accessed_per_chip'] / 1e9:.1f} GB accessed")
+    if row["cost_analysis"]:
+        lines.append(f"  compiled per chip: {row['flops_per_chip'] / 1e12:.1f} TFLOP, "
+                     f"{row['bytes_accessed_per_chip'] / 1e9:.1f} GB accessed")
+    else:
+        lines.append("  compiled per chip: no cost analysis from this compiler (the bound "
+                     "takes the model's FLOPs and has no HBM term)")
     for c in row["collectives"]:
         lines.append(f"    {c['kind']:<20} x{c['count']:<6} {_gib(c['bytes'])} "
                      f"({_gib(c['wire_bytes'])} over the links)")

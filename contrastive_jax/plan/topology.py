@@ -11,6 +11,11 @@ Chip figures, each with its source (taken 2026-12-06):
   product, 5.4e11 B/s, is close to Cloud's 1200 GBps bidirectional (600 GBps each way).
   Dividing collective bytes by every link's bandwidth at once keeps the bound a lower one.
 
+GPUs (`h100-8`, `a100-16`, `v100-256`: that many GPUs, 8 per host), from NVIDIA's datasheets
+(H100 SXM5, A100 SXM4 80 GB, V100 SXM2): dense bf16 (V100: fp16) tensor FLOP/s, HBM bandwidth,
+NVLink bandwidth one way (half the datasheet's bidirectional figure); HBM capacity from the
+XLA target config each compiles for (gpu_targets/).
+
 Naming (MaxText's accelerator_to_spec_map.py, axlearn's aot_compilation.py): v4 and v5p names
 count TensorCores (two per chip, one "megacore" device per chip) on 3-D shapes; v5e and v6e
 names count chips on 2-D shapes.
@@ -19,6 +24,7 @@ names count chips on 2-D shapes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import re
 
@@ -36,6 +42,7 @@ class Chip:
     ici_bytes_per_s: float  # all links, one way
     cores_in_name: int  # TensorCores per chip counted by the Cloud accelerator name
     jax_prefix: str  # jax's topology-string prefix
+    target_config: str | None = None  # GPUs: the XLA target config file in gpu_targets/
 
 
 CHIPS: dict[str, Chip] = {
@@ -43,7 +50,14 @@ CHIPS: dict[str, Chip] = {
     "v5p": Chip("TPU v5p", 459e12, 95 * 2**30, 2765e9, 6 * 90e9, 2, "v5"),
     "v5e": Chip("TPU v5e", 197e12, 16 * 10**9, 819e9, 4 * 45e9, 1, "v5e"),
     "v6e": Chip("TPU v6e", 918e12, 32 * 10**9, 1640e9, 4 * 90e9, 1, "v6e"),
+    "h100": Chip("NVIDIA H100 80GB HBM3", 989e12, 84942979072, 3.35e12, 450e9, 1, "",
+                 "h100_sxm.txtpb"),
+    "a100": Chip("NVIDIA A100-SXM4-80GB", 312e12, 85100068864, 2.039e12, 300e9, 1, "",
+                 "a100_sxm_80.txtpb"),
+    "v100": Chip("Tesla V100-SXM2-16GB", 125e12, 16935682048, 900e9, 150e9, 1, "",
+                 "v100.txtpb"),
 }
+GPUS_PER_HOST = 8
 # Cloud accelerator-type prefixes -> chip generation.
 _CLOUD_PREFIX = {"v4": "v4", "v5p": "v5p", "v5litepod": "v5e", "v5e": "v5e", "v6e": "v6e"}
 # jax topology-string prefixes -> chip generation ("v5" is v5p in jax's spelling).
@@ -73,17 +87,29 @@ class Target:
         return math.prod(self.shape) * self.slices
 
     @property
+    def platform(self) -> str:
+        return "tpu" if self.chip.target_config is None else "cuda"
+
+    @property
     def jax_name(self) -> str:
+        if self.platform == "cuda":  # jax's GPU topology: slices x hosts x GPUs per host
+            return f"1x{self.shape[0]}x{self.shape[1]}"
         return f"{self.chip.jax_prefix}:{'x'.join(map(str, self.shape))}"
 
     @property
     def name(self) -> str:
+        if self.platform == "cuda":
+            return f"{self.generation}-{math.prod(self.shape)}"
         cloud = "v5litepod" if self.generation == "v5e" else self.generation
         one = f"{cloud}-{math.prod(self.shape) * self.chip.cores_in_name}"
         return one if self.slices == 1 else f"{self.slices}x {one}"
 
     def topology_kwargs(self) -> dict:
         """Keyword arguments of jax.experimental.topologies.get_topology_desc."""
+        if self.platform == "cuda":
+            config = importlib.resources.files(__package__) / "gpu_targets"
+            return {"platform": "cuda", "topology": self.jax_name,
+                    "target_config": (config / self.chip.target_config).read_text()}
         kwargs: dict = {"platform": "tpu"}
         if self.chip.cores_in_name == 2:
             kwargs["chip_config_name"] = "megacore"  # one device per chip, as pods run
@@ -96,7 +122,8 @@ class Target:
 
 
 def parse_target(text: str, slices: int = 1) -> Target:
-    """`v4-32`, `v5p-128`, `v5litepod-16`, `v6e-256` or `v4:2x2x4`, `v5e:4x4`, `v5:4x4x4`."""
+    """`v4-32`, `v5p-128`, `v5litepod-16`, `v6e-256` or `v4:2x2x4`, `v5e:4x4`, `v5:4x4x4`;
+    GPUs: `h100-8`, `a100-16`, `v100-256`."""
     if slices < 1:
         raise ConfigError(f"--slices {slices}: need at least one slice")
     name = text.strip().lower()
@@ -112,9 +139,17 @@ def parse_target(text: str, slices: int = 1) -> Target:
             raise ConfigError(f"--topology {text!r}: {generation} slices have {want}-D shapes")
         return Target(generation, shape, slices)
     match = re.fullmatch(r"([a-z0-9]+)-(\d+)", name)
+    if match and CHIPS.get(match.group(1), CHIPS["v4"]).target_config is not None:
+        count = int(match.group(2))
+        per_host = min(count, GPUS_PER_HOST)
+        if count < 1 or count % per_host or slices != 1:
+            raise ConfigError(f"--topology {text!r}: give 1 to {GPUS_PER_HOST} GPUs or a "
+                              f"multiple of {GPUS_PER_HOST} (one slice)")
+        return Target(match.group(1), (count // per_host, per_host))
     if not match or match.group(1) not in _CLOUD_PREFIX:
         raise ConfigError(f"--topology {text!r}: expected a Cloud TPU type such as v4-32, "
-                          "v5p-128, v5litepod-16, v6e-256, or a jax topology such as v4:2x2x4")
+                          "v5p-128, v5litepod-16, v6e-256, a jax topology such as v4:2x2x4, "
+                          "or GPUs such as h100-8")
     generation = _CLOUD_PREFIX[match.group(1)]
     chip = CHIPS[generation]
     count = int(match.group(2))
