@@ -161,3 +161,16 @@ def test_a_ring_loss_compiles_for_eight_h100s_without_a_gpu():
     compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
     permutes = {c["kind"]: c for c in collectives(compiled.as_text(), 8)}["collective-permute"]
     assert permutes["count"] >= 2 * 7  # known_trip_count of each ring's while loop
+
+
+def test_versions_out_of_lockstep_are_named_in_one_line(monkeypatch):
+    import importlib.metadata
+
+    from contrastive_jax.plan.compile import lockstep_problem
+
+    assert lockstep_problem() is None  # the installed jax, jaxlib and libtpu are the pinned set
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.0.41" if name == "libtpu" else real(name))
+    line = lockstep_problem()
+    assert "\n" not in line and "libtpu 0.0.41" in line and f"jax {jax.__version__}" in line
