@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from contrastive_jax.cli.common import print_json, split_overrides
-from contrastive_jax.errors import ConfigError
+from contrastive_jax.errors import ConfigError, DoesNotFitError
 
 # XLA reads its flags once, when jax starts: a GPU target needs autotuning off.
 _NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
@@ -64,7 +64,13 @@ def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     row = run.plan(config, target, name, devices)
     print(render_table(row))
     print_json(row)
-    run.require_fit(row, config, target, name, devices, _log if args.suggest else None)
+    if not row["fits"]:
+        fix = run.suggest(config, target, name, devices, _log) if args.suggest else None
+        if fix is not None:  # the setting that fits, planned in full
+            print(f"with {' '.join(f'--config.{k}={v}' for k, v in fix[0].items())}:")
+            print(render_table(fix[1]))
+            print_json(fix[1])
+        raise DoesNotFitError(run.not_fit_message(row, fix, tried=args.suggest))
     return 0
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import ml_collections
 
-from contrastive_jax.errors import DoesNotFitError
 from contrastive_jax.plan.compile import compile_step, target_devices
 from contrastive_jax.plan.report import GiB, plan_row
 from contrastive_jax.plan.topology import Target
@@ -74,15 +73,6 @@ def not_fit_message(row: dict[str, Any], fix: tuple[dict, dict] | None,
     overrides, fixed = fix
     flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
     return line + f"; fits with {flags} ({fixed['needed_bytes'] / GiB:.2f} GiB, compiled)"
-
-
-def require_fit(row: dict[str, Any], config: ml_collections.ConfigDict, target: Target,
-                name: str, devices: list, log: Log | None) -> None:
-    """Raises DoesNotFitError (one line) unless the plan row fits; with `log`, the line
-    names a remat / micro-batch setting that fits (see `suggest`)."""
-    if not row["fits"]:
-        fix = None if log is None else suggest(config, target, name, devices, log)
-        raise DoesNotFitError(not_fit_message(row, fix, tried=log is not None))
 
 
 def max_batch(config: ml_collections.ConfigDict, target: Target, name: str, devices: list,
