@@ -104,6 +104,8 @@ def plan_row(config: ml_collections.ConfigDict, target: Target, compiled: Compil
                 "model_flops_per_chip": None if per_example is None else per_example * local,
                 "collectives": found, "collective_wire_bytes_per_chip": int(wire),
                 **roofline(flops, accessed, wire, target, local, per_example)})
+    if not cost:  # the compute term is then the model's FLOPs by construction: no MFU
+        row["mfu_bound"] = None
     return row
 
 
