@@ -131,8 +131,10 @@ def _cuda_plugin() -> bool:
 
 
 @pytest.mark.skipif(_cuda_plugin(), reason="jax's CUDA plugin is installed: GPUs are planned")
-def test_a_gpu_target_is_refused_in_one_line(capsys):
+def test_a_gpu_target_is_refused_in_one_line(capsys, monkeypatch):
     from contrastive_jax.cli import main
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # plan appends to it
 
     assert main(["plan", "--config", "configs/demo_siglip.py", "--topology", "h100-8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
