@@ -21,6 +21,7 @@ from contrastive_jax.cli import (
     plan_command,
     train_command,
 )
+from contrastive_jax.cli.common import quiet_libtpu_without_tpu
 from contrastive_jax.errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command != "plan":  # plan names its own target to libtpu
+        quiet_libtpu_without_tpu()
     takes_overrides = args.command in ("train", "eval", "embed", "bench", "plan") or (
         args.command == "data" and args.data_command in ("score", "dedup", "synsets", "cat"))
     if extra and not takes_overrides:
