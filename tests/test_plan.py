@@ -176,3 +176,14 @@ def test_versions_out_of_lockstep_are_named_in_one_line(monkeypatch):
                         lambda name: "0.0.41" if name == "libtpu" else real(name))
     line = lockstep_problem()
     assert "\n" not in line and "libtpu 0.0.41" in line and f"jax {jax.__version__}" in line
+
+
+def test_suggestions_go_from_remat_to_fsdp_to_micro_batches():
+    from contrastive_jax.plan.run import _variants
+
+    tried = list(_variants(tiny_config()))
+    assert tried[0] == {"model.remat": "full"}
+    assert tried[1] == {"model.remat": "full", "mesh.data": 1, "mesh.fsdp": -1}
+    assert tried[2] == {"model.remat": "full", "train.microbatches": 2}
+    assert {"model.remat": "full", "train.microbatches": 16, "mesh.data": 1,
+            "mesh.fsdp": -1} in tried

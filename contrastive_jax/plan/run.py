@@ -23,15 +23,22 @@ def plan(config: ml_collections.ConfigDict, target: Target, name: str,
 
 
 def _variants(config: ml_collections.ConfigDict) -> Iterator[dict[str, Any]]:
-    """Memory-saving settings to try, cheapest first: rematerialise every block, then
-    GradCache micro-batches on top (two-tower contrastive steps only)."""
-    if config.model.remat == "none":
-        yield {"model.remat": "full"}
+    """Memory-saving settings to try, cheapest first: rematerialise every block; shard the
+    params and AdamW's moments over all chips (FSDP) instead of replicating them; then
+    GradCache micro-batches (two-tower contrastive steps only), without and with FSDP."""
+    remat = {} if config.model.remat != "none" else {"model.remat": "full"}
+    fsdp = ([{"mesh.data": 1, "mesh.fsdp": -1}]
+            if config.mesh.fsdp == 1 and config.mesh.model == 1 else [])
+    if remat:
+        yield remat
+    for shard in fsdp:
+        yield {"model.remat": "full", **shard}
     contrastive = config.model.get("name", "two_tower") == "two_tower"
     if contrastive and not config.train.embedding_cache.enabled and not config.train.mixup.enabled:
         for k in (2, 4, 8, 16):
             if k > config.train.microbatches:
-                yield {"model.remat": "full", "train.microbatches": k}
+                for shard in ({}, *fsdp):
+                    yield {"model.remat": "full", "train.microbatches": k, **shard}
 
 
 def with_overrides(config: ml_collections.ConfigDict,
