@@ -27,3 +27,7 @@ class InputNotFoundError(UserError, FileNotFoundError):
 
 class CheckpointError(UserError):
     """A checkpoint cannot be restored into this run (another model, unreadable, corrupt)."""
+
+
+class DoesNotFitError(UserError):
+    """The run's step does not fit the target chip's memory (as its compiler says)."""

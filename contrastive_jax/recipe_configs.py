@@ -13,10 +13,14 @@ import ml_collections
 
 
 def published(params: float, gflops: float | None = None, image_gflops: float | None = None,
-              text_gflops: float | None = None) -> dict:
-    """The recipe's published figures (params; GFLOPs per example, 2 per multiply-add)."""
+              text_gflops: float | None = None, *, hardware: str | None = None,
+              topology: str | None = None, batch: int | None = None) -> dict:
+    """The recipe's published figures (params; GFLOPs per example, 2 per multiply-add) and
+    what it trained on: `hardware` as published, `topology` that as a TPU slice for `plan`,
+    `batch` the global batch."""
     return dict(params_paper=params, gflops_paper=gflops, image_gflops_paper=image_gflops,
-                text_gflops_paper=text_gflops)
+                text_gflops_paper=text_gflops, hardware_paper=hardware,
+                topology_paper=topology, batch_paper=batch)
 
 
 def _common(c: ml_collections.ConfigDict, *, image_size: int, max_len: int, vocab: int,

@@ -3,13 +3,14 @@
 import shlex
 import subprocess
 
+import pytest
 import yaml
 
 TRAIN = ["--config", "configs/demo_siglip.py:steps=3", "--workdir", "gs://bucket/run 1"]
 
 
 def run(*args):
-    return subprocess.run(["bash", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_tpu_pod_launcher_runs_train_on_all_workers():
@@ -51,3 +52,27 @@ def test_kubernetes_jobset_manifest():
     assert "--config.distributed.num_processes=4" in container["args"]
     assert "process_id=$JOB_COMPLETION_INDEX" in container["command"][2]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
+def test_tpu_pod_launcher_stops_when_the_plan_does_not_fit():
+    """The launcher compiles the step for the slice (`contrastive-jax plan`, libtpu) before it
+    creates anything; a batch no v5e chip holds stops it with plan's one line and exit 2."""
+    pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e .[tpu])")
+    result = run("tools/launch_tpu_pod.sh", "--tpu", "t1", "--zone", "z", "--type",
+                 "v5litepod-4", "--plan-args", "--no-suggest", "--", *TRAIN,
+                 "--config.train.batch_size=4194304")
+    assert result.returncode == 2, result.stderr
+    assert "error: does not fit" in result.stderr and "TPU v5e" in result.stderr
+    assert "nothing was launched" in result.stderr.splitlines()[-1]
+    assert "gcloud compute tpus tpu-vm ssh" not in result.stdout
+
+
+def test_launchers_skip_the_plan_when_asked():
+    result = run("tools/launch_tpu_pod.sh", "--tpu", "t1", "--zone", "z", "--type", "v4-8",
+                 "--skip-plan", "--dry-run", "--", *TRAIN)
+    assert result.returncode == 0 and "planning" not in result.stderr
+    assert shlex.split(result.stdout)[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]
+    result = run("tools/launch_k8s_jobset.sh", "--name", "r", "--image", "i", "--topology",
+                 "v5p-64", "--skip-plan", "--dry-run", "--", *TRAIN)
+    assert result.returncode == 0 and "planning" not in result.stderr
+    assert yaml.safe_load(result.stdout)["kind"] == "JobSet"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-step set-up: the demo data (Debian's real Fashion-MNIST images), GNU Unifont (CLIPPO's
 # text rendering), WordNet (CatLIP's synsets), Tesseract (the CAT filter's OCR) and the
-# package with its dependencies and test tools. Safe to run again.
+# package with its dependencies, test tools and libtpu (for `plan`). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +21,5 @@ apt_install_unless /usr/share/wordnet/data.noun wordnet-base
 # Tesseract OCR and its English model: the CAT filter's text-spotting (filters/cat.py).
 apt_install_unless /usr/bin/tesseract tesseract-ocr
 apt_install_unless /usr/share/tesseract-ocr/5/tessdata/eng.traineddata tesseract-ocr-eng
-python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hf,catlip]"
+# tpu: libtpu (~700 MB), so `contrastive-jax plan` and its tests compile for TPU topologies.
+python3 -m pip install --quiet --disable-pip-version-check -e ".[test,hf,catlip,tpu]"

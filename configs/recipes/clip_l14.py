@@ -7,6 +7,10 @@ tower (size B), embed_dim 768.
 Published: 427.62 M params, 175.33 GFLOPs per example (162.03 image + 13.30 text), from
 open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted with
 torch's FlopCounterMode (2 FLOPs per multiply-add).
+
+Trained on: 256 V100 GPUs for 12 days at batch 32,768 (Radford et al. 2021, sections 2.5 and
+the appendix's hyperparameter table). `plan` compiles for TPUs, so its default topology is the
+same number of chips as a TPU slice, v4-512 (256 chips, 128 examples each).
 """
 
 import ml_collections
@@ -16,4 +20,6 @@ from contrastive_jax.recipe_configs import clip, published
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:
     return clip(image="L/14", text="B", embed_dim=768,
-                published=published(427.62e6, 175.33, 162.03, 13.30), batch=batch, steps=steps)
+                published=published(427.62e6, 175.33, 162.03, 13.30,
+                                  hardware="256 V100 GPUs", topology="v4-512", batch=32_768),
+                batch=batch, steps=steps)

@@ -16,6 +16,12 @@ there so the config loads.
 Published: 203.16 M params, 46.44 GFLOPs per example (35.42 image + 11.02 text), from
 open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801, ViT-B-16-SigLIP),
 counted with torch's FlopCounterMode (2 FLOPs per multiply-add).
+
+Trained on: 16 TPU v4 chips at global batch 32,768 (the model card of
+google/siglip-base-patch16-224; the paper's batch). Plan it there (docs/plan.md):
+
+    contrastive-jax plan --config configs/recipes/siglip_b16.py --topology v4-32 \
+        --config.train.batch_size=32768
 """
 
 import ml_collections
@@ -25,4 +31,6 @@ from contrastive_jax.recipe_configs import published, siglip
 
 def get_config(batch: int = 256, steps: int = 10_000) -> ml_collections.ConfigDict:
     return siglip(image="B/16", text="B", embed_dim=768, image_size=224,
-                  published=published(203.16e6, 46.44, 35.42, 11.02), batch=batch, steps=steps)
+                  published=published(203.16e6, 46.44, 35.42, 11.02,
+                                      hardware="16 TPU v4 chips", topology="v4-32",
+                                      batch=32_768), batch=batch, steps=steps)

@@ -8,6 +8,10 @@ ViT-SO400M-14-SigLIP).
 Published: 877.36 M params, 233.54 GFLOPs per example (220.35 image + 13.19 text), from
 open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted with
 torch's FlopCounterMode (2 FLOPs per multiply-add).
+
+Trained on: "16 TPU-v4 chips for three days" at batch 32,768 says the model card of
+google/siglip-so400m-patch14-384, in the same words as the B/16 card; `plan` shows whether that
+can hold this model (docs/benchmarks.md).
 """
 
 import ml_collections
@@ -18,4 +22,6 @@ from contrastive_jax.recipe_configs import published, siglip
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:
     return siglip(image="So400m/14", text="So400m", embed_dim=1152, image_size=224,
                   max_len=16,
-                published=published(877.36e6, 233.54, 220.35, 13.19), batch=batch, steps=steps)
+                published=published(877.36e6, 233.54, 220.35, 13.19,
+                                  hardware="16 TPU v4 chips (model card)", topology="v4-32",
+                                  batch=32_768), batch=batch, steps=steps)

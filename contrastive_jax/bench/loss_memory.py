@@ -24,12 +24,15 @@ def _mesh(num_devices: int) -> Mesh:
     return Mesh(devices[:num_devices], ("data",))
 
 
-def compile_loss_grad(variant: str, global_batch: int, dim: int, num_devices: int):
-    """Compiles value_and_grad (w.r.t. both towers' embeddings, t and b) of one loss."""
+def compile_loss_grad(variant: str, global_batch: int, dim: int, num_devices: int,
+                      mesh: Mesh | None = None, batch_axes: tuple[str, ...] = ("data",)):
+    """Compiles value_and_grad (w.r.t. both towers' embeddings, t and b) of one loss, on the
+    first `num_devices` devices or on `mesh` (e.g. a TPU topology's compile-only devices),
+    the batch split over `batch_axes`."""
     name, kwargs = LOSS_VARIANTS[variant]
-    mesh = _mesh(num_devices)
-    loss_fn = create_loss(name, mesh=mesh, batch_axes=("data",), **kwargs)
-    rows = NamedSharding(mesh, PartitionSpec("data"))
+    mesh = _mesh(num_devices) if mesh is None else mesh
+    loss_fn = create_loss(name, mesh=mesh, batch_axes=batch_axes, **kwargs)
+    rows = NamedSharding(mesh, PartitionSpec(batch_axes))
     scalar = NamedSharding(mesh, PartitionSpec())
     emb = jax.ShapeDtypeStruct((global_batch, dim), jnp.float32, sharding=rows)
     s = jax.ShapeDtypeStruct((), jnp.float32, sharding=scalar)

@@ -59,13 +59,14 @@ def _ratio(ours: float, paper: float | None) -> float | None:
     return None if paper is None else round(ours / paper, 4)
 
 
-def recipe_row(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
-    """One recipe's counts, the published figures and their ratios."""
+def tower_gflops(config: ml_collections.ConfigDict, params: Any = None,
+                 rest: Any = None) -> dict[str, float]:
+    """GFLOPs of one example's forward pass through each tower: `image` / `text` count every
+    position (as the published figures do), `image_run` / `text_run` what the tower computes.
+    From abstract shapes: `params` / `rest` are the model's (eval_shape'd if not given)."""
     model_def = ModelDef(config.model)
-    params, rest = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
-    image_params = _count([params[k] for k in _IMAGE if k in params])
-    text_params = _count([params[k] for k in _TEXT if k in params])
-
+    if params is None:
+        params, rest = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
     img = config.model.image
     size = img.image_size if isinstance(img.image_size, int) else tuple(img.image_size)
     h, w = (size, size) if isinstance(size, int) else size
@@ -77,6 +78,18 @@ def recipe_row(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
     else:  # one tower: captions are rendered images of the image's shape
         text, tower = image, "img"
     text_gflops, text_run = _tower_gflops(model_def, params, rest, text, "text", tower)
+    return {"image": image_gflops, "image_run": image_run, "text": text_gflops,
+            "text_run": text_run}
+
+
+def recipe_row(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
+    """One recipe's counts, the published figures and their ratios."""
+    params, rest = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
+    image_params = _count([params[k] for k in _IMAGE if k in params])
+    text_params = _count([params[k] for k in _TEXT if k in params])
+    towers = tower_gflops(config, params, rest)
+    image_gflops, image_run = towers["image"], towers["image_run"]
+    text_gflops, text_run = towers["text"], towers["text_run"]
 
     paper = config.recipe
     if paper.params_paper is None:

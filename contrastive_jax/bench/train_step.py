@@ -20,30 +20,47 @@ from contrastive_jax.train.state import TrainState, create_train_state
 from contrastive_jax.train.step import StepFn, train_step_from_config
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-    """Random inputs of the config's shapes; unit "image_embedding"s instead of images when
-    `train.embedding_cache` is on (the step then reads those)."""
-    rng = np.random.default_rng(0)
+def batch_shapes(config: ml_collections.ConfigDict,
+                 batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The step's inputs for the config, as shapes only: "label" [B]; "text" [B, L] token
+    ids (CatLIP: synset ids; one tower, CLIPPO: a rendered image); "image" [B, H, W, C], or
+    "image_embedding" [B, D] when `train.embedding_cache` is on (the step then reads those)."""
     image = config.model.image
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
-    batch = {"label": np.arange(batch_size, dtype=np.int32)}
+    pixels = (batch_size, size, size, image.channels)
     reader = config.model.get("text") or config.model.get("decoder")  # CapPa: the decoder's
+    text = ((batch_size, config.data.max_len), np.int32)
+    if config.model.name != "catlip" and reader is None:  # one tower: text rendered as image
+        text = (pixels, np.float32)
+    shapes = {"label": ((batch_size,), np.int32), "text": text}
+    if config.train.embedding_cache.enabled:
+        shapes["image_embedding"] = ((batch_size, config.model.embed_dim), np.float32)
+    else:
+        shapes["image"] = (pixels, np.float32)
+    return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
+    """Random inputs of `batch_shapes`: token ids of the vocabulary, uniform pixels in
+    [-1, 1], unit embeddings."""
+    rng = np.random.default_rng(0)
+    shapes = batch_shapes(config, batch_size)
+    batch = {"label": np.arange(batch_size, dtype=np.int32)}
+    text = shapes["text"]
+    reader = config.model.get("text") or config.model.get("decoder")
     if config.model.name == "catlip":  # up to 3 synsets per caption, 0-padded
-        ids = rng.integers(0, config.model.head.num_synsets + 1, (batch_size, config.data.max_len))
+        ids = rng.integers(0, config.model.head.num_synsets + 1, text.shape)
         ids[:, 3:] = 0
         batch["text"] = ids.astype(np.int32)
-    elif reader is not None:
-        vocab, length = reader.vocab_size, config.data.max_len
-        batch["text"] = rng.integers(3, vocab, (batch_size, length)).astype(np.int32)
-    else:  # one tower (CLIPPO): the text is a rendered image of the image's shape
-        batch["text"] = rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(
-            np.float32)
-    if config.train.embedding_cache.enabled:
-        z = rng.normal(size=(batch_size, config.model.embed_dim)).astype(np.float32)
+    elif text.dtype == np.int32:
+        batch["text"] = rng.integers(3, reader.vocab_size, text.shape).astype(np.int32)
+    else:
+        batch["text"] = rng.uniform(-1, 1, text.shape).astype(np.float32)
+    if "image_embedding" in shapes:
+        z = rng.normal(size=shapes["image_embedding"].shape).astype(np.float32)
         batch["image_embedding"] = z / np.linalg.norm(z, axis=1, keepdims=True)
     else:
-        batch["image"] = rng.uniform(-1, 1, (batch_size, size, size, image.channels)).astype(
-            np.float32)
+        batch["image"] = rng.uniform(-1, 1, shapes["image"].shape).astype(np.float32)
     return batch
 
 

@@ -1,4 +1,4 @@
-"""`contrastive-jax` command line: train | eval | embed | export | plot | bench | data.
+"""`contrastive-jax` command line: train | eval | embed | export | plot | bench | data | plan.
 
 Expected failures (bad config, missing data, a workdir of another model: the project's
 `errors.UserError`) end with one line on stderr and exit code 2; `--debug` shows the traceback
@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 
 # None of these imports jax or TensorFlow: commands import what they need when they run.
-from contrastive_jax.cli import bench_commands, data_commands, model_commands, train_command
+from contrastive_jax.cli import (
+    bench_commands,
+    data_commands,
+    model_commands,
+    plan_command,
+    train_command,
+)
+from contrastive_jax.cli.common import quiet_libtpu_without_tpu
 from contrastive_jax.errors import UserError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported anywhere
@@ -28,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for commands in (train_command, model_commands, bench_commands, data_commands):
+    for commands in (train_command, model_commands, bench_commands, data_commands,
+                     plan_command):
         commands.add_parsers(sub)
     return parser
 
@@ -46,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    takes_overrides = args.command in ("train", "eval", "embed", "bench") or (
+    if args.command != "plan":  # plan names its own target to libtpu
+        quiet_libtpu_without_tpu()
+    takes_overrides = args.command in ("train", "eval", "embed", "bench", "plan") or (
         args.command == "data" and args.data_command in ("score", "dedup", "synsets", "cat"))
     if extra and not takes_overrides:
         parser.error(f"unrecognised arguments: {' '.join(extra)}")

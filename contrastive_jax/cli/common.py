@@ -30,6 +30,22 @@ def simulate_cpu_devices(count: int = 8) -> None:
     if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
 
+def quiet_libtpu_without_tpu() -> None:
+    """With libtpu installed (the `tpu` extra, for `plan`) on a host without TPUs, jax's
+    start-up tries the TPU backend and libtpu prints warnings about the missing TPU metadata.
+    Naming this host alone and a one-chip type quiets them; a TPU host (/dev/accel*,
+    /dev/vfio) is left as it is."""
+    import glob
+    import importlib.util
+
+    if (importlib.util.find_spec("libtpu") is None or glob.glob("/dev/accel*")
+            or glob.glob("/dev/vfio/[0-9]*")):
+        return
+    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                       ("TPU_ACCELERATOR_TYPE", "v5litepod-1")):
+        os.environ.setdefault(key, value)
+
+
 def print_json(obj: dict) -> None:
     print(json.dumps(obj), flush=True)
 

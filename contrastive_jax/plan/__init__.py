@@ -1,0 +1,2 @@
+"""`contrastive-jax plan`: compile the loop's own step for a TPU (or GPU) target on any host,
+and read per-chip memory, FLOPs, collectives and a roofline bound from the compiler."""

@@ -1,0 +1,114 @@
+"""`plan`'s work: compile the config for a target, say whether it fits, find a setting that
+does (checked by compiling it) and bisect the largest global batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_collections
+
+from contrastive_jax.plan.compile import compile_step, target_devices
+from contrastive_jax.plan.report import GiB, plan_row
+from contrastive_jax.plan.topology import Target
+
+Log = Callable[[str], None]
+
+
+def plan(config: ml_collections.ConfigDict, target: Target, name: str,
+         devices: list | None = None) -> dict[str, Any]:
+    """One compile of the config's step for the target: the plan row (see report.plan_row)."""
+    devices = target_devices(target) if devices is None else devices
+    return plan_row(config, target, compile_step(config, devices), name)
+
+
+def _variants(config: ml_collections.ConfigDict) -> Iterator[dict[str, Any]]:
+    """Memory-saving settings to try, cheapest first: rematerialise every block; shard the
+    params and AdamW's moments over all chips (FSDP) instead of replicating them; then
+    GradCache micro-batches (two-tower contrastive steps only), without and with FSDP."""
+    remat = {} if config.model.remat != "none" else {"model.remat": "full"}
+    fsdp = ([{"mesh.data": 1, "mesh.fsdp": -1}]
+            if config.mesh.fsdp == 1 and config.mesh.model == 1 else [])
+    if remat:
+        yield remat
+    for shard in fsdp:
+        yield {"model.remat": "full", **shard}
+    contrastive = config.model.get("name", "two_tower") == "two_tower"
+    if contrastive and not config.train.embedding_cache.enabled and not config.train.mixup.enabled:
+        for k in (2, 4, 8, 16):
+            if k > config.train.microbatches:
+                for shard in ({}, *fsdp):
+                    yield {"model.remat": "full", "train.microbatches": k, **shard}
+
+
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    new = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        group, leaf = key.split(".")
+        new[group][leaf] = value
+    return new
+
+
+def suggest(config: ml_collections.ConfigDict, target: Target, name: str, devices: list,
+            log: Log) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The first setting of `_variants` whose step fits, with its plan row; None if none."""
+    for overrides in _variants(config):
+        variant = with_overrides(config, overrides)
+        if variant.train.batch_size % variant.train.microbatches:
+            continue
+        log(f"trying {overrides} ...")
+        row = plan(variant, target, name, devices)
+        if row["fits"]:
+            return overrides, row
+    return None
+
+
+def not_fit_message(row: dict[str, Any], fix: tuple[dict, dict] | None,
+                    tried: bool = True) -> str:
+    """One line: the chip, the bytes needed and the bytes there are, and what would fit."""
+    needed = row.get("needed_bytes")
+    what = ("more than it has" if needed is None else
+            f"{needed / GiB:.2f} GiB" + ("" if "temp_bytes" in row else
+                                         " (temporaries alone, by the compiler)"))
+    line = (f"does not fit: {row['plan']} at global batch {row['global_batch']} on "
+            f"{row['topology']} needs {what} per {row['chip']} chip, which has "
+            f"{row['hbm_bytes'] / GiB:.2f} GiB")
+    if fix is None:
+        return line + ("; no remat / micro-batch setting tried fits either (use more chips)"
+                       if tried else "")
+    overrides, fixed = fix
+    flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+    return line + f"; fits with {flags} ({fixed['needed_bytes'] / GiB:.2f} GiB, compiled)"
+
+
+def max_batch(config: ml_collections.ConfigDict, target: Target, name: str, devices: list,
+              log: Log) -> dict[str, Any]:
+    """The largest global batch that fits (a multiple of the batch shards and micro-batches),
+    found by doubling then bisecting; each probe is one compile. Resolution: 1/32 of it."""
+    def fits(batch: int) -> dict[str, Any]:
+        log(f"max-batch: compiling global batch {batch} ...")
+        return plan(with_overrides(config, {"train.batch_size": batch}), target, name, devices)
+
+    first = fits(config.train.batch_size)
+    shards = first["global_batch"] // first["local_batch"]
+    unit = shards * config.train.microbatches
+    best = first if first["fits"] else None
+    lo, hi = (config.train.batch_size, None) if first["fits"] else (0, config.train.batch_size)
+    while hi is None:  # doubling until it does not fit
+        row = fits(lo * 2)
+        if row["fits"]:
+            lo, best = lo * 2, row
+        else:
+            hi = lo * 2
+    while hi - lo > max(unit, hi // 32):
+        mid = (lo + hi) // 2 // unit * unit
+        if mid in (lo, 0):
+            break
+        row = fits(mid)
+        if row["fits"]:
+            lo, best = mid, row
+        else:
+            hi = mid
+    return {"max_global_batch": lo, "first_not_fitting": hi,
+            "at_max": best}

@@ -1,0 +1,189 @@
+"""`plan` compiles for TPU topologies with libtpu (no TPU needed): names, the step's per-chip
+memory against a hand count, each sharded loss, the one-line refusal, the collectives."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from helpers import tiny_config
+
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e .[tpu]): "
+                                     "compiling for a TPU topology needs it")
+
+from contrastive_jax.bench.loss_memory import compile_loss_grad  # noqa: E402
+from contrastive_jax.errors import ConfigError  # noqa: E402
+from contrastive_jax.plan.compile import plan_mesh, target_devices  # noqa: E402
+from contrastive_jax.plan.topology import parse_target  # noqa: E402
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def aligned_config(**sections):
+    """A one-block model whose every array fills TPU tiles (8 x 128 floats on the last two
+    axes), so the compiler's bytes equal a hand count with no layout padding: 8 heads of 128,
+    width 1024, 8-channel 28 px images, 128-d embeddings."""
+    size = {"variant": None, "width": 1024, "depth": 1, "mlp_dim": 1024, "num_heads": 8}
+    return tiny_config(model={"embed_dim": 128,
+                              "image": {**size, "channels": 8},
+                              "text": size}, **sections)
+
+
+@pytest.mark.parametrize("name, jax_name, chips", [
+    ("v4-32", "v4:2x2x4", 16), ("v5p-128", "v5:4x4x4", 64), ("v5litepod-16", "v5e:4x4", 16),
+    ("v6e-256", "v6e:16x16", 256), ("v4:2x2x2", "v4:2x2x2", 8), ("V5E:2x2", "v5e:2x2", 4)])
+def test_topology_names(name, jax_name, chips):
+    target = parse_target(name)
+    assert (target.jax_name, target.chips) == (jax_name, chips)
+    assert parse_target(name, slices=2).chips == 2 * chips
+
+
+@pytest.mark.parametrize("bad", ["v4-31", "v7-8", "v5e:2x2x2", "tpu"])
+def test_bad_topology_names_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="--topology"):
+        parse_target(bad)
+
+
+def _state_bytes_per_chip(row_state, mesh) -> int:
+    """Hand count: every leaf of params + optimizer state, at its shard's shape."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(row_state))
+
+
+@pytest.mark.parametrize("topology, mesh", [("v5e:2x2", {}),
+                                            ("v4:2x2x2", {"data": 4, "fsdp": 2})])
+def test_step_memory_matches_a_hand_count(topology, mesh):
+    from contrastive_jax.plan.compile import compile_step
+    from contrastive_jax.plan.report import plan_row
+
+    target = parse_target(topology)
+    config = aligned_config(train={"batch_size": 64}, mesh=mesh)
+    compiled = compile_step(config, target_devices(target))
+    row = plan_row(config, target, compiled, "aligned")
+    assert row["fits"] and row["chips"] == target.chips
+    # The donated state (params, AdamW's two moments, counters) comes back in place.
+    hand = _state_bytes_per_chip(compiled.state, compiled.mesh)
+    params = sum(x.size for x in jax.tree.leaves(compiled.state.params))
+    shards = mesh.get("fsdp", 1)
+    assert hand > 3 * 4 * params / shards * 0.95  # f32 params + mu + nu, split over fsdp
+    assert hand <= row["alias_bytes"] <= hand + 64 * 1024  # + padded scalars only
+    batch = 16 * 28 * 28 * 8 * 4 + 16 * 8 * 4  # this chip's images and token ids
+    assert row["argument_bytes"] - row["alias_bytes"] >= batch
+    assert row["needed_bytes"] >= row["argument_bytes"] + row["temp_bytes"]
+    # Data parallel: one all-reduce of the gradients; with fsdp, gathers and scatters too.
+    kinds = {c["kind"] for c in row["collectives"]}
+    assert "all-reduce" in kinds
+    assert row["flops_per_chip"] > 0 and row["step_s_bound"] > 0
+
+
+@pytest.mark.parametrize("variant", ["softmax_sharded", "softmax_chunked", "sigmoid_chunked"])
+def test_each_sharded_loss_compiles_for_tpu_meshes(variant):
+    """Each sharded loss's value_and_grad compiles for `v5e:2x2` (one batch axis) and for a
+    2-D mesh on `v4:2x2x2` (the batch over data x fsdp); the rings' hops are counted once
+    per trip of their while loops."""
+    from contrastive_jax.plan.hlo import collectives
+
+    one_d = plan_mesh(tiny_config(), target_devices(parse_target("v5e:2x2")))
+    two_d = plan_mesh(tiny_config(mesh={"data": 4, "fsdp": 2}),
+                      target_devices(parse_target("v4:2x2x2")))
+    local, dim = 256, 128
+    for mesh in (one_d, two_d):
+        compiled = compile_loss_grad(variant, local * mesh.size, dim, mesh.size, mesh=mesh,
+                                     batch_axes=("data", "fsdp"))
+        # Each chip holds its own rows of both towers' embeddings (f32), nothing more.
+        assert compiled.memory_analysis().argument_size_in_bytes >= 2 * local * dim * 4
+        found = {c["kind"]: c for c in collectives(compiled.as_text(), mesh.size)}
+        if "chunked" not in variant:
+            assert "collective-permute" not in found
+            continue
+        # The forward and the backward ring each pass a local x dim f32 text chunk at
+        # least (chips - 1) times.
+        hops = 2 * (mesh.size - 1)
+        assert found["collective-permute"]["count"] >= hops
+        assert found["collective-permute"]["bytes"] >= hops * local * dim * 4
+
+
+def test_a_far_too_large_batch_is_refused_in_one_line(tmp_path):
+    config = tmp_path / "tiny.py"
+    config.write_text(f"import sys\nsys.path.insert(0, {TESTS!r})\n"
+                      "from helpers import tiny_config\n\n\n"
+                      "def get_config():\n    return tiny_config()\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "contrastive_jax.cli", "plan", "--config", str(config),
+         "--topology", "v5e:2x2", "--batch", str(2**22), "--no-suggest"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: does not fit"), result.stderr
+    assert "TPU v5e" in lines[0] and "GiB" in lines[0]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert row["fits"] is False and row["needed_bytes"] > row["hbm_bytes"]
+
+
+def _cuda_plugin() -> bool:
+    import importlib.util
+
+    return (importlib.util.find_spec("jax_plugins") is not None
+            and importlib.util.find_spec("jax_plugins.xla_cuda12") is not None)
+
+
+@pytest.mark.skipif(_cuda_plugin(), reason="jax's CUDA plugin is installed: GPUs are planned")
+def test_a_gpu_target_is_refused_in_one_line(capsys, monkeypatch):
+    from contrastive_jax.cli import main
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # plan appends to it
+
+    assert main(["plan", "--config", "configs/demo_siglip.py", "--topology", "h100-8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --topology h100-8:"), err
+
+
+def test_multislice_meshes_span_the_slices_with_data():
+    target = parse_target("v5e:2x2", slices=2)
+    mesh = plan_mesh(tiny_config(), target_devices(target))
+    assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "model": 1}
+    slices = [d.slice_index for d in mesh.devices.flat]
+    assert slices == sorted(slices) and set(slices) == {0, 1}  # each slice a run of `data`
+    compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
+    assert compiled.memory_analysis().argument_size_in_bytes >= 2 * 64 * 128 * 4
+
+
+@pytest.mark.skipif(not _cuda_plugin(), reason="jax's CUDA plugin is not installed (see "
+                    "docs/plan.md: jax-cuda12-plugin, jax-cuda12-pjrt and the nvcc wheels)")
+def test_a_ring_loss_compiles_for_eight_h100s_without_a_gpu():
+    """Deviceless GPU compile (needs XLA_FLAGS=--xla_gpu_autotune_level=0, as the CLI sets)."""
+    from contrastive_jax.plan.hlo import collectives
+
+    target = parse_target("h100-8")
+    mesh = plan_mesh(tiny_config(), target_devices(target))
+    assert mesh.devices.flat[0].device_kind == "NVIDIA H100 80GB HBM3"
+    compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
+    permutes = {c["kind"]: c for c in collectives(compiled.as_text(), 8)}["collective-permute"]
+    assert permutes["count"] >= 2 * 7  # known_trip_count of each ring's while loop
+
+
+def test_versions_out_of_lockstep_are_named_in_one_line(monkeypatch):
+    import importlib.metadata
+
+    from contrastive_jax.plan.compile import lockstep_problem
+
+    assert lockstep_problem() is None  # the installed jax, jaxlib and libtpu are the pinned set
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.0.41" if name == "libtpu" else real(name))
+    line = lockstep_problem()
+    assert "\n" not in line and "libtpu 0.0.41" in line and f"jax {jax.__version__}" in line
+
+
+def test_suggestions_go_from_remat_to_fsdp_to_micro_batches():
+    from contrastive_jax.plan.run import _variants
+
+    tried = list(_variants(tiny_config()))
+    assert tried[0] == {"model.remat": "full"}
+    assert tried[1] == {"model.remat": "full", "mesh.data": 1, "mesh.fsdp": -1}
+    assert tried[2] == {"model.remat": "full", "train.microbatches": 2}
+    assert {"model.remat": "full", "train.microbatches": 16, "mesh.data": 1,
+            "mesh.fsdp": -1} in tried
