@@ -187,3 +187,24 @@ def test_suggestions_go_from_remat_to_fsdp_to_micro_batches():
     assert tried[2] == {"model.remat": "full", "train.microbatches": 2}
     assert {"model.remat": "full", "train.microbatches": 16, "mesh.data": 1,
             "mesh.fsdp": -1} in tried
+
+
+def test_max_batch_brackets_the_largest_batch_that_fits(monkeypatch):
+    """`--max-batch` on a chip given 12 MiB of HBM: the batch it returns fits, the one
+    above it was compiled and did not, and they are one batch-shard step apart."""
+    import dataclasses
+
+    from contrastive_jax.plan import run, topology
+
+    small = dataclasses.replace(topology.CHIPS["v5e"], hbm_bytes=12 * 2**20)
+    monkeypatch.setitem(topology.CHIPS, "v5e", small)
+    target = parse_target("v5e:2x2")
+    probes = []
+    found = run.max_batch(tiny_config(train={"batch_size": 32}), target, "tiny",
+                          target_devices(target), log=probes.append)
+    lo, hi = found["max_global_batch"], found["first_not_fitting"]
+    # The compiler's bytes decide (here 32 fits, 64 does not); 4 batch shards: steps of 4.
+    assert 32 <= lo < hi <= 64 and hi - lo <= 4 and lo % 4 == 0
+    assert found["at_max"]["fits"] and found["at_max"]["global_batch"] == lo
+    assert found["at_max"]["needed_bytes"] <= small.hbm_bytes
+    assert f"max-batch: compiling global batch {hi} ..." in probes  # hi was compiled: no fit
