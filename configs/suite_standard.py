@@ -54,9 +54,6 @@ def get_config(gtsrb: str = GTSRB_SHARDS, country211: str = COUNTRY211_SHARDS,
                flickr30k: str = FLICKR30K_TFDS,
                batch_size: int = 256) -> ml_collections.ConfigDict:
     c = default_config()
-    # The suite only: not the demo's Fashion-MNIST-captions zero-shot and held-out pairs.
-    c.evals.zeroshot.enabled = False
-    c.evals.embedding_stats.enabled = False
     tasks = [_zeroshot(name, dict(kind="tfds", name=ds, split=split), batch_size)
              for name, ds, split in _TFDS_ZEROSHOT]
     tasks += [

@@ -129,8 +129,8 @@ def _validate_captioning(config: ConfigDict) -> None:
         "train.microbatches": train.microbatches > 1,
         "train.embedding_cache.enabled": train.embedding_cache.enabled,
         "train.cit.enabled": train.cit.enabled,
-        "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
-        "evals retrieval tasks": any(t["kind"] == "retrieval" for t in tasks_of(config)),
+        "evals retrieval and embedding_stats tasks": any(
+            t["kind"] in ("retrieval", "embedding_stats") for t in tasks_of(config)),
     }
     _refuse(conflicts, "model 'cappa' (a captioner with no text tower; pad 0, sticky EOS, "
             "no GradCache)")
@@ -162,8 +162,8 @@ def _validate_catlip(config: ConfigDict) -> None:
         "train.cit.enabled": train.cit.enabled,
         "train.mixup.enabled": train.mixup.enabled,
         "loss.positives": config.loss.positives != "pairs",
-        "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
-        "evals retrieval tasks": any(t["kind"] == "retrieval" for t in tasks_of(config)),
+        "evals retrieval and embedding_stats tasks": any(
+            t["kind"] in ("retrieval", "embedding_stats") for t in tasks_of(config)),
     }
     _refuse(conflicts, "model 'catlip' (an image tower classifying synsets: no text tower, "
             "no pairs)")

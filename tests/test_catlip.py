@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import synthetic_batches, tiny_catlip_config
+from helpers import FASHION_TEST, fashion_tasks, synthetic_batches, tiny_catlip_config
 from test_train_step import assert_eight_devices_match_one
 
 from contrastive_jax.config import ConfigError, validate
@@ -172,7 +172,8 @@ def test_sharded_catlip_steps_equal_one_device():
 @pytest.mark.parametrize("sections, key", [
     ({"data": {"synsets": {"enabled": False}}}, "data.synsets.enabled"),
     ({"train": {"microbatches": 2}}, "train.microbatches"),
-    ({"evals": {"embedding_stats": {"enabled": True}}}, "evals.embedding_stats.enabled"),
+    ({"evals": {"tasks": [{"kind": "embedding_stats", "name": "x", "data": FASHION_TEST}]}},
+     "evals retrieval and embedding_stats tasks"),
     ({"data": {"synsets": {"min_count": 0}}}, "data.synsets.min_count"),
     ({"model": {"head": {"num_synsets": 0}}}, "model.head.num_synsets"),
 ])
@@ -235,7 +236,7 @@ def test_a_catlip_run_trains_evaluates_and_its_workdir_evaluates_the_same(
         data={"data_dir": fake_data_dir, "shuffle_buffer": 64,
               "synsets": {"enabled": True, "min_count": 1}},
         train={"steps": 4, "checkpoint_every": 4},
-        evals={"zeroshot": {"batch_size": 64}})
+        evals={"tasks": fashion_tasks(batch_size=64, stats=0)})
     workdir = str(tmp_path / "run")  # not there yet: the vocabulary's save makes it
     config.model.head.num_synsets = ensure_tokenizer(config.data, workdir).vocab_size
     final = loop.train(config, workdir)

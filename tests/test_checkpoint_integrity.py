@@ -57,8 +57,7 @@ def _config(data_dir, **train):
         # file, outside the checksummed b-tree nodes that inline small values.
         model={"text": {"vocab_size": 512}},
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 4, "checkpoint_every": 2, "log_every": 2, **train},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        train={"steps": 4, "checkpoint_every": 2, "log_every": 2, **train})
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import FASHION_TEST, tiny_config
 
 from contrastive_jax.cli import main
 from contrastive_jax.data.text_encoder import ensure_tokenizer
@@ -53,7 +53,8 @@ def run(fake_data_dir, tmp_path_factory):
                           "dedup": {"enabled": True, "keep_lists": (keep,)}}},
         train={"steps": 4, "checkpoint_every": 4,
                "cit": {"enabled": True, "oversample": 2, "refresh_every": 2}},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"num_examples": 16}},
+        evals={"tasks": [{"kind": "embedding_stats", "name": "fashion_mnist",
+                          "data": FASHION_TEST, "num_examples": 16}]},
     )
     result = loop.train(config, workdir)
     return config, workdir, result
@@ -61,7 +62,7 @@ def run(fake_data_dir, tmp_path_factory):
 
 def test_training_loop_logs_filter_counters_and_cit_metrics(run):
     config, workdir, result = run
-    assert result["step"] == 4 and "embeddings/alignment" in result
+    assert result["step"] == 4 and "embedding_stats/fashion_mnist/alignment" in result
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     train = [r for r in records if "train/loss" in r]

@@ -266,8 +266,7 @@ def test_train_loop_writes_data_counters(bad_corpus, tmp_path):
         data={"sources": ({"kind": "tfrecord", "pattern": files},), "channels": 1,
               "image_size": 28, "cycle_length": 1, "shuffle_buffer": 1,
               "tokenizer": {"vocab_size": 40}},
-        train={"steps": 2, "batch_size": 8}, optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        train={"steps": 2, "batch_size": 8}, optimizer={"warmup_steps": 1})
     validate(config)
     loop.train(config, str(tmp_path))
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]

@@ -17,8 +17,6 @@ from contrastive_jax.config import default_config
 
 def get_config():
     c = default_config()
-    c.evals.zeroshot.enabled = False
-    c.evals.embedding_stats.enabled = False
     c.evals.tasks = [
         dict(kind="zeroshot", name="fmnist", batch_size=16,
              data=dict(kind="tfds", name="fashion_mnist_captions", split="test")),

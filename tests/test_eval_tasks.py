@@ -43,7 +43,6 @@ def _task(**kw) -> dict:
 
 def _tasks(*specs) -> list:
     config = default_config()
-    config.evals.zeroshot.enabled = False
     config.evals.tasks = list(specs)
     return task_schema.tasks_of(config)
 
@@ -76,19 +75,18 @@ def test_schema_fills_defaults_and_names_the_bad_key():
         validate(config)
 
 
-def test_legacy_groups_are_tasks_and_every_picks_the_steps():
-    config = default_config()
-    config.evals.fewshot.enabled = True
-    config.evals.retrieval.enabled = True
-    legacy = task_schema.tasks_of(config)
-    assert [(t["kind"], t["name"]) for t in legacy] == [
-        ("zeroshot", "fashion_mnist"), ("retrieval", "fashion_mnist"),
-        ("fewshot", "fashion_mnist")]
-    assert legacy[0]["data"]["name"] == "fashion_mnist_captions"
-    assert legacy[1]["captions_key"] == ""  # held-out pairs, as before tasks
-    assert legacy[2]["train_data"]["split"] == "train"
-    assert task_schema.headline_key(legacy[2]) == "fewshot/fashion_mnist/10shot"
-    short = {**legacy[2], "shots": [1, 5]}
+def test_the_default_evaluates_nothing_and_every_picks_the_steps():
+    assert task_schema.tasks_of(default_config()) == []
+    data = {"kind": "tfds", "name": "fashion_mnist_captions"}
+    (fewshot,) = _tasks({"kind": "fewshot", "name": "fashion_mnist", "data": data})
+    assert fewshot["data"]["split"] == "test" and fewshot["train_data"]["split"] == "train"
+    assert task_schema.headline_key(fewshot) == "fewshot/fashion_mnist/10shot"
+    (stats,) = _tasks({"kind": "embedding_stats", "name": "s", "data": data})
+    assert stats["num_examples"] == 1000 and task_schema.headline_key(stats) is None
+    with pytest.raises(ConfigError, match=r"'evals.tasks\[0\].data.kind': embedding_stats "
+                                          "reads TFDS captions"):
+        _tasks({"kind": "embedding_stats", "name": "s", "data": _task()["data"]})
+    short = {**fewshot, "shots": [1, 5]}
     assert task_schema.headline_key(short) == "fewshot/fashion_mnist/5shot"
     often, default = _tasks(_task(name="a", every=5), _task(name="b"))
     assert [task_schema.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
@@ -179,8 +177,6 @@ def test_eval_model_runs_a_suite_and_embed_reproduces_its_top1(trained_workdir, 
               "data": {"kind": "folder", "path": image_folder}}]
     out = str(tmp_path / "report")
     assert cli.main(["eval", "--model", trained_workdir, "--out", out,
-                     "--config.evals.zeroshot.enabled=False",
-                     "--config.evals.embedding_stats.enabled=False",
                      f"--config.evals.tasks={tasks!r}"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     demo, folder = result["zeroshot/demo/top1"], result["zeroshot/folder/top1"]
@@ -216,8 +212,7 @@ def test_eval_suite_errors_are_one_line(trained_workdir, tmp_path, capsys):
 
     (tmp_path / "numbers" / "7").mkdir(parents=True)
     (tmp_path / "numbers" / "7" / "a.png").write_bytes(_png(np.random.default_rng(2), 5))
-    base = ["eval", "--model", trained_workdir, "--out", str(tmp_path / "r"),
-            "--config.evals.zeroshot.enabled=False"]
+    base = ["eval", "--model", trained_workdir, "--out", str(tmp_path / "r")]
     for tasks, match in [
         ([_task(data={"kind": "folder", "path": str(tmp_path / "numbers")})],
          "zeroshot task 't': its label names are not words"),

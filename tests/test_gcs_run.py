@@ -36,7 +36,6 @@ def run_config(sources: dict[str, str]):
                           {"kind": "wds", "pattern": sources["wds"]}),
               "channels": 1, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 16},
         train={"steps": 6, "checkpoint_every": 3},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
     )
 
 

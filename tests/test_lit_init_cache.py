@@ -21,7 +21,6 @@ def _config(data_dir, **train):
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": 3, "checkpoint_every": 3, **train},
         optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
     )
 
 

@@ -22,7 +22,6 @@ def demo_config(data_dir, **train):
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": 8, "checkpoint_every": 3, **train},
         # No evals: only the steps, checkpoints and stream matter here.
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
     )
 
 

@@ -21,8 +21,7 @@ def quick_config(data_dir, steps, batch_size, **train):
     return tiny_config(
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": steps, "batch_size": batch_size, "checkpoint_every": 1000, **train},
-        optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        optimizer={"warmup_steps": 1})
 
 
 def note_reads(monkeypatch) -> list[bytes]:

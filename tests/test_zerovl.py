@@ -178,8 +178,7 @@ def test_a_run_with_both_resumes_exactly(corpus, tmp_path, monkeypatch):
               "shuffle_buffer": 4, "tokenizer": {"vocab_size": 40}},
         train={"steps": 6, "batch_size": 8, "checkpoint_every": 2,
                "mixup": {"enabled": True}},
-        optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        optimizer={"warmup_steps": 1})
     validate(config)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     loop.train(config, full)

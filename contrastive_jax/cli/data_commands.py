@@ -117,7 +117,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = data.add_parser("score", help="write uid -> image-caption cosine under a checkpoint",
                         epilog="Score other data with --config.data.KEY=VALUE overrides.")
-    p.add_argument("--workdir", "--checkpoint", dest="workdir", required=True,
+    p.add_argument("--workdir", required=True,
                    help="training workdir (model, tokenizer and default data)")
     p.add_argument("--out", required=True, help="score file (.npz: uids, scores)")
     p.add_argument("--split", default=None, help="default: the config's data.train_split")
@@ -129,7 +129,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         epilog="Select other data with --config.data.KEY=VALUE overrides.")
     p.add_argument("--mode", required=True, choices=("exact", "semantic"))
     p.add_argument("--out", required=True, help="keep-list: one uid per line")
-    p.add_argument("--workdir", "--checkpoint", dest="workdir", default=None,
+    p.add_argument("--workdir", default=None,
                    help="training workdir (semantic: its image embeddings)")
     p.add_argument("--config", default=None, help="exact only: configs/NAME.py for the data")
     p.add_argument("--split", default=None, help="default: the config's data.train_split")

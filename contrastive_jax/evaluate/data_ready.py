@@ -42,12 +42,7 @@ def missing_data(config: ml_collections.ConfigDict) -> dict[str, str]:
 
 
 def without_tasks(config: ml_collections.ConfigDict, keys: set[str]) -> None:
-    """Drops the tasks `keys` ("<kind>/<name>") from `config.evals`, in place: from
-    `evals.tasks`, and the legacy groups (`evals.zeroshot`, ...) they stand for."""
+    """Drops the tasks `keys` ("<kind>/<name>") from `config.evals.tasks`, in place."""
     evals = config.evals
     with evals.unlocked():
         evals.tasks = [t for t in evals.tasks if f"{t['kind']}/{t['name']}" not in keys]
-    for kind in ("zeroshot", "retrieval", "fewshot"):
-        group = evals.get(kind)
-        if group is not None and group.get("enabled") and f"{kind}/{group.name}" in keys:
-            group.enabled = False

@@ -22,7 +22,7 @@ PROMPT_SETS: Registry[tuple[str, ...] | Callable[[], tuple[str, ...]]] = Registr
     "clip_best_7": CLIP_BEST_7,
     # Each shipped benchmark list's templates, under its name (prompts="cifar10").
     **{name: functools.partial(benchmark_templates, name) for name in CLASS_LISTS},
-}, config_key="evals.zeroshot.prompts")
+}, config_key="evals.tasks[].prompts")
 
 
 def get_prompts(name: str) -> tuple[str, ...]:
