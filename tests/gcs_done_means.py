@@ -48,7 +48,7 @@ TINY = ["model.image.depth=1", "model.image.width=32", "model.image.mlp_dim=64",
 
 def train_command(steps: int, workdir: str, sources: dict[str, str], cache: str) -> list[str]:
     specs = [{"kind": "tfrecord", "pattern": sources["tfrecord"]},
-             {"kind": "wds", "pattern": sources["wds"]}]
+             {"kind": "webdataset", "pattern": sources["wds"]}]
     overrides = [*TINY, f"train.checkpoint_every={steps // 4}", f"data.sources={specs!r}",
                  f"train.compilation_cache_dir={cache}"]
     return [*CLI, "train", "--config", f"{DEMO}:steps={steps}",

@@ -50,7 +50,7 @@ def test_run_evals_builds_every_task_of_the_table_the_same_way(monkeypatch):
         {"kind": "fewshot", "name": "fashion_mnist",
          "data": {"kind": "tfds", "name": "fashion_mnist_captions"}},
         {"kind": "zeroshot", "name": "folder", "every": 7,
-         "data": {"kind": "folder", "path": "/x"}},
+         "data": {"kind": "image_folder", "path": "/x"}},
         {"kind": "embedding_stats", "name": "stats",
          "data": {"kind": "tfds", "name": "fashion_mnist_captions"}}]
     config.train.eval_every = 5

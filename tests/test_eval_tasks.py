@@ -38,7 +38,7 @@ def image_folder(tmp_path_factory) -> str:
 
 
 def _task(**kw) -> dict:
-    return {"kind": "zeroshot", "name": "t", "data": {"kind": "folder", "path": "/x"}, **kw}
+    return {"kind": "zeroshot", "name": "t", "data": {"kind": "image_folder", "path": "/x"}, **kw}
 
 
 def _tasks(*specs) -> list:
@@ -53,11 +53,11 @@ def test_schema_fills_defaults_and_names_the_bad_key():
     assert task["template_average"] == "likelihood"
     for spec, match in [
         (_task(shots=[1]), r"'evals.tasks\[0\].shots': unknown for a zeroshot task"),
-        (_task(data={"kind": "folder"}), r"'evals.tasks\[0\].data.path' is required"),
+        (_task(data={"kind": "image_folder"}), r"'evals.tasks\[0\].data.path' is required"),
         (_task(data={"kind": "s3", "path": "x"}), r"'evals.tasks\[0\].data.kind': unknown data"),
         (_task(kind="linear"), r"'evals.tasks\[0\].kind': unknown task kind 'linear'"),
         (_task(name="a/b"), r"'evals.tasks\[0\].name' must be a non-empty name"),
-        (_task(data={"kind": "csv", "path": "x", "label": "y"}), r"data.label': unknown"),
+        (_task(data={"kind": "table", "path": "x", "label": "y"}), r"data.label': unknown"),
         ({**_task(kind="retrieval"), "classes": ""}, r"unknown for a retrieval task"),
         (_task(every=-1), r"'evals.tasks\[0\].every' must be an integer >= 0"),
         (_task(template_average="max"),
@@ -107,7 +107,7 @@ def _labelled(spec, tiny=True):
 
 
 def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, tmp_path):
-    folder = _labelled({"kind": "folder", "path": image_folder})
+    folder = _labelled({"kind": "image_folder", "path": image_folder})
     assert folder.names == list(CLASSES) and len(folder) == 13
     batches = list(folder.batches(5))
     assert [int(b["mask"].sum()) for b in batches] == [5, 5, 2]  # the broken one: dropped
@@ -130,8 +130,8 @@ def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, 
                 info = tarfile.TarInfo(f"s{n:03d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    jsonl = _labelled({"kind": "jsonl", "path": str(tmp_path / "t.jsonl")})
-    csv = _labelled({"kind": "csv", "path": str(tmp_path / "t.csv"), "image_column": "file",
+    jsonl = _labelled({"kind": "table", "path": str(tmp_path / "t.jsonl")})
+    csv = _labelled({"kind": "table", "path": str(tmp_path / "t.csv"), "image_column": "file",
                      "label_column": "y"})
     wds = _labelled({"kind": "webdataset", "pattern": str(tmp_path / "shard-*.tar")})
     assert jsonl.names == list(CLASSES) and csv.names is None and wds.names is None
@@ -145,7 +145,7 @@ def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, 
 def test_class_names_refuse_names_that_are_not_words(image_folder, tmp_path):
     from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
 
-    folder = _labelled({"kind": "folder", "path": image_folder})
+    folder = _labelled({"kind": "image_folder", "path": image_folder})
     (task,) = _tasks(_task())
     assert task_class_names(task, folder, "w") == list(CLASSES)
     assert task_prompts(task) == task_prompts({"prompts": "clip_80"})
@@ -158,13 +158,13 @@ def test_class_names_refuse_names_that_are_not_words(image_folder, tmp_path):
     for name in ("n01440764", "17"):
         (tmp_path / name).mkdir(exist_ok=True)
         (tmp_path / name / "a.png").write_bytes(_png(np.random.default_rng(1), 9))
-    wordnet = _labelled({"kind": "folder", "path": str(tmp_path)})
+    wordnet = _labelled({"kind": "image_folder", "path": str(tmp_path)})
     (task,) = _tasks(_task(name="imagenet"))
     with pytest.raises(DataError, match="task: its label names are not words .*'17'"):
         task_class_names(task, wordnet, "task")
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(DataError, match="task 'x': class folder .*empty_class has no images"):
-        _labelled({"kind": "folder", "path": str(tmp_path)})
+        _labelled({"kind": "image_folder", "path": str(tmp_path)})
 
 
 def test_eval_model_runs_a_suite_and_embed_reproduces_its_top1(trained_workdir, image_folder,
@@ -174,7 +174,7 @@ def test_eval_model_runs_a_suite_and_embed_reproduces_its_top1(trained_workdir, 
     tasks = [{"kind": "zeroshot", "name": "demo", "batch_size": 16, "prompts": "class_name",
               "data": {"kind": "tfds", "name": "fashion_mnist_captions", "split": "test"}},
              {"kind": "zeroshot", "name": "folder", "batch_size": 8, "prompts": "class_name",
-              "data": {"kind": "folder", "path": image_folder}}]
+              "data": {"kind": "image_folder", "path": image_folder}}]
     out = str(tmp_path / "report")
     assert cli.main(["eval", "--model", trained_workdir, "--out", out,
                      f"--config.evals.tasks={tasks!r}"]) == 0
@@ -214,11 +214,11 @@ def test_eval_suite_errors_are_one_line(trained_workdir, tmp_path, capsys):
     (tmp_path / "numbers" / "7" / "a.png").write_bytes(_png(np.random.default_rng(2), 5))
     base = ["eval", "--model", trained_workdir, "--out", str(tmp_path / "r")]
     for tasks, match in [
-        ([_task(data={"kind": "folder", "path": str(tmp_path / "numbers")})],
+        ([_task(data={"kind": "image_folder", "path": str(tmp_path / "numbers")})],
          "zeroshot task 't': its label names are not words"),
         ([_task(prompt="x")], "evals.tasks[0].prompt': unknown"),
         # Found before the model loads, with every other task whose data is missing.
-        ([_task(data={"kind": "folder", "path": str(tmp_path / "none")})],
+        ([_task(data={"kind": "image_folder", "path": str(tmp_path / "none")})],
          f"1 eval task(s) have no data: zeroshot/t: image folder {tmp_path / 'none'} "
          "not found"),
     ]:

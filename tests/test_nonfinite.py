@@ -141,7 +141,8 @@ def test_stop_is_one_line_naming_the_step_and_saves_nothing_after_it(
                  "model.image.width=32", "model.image.mlp_dim=64", "model.image.num_heads=2",
                  "model.text.depth=1", "model.text.width=32", "model.text.mlp_dim=64",
                  "model.text.vocab_size=64", "data.tokenizer.vocab_size=64",
-                 "model.embed_dim=16", "data.shuffle_buffer=64", "evals.tasks=[]", "optimizer.warmup_steps=1",
+                 "model.embed_dim=16", "data.shuffle_buffer=64", "evals.tasks=[]",
+                 "optimizer.warmup_steps=1",
                  "train.nonfinite=stop"]
     code = cli.main(["train", "--config", "configs/demo_siglip.py:steps=6", "--workdir",
                      workdir, *[f"--config.{item}" for item in overrides]])

@@ -105,7 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("build", help="convert a CSV/JSONL image table or webdataset tars to "
                         "TFRecord shards (resumable)")
     p.add_argument("--input", required=True,
-                   help="a .csv/.tsv/.jsonl table (columns path, caption[, uid, label, score]) "
+                   help="a .csv/.tsv/.jsonl table (columns image, caption[, uid, label, score]) "
                         "or webdataset .tar file(s): a glob or a directory")
     p.add_argument("--out", required=True, help="output directory (a rerun resumes there)")
     p.add_argument("--prefix", default="data", help="shard names: PREFIX-00000-of-0000N")

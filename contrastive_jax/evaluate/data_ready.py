@@ -24,7 +24,7 @@ def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:
         pattern = spec["pattern"]
         return None if paths.glob(pattern) else f"no webdataset shards match {pattern!r}"
     path = spec["path"]
-    what = "image folder" if kind == "folder" else f"{kind} table"
+    what = "image folder" if kind == "image_folder" else "table"
     return None if paths.exists(path) else f"{what} {path} not found"
 
 

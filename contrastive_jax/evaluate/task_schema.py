@@ -41,9 +41,10 @@ TEMPLATE_AVERAGES = ("likelihood", "log_likelihood")
 DATA_KEYS: dict[str, dict[str, Any]] = {
     "tfds": {"name": REQUIRED, "split": "test", "data_dir": "", "image_key": "image",
              "label_key": "label"},
-    "folder": {"path": REQUIRED},  # one subfolder per class
-    "csv": {"path": REQUIRED, "image_column": "image", "label_column": "label", "root": ""},
-    "jsonl": {"path": REQUIRED, "image_column": "image", "label_column": "label", "root": ""},
+    "image_folder": {"path": REQUIRED},  # one subfolder per class, named by the class
+    # CSV/TSV/JSONL by the file's extension; image paths relative to `root` (default: the
+    # table's folder). The same kind and columns as a training source's `table`.
+    "table": {"path": REQUIRED, "image_column": "image", "label_column": "label", "root": ""},
     # label "cls": the sample's `.cls` member; any other name: that key of its `.json`.
     "webdataset": {"pattern": REQUIRED, "label": "cls"},
 }
