@@ -104,7 +104,7 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
     from contrastive_jax.train.state import ModelDef, create_train_state
 
     config = tiny_config(data={"data_dir": fake_data_dir},
-                         evals={"tasks": fashion_tasks(retrieval=40)[1:]})
+                         evals={"tasks": fashion_tasks(stats=0, retrieval=40)[1:]})
     tokenizer = Tokenizer(train_tokenizer(training_captions(config.data), str(tmp_path / "t"),
                                           vocab_size=64))
     mesh = create_mesh(config.mesh)

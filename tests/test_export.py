@@ -161,7 +161,7 @@ def test_export_refuses_existing_dir_and_bad_files(trained_workdir, tmp_path, ca
     assert cli.main(["eval", "--model", out]) == 2
     assert "missing weights file" in capsys.readouterr().err
     assert cli.main(["eval", "--model", str(tmp_path)]) == 2
-    assert "is not an export directory" in capsys.readouterr().err
+    assert "is neither a training workdir, an export directory" in capsys.readouterr().err
 
 
 def test_export_of_another_architecture_is_refused(trained_workdir, tmp_path):
