@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contrastive_jax.config import default_config
+from contrastive_jax.config import default_config, eval_tasks
 from contrastive_jax.errors import ConfigError, DataError
-from contrastive_jax.evaluate import task_schema
 
 CLASSES = ("bag", "sandal", "shirt")
 
@@ -45,7 +44,7 @@ def _tasks(*specs) -> list:
     config = default_config()
     config.evals.zeroshot.enabled = False
     config.evals.tasks = list(specs)
-    return task_schema.tasks_of(config)
+    return eval_tasks.tasks_of(config)
 
 
 def test_schema_fills_defaults_and_names_the_bad_key():
@@ -80,21 +79,21 @@ def test_legacy_groups_are_tasks_and_every_picks_the_steps():
     config = default_config()
     config.evals.fewshot.enabled = True
     config.evals.retrieval.enabled = True
-    legacy = task_schema.tasks_of(config)
+    legacy = eval_tasks.tasks_of(config)
     assert [(t["kind"], t["name"]) for t in legacy] == [
         ("zeroshot", "fashion_mnist"), ("retrieval", "fashion_mnist"),
         ("fewshot", "fashion_mnist")]
     assert legacy[0]["data"]["name"] == "fashion_mnist_captions"
     assert legacy[1]["captions_key"] == ""  # held-out pairs, as before tasks
     assert legacy[2]["train_data"]["split"] == "train"
-    assert task_schema.headline_key(legacy[2]) == "fewshot/fashion_mnist/10shot"
+    assert eval_tasks.headline_key(legacy[2]) == "fewshot/fashion_mnist/10shot"
     short = {**legacy[2], "shots": [1, 5]}
-    assert task_schema.headline_key(short) == "fewshot/fashion_mnist/5shot"
+    assert eval_tasks.headline_key(short) == "fewshot/fashion_mnist/5shot"
     often, default = _tasks(_task(name="a", every=5), _task(name="b"))
-    assert [task_schema.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
-    assert [task_schema.due(default, s, 20) for s in (5, 10, 20, None)] == [False, False,
+    assert [eval_tasks.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
+    assert [eval_tasks.due(default, s, 20) for s in (5, 10, 20, None)] == [False, False,
                                                                             True, True]
-    assert task_schema.any_due([often, default], 15, 0) and not task_schema.any_due(
+    assert eval_tasks.any_due([often, default], 15, 0) and not eval_tasks.any_due(
         [default], 15, 0)
 
 
@@ -104,7 +103,7 @@ def _labelled(spec, tiny=True):
     from contrastive_jax.data.labelled import data_config_for, open_labelled
 
     config = tiny_config()
-    parsed = task_schema.parse_data(spec, "test")
+    parsed = eval_tasks.parse_data(spec, "test")
     return open_labelled(parsed, data_config_for(config, parsed), "task 'x'")
 
 

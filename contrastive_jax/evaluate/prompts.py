@@ -1,7 +1,7 @@
 """Named prompt sets for zero-shot classification. Each template has one `{}`.
 
 A set is a tuple of templates, or (the standard benchmarks' templates, shipped as data in
-`benchmarks/<name>.json`) a loader that reads them on first use, so importing stays cheap.
+`class_lists/<name>.json`) a loader that reads them on first use, so importing stays cheap.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 
 from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES, fill_template
-from contrastive_jax.evaluate.benchmark_lists import CLASS_LISTS, benchmark_templates
+from contrastive_jax.evaluate.class_list_files import CLASS_LISTS, benchmark_templates
 from contrastive_jax.evaluate.clip_templates import CLIP_80, CLIP_BEST_7
 from contrastive_jax.registry import Registry
 

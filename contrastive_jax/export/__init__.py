@@ -12,14 +12,14 @@ from functools import partial
 import jax
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints.store import restore_params
+from contrastive_jax.config.workdir import load_workdir_config
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import export_hf
 from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
 from contrastive_jax.export.open_clip_format import export_open_clip
 from contrastive_jax.models.siglip2 import towers_only
 from contrastive_jax.registry import Registry
-from contrastive_jax.train.checkpoint import restore_params
-from contrastive_jax.workdir_config import load_workdir_config
 
 FORMATS = Registry("export format", {
     "npz": partial(export_weights, "npz"),

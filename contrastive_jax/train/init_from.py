@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints.store import restore_params
 from contrastive_jax.config import INIT_FROM_TOWERS
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.parallel.sharding import path_name
-from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.train.lock import TOWER_PATTERNS, param_names
 
 TOWERS = INIT_FROM_TOWERS

@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.evaluate import benchmark_lists as bl
+from contrastive_jax.evaluate import class_list_files as bl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {
@@ -94,7 +94,7 @@ def test_templates_have_one_placeholder_and_match_their_sources():
 
 
 def test_each_file_names_its_source_and_the_folder_holds_data_only():
-    folder = resources.files("contrastive_jax.evaluate").joinpath("benchmarks")
+    folder = resources.files("contrastive_jax.evaluate").joinpath("class_lists")
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert files == sorted(f"{n}.json" for n in LENGTHS)  # no __init__.py: a data folder
     for name in LENGTHS:
@@ -112,7 +112,7 @@ def test_json_files_are_package_data():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         pyproject = tomllib.load(f)
     data = pyproject["tool"]["setuptools"]["package-data"]
-    assert "benchmarks/*.json" in data["contrastive_jax.evaluate"]
+    assert "class_lists/*.json" in data["contrastive_jax.evaluate"]
 
 
 def test_unknown_list_is_a_config_error_naming_the_key():
@@ -147,7 +147,7 @@ def test_standard_suite_lists_every_benchmark_with_unique_names():
     assert [t["name"] for t in tasks if t["kind"] == "retrieval"] == ["coco", "flickr30k"]
     assert not config.evals.zeroshot.enabled  # only the suite's tasks run
     try:
-        from contrastive_jax.evaluate.task_schema import tasks_of
+        from contrastive_jax.config.eval_tasks import tasks_of
     except ImportError:  # the task schema not there yet
         return
     parsed = tasks_of(config)

@@ -1,6 +1,6 @@
 """Standard benchmark class lists and prompt templates, shipped as data.
 
-Each `benchmarks/<name>.json` holds `{"source", "classes", "templates"}`: the class names and
+Each `class_lists/<name>.json` holds `{"source", "classes", "templates"}`: the class names and
 templates CLIP / open_clip / clip_benchmark use for that dataset, copied from the source
 its `source` names, classes in the label order of the matching TFDS dataset. Templates have
 one `{}` (filled by `prompts.fill`). Files are read on first use and cached; importing this
@@ -18,7 +18,7 @@ from contrastive_jax.errors import ConfigError
 from contrastive_jax.registry import Registry
 
 _PACKAGE = "contrastive_jax.evaluate"
-_FOLDER = "benchmarks"
+_FOLDER = "class_lists"
 
 
 @functools.cache
