@@ -34,8 +34,9 @@ def _child(mode: str, config_spec: str, directory: str) -> dict:
 
     from contrastive_jax.checkpoints.store import Checkpointer
     from contrastive_jax.config import load_config
-    from contrastive_jax.models.state import create_train_state, weights_state_shapes
+    from contrastive_jax.models.state import weights_state_shapes
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
 
     config = load_config(config_spec)

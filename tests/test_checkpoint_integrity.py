@@ -19,9 +19,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from contrastive_jax.checkpoints import fingerprint
 from contrastive_jax.checkpoints.store import Checkpointer, CheckpointMismatchError
 from contrastive_jax.errors import CheckpointError
-from contrastive_jax.models.state import create_train_state, weights_state_shapes
+from contrastive_jax.models.state import weights_state_shapes
 from contrastive_jax.parallel.mesh import create_mesh
 from contrastive_jax.train import loop
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
 
 

@@ -95,8 +95,9 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
     from contrastive_jax.data.tokenizer_setup import training_captions
     from contrastive_jax.evaluate import runner
-    from contrastive_jax.models.state import ModelDef, create_train_state
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
 
     config = tiny_config(data={"data_dir": fake_data_dir},

@@ -165,8 +165,9 @@ def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path)
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
     from contrastive_jax.evaluate import runner
     from contrastive_jax.evaluate.embed import encode_images, encode_texts
-    from contrastive_jax.models.state import ModelDef, create_train_state
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
 
     rng = np.random.default_rng(0)

@@ -19,8 +19,9 @@ from contrastive_jax.config.workdir import load_workdir_config
 from contrastive_jax.evaluate.model_eval import evaluate_model
 from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
 from contrastive_jax.export.flat import flatten
-from contrastive_jax.models.state import create_train_state, weights_state_shapes
+from contrastive_jax.models.state import weights_state_shapes
 from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
 
 

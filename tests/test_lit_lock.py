@@ -11,9 +11,10 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax.bench.flops import compiled_flops
-from contrastive_jax.models.state import ModelDef, create_train_state
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import path_name
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import (
     check_lock,
     check_patterns,

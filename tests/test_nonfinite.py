@@ -17,9 +17,10 @@ from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import load_config, validate
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import loss_from_config
-from contrastive_jax.models.state import ModelDef, create_train_state
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train import loop
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.metrics import MetricsWriter
 from contrastive_jax.train.nonfinite import NonFiniteError, NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer

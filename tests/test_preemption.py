@@ -19,8 +19,8 @@ from xla_flags import CHEAP_COMPILE
 
 from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import load_config
-from contrastive_jax.models.state import create_train_state
 from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
 
 STEPS = 200

@@ -10,7 +10,6 @@ from test_train_step import run_steps
 from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import load_config
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.models.state import create_train_state
 from contrastive_jax.parallel.mesh import create_mesh
 from contrastive_jax.parallel.sharding import (
     DEFAULT_RULES,
@@ -19,6 +18,7 @@ from contrastive_jax.parallel.sharding import (
     param_spec,
     parse_rules,
 )
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
 
 SIZES = {"data": 1, "fsdp": 1, "model": 1}

@@ -18,8 +18,9 @@ from contrastive_jax.losses.self_distill import (
     patch_mask,
 )
 from contrastive_jax.models.siglip2 import towers_only, update_teacher
-from contrastive_jax.models.state import ModelDef, create_train_state
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.step import train_step_from_config
 

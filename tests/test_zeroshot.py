@@ -12,8 +12,9 @@ from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.evaluate import embedding_stats
 from contrastive_jax.evaluate.embed import encode_images
 from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
-from contrastive_jax.models.state import ModelDef, create_train_state
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
 
 

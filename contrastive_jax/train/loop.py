@@ -28,13 +28,14 @@ from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.runner import run_evals
-from contrastive_jax.models.state import ModelDef, TrainState, create_train_state
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.cit import CitSelector
 from contrastive_jax.train.embedding_cache import check_image_tower_locked
 from contrastive_jax.train.init_from import init_params
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import check_lock, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.nonfinite import NonfiniteGuard
