@@ -1,7 +1,8 @@
 """Checks of a loaded config: relations between keys that their types alone do not catch.
 
-Each failure is a ConfigError naming the key. Pure Python: nothing here imports jax or
-TensorFlow, so a bad config fails in a second.
+Each failure is a ConfigError naming the key. Importing this module is cheap: `validate`
+imports what it asks when it runs, which brings in jax (the loss registry, the sharding
+rules) and, for a config with `data.sources`, TensorFlow (the source parser).
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ from typing import Any
 
 import ml_collections
 
-# Callers import ConfigError, validate and INIT_FROM_TOWERS from here too.
-from contrastive_jax.config.checks import INIT_FROM_TOWERS, validate  # noqa: F401
+from contrastive_jax.config.checks import validate
 from contrastive_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict

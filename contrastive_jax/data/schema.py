@@ -61,7 +61,7 @@ def default_data_config() -> ml_collections.ConfigDict:
                 "word_deletion": 0.0,  # EDA: probability of dropping each word
                 "word_swaps": 0,  # EDA: random word swaps per caption
             },
-            "filters": default_filters_config(),  # see contrastive_jax/filters
+            "filters": default_filters_config(),  # see data/filters/
             "render": default_render_config(),  # CLIPPO: captions rendered as images
             # CatLIP: captions become the ids of their nouns' WordNet synsets
             # (data/synsets.py). path None -> built from the training captions into the

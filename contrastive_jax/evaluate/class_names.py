@@ -1,4 +1,4 @@
-"""The class names and prompt templates a task scores: a shipped benchmark list, an inline
+"""The class names and prompt templates a task scores: a shipped class list, an inline
 list, or the data's own names, checked to be words a text tower can read."""
 
 from __future__ import annotations

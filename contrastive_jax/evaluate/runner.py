@@ -1,7 +1,7 @@
 """Runs a config's evaluation tasks and returns their metrics under the contract's keys.
 
 Every task of `evals.tasks` (and the legacy `evals.zeroshot/retrieval/fewshot` groups, read
-as tasks by `task_schema.tasks_of`) is built the same way (big_vision's
+as tasks by `config.eval_tasks.tasks_of`) is built the same way (big_vision's
 evaluators/common.py): `TASK_KINDS[kind](task, config, model_def, state, tokenizer, mesh,
 details)` returns scalar metrics `<kind>/<name>/<metric>`. `suite/mean` is the mean of the
 tasks' headline metrics. `details` (when given) collects what the report needs.

@@ -1,8 +1,12 @@
-"""Export checkpoints as npz / safetensors / transformers / open_clip directories.
+"""Model formats, both ways. Out: npz / safetensors / transformers / open_clip directories
+(`FORMATS`). In: big_vision, transformers and open_clip checkpoints (`big_vision`,
+`hf_import`), and `model_spec`, which turns any model SPEC into a loaded model. The name says
+export; the package holds the imports too.
 
-The weights are restored once, by train/checkpoint.restore_params; each format only
+The weights are restored once, by checkpoints/store.py's restore_params; each format only
 converts them. FORMATS: name -> exporter(config, params, step, tokenizer_file, out, *,
-overwrite) -> the written directory.
+overwrite) -> the written directory. It imports `checkpoints`, `config`, `models`, `data`
+(text conventions, tokenizers) and below, never `train` or `evaluate` (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Sources, by what `path` is:
 - a training workdir (has `config.json`) or its `checkpoints/` folder: the latest orbax
-  checkpoint, restored with that run's own config (train/checkpoint.restore_params);
+  checkpoint, restored with that run's own config (checkpoints/store.py: restore_params);
 - an export directory (has `export_config.json`): its npz / safetensors weights;
 - a `.npz` file: a big_vision two_towers checkpoint (names like `params/img/Transformer/...`,
   converted by export/big_vision.py) or this project's exported flat names;

@@ -1,7 +1,9 @@
-"""Curated-data filters: per-example predicates, pre-computed keep-lists and scores, CiT.
+"""Per-example filters of the training stream: predicates on single examples, and pre-computed
+keep-lists and score tables (written by `curation/`, read here).
 
 `apply_filters(ds, cfg, counters=...)` composes the filters enabled in `data.filters` on a
 tf.data.Dataset of single decoded examples; `FilterCounters` exposes kept/dropped counts.
+CiT, which selects batches with the model in training, is train/cit.py.
 """
 
 from contrastive_jax.data.filters.apply import apply_filters, filters_active
