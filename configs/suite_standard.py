@@ -6,7 +6,7 @@ Flickr30k image-text retrieval by the COCO protocol (Karpathy test splits, every
         --config configs/suite_standard.py:gtsrb=/data/wds_gtsrb/test/*.tar,batch_size=128
 
 Each zero-shot task scores the class names and templates shipped in
-contrastive_jax/evaluate/benchmarks/<name>.json (the source of each list is named there).
+contrastive_jax/evaluate/class_lists/<name>.json (the source of each list is named there).
 Data are TFDS datasets (built in `data.data_dir`, or TFDS's default directory;
 imagenet2012 needs its manual download). TFDS's catalogue lacks three of them:
 - GTSRB and Country211 read webdataset shards with an integer `.cls` per sample, in the

@@ -7,7 +7,7 @@ from helpers import fashion_tasks, synthetic_batches
 
 from contrastive_jax.export.big_vision import load_big_vision
 from contrastive_jax.models import complete_config
-from contrastive_jax.train.state import ModelDef
+from contrastive_jax.models.state import ModelDef
 
 MODEL = {
     "embed_dim": 24, "bias_init": -5.0, "temperature_init": 7.0,
@@ -112,8 +112,8 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
 
     from contrastive_jax import cli
     from contrastive_jax.config import default_config
-    from contrastive_jax.data.text_encoder import training_captions
     from contrastive_jax.data.tokenizer import train_tokenizer
+    from contrastive_jax.data.tokenizer_setup import training_captions
 
     config = complete_config(MODEL)
     params = jax.tree.map(np.asarray, ModelDef.init(config, jax.random.key(2))[0])

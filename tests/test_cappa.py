@@ -9,7 +9,8 @@ from flax import nnx
 from helpers import FASHION_TEST, synthetic_batches, tiny_cappa_config
 from test_train_step import assert_eight_devices_match_one
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.zeroshot import trim_pad_columns
 from contrastive_jax.models import create_model
 from contrastive_jax.models.decoder import Decoder, self_attention_mask

@@ -11,7 +11,7 @@ from flax import nnx
 from helpers import FASHION_TEST, fashion_tasks, synthetic_batches, tiny_catlip_config
 from test_train_step import assert_eight_devices_match_one
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
 from contrastive_jax.data import wordnet
 from contrastive_jax.data.nouns import NounSynsets, wordnet_synset
 from contrastive_jax.data.synsets import (
@@ -20,7 +20,7 @@ from contrastive_jax.data.synsets import (
     build_vocabulary,
     check_hash,
 )
-from contrastive_jax.errors import DataError
+from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.losses.synset_bce import multi_hot, synset_bce
 from contrastive_jax.models import create_model
 
@@ -203,7 +203,7 @@ def test_bench_step_times_catlip():
 def test_a_run_builds_its_vocabulary_once_and_the_stream_carries_synset_ids(
         fake_data_dir, tmp_path):
     from contrastive_jax.data.stream import train_dataset
-    from contrastive_jax.data.text_encoder import ensure_tokenizer, workdir_tokenizer
+    from contrastive_jax.data.tokenizer_setup import ensure_tokenizer, workdir_tokenizer
 
     config = tiny_catlip_config(data={"data_dir": fake_data_dir,
                                       "synsets": {"enabled": True, "min_count": 1}})
@@ -227,7 +227,7 @@ def test_a_run_builds_its_vocabulary_once_and_the_stream_carries_synset_ids(
 
 def test_a_catlip_run_trains_evaluates_and_its_workdir_evaluates_the_same(
         fake_data_dir, tmp_path):
-    from contrastive_jax.data.text_encoder import ensure_tokenizer
+    from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
     from contrastive_jax.evaluate.model_eval import evaluate_model
     from contrastive_jax.train import loop
 

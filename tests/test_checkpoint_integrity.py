@@ -16,12 +16,14 @@ import tensorstore as ts
 from helpers import tiny_config
 from jax.sharding import NamedSharding, PartitionSpec
 
+from contrastive_jax.checkpoints import fingerprint
+from contrastive_jax.checkpoints.store import Checkpointer, CheckpointMismatchError
 from contrastive_jax.errors import CheckpointError
+from contrastive_jax.models.state import weights_state_shapes
 from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train import fingerprint, loop
-from contrastive_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from contrastive_jax.train import loop
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state, weights_state_shapes
 
 
 def test_fingerprints_ignore_sharding_and_see_one_flipped_bit():

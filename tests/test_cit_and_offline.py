@@ -16,16 +16,17 @@ import numpy as np
 import pytest
 from helpers import FASHION_TEST, tiny_config
 
+from contrastive_jax.checkpoints.store import restore_params
 from contrastive_jax.cli import main
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.filters import uid_tables
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.evaluate.embed import encode_texts
-from contrastive_jax.filters import uid_tables
-from contrastive_jax.filters.cit import CitSelector, make_select_fn, selection_indices
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import restore_params
+from contrastive_jax.train.cit import CitSelector, make_select_fn, selection_indices
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 
 
 def test_selection_indices_topk_and_threshold():

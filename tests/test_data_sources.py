@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_config
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
 from contrastive_jax.data import examples, formats, mixture, positions, records, schema, stream
+from contrastive_jax.data.filters import FilterCounters
 from contrastive_jax.data.sources import create_source, parse_source
-from contrastive_jax.data.text_encoder import text_renderer
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-from contrastive_jax.errors import DataError, InputNotFoundError
-from contrastive_jax.filters import FilterCounters
+from contrastive_jax.data.tokenizer_setup import text_renderer
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 
 RNG = np.random.default_rng(0)
 

@@ -96,12 +96,13 @@ def test_retrieval_ranks_match_a_full_argsort(chunk):
 def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
     from helpers import fashion_tasks, tiny_config
 
-    from contrastive_jax.data.text_encoder import training_captions
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+    from contrastive_jax.data.tokenizer_setup import training_captions
     from contrastive_jax.evaluate import runner
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import ModelDef, create_train_state
 
     config = tiny_config(data={"data_dir": fake_data_dir},
                          evals={"tasks": fashion_tasks(stats=0, retrieval=40)[1:]})

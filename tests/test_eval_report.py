@@ -158,12 +158,14 @@ def test_eval_bad_input_is_one_line(trained_workdir, tmp_path, capsys):
 def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path):
     import tensorflow_datasets as tfds
 
+    from contrastive_jax.config import eval_tasks
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-    from contrastive_jax.evaluate import runner, task_schema
+    from contrastive_jax.evaluate import runner
     from contrastive_jax.evaluate.embed import encode_images, encode_texts
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import ModelDef, create_train_state
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(11, 28, 28, 1), dtype=np.uint8)
@@ -188,7 +190,7 @@ def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path)
     data_dir = str(tmp_path / "tfds")
     MultiCaptionToy(data_dir=data_dir).download_and_prepare()
     config = tiny_config(data={"data_dir": data_dir})
-    task = task_schema.parse_task({"kind": "retrieval", "name": "toy", "chunk": 4,
+    task = eval_tasks.parse_task({"kind": "retrieval", "name": "toy", "chunk": 4,
                                    "data": {"kind": "tfds", "name": "multi_caption_toy",
                                             "split": "test"}}, 0)
     flat = [c for caps in captions for c in caps]

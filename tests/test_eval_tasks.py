@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contrastive_jax.config import default_config
+from contrastive_jax.config import default_config, eval_tasks
 from contrastive_jax.errors import ConfigError, DataError
-from contrastive_jax.evaluate import task_schema
 
 CLASSES = ("bag", "sandal", "shirt")
 
@@ -44,7 +43,7 @@ def _task(**kw) -> dict:
 def _tasks(*specs) -> list:
     config = default_config()
     config.evals.tasks = list(specs)
-    return task_schema.tasks_of(config)
+    return eval_tasks.tasks_of(config)
 
 
 def test_schema_fills_defaults_and_names_the_bad_key():
@@ -76,23 +75,23 @@ def test_schema_fills_defaults_and_names_the_bad_key():
 
 
 def test_the_default_evaluates_nothing_and_every_picks_the_steps():
-    assert task_schema.tasks_of(default_config()) == []
+    assert eval_tasks.tasks_of(default_config()) == []
     data = {"kind": "tfds", "name": "fashion_mnist_captions"}
     (fewshot,) = _tasks({"kind": "fewshot", "name": "fashion_mnist", "data": data})
     assert fewshot["data"]["split"] == "test" and fewshot["train_data"]["split"] == "train"
-    assert task_schema.headline_key(fewshot) == "fewshot/fashion_mnist/10shot"
+    assert eval_tasks.headline_key(fewshot) == "fewshot/fashion_mnist/10shot"
     (stats,) = _tasks({"kind": "embedding_stats", "name": "s", "data": data})
-    assert stats["num_examples"] == 1000 and task_schema.headline_key(stats) is None
+    assert stats["num_examples"] == 1000 and eval_tasks.headline_key(stats) is None
     with pytest.raises(ConfigError, match=r"'evals.tasks\[0\].data.kind': embedding_stats "
                                           "reads TFDS captions"):
         _tasks({"kind": "embedding_stats", "name": "s", "data": _task()["data"]})
     short = {**fewshot, "shots": [1, 5]}
-    assert task_schema.headline_key(short) == "fewshot/fashion_mnist/5shot"
+    assert eval_tasks.headline_key(short) == "fewshot/fashion_mnist/5shot"
     often, default = _tasks(_task(name="a", every=5), _task(name="b"))
-    assert [task_schema.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
-    assert [task_schema.due(default, s, 20) for s in (5, 10, 20, None)] == [False, False,
+    assert [eval_tasks.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
+    assert [eval_tasks.due(default, s, 20) for s in (5, 10, 20, None)] == [False, False,
                                                                             True, True]
-    assert task_schema.any_due([often, default], 15, 0) and not task_schema.any_due(
+    assert eval_tasks.any_due([often, default], 15, 0) and not eval_tasks.any_due(
         [default], 15, 0)
 
 
@@ -102,7 +101,7 @@ def _labelled(spec, tiny=True):
     from contrastive_jax.data.labelled import data_config_for, open_labelled
 
     config = tiny_config()
-    parsed = task_schema.parse_data(spec, "test")
+    parsed = eval_tasks.parse_data(spec, "test")
     return open_labelled(parsed, data_config_for(config, parsed), "task 'x'")
 
 

@@ -8,20 +8,21 @@ import numpy as np
 import pytest
 
 from contrastive_jax import cli
-from contrastive_jax.evaluate.model_eval import evaluate_model
-from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
-from contrastive_jax.export.flat import flatten
-from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train.checkpoint import (
+from contrastive_jax.checkpoints.store import (
     Checkpointer,
     CheckpointMismatchError,
     restore_params,
     restore_weights,
     single_device_mesh,
 )
+from contrastive_jax.config.workdir import load_workdir_config
+from contrastive_jax.evaluate.model_eval import evaluate_model
+from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
+from contrastive_jax.export.flat import flatten
+from contrastive_jax.models.state import weights_state_shapes
+from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state, weights_state_shapes
-from contrastive_jax.workdir_config import load_workdir_config
 
 
 def test_weights_restore_skips_the_optimizer_and_equals_the_full_restore(trained_workdir):
@@ -98,7 +99,7 @@ def test_no_module_restores_weights_but_train_checkpoint():
                     if called == "weights_state_shapes" or (
                             called == "restore_weights" and isinstance(func, ast.Attribute)):
                         callers.add(os.path.relpath(path, root))
-    assert callers == {os.path.join("train", "checkpoint.py")}, callers
+    assert callers == {os.path.join("checkpoints", "store.py")}, callers
 
 
 def test_unknown_export_format_is_one_line_before_any_restore(trained_workdir, tmp_path,

@@ -17,7 +17,7 @@ from contrastive_jax.export.hf_clip import (  # noqa: E402
     clip_unsupported,
 )
 from contrastive_jax.models import complete_config  # noqa: E402
-from contrastive_jax.train.state import ModelDef  # noqa: E402
+from contrastive_jax.models.state import ModelDef  # noqa: E402
 
 SIGLIP_MODEL = {
     "embed_dim": 32,

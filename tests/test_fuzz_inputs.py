@@ -96,7 +96,7 @@ def exports(tmp_path_factory):
     from contrastive_jax.export.native import export_weights
     from contrastive_jax.export.open_clip_format import export_open_clip
     from contrastive_jax.models import complete_config
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     root = tmp_path_factory.mktemp("exports")
     config = tiny_config(model=CLIP_MODEL)

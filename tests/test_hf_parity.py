@@ -20,7 +20,7 @@ from contrastive_jax.data import augment  # noqa: E402
 from contrastive_jax.export.hf import export_hf  # noqa: E402
 from contrastive_jax.export.model_spec import load_model  # noqa: E402
 from contrastive_jax.models import complete_config  # noqa: E402
-from contrastive_jax.train.state import ModelDef  # noqa: E402
+from contrastive_jax.models.state import ModelDef  # noqa: E402
 
 # SigLIP's pipeline pads text to 64 tokens (big_vision's SigLIP length): max_len 64.
 SIGLIP = {"embed_dim": 32, "bias_init": -3.0,

@@ -11,9 +11,9 @@ from helpers import tiny_config
 from test_big_vision_import import MODEL, big_vision_npz
 
 from contrastive_jax.export.flat import flatten
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.train import loop
 from contrastive_jax.train.init_from import InitFromError, init_params, load_source
-from contrastive_jax.train.state import ModelDef
 
 
 def _config(data_dir, **train):

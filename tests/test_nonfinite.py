@@ -13,15 +13,17 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax import cli
-from contrastive_jax.config import ConfigError, load_config, validate
+from contrastive_jax.checkpoints.store import Checkpointer
+from contrastive_jax.config import load_config, validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import loss_from_config
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.metrics import MetricsWriter
 from contrastive_jax.train.nonfinite import NonFiniteError, NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import NONFINITE, jit_train_step, make_train_step
 
 

@@ -10,15 +10,16 @@ from flax import nnx
 from helpers import fashion_tasks
 
 from contrastive_jax import cli
-from contrastive_jax.config import ConfigError, load_config
+from contrastive_jax.config import load_config
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 from contrastive_jax.datasets.catalogue import class_names
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.models import create_model
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.train import loop
-from contrastive_jax.train.state import ModelDef
 
 DEMO = "configs/demo_clippo.py"
 TINY = ["model.embed_dim=16", "model.image.width=32", "model.image.depth=1",

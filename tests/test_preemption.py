@@ -18,11 +18,11 @@ import pytest
 from helpers import fashion_tasks
 from xla_flags import CHEAP_COMPILE
 
+from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import load_config
 from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state
 
 STEPS = 200
 CONFIG = f"configs/demo_siglip.py:steps={STEPS}"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from helpers import sigterm_in_step, tiny_config
 
+from contrastive_jax.checkpoints.store import CheckpointMismatchError, restore_params
 from contrastive_jax.data import examples, positions
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import CheckpointMismatchError, restore_params
 
 
 def demo_config(data_dir, **train):

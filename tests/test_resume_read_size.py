@@ -8,11 +8,11 @@ import os
 import pytest
 from helpers import tiny_config
 
+from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.errors import CheckpointError
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.stream_progress import examples_read_at
 
 

@@ -335,7 +335,7 @@ def unlabelled_files(paths: Sequence[str], data_config: ml_collections.ConfigDic
 
 def open_labelled(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict,
                   where: str) -> LabelledImages:
-    """The labelled images of a parsed data spec (`task_schema.parse_data`); `where` names
+    """The labelled images of a parsed data spec (`config.eval_tasks.parse_data`); `where` names
     the task in errors."""
     labels, names, read, paths = LABELLED_KINDS[spec["kind"]](spec, data_config, where)
     return LabelledImages(where, labels, names, data_config, read, paths)

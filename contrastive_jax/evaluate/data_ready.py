@@ -11,8 +11,8 @@ from typing import Any
 import ml_collections
 
 from contrastive_jax import paths
+from contrastive_jax.config.eval_tasks import tasks_of
 from contrastive_jax.datasets.catalogue import not_prepared
-from contrastive_jax.evaluate.task_schema import tasks_of
 
 
 def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:

@@ -16,6 +16,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax.config.eval_tasks import due, headline_key, tasks_of
+from contrastive_jax.data.filters import default_filters_config
 from contrastive_jax.data.labelled import LabelledImages, data_config_for, open_labelled
 from contrastive_jax.data.multi_caption import flatten_captions, iter_multi_caption
 from contrastive_jax.data.schema import default_data_config
@@ -25,11 +27,9 @@ from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
 from contrastive_jax.evaluate.fewshot import run_fewshot_task
 from contrastive_jax.evaluate.retrieval import retrieval_recalls
-from contrastive_jax.evaluate.task_schema import due, headline_key, tasks_of
 from contrastive_jax.evaluate.zeroshot import classifier_of, zeroshot_accuracy
-from contrastive_jax.filters import default_filters_config
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.registry import Registry
-from contrastive_jax.train.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
 

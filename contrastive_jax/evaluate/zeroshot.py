@@ -15,8 +15,8 @@ from jax.sharding import Mesh
 from contrastive_jax.data.nouns import wordnet_synset
 from contrastive_jax.evaluate.embed import encode_texts, num_batch_shards, pad_rows
 from contrastive_jax.evaluate.prompts import fill
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.parallel.mesh import process_rows, replicated, to_global
-from contrastive_jax.train.state import ModelDef, TrainState
 
 
 def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_names: Sequence[str],

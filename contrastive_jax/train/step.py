@@ -14,10 +14,10 @@ from jax.sharding import Mesh
 from contrastive_jax.losses import LossFn, loss_from_config
 from contrastive_jax.losses import mixup as zerovl
 from contrastive_jax.models.siglip2 import update_teacher
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
 from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
-from contrastive_jax.train.state import ModelDef, TrainState
 
 Batch = dict[str, jax.Array]
 # The step's metric that flags a dropped update (train/nonfinite.py counts them).

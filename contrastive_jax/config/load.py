@@ -17,8 +17,7 @@ from typing import Any
 
 import ml_collections
 
-# Callers import ConfigError, validate and INIT_FROM_TOWERS from here too.
-from contrastive_jax.config_checks import INIT_FROM_TOWERS, validate  # noqa: F401
+from contrastive_jax.config.checks import validate
 from contrastive_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
@@ -81,7 +80,7 @@ def default_config() -> ConfigDict:
             # paper's short unmasked tuning phase); None: mask to the end.
             unmask_from=None,
             compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
-            cit=default_cit_config(),  # curation in training (contrastive_jax/filters/cit.py)
+            cit=default_cit_config(),  # curation in training (contrastive_jax/train/cit.py)
             # LiT: locked params get no optimizer state, no weight decay, no backward pass.
             # image / text lock a whole tower with its head; patterns: regexes on param
             # paths like 'img/encoder/blocks/0/mlp/fc1/kernel' (see train/lock.py).
@@ -120,7 +119,7 @@ def default_config() -> ConfigDict:
                                text_gflops_paper=None, hardware_paper=None, topology_paper=None,
                                batch_paper=None))
     # The evaluation suite: [{kind, name, data: {kind, ...}, every, ...}], see
-    # evaluate/task_schema.py. None by default: a run evaluates the tasks its config gives.
+    # config/eval_tasks.py. None by default: a run evaluates the tasks its config gives.
     c.evals = ConfigDict(dict(tasks=[]))
     return c
 

@@ -1,7 +1,8 @@
 """Checks of a loaded config: relations between keys that their types alone do not catch.
 
-Each failure is a ConfigError naming the key. Pure Python: nothing here imports jax or
-TensorFlow, so a bad config fails in a second.
+Each failure is a ConfigError naming the key. Importing this module is cheap: `validate`
+imports what it asks when it runs, which brings in jax (the loss registry, the sharding
+rules) and, for a config with `data.sources`, TensorFlow (the source parser).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def validate(config: ConfigDict) -> None:
 
     check_config(config)  # data.pad_id / eos / lowercase, and the pad id against the pool
     _validate_lit(config)
-    from contrastive_jax.evaluate.task_schema import tasks_of
+    from contrastive_jax.config.eval_tasks import tasks_of
 
     tasks_of(config)  # every eval task, so a bad key fails before training starts
     if config.optimizer.warmup_steps >= config.train.steps:
@@ -120,7 +121,7 @@ def _validate_captioning(config: ConfigDict) -> None:
     """A captioner (CapPa) has a decoder and no text tower: what needs one is refused."""
     if config.model.name != "cappa":
         return
-    from contrastive_jax.evaluate.task_schema import tasks_of
+    from contrastive_jax.config.eval_tasks import tasks_of
 
     decoder, train = config.model.decoder, config.train
     conflicts = {
@@ -152,7 +153,7 @@ def _validate_catlip(config: ConfigDict) -> None:
         raise ConfigError("config key 'data.synsets.min_count' must be a positive integer")
     if not isinstance(synsets.max_size, int) or synsets.max_size < 0:
         raise ConfigError("config key 'data.synsets.max_size' must be an integer >= 0")
-    from contrastive_jax.evaluate.task_schema import tasks_of
+    from contrastive_jax.config.eval_tasks import tasks_of
 
     train = config.train
     conflicts = {
