@@ -96,6 +96,7 @@ def test_retrieval_ranks_match_a_full_argsort(chunk):
 def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
     from helpers import fashion_tasks, tiny_config
 
+    from contrastive_jax.config.eval_tasks import tasks_of
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
     from contrastive_jax.data.tokenizer_setup import training_captions
     from contrastive_jax.evaluate import runner
@@ -117,8 +118,9 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
                                       "retrieval/fashion_mnist/mean_r1", "suite/mean"])
     assert metrics["suite/mean"] == metrics["retrieval/fashion_mnist/mean_r1"] == (
         metrics["retrieval/fashion_mnist/i2t_r1"] + metrics["retrieval/fashion_mnist/t2i_r1"]) / 2
+    (task,) = tasks_of(config)
     zimg, ztxt = runner.heldout_pairs(config, model_def, state, tokenizer, mesh, 40,
-                                      config.evals.tasks[0]["data"])
+                                      task["data"])
     assert zimg.shape == ztxt.shape == (40, 16)
     assert metrics["retrieval/fashion_mnist/i2t_r5"] == retrieval_recalls(zimg, ztxt)["i2t_r5"]
 
