@@ -216,6 +216,7 @@ def test_eval_suite_errors_are_one_line(trained_workdir, tmp_path, capsys):
         ([_task(data={"kind": "image_folder", "path": str(tmp_path / "numbers")})],
          "zeroshot task 't': its label names are not words"),
         ([_task(prompt="x")], "evals.tasks[0].prompt': unknown"),
+        ([], "has no eval tasks: give a suite with --config FILE.py"),
         # Found before the model loads, with every other task whose data is missing.
         ([_task(data={"kind": "image_folder", "path": str(tmp_path / "none")})],
          f"1 eval task(s) have no data: zeroshot/t: image folder {tmp_path / 'none'} "

@@ -25,13 +25,18 @@ def _load(args: argparse.Namespace, extra: Sequence[str]):
 
 def _missing_data(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, str]:
     """Every task whose data is not there, found before the model loads: an error naming
-    them all, or with --skip-missing, the tasks to leave out."""
+    them all, or with --skip-missing, the tasks to leave out. No task at all is an error
+    too (an import carries none)."""
+    from contrastive_jax.config.eval_tasks import tasks_of
     from contrastive_jax.errors import InputNotFoundError
     from contrastive_jax.evaluate.data_ready import missing_data
     from contrastive_jax.export.model_spec import eval_config
 
-    missing = missing_data(eval_config(args.model, config=args.config,
-                                       overrides=split_overrides(extra)))
+    config = eval_config(args.model, config=args.config, overrides=split_overrides(extra))
+    if not tasks_of(config):
+        raise ConfigError(f"model {args.model!r} has no eval tasks: give a suite with "
+                          "--config FILE.py or tasks with --config.evals.tasks='[{...}]'")
+    missing = missing_data(config)
     if missing and not args.skip_missing:
         raise InputNotFoundError(
             f"{len(missing)} eval task(s) have no data: "
