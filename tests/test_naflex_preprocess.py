@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from contrastive_jax.data.naflex import naflex_patches, pil_bilinear_resize, target_size
+from contrastive_jax.data.naflex import (
+    check_budget,
+    naflex_patches,
+    pil_bilinear_resize,
+    target_size,
+)
 from contrastive_jax.errors import ConfigError
 
 Image = pytest.importorskip("PIL.Image")
@@ -94,3 +99,9 @@ def test_runs_in_tf_data_over_images_of_many_sizes():
 def test_bad_budget_is_a_config_error(budget):
     with pytest.raises(ConfigError, match="max_num_patches"):
         naflex_patches(tf.zeros([8, 8, 3], tf.uint8), 8, budget)
+
+
+def test_budget_far_beyond_the_position_table_is_a_config_error():
+    assert check_budget(256, grid=4) == 256  # 16 x a 4x4 table: the most allowed
+    with pytest.raises(ConfigError, match="16x the model's 4x4 position table"):
+        check_budget(257, grid=4)

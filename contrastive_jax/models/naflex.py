@@ -129,8 +129,11 @@ class NaFlexViT(nnx.Module):
                                     param_dtype=pdt, rngs=rngs)
 
     def __call__(self, images: NaFlexImages | jax.Array, *, return_tokens: bool = False,
-                 mask_noise: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...]:
-        """images: NaFlexImages, or [B, H, W, C] (H, W multiples of the patch)."""
+                 mask_noise: jax.Array | None = None, replace: jax.Array | None = None,
+                 mask_token: jax.Array | None = None) -> jax.Array | tuple[jax.Array, ...]:
+        """images: NaFlexImages, or [B, H, W, C] (H, W multiples of the patch). `replace`
+        [B, N] bool with `mask_token` [width]: those patch embeddings become the token
+        before position embeddings are added (SigLIP 2's masked prediction, as ViT)."""
         if mask_noise is not None:
             raise ValueError("NaFlexViT does not mask patches at random (FLIP)")
         if not isinstance(images, NaFlexImages):
@@ -147,6 +150,8 @@ class NaFlexViT(nnx.Module):
                              f"{patches.shape} and {mask.shape}")
         mask = mask.astype(bool)
         x = self.embedding(patches.astype(self.dtype))
+        if replace is not None:
+            x = jnp.where(replace[..., None], mask_token.astype(x.dtype), x)
         weights = posemb_resize_weights(shapes, self.posemb_grid, x.shape[1])
         table = self.pos_embedding[...][0].astype(jnp.float32)
         x = x + (weights @ table).astype(x.dtype)
