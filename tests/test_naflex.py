@@ -176,3 +176,26 @@ def test_two_tower_switch_and_bad_configs():
         with pytest.raises(ConfigError):
             create_model({"image": {"naflex": True, "image_size": 16, **bad}},
                          rngs=nnx.Rngs(0))
+
+
+def test_train_steps_on_8_device_mesh_shard_scan_and_remat():
+    """The run's own train step on data x fsdp x model = 2 x 2 x 2 with the NaFlex tower
+    (fed the demo's square images): scanned + rematerialised == unrolled, params split."""
+    from helpers import synthetic_batches, tiny_config
+    from test_scan_layers import _run
+
+    from contrastive_jax.train.state import ModelDef
+
+    def config(scan, remat="none"):
+        return tiny_config(model={"scan_layers": scan, "remat": remat, "image": {
+            "naflex": True, "pool": "map", "depth": 2}}, mesh={
+            "data": 2, "fsdp": 2, "model": 2, "fsdp_min_size": 0})
+
+    params = jax.device_get(ModelDef.init(config(False).model, jax.random.key(0))[0])
+    batches = synthetic_batches(2, 16, seed=3)
+    devices = jax.devices()[:8]
+    ref, _, _ = _run(config(False), params, batches, devices)
+    got, _, specs = _run(config(True, "full"), stack_layers(params), batches, devices)
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    patch = specs["['img']['embedding']['kernel']"]
+    assert {"fsdp", "model"} & set(patch), patch  # the patch Linear is sharded too
