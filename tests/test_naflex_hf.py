@@ -59,7 +59,8 @@ def tokenizer_file(tmp_path_factory):
 
 def _config(**image):
     return tiny_config(model={**NAFLEX, "image": {**NAFLEX["image"], **image}},
-                       data={"max_len": 64}, loss={"name": "sigmoid"})
+                       data={"max_len": 64, "image_size": 64, "channels": 3},
+                       loss={"name": "sigmoid"})
 
 
 def _naflex_batch(images, budget, value_range=(-1.0, 1.0)):
@@ -181,3 +182,17 @@ def test_export_refuses_what_siglip2_cannot_compute(tokenizer_file, tmp_path):
     params, _ = ModelDef.init(complete_config(config.model), jax.random.key(0))
     with pytest.raises(UserError, match=r"Siglip2Model: image.pool='gap'"):
         export_hf(config, jax.device_get(params), 0, tokenizer_file, str(tmp_path / "x"))
+
+
+def test_native_export_reads_back_as_our_model(exported, tokenizer_file, tmp_path):
+    from contrastive_jax.export.native import export_weights
+
+    config, params, _ = exported
+    out = export_weights("npz", config, params, 7, tokenizer_file, str(tmp_path / "npz"))
+    model = load_model(out)
+    assert model.config.model.image.naflex
+    ours = ModelDef(complete_config(config.model)).bind(params)
+    theirs = model.model_def.bind(jax.device_get(model.state.params))
+    batch = _naflex_batch(_images(seed=1), BUDGETS[1])
+    np.testing.assert_allclose(np.asarray(theirs.encode_image(batch)),
+                               np.asarray(ours.encode_image(batch)), atol=1e-6)
