@@ -8,6 +8,9 @@ big_vision saves flattened params with '/'-joined names, e.g.
     params/t (log temperature), params/b
 Flax linen and our NNX modules store every tensor in the same layout, so import is a pure
 renaming (plus unstacking `scan`ned encoder blocks). The model config is read off the shapes.
+SigLIP 2's NaFlex image towers (big_vision/models/proj/image_text/naflex_vit.py) share these
+names; their `embedding` is a Dense [p*p*C, width] over patches and their `pos_embedding` a
+[g, g, width] table: they import as `model.image.naflex=True` (models/naflex.py).
 Text towers become `text.pool="final"`: big_vision's text transformer has no pad mask and
 pools the final position, so the pad id changes every text embedding. Its SigLIP configs
 tokenise with `tokenize(max_len=..., eos="sticky", pad_value=1)` and the op's default
@@ -95,13 +98,31 @@ def _tower_size(flat: dict[str, np.ndarray], tower: str) -> dict[str, int]:
             "mlp_dim": int(flat[f"{tower}/encoder/blocks/0/mlp/fc1/kernel"].shape[1])}
 
 
+def _naflex_patch(inputs: int) -> tuple[int, int]:
+    """(patch, channels) of a NaFlex patch Dense with `inputs` = p*p*C rows: C is 3 when
+    inputs/3 is a square, else 1 (3 p^2 is never a square, so the two cannot be confused)."""
+    for channels in (3, 1):
+        patch = math.isqrt(inputs // channels)
+        if inputs % channels == 0 and patch * patch * channels == inputs:
+            return patch, channels
+    raise DataError(f"NaFlex patch embedding with {inputs} inputs is not p*p*3 or p*p*1")
+
+
 def model_config_from_shapes(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Our two_tower model config that these (converted) params fit."""
-    kernel = flat["img/embedding/kernel"]  # [p, p, C, width]
-    patch, channels = int(kernel.shape[0]), int(kernel.shape[2])
+    """Our two_tower model config that these (converted) params fit; a NaFlex image tower's
+    [g, g, width] position table is flattened to ours ([1, g*g, width]) in place."""
+    kernel = flat["img/embedding/kernel"]  # [p, p, C, width]; NaFlex: [p*p*C, width]
+    naflex = kernel.ndim == 2
+    if naflex:
+        patch, channels = _naflex_patch(int(kernel.shape[0]))
+    else:
+        patch, channels = int(kernel.shape[0]), int(kernel.shape[2])
     if "img/pos_embedding" not in flat:
         raise DataError("big_vision image towers without learned position embeddings "
                         "(posemb='sincos2d') are ambiguous in size; not supported")
+    if naflex:
+        pos = flat["img/pos_embedding"]
+        flat["img/pos_embedding"] = pos.reshape(1, -1, pos.shape[-1])
     n = flat["img/pos_embedding"].shape[1]
     side = math.isqrt(n)
     if side * side != n:
@@ -119,7 +140,8 @@ def model_config_from_shapes(flat: dict[str, np.ndarray]) -> dict[str, Any]:
         "temperature_init": float(np.exp(flat["t_log"])),
         "bias_init": float(flat["b"]) if "b" in flat else None,
         "image": {**isize, "variant": None, "patch_size": patch, "image_size": side * patch,
-                  "channels": channels, "pool": pool, "posemb": "learn", "head": heads["img"]},
+                  "channels": channels, "pool": pool, "posemb": "learn", "head": heads["img"],
+                  **({"naflex": True} if naflex else {})},
         "text": {**tsize, "variant": None, "vocab_size": int(vocab),
                  "max_len": int(flat["txt/pos_embedding"].shape[1]), "pool": "final",
                  "head": heads["txt"]},

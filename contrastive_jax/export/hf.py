@@ -1,5 +1,6 @@
-"""Hugging Face `transformers` export: a SigLIP-architecture model as `SiglipModel`, a
-CLIP-architecture one as `CLIPModel` (see export/hf_clip.py).
+"""Hugging Face `transformers` export: a SigLIP-architecture model as `SiglipModel` (with a
+NaFlex image tower as `Siglip2Model`, see export/hf_siglip2.py), a CLIP-architecture one as
+`CLIPModel` (see export/hf_clip.py).
 
 Only models that transformers computes exactly are exported; anything else is refused with a
 one-line error naming the features, never silently approximated. `SiglipModel` fixes:
@@ -33,6 +34,12 @@ from contrastive_jax.export.hf_layers import (
     prefixed,
     rgb_patch_kernel,
     shared_unsupported,
+)
+from contrastive_jax.export.hf_siglip2 import (
+    is_naflex,
+    naflex_patch_weight,
+    save_siglip2_processor,
+    siglip2_config,
 )
 from contrastive_jax.export.native import TOKENIZER_FILE, export_config, write_atomically
 from contrastive_jax.models import complete_config
@@ -90,12 +97,16 @@ def _folds_case(tokenizer_file: str) -> bool:
     return sp.encode(probe) == sp.encode(probe.lower())
 
 
-def siglip_state_dict(params: dict, embed_dim: int) -> dict[str, np.ndarray]:
-    """Our nested params -> SiglipModel's state dict (numpy, float32)."""
+def siglip_state_dict(params: dict, embed_dim: int, channels: int | None = None
+                      ) -> dict[str, np.ndarray]:
+    """Our nested params -> SiglipModel's state dict (numpy, float32); with `channels` (the
+    image channels of a NaFlex model), Siglip2Model's: a Linear patch embedding."""
     img, txt = params["img"], params["txt"]
+    kernel = img["embedding"]["kernel"]
     sd = {
         "vision_model.embeddings.patch_embedding.weight":
-            rgb_patch_kernel(img["embedding"]["kernel"]),
+            rgb_patch_kernel(kernel) if channels is None
+            else naflex_patch_weight(kernel, channels),
         "vision_model.embeddings.patch_embedding.bias": img["embedding"]["bias"],
         "vision_model.embeddings.position_embedding.weight": img["pos_embedding"][0],
     }
@@ -163,7 +174,7 @@ def save_tokenizer(out: str, card: dict, *, masked: bool):
     appended, unk 2, no bos. `masked=False` (a model trained without a pad mask): no
     attention_mask, so `model(**tokenizer(...))`, or a processor's output passed whole, runs
     the model unmasked, as training did."""
-    from transformers import AutoTokenizer
+    from transformers import T5Tokenizer
 
     shutil.copyfile(os.path.join(out, TOKENIZER_FILE), os.path.join(out, "spiece.model"))
     settings = {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>",
@@ -173,16 +184,20 @@ def save_tokenizer(out: str, card: dict, *, masked: bool):
         settings["model_input_names"] = ["input_ids"]
     with open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(settings, f)
-    tokenizer = AutoTokenizer.from_pretrained(out)
+    # T5Tokenizer by name: AutoTokenizer would build Siglip2Tokenizer in a siglip2 directory.
+    tokenizer = T5Tokenizer.from_pretrained(out)
     tokenizer.save_pretrained(out)
     return tokenizer
 
 
-def _save_processors(out: str, card: dict, clip: bool) -> None:
+def _save_processors(out: str, card: dict, clip: bool, model: Any) -> None:
     from transformers import CLIPProcessor, SiglipProcessor
 
     # CLIP keeps the attention mask: its causal EOS pooling never sees the pads either way.
     tokenizer = save_tokenizer(out, card, masked=clip)
+    if is_naflex(model):
+        save_siglip2_processor(out, card, tokenizer, model)
+        return
     processor_class = CLIPProcessor if clip else SiglipProcessor
     processor_class(image_processor=image_processor(card, clip),
                     tokenizer=tokenizer).save_pretrained(out)
@@ -196,6 +211,9 @@ def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: st
     model = complete_config(config.model.to_dict())
     siglip_reasons, clip_reasons = unsupported_features(model), clip_unsupported(model)
     clip = bool(siglip_reasons) and not clip_reasons
+    if is_naflex(model) and siglip_reasons:
+        raise UserError("cannot export exactly as transformers Siglip2Model: "
+                        + "; ".join(siglip_reasons))
     if siglip_reasons and clip_reasons:
         raise UserError("cannot export exactly as transformers SiglipModel: "
                         + "; ".join(siglip_reasons) + "; nor as CLIPModel: "
@@ -209,10 +227,13 @@ def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: st
                           f"'model.text.max_len' ({model.text.max_len}): SiglipModel pools "
                           "position -1 of the padded sequence, so both must agree")
     import torch
-    from transformers import CLIPModel, SiglipModel
+    from transformers import CLIPModel, Siglip2Model, SiglipModel
 
     if clip:
         hf_model, tensors = CLIPModel(clip_config(model)), clip_state_dict(params, model)
+    elif is_naflex(model):
+        hf_model = Siglip2Model(siglip2_config(model))
+        tensors = siglip_state_dict(params, model.embed_dim, model.image.channels)
     else:
         hf_model = SiglipModel(siglip_config(model))
         tensors = siglip_state_dict(params, model.embed_dim)
@@ -222,7 +243,7 @@ def export_hf(config: Any, params: dict, step: int, tokenizer_file: str, out: st
     def fill(tmp: str) -> None:
         hf_model.save_pretrained(tmp)
         paths.copy(tokenizer_file, os.path.join(tmp, TOKENIZER_FILE))
-        _save_processors(tmp, card, clip)
+        _save_processors(tmp, card, clip, model)
         with open(os.path.join(tmp, "contrastive_jax_export.json"), "w",
                   encoding="utf-8") as f:
             json.dump(card, f, indent=2, sort_keys=True)

@@ -1,4 +1,5 @@
-"""Import transformers SiglipModel / CLIPModel directories (`hf:DIR`) and open_clip local-dir
+"""Import transformers SiglipModel / Siglip2Model (NaFlex) / CLIPModel directories (`hf:DIR`)
+and open_clip local-dir
 models (`open_clip:DIR`) as our two-tower model, for eval, embed, export and init_from.
 
 Each is the inverse of its export (export/hf.py, hf_clip.py, open_clip_format.py): the model
@@ -29,6 +30,7 @@ from contrastive_jax.export.hf_layers import (
     read_linear,
     read_norm,
 )
+from contrastive_jax.export.hf_siglip2 import naflex_image_config
 from contrastive_jax.export.native import _flatten_abstract
 from contrastive_jax.export.timm_vit import (
     read_timm_config,
@@ -75,19 +77,21 @@ def _tower(hidden: int, depth: int, heads: int, mlp: int) -> dict:
 def _hf_model_config(cfg: dict, where: str) -> dict:
     """Our model config from a SiglipModel / CLIPModel config.json."""
     kind = cfg.get("model_type")
-    if kind not in ("siglip", "clip"):
-        raise DataError(f"{where}: model_type={kind!r}; hf: reads 'siglip' and 'clip' models")
+    if kind not in ("siglip", "siglip2", "clip"):
+        raise DataError(f"{where}: model_type={kind!r}; hf: reads 'siglip', 'siglip2' and "
+                        "'clip' models")
     vis, txt = cfg["vision_config"], cfg["text_config"]
     for tower in (vis, txt):
         _check_tower(tower, where)
+    size = (naflex_image_config(vis, where) if kind == "siglip2"
+            else dict(patch_size=vis["patch_size"], image_size=vis["image_size"]))
     image = dict(_tower(vis["hidden_size"], vis["num_hidden_layers"],
                         vis["num_attention_heads"], vis["intermediate_size"]),
-                 patch_size=vis["patch_size"], image_size=vis["image_size"],
-                 channels=vis.get("num_channels", 3), posemb="learn")
+                 **size, channels=vis.get("num_channels", 3), posemb="learn")
     text = dict(_tower(txt["hidden_size"], txt["num_hidden_layers"],
                        txt["num_attention_heads"], txt["intermediate_size"]),
                 vocab_size=txt["vocab_size"], max_len=txt["max_position_embeddings"])
-    if kind == "siglip":
+    if kind in ("siglip", "siglip2"):
         if not vis.get("vision_use_head", True):
             raise DataError(f"{where}: vision_use_head=false (SiglipModel then has no pooled "
                             "image embedding)")
@@ -118,7 +122,9 @@ def _hf_flat(sd: dict, model: Any) -> dict[str, np.ndarray]:
     flat["txt/pos_embedding"] = sd[f"{t}.embeddings.position_embedding.weight"]
     if model["image"]["pool"] == "map":  # SiglipModel
         flat["b"] = sd["logit_bias"]
-        flat["img/embedding/kernel"] = sd[f"{v}.embeddings.patch_embedding.weight"].transpose(
+        patch = sd[f"{v}.embeddings.patch_embedding.weight"]
+        # Siglip2's patch embedding is a Linear [width, p*p*C] (NaFlex), SigLIP's a conv.
+        flat["img/embedding/kernel"] = patch.T if patch.ndim == 2 else patch.transpose(
             2, 3, 1, 0)
         flat["img/embedding/bias"] = sd[f"{v}.embeddings.patch_embedding.bias"]
         flat["img/pos_embedding"] = sd[f"{v}.embeddings.position_embedding.weight"]

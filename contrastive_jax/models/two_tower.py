@@ -23,6 +23,9 @@ Config schema (see `default_config`; None means "take it from the variant"):
     image.mask_ratio  FLIP: share of patch tokens the train step drops at random (0: none;
                       evals never mask; `train.unmask_from` ends it)
     image.head        always project to embed_dim (else only when width != embed_dim)
+    image.naflex      SigLIP 2's NaFlex tower (models/naflex.py): images as patch sequences
+                      at their own aspect ratio; image_size / patch_size is the position
+                      table's grid; pool "map" | "gap"
     text.variant      e.g. "B" (no patch size); fields below override it
     text.{width, depth, mlp_dim, num_heads}
     text.vocab_size   token id 0 is padding
@@ -47,6 +50,7 @@ from flax import nnx
 
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses.mixup import with_partner
+from contrastive_jax.models.naflex import NaFlexViT
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.text import TextTransformer
 from contrastive_jax.models.transformer import parse_dtype
@@ -57,7 +61,8 @@ def default_config() -> ml_collections.ConfigDict:
     """Full two_tower schema with defaults: a tiny SigLIP-style model for 28x28 grey images."""
     tower = dict(variant=None, width=None, depth=None, mlp_dim=None, num_heads=None)
     image = dict(tower, variant="mu/4", patch_size=None, image_size=28, channels=1,
-                 pool="map", posemb="learn", head=True, pre_norm=False, mask_ratio=0.0)
+                 pool="map", posemb="learn", head=True, pre_norm=False, mask_ratio=0.0,
+                 naflex=False)
     text = dict(tower, variant="mu", vocab_size=1000, max_len=16, pool="last", head=True,
                 causal=False)
     # type_safe=False: override values may change type (e.g. variant None -> "B/16").
@@ -87,10 +92,12 @@ def projection_head(width: int, embed_dim: int, head: bool, bias: bool, param_dt
                       rngs=rngs)
 
 
-def image_tower(config: Mapping[str, Any], size: Mapping[str, int], rngs: nnx.Rngs) -> ViT:
-    """The ViT of `config.image` (shared by the one- and two-tower models)."""
+def image_tower(config: Mapping[str, Any], size: Mapping[str, int], rngs: nnx.Rngs
+                ) -> ViT | NaFlexViT:
+    """The ViT (or NaFlex ViT) of `config.image` (shared by the one- and two-tower models)."""
     img = config["image"]
-    return ViT(**size, image_size=img["image_size"], channels=img["channels"],
+    tower = NaFlexViT if img.get("naflex") else ViT
+    return tower(**size, image_size=img["image_size"], channels=img["channels"],
                pool=img["pool"], posemb=img["posemb"], pre_norm=img["pre_norm"],
                mask_ratio=img["mask_ratio"], dtype=config["dtype"],
                param_dtype=config["param_dtype"], remat=config["remat"],
