@@ -184,7 +184,7 @@ def test_train_steps_on_8_device_mesh_shard_scan_and_remat():
     from helpers import synthetic_batches, tiny_config
     from test_scan_layers import _run
 
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     def config(scan, remat="none"):
         return tiny_config(model={"scan_layers": scan, "remat": remat, "image": {

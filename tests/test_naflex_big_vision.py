@@ -13,7 +13,7 @@ from test_big_vision_import import MODEL, big_vision_npz
 from contrastive_jax.export.big_vision import load_big_vision
 from contrastive_jax.models import complete_config
 from contrastive_jax.models.naflex import NaFlexImages
-from contrastive_jax.train.state import ModelDef
+from contrastive_jax.models.state import ModelDef
 
 P, GRID = 4, 4  # a 4x4 position table of 4x4 RGB patches
 NAFLEX = {**MODEL, "image": {**MODEL["image"], "naflex": True, "patch_size": P,

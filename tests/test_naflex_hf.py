@@ -27,7 +27,7 @@ from contrastive_jax.export.hf import export_hf  # noqa: E402
 from contrastive_jax.export.model_spec import load_model  # noqa: E402
 from contrastive_jax.models import complete_config  # noqa: E402
 from contrastive_jax.models.naflex import NaFlexImages  # noqa: E402
-from contrastive_jax.train.state import ModelDef  # noqa: E402
+from contrastive_jax.models.state import ModelDef  # noqa: E402
 
 # Siglip2Processor passes its own default patch_size (16) to its image processor: a model
 # with another patch needs `patch_size=` in the call. A 4x4 table: image_size 64 / patch 16.
