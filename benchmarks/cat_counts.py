@@ -24,9 +24,9 @@ def main() -> None:
     parser.add_argument("--no-text-spotting", action="store_true")
     args = parser.parse_args()
 
+    from contrastive_jax.data.filters import FilterCounters, apply_filters
     from contrastive_jax.data.schema import default_filters_config
     from contrastive_jax.datasets.catalogue import get_builder
-    from contrastive_jax.filters import FilterCounters, apply_filters
 
     filters = default_filters_config()
     filters.cat.update(enabled=True, text_spotting=not args.no_text_spotting)

@@ -82,10 +82,10 @@ def main() -> None:
     import torch
     from PIL import Image
 
+    from contrastive_jax.config.eval_tasks import tasks_of
     from contrastive_jax.data.labelled import data_config_for, open_labelled
     from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
     from contrastive_jax.evaluate.prompts import fill
-    from contrastive_jax.evaluate.task_schema import tasks_of
     from contrastive_jax.export.model_spec import load_model
 
     loaded = load_model(args.workdir)

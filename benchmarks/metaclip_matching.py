@@ -17,7 +17,7 @@ import random
 import string
 import time
 
-from contrastive_jax.filters import metaclip
+from contrastive_jax.data.filters import metaclip
 
 
 def make_words(rng: random.Random, n: int) -> list[str]:

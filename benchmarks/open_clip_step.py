@@ -72,10 +72,10 @@ def _export_random(config, out: str) -> None:
     """Our config's model, freshly initialised, written as an open_clip local-dir model."""
     import jax
 
-    from contrastive_jax.data.text_encoder import ensure_tokenizer
+    from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
     from contrastive_jax.export.open_clip_format import export_open_clip
     from contrastive_jax.models import complete_config
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     params, _ = ModelDef.init(complete_config(config.model), jax.random.key(0))
     workdir = os.path.join(os.path.dirname(out), "tokenizer")

@@ -22,8 +22,8 @@ import jax  # noqa: E402
 from contrastive_jax.bench.train_step import synthetic_batch  # noqa: E402
 from contrastive_jax.config import load_config  # noqa: E402
 from contrastive_jax.parallel.mesh import create_mesh, to_global  # noqa: E402
+from contrastive_jax.train.init_state import create_train_state  # noqa: E402
 from contrastive_jax.train.optimizer import create_optimizer  # noqa: E402
-from contrastive_jax.train.state import create_train_state  # noqa: E402
 from contrastive_jax.train.step import train_step_from_config  # noqa: E402
 
 

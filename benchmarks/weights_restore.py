@@ -32,11 +32,12 @@ def _rss_mib() -> float:
 def _child(mode: str, config_spec: str, directory: str) -> dict:
     import jax
 
+    from contrastive_jax.checkpoints.store import Checkpointer
     from contrastive_jax.config import load_config
+    from contrastive_jax.models.state import weights_state_shapes
     from contrastive_jax.parallel.mesh import create_mesh
-    from contrastive_jax.train.checkpoint import Checkpointer
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import create_train_state, weights_state_shapes
 
     config = load_config(config_spec)
     mesh = create_mesh(config.mesh)

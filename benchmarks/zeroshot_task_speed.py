@@ -21,13 +21,14 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[500, 1000])
     args = parser.parse_args()
 
-    from contrastive_jax.config import load_config
-    from contrastive_jax.data.text_encoder import training_captions
+    from contrastive_jax.config import eval_tasks, load_config
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-    from contrastive_jax.evaluate import runner, task_schema
+    from contrastive_jax.data.tokenizer_setup import training_captions
+    from contrastive_jax.evaluate import runner
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import ModelDef, create_train_state
 
     config = load_config(args.config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,7 +39,7 @@ def main() -> None:
     state, _ = create_train_state(config, create_optimizer(config.optimizer,
                                                            config.train.steps)[0], mesh)
     model_def = ModelDef(config.model)
-    for task in task_schema.tasks_of(config):
+    for task in eval_tasks.tasks_of(config):
         if task["kind"] != "zeroshot":
             continue
         for batch_size in args.batch_sizes:

@@ -26,7 +26,13 @@ def get_config(steps: int = 1200, parallel_fraction: float = 0.75) -> ml_collect
     c.data = dict(dataset="fashion_mnist_captions", max_len=32, tokenizer=dict(vocab_size=256))
     c.train = dict(batch_size=256, steps=steps, log_every=50, checkpoint_every=400)
     c.optimizer = dict(lr=2e-3, warmup_steps=min(100, steps // 10), weight_decay=1e-4)
-    # 80 prompts per image are scored: small batches keep the logits small.
-    c.evals = dict(zeroshot=dict(batch_size=100), embedding_stats=dict(enabled=False),
-                   fewshot=dict(enabled=True))
+    # Zero-shot on the test split, with prompt templates that never occur in training
+    # captions (80 prompts per image are scored: small batches keep the logits small);
+    # 1/5/10/25-shot linear probes.
+    test = dict(kind="tfds", name="fashion_mnist_captions", split="test")
+    c.evals = dict(tasks=[
+        dict(kind="zeroshot", name="fashion_mnist", data=test, prompts="fashion_mnist_heldout",
+             batch_size=100),
+        dict(kind="fewshot", name="fashion_mnist", data=test, batch_size=500),
+    ])
     return c

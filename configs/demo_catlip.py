@@ -34,5 +34,12 @@ def get_config(steps: int = 1200) -> ml_collections.ConfigDict:
                   synsets=dict(enabled=True, hash=SYNSETS_HASH, min_count=500))
     c.train = dict(batch_size=256, steps=steps, log_every=50, checkpoint_every=400)
     c.optimizer = dict(lr=2e-3, warmup_steps=min(100, steps // 10), weight_decay=1e-4)
-    c.evals = dict(embedding_stats=dict(enabled=False), fewshot=dict(enabled=True))
+    # Zero-shot on the test split, with prompt templates that never occur in training
+    # captions; 1/5/10/25-shot linear probes.
+    test = dict(kind="tfds", name="fashion_mnist_captions", split="test")
+    c.evals = dict(tasks=[
+        dict(kind="zeroshot", name="fashion_mnist", data=test, prompts="fashion_mnist_heldout",
+             batch_size=500),
+        dict(kind="fewshot", name="fashion_mnist", data=test, batch_size=500),
+    ])
     return c

@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from contrastive_jax.config import ConfigError
+from contrastive_jax.errors import ConfigError
 
 
 def _demo_siglip_config(**kwargs) -> ml_collections.ConfigDict:

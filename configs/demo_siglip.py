@@ -2,7 +2,7 @@
 
     contrastive-jax train --config configs/demo_siglip.py --workdir /tmp/demo_siglip
     contrastive-jax train --config configs/demo_siglip.py:steps=50 --workdir /tmp/smoke
-    contrastive-jax export --checkpoint /tmp/demo_siglip --format hf --out /tmp/siglip_hf
+    contrastive-jax export --model /tmp/demo_siglip --format hf --out /tmp/siglip_hf
 
 The architecture is one transformers' SiglipModel computes exactly (big_vision's SigLIP):
 the image tower pools with a MAP head and has no projection (width = embed_dim); the text
@@ -34,4 +34,12 @@ def get_config(steps: int = 1200, loss: str = "sigmoid_chunked") -> ml_collectio
     c.loss = dict(name=loss)
     c.train = dict(batch_size=256, steps=steps, log_every=50, checkpoint_every=400)
     c.optimizer = dict(lr=2e-3, warmup_steps=min(100, steps // 10), weight_decay=1e-4)
+    # Zero-shot on the test split, with prompt templates that never occur in training
+    # captions; alignment and uniformity of 1,000 held-out pairs.
+    test = dict(kind="tfds", name="fashion_mnist_captions", split="test")
+    c.evals = dict(tasks=[
+        dict(kind="zeroshot", name="fashion_mnist", data=test, prompts="fashion_mnist_heldout",
+             batch_size=500),
+        dict(kind="embedding_stats", name="fashion_mnist", data=test, num_examples=1000),
+    ])
     return c

@@ -17,7 +17,8 @@ import os
 
 import ml_collections
 
-from contrastive_jax.config import ConfigError, load_config_file
+from contrastive_jax.config import load_config_file
+from contrastive_jax.errors import ConfigError
 
 TERMS = ("locca", "self_distill", "masked_prediction")
 

@@ -6,7 +6,7 @@ Flickr30k image-text retrieval by the COCO protocol (Karpathy test splits, every
         --config configs/suite_standard.py:gtsrb=/data/wds_gtsrb/test/*.tar,batch_size=128
 
 Each zero-shot task scores the class names and templates shipped in
-contrastive_jax/evaluate/benchmarks/<name>.json (the source of each list is named there).
+contrastive_jax/evaluate/class_lists/<name>.json (the source of each list is named there).
 Data are TFDS datasets (built in `data.data_dir`, or TFDS's default directory;
 imagenet2012 needs its manual download). TFDS's catalogue lacks three of them:
 - GTSRB and Country211 read webdataset shards with an integer `.cls` per sample, in the
@@ -54,9 +54,6 @@ def get_config(gtsrb: str = GTSRB_SHARDS, country211: str = COUNTRY211_SHARDS,
                flickr30k: str = FLICKR30K_TFDS,
                batch_size: int = 256) -> ml_collections.ConfigDict:
     c = default_config()
-    # The suite only: not the demo's Fashion-MNIST-captions zero-shot and held-out pairs.
-    c.evals.zeroshot.enabled = False
-    c.evals.embedding_stats.enabled = False
     tasks = [_zeroshot(name, dict(kind="tfds", name=ds, split=split), batch_size)
              for name, ds, split in _TFDS_ZEROSHOT]
     tasks += [

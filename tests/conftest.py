@@ -76,14 +76,14 @@ def fake_data_dir(tmp_path_factory, fake_fashion_mnist_source) -> str:
 def trained_workdir(fake_data_dir, tmp_path_factory) -> str:
     """A tiny model trained 6 steps (checkpoints at 3 and 6), shared by export and eval tests,
     which only read it."""
-    from helpers import tiny_config
+    from helpers import fashion_tasks, tiny_config
 
     from contrastive_jax.train import loop
 
     config = tiny_config(
         data={"data_dir": fake_data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": 6, "checkpoint_every": 3},
-        evals={"zeroshot": {"batch_size": 16}, "embedding_stats": {"num_examples": 32}},
+        evals={"tasks": fashion_tasks()},
     )
     return _built_once(tmp_path_factory, "trained_run", lambda path: loop.train(config, path))
 

@@ -31,7 +31,6 @@ def elastic_config(spec: dict):
               "shuffle_buffer": 64, "flip": True, "logical_streams": spec["streams"]},
         train={"steps": spec["steps"], "checkpoint_every": spec.get("checkpoint_every", 1000),
                "keep_checkpoints": 10, "batch_size": spec.get("batch", 16)},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
         distributed={"enabled": "on" if port else "off",
                      "coordinator_address": f"localhost:{port}" if port else "",
                      "num_processes": spec.get("processes", 0),

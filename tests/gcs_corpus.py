@@ -42,7 +42,7 @@ def write_corpus(root: str, staging: str, n: int = 64) -> dict[str, str]:
     half = n // 2
     with open(os.path.join(staging, "table.csv"), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "caption", "uid"])
+        writer.writerow(["image", "caption", "uid"])
         for i in range(half):
             name = f"img{i:04d}.jpg"
             with open(os.path.join(staging, name), "wb") as g:

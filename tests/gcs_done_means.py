@@ -9,7 +9,7 @@ to a local folder, then:
   2. the same run with workdir and sources on gs://, killed with SIGKILL as soon as its
      checkpoint at steps/2 is committed, then relaunched to finish;
   3. `eval --model gs://.../workdir` with a zero-shot task on the gs:// tars;
-  4. `export --checkpoint gs://.../workdir --format hf --out gs://.../hf`.
+  4. `export --model gs://.../workdir --format hf --out gs://.../hf`.
 It checks that the resumed run's train/loss equals the reference at every logged step, and
 that the gs:// processes wrote nothing to their working directory or their TMPDIR (both
 empty folders of their own) but the caches docs/multihost.md names: $CONTRASTIVE_JAX_CACHE
@@ -43,13 +43,12 @@ TINY = ["model.image.depth=1", "model.image.width=32", "model.image.mlp_dim=64",
         "model.image.num_heads=2", "model.text.width=32", "model.text.mlp_dim=64",
         "model.embed_dim=32", "model.text.max_len=16", "data.max_len=16",
         "data.tokenizer.vocab_size=64", "data.channels=1", "train.batch_size=16",
-        "train.log_every=10", "train.progress_bar=False", "evals.zeroshot.enabled=False",
-        "evals.embedding_stats.enabled=False", "optimizer.warmup_steps=10"]
+        "train.log_every=10", "train.progress_bar=False", "optimizer.warmup_steps=10"]
 
 
 def train_command(steps: int, workdir: str, sources: dict[str, str], cache: str) -> list[str]:
     specs = [{"kind": "tfrecord", "pattern": sources["tfrecord"]},
-             {"kind": "wds", "pattern": sources["wds"]}]
+             {"kind": "webdataset", "pattern": sources["wds"]}]
     overrides = [*TINY, f"train.checkpoint_every={steps // 4}", f"data.sources={specs!r}",
                  f"train.compilation_cache_dir={cache}"]
     return [*CLI, "train", "--config", f"{DEMO}:steps={steps}",
@@ -115,15 +114,13 @@ def main() -> int:
                  "data": {"kind": "webdataset", "pattern": gcs_sources["wds"]},
                  "classes": list(CLASSES), "prompts": "class_name"}]
         t = time.monotonic()
-        out = subprocess.run([*CLI, "eval", "--model", workdir, f"--config.evals.tasks={task!r}",
-                              "--config.evals.zeroshot.enabled=False",
-                              "--config.evals.embedding_stats.enabled=False"],
+        out = subprocess.run([*CLI, "eval", "--model", workdir, f"--config.evals.tasks={task!r}"],
                              cwd=cwd, env=env, check=True, stdout=subprocess.PIPE, text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         timings["eval_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
         hf = f"{bucket}/hf"
-        subprocess.run([*CLI, "export", "--checkpoint", workdir, "--format", "hf", "--out", hf],
+        subprocess.run([*CLI, "export", "--model", workdir, "--format", "hf", "--out", hf],
                        cwd=cwd, env=env, check=True)
         timings["export_s"] = round(time.monotonic() - t, 1)
 

@@ -24,6 +24,28 @@ def _with_sections(config: ml_collections.ConfigDict, sections) -> ml_collection
     return config
 
 
+FASHION_TEST = {"kind": "tfds", "name": "fashion_mnist_captions", "split": "test"}
+
+
+def fashion_tasks(batch_size: int = 16, stats: int = 32, *, fewshot: dict | None = None,
+                  retrieval: int = 0) -> list[dict]:
+    """The demos' eval tasks at test size: zero-shot on the test split with held-out
+    prompts; embedding statistics of `stats` pairs (0: none); a few-shot task with the
+    options `fewshot`; held-out-pair retrieval of `retrieval` pairs (0: none)."""
+    tasks = [{"kind": "zeroshot", "name": "fashion_mnist", "data": FASHION_TEST,
+              "prompts": "fashion_mnist_heldout", "batch_size": batch_size}]
+    if stats:
+        tasks.append({"kind": "embedding_stats", "name": "fashion_mnist", "data": FASHION_TEST,
+                      "num_examples": stats})
+    if fewshot is not None:
+        tasks.append({"kind": "fewshot", "name": "fashion_mnist", "data": FASHION_TEST,
+                      **fewshot})
+    if retrieval:
+        tasks.append({"kind": "retrieval", "name": "fashion_mnist", "data": FASHION_TEST,
+                      "captions_key": "", "num_examples": retrieval})
+    return tasks
+
+
 def tiny_config(**sections) -> ml_collections.ConfigDict:
     """A model small enough to compile and step in seconds on a CPU."""
     config = default_config()
@@ -78,7 +100,6 @@ def tiny_cappa_config(**sections) -> ml_collections.ConfigDict:
         "model": {"image": {**size, "patch_size": 7, "image_size": 28, "channels": 1},
                   "decoder": {**size, "vocab_size": 64, "max_len": 8}},
         **_TINY_RUN,
-        "evals": {"embedding_stats": {"enabled": False}},
     })
     return _with_sections(config, sections)
 
@@ -93,7 +114,6 @@ def tiny_catlip_config(num_synsets: int = 12, **sections) -> ml_collections.Conf
                   "head": {"num_synsets": num_synsets}},
         **_TINY_RUN,
         "data": {"max_len": 8, "synsets": {"enabled": True}},
-        "evals": {"embedding_stats": {"enabled": False}},
     })
     return _with_sections(config, sections)
 

@@ -39,9 +39,10 @@ def run(config, devices=None) -> dict:
     from helpers import synthetic_batches
 
     from contrastive_jax.evaluate.zeroshot import zeroshot_accuracy
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh, process_rows, to_global
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import ModelDef, create_train_state
     from contrastive_jax.train.step import train_step_from_config
 
     mesh = create_mesh(config.mesh, devices=devices)

@@ -9,10 +9,10 @@ from contrastive_jax import cli
 
 def test_bench_data_prints_pipeline_rows(capsys):
     assert cli.main(["bench", "data", "--image-size", "32", "--num-examples", "64",
-                     "--batches", "2", "--threads", "1", "--sources", "tfrecord", "wds",
+                     "--batches", "2", "--threads", "1", "--sources", "tfrecord", "webdataset",
                      "--no-step", "--config.train.batch_size=16"]) == 0  # fmt: skip
     rows = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
-    assert [r["source"] for r in rows] == ["tfrecord", "wds"]
+    assert [r["source"] for r in rows] == ["tfrecord", "webdataset"]
     for row in rows:
         assert row["bench"] == "data_pipeline" and row["image_size"] == 32
         assert row["examples_per_sec"] > 0 and row["mean_jpeg_kb"] > 0

@@ -3,11 +3,11 @@
 import jax
 import numpy as np
 import pytest
-from helpers import synthetic_batches
+from helpers import fashion_tasks, synthetic_batches
 
 from contrastive_jax.export.big_vision import load_big_vision
 from contrastive_jax.models import complete_config
-from contrastive_jax.train.state import ModelDef
+from contrastive_jax.models.state import ModelDef
 
 MODEL = {
     "embed_dim": 24, "bias_init": -5.0, "temperature_init": 7.0,
@@ -112,8 +112,8 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
 
     from contrastive_jax import cli
     from contrastive_jax.config import default_config
-    from contrastive_jax.data.text_encoder import training_captions
     from contrastive_jax.data.tokenizer import train_tokenizer
+    from contrastive_jax.data.tokenizer_setup import training_captions
 
     config = complete_config(MODEL)
     params = jax.tree.map(np.asarray, ModelDef.init(config, jax.random.key(2))[0])
@@ -122,15 +122,12 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
     data = default_config().data
     data.data_dir = fake_data_dir
     tokenizer = train_tokenizer(training_captions(data), str(tmp_path / "tok"), vocab_size=64)
-    base = ["eval", "--big-vision", path]
+    base = ["eval", "--model", f"big_vision:{path}"]
     assert cli.main(base) == 2
     assert "needs --tokenizer (the checkpoint's sentencepiece model)" in capsys.readouterr().err
-    assert cli.main(base + ["--workdir", str(tmp_path)]) == 2
-    assert "exactly one of --model, --workdir, --export, --big-vision" in capsys.readouterr().err
     argv = base + ["--config", "configs/demo_siglip.py", "--tokenizer", tokenizer,
                    f"--config.data.data_dir={fake_data_dir}",
-                   "--config.evals.zeroshot.batch_size=16",
-                   "--config.evals.embedding_stats.num_examples=32"]
+                   f"--config.evals.tasks={fashion_tasks()!r}"]
     assert cli.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= result["zeroshot/fashion_mnist/top1"] <= 1

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import synthetic_batches, tiny_cappa_config
+from helpers import FASHION_TEST, synthetic_batches, tiny_cappa_config
 from test_train_step import assert_eight_devices_match_one
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.zeroshot import trim_pad_columns
 from contrastive_jax.models import create_model
 from contrastive_jax.models.decoder import Decoder, self_attention_mask
@@ -143,7 +144,8 @@ def test_sharded_cappa_steps_equal_one_device():
 @pytest.mark.parametrize("sections, key", [
     ({"train": {"microbatches": 2}}, "train.microbatches"),
     ({"data": {"pad_id": 1}}, "data.pad_id"),
-    ({"evals": {"embedding_stats": {"enabled": True}}}, "evals.embedding_stats.enabled"),
+    ({"evals": {"tasks": [{"kind": "embedding_stats", "name": "x", "data": FASHION_TEST}]}},
+     "evals retrieval and embedding_stats tasks"),
     ({"data": {"max_len": 9}}, "data.max_len"),
     ({"model": {"decoder": {"parallel_fraction": 1.5}}}, "model.decoder.parallel_fraction"),
 ])

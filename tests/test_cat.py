@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from contrastive_jax.config import ConfigError
+from contrastive_jax.data.filters import cat
 from contrastive_jax.data.schema import check_filters_config, default_filters_config
-from contrastive_jax.errors import DataError
-from contrastive_jax.filters import cat
+from contrastive_jax.errors import ConfigError, DataError
 
 
 def _cfg(**kw) -> ml_collections.ConfigDict:
@@ -134,7 +133,7 @@ def test_a_missing_tesseract_is_one_line_with_the_install(decide, monkeypatch):
 def test_the_pipeline_counts_each_reason_and_reads_an_image_once(decide, monkeypatch):
     import tensorflow as tf
 
-    from contrastive_jax.filters import FilterCounters, apply_filters
+    from contrastive_jax.data.filters import FilterCounters, apply_filters
 
     read, ocr_words = [], cat.ocr_words
     monkeypatch.setattr(cat, "ocr_words", lambda image, n: read.append(1) or ocr_words(image, n))

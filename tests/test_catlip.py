@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import synthetic_batches, tiny_catlip_config
+from helpers import FASHION_TEST, fashion_tasks, synthetic_batches, tiny_catlip_config
 from test_train_step import assert_eight_devices_match_one
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
 from contrastive_jax.data import wordnet
 from contrastive_jax.data.nouns import NounSynsets, wordnet_synset
 from contrastive_jax.data.synsets import (
@@ -20,7 +20,7 @@ from contrastive_jax.data.synsets import (
     build_vocabulary,
     check_hash,
 )
-from contrastive_jax.errors import DataError
+from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.losses.synset_bce import multi_hot, synset_bce
 from contrastive_jax.models import create_model
 
@@ -172,7 +172,8 @@ def test_sharded_catlip_steps_equal_one_device():
 @pytest.mark.parametrize("sections, key", [
     ({"data": {"synsets": {"enabled": False}}}, "data.synsets.enabled"),
     ({"train": {"microbatches": 2}}, "train.microbatches"),
-    ({"evals": {"embedding_stats": {"enabled": True}}}, "evals.embedding_stats.enabled"),
+    ({"evals": {"tasks": [{"kind": "embedding_stats", "name": "x", "data": FASHION_TEST}]}},
+     "evals retrieval and embedding_stats tasks"),
     ({"data": {"synsets": {"min_count": 0}}}, "data.synsets.min_count"),
     ({"model": {"head": {"num_synsets": 0}}}, "model.head.num_synsets"),
 ])
@@ -202,7 +203,7 @@ def test_bench_step_times_catlip():
 def test_a_run_builds_its_vocabulary_once_and_the_stream_carries_synset_ids(
         fake_data_dir, tmp_path):
     from contrastive_jax.data.stream import train_dataset
-    from contrastive_jax.data.text_encoder import ensure_tokenizer, workdir_tokenizer
+    from contrastive_jax.data.tokenizer_setup import ensure_tokenizer, workdir_tokenizer
 
     config = tiny_catlip_config(data={"data_dir": fake_data_dir,
                                       "synsets": {"enabled": True, "min_count": 1}})
@@ -226,7 +227,7 @@ def test_a_run_builds_its_vocabulary_once_and_the_stream_carries_synset_ids(
 
 def test_a_catlip_run_trains_evaluates_and_its_workdir_evaluates_the_same(
         fake_data_dir, tmp_path):
-    from contrastive_jax.data.text_encoder import ensure_tokenizer
+    from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
     from contrastive_jax.evaluate.model_eval import evaluate_model
     from contrastive_jax.train import loop
 
@@ -235,7 +236,7 @@ def test_a_catlip_run_trains_evaluates_and_its_workdir_evaluates_the_same(
         data={"data_dir": fake_data_dir, "shuffle_buffer": 64,
               "synsets": {"enabled": True, "min_count": 1}},
         train={"steps": 4, "checkpoint_every": 4},
-        evals={"zeroshot": {"batch_size": 64}})
+        evals={"tasks": fashion_tasks(batch_size=64, stats=0)})
     workdir = str(tmp_path / "run")  # not there yet: the vocabulary's save makes it
     config.model.head.num_synsets = ensure_tokenizer(config.data, workdir).vocab_size
     final = loop.train(config, workdir)

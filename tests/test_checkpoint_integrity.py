@@ -16,12 +16,14 @@ import tensorstore as ts
 from helpers import tiny_config
 from jax.sharding import NamedSharding, PartitionSpec
 
+from contrastive_jax.checkpoints import fingerprint
+from contrastive_jax.checkpoints.store import Checkpointer, CheckpointMismatchError
 from contrastive_jax.errors import CheckpointError
+from contrastive_jax.models.state import weights_state_shapes
 from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train import fingerprint, loop
-from contrastive_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from contrastive_jax.train import loop
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state, weights_state_shapes
 
 
 def test_fingerprints_ignore_sharding_and_see_one_flipped_bit():
@@ -57,8 +59,7 @@ def _config(data_dir, **train):
         # file, outside the checksummed b-tree nodes that inline small values.
         model={"text": {"vocab_size": 512}},
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train={"steps": 4, "checkpoint_every": 2, "log_every": 2, **train},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        train={"steps": 4, "checkpoint_every": 2, "log_every": 2, **train})
 
 
 @pytest.fixture(scope="module")

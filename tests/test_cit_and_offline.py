@@ -14,18 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import FASHION_TEST, tiny_config
 
+from contrastive_jax.checkpoints.store import restore_params
 from contrastive_jax.cli import main
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.filters import uid_tables
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.evaluate.embed import encode_texts
-from contrastive_jax.filters import uid_tables
-from contrastive_jax.filters.cit import CitSelector, make_select_fn, selection_indices
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import restore_params
+from contrastive_jax.train.cit import CitSelector, make_select_fn, selection_indices
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 
 
 def test_selection_indices_topk_and_threshold():
@@ -53,7 +54,8 @@ def run(fake_data_dir, tmp_path_factory):
                           "dedup": {"enabled": True, "keep_lists": (keep,)}}},
         train={"steps": 4, "checkpoint_every": 4,
                "cit": {"enabled": True, "oversample": 2, "refresh_every": 2}},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"num_examples": 16}},
+        evals={"tasks": [{"kind": "embedding_stats", "name": "fashion_mnist",
+                          "data": FASHION_TEST, "num_examples": 16}]},
     )
     result = loop.train(config, workdir)
     return config, workdir, result
@@ -61,7 +63,7 @@ def run(fake_data_dir, tmp_path_factory):
 
 def test_training_loop_logs_filter_counters_and_cit_metrics(run):
     config, workdir, result = run
-    assert result["step"] == 4 and "embeddings/alignment" in result
+    assert result["step"] == 4 and "embedding_stats/fashion_mnist/alignment" in result
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
     train = [r for r in records if "train/loss" in r]

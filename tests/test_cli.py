@@ -29,9 +29,10 @@ def test_missing_demo_data_is_one_line_with_the_fix(tmp_path):
 
 
 def test_eval_of_a_directory_that_is_no_workdir(tmp_path):
-    result = run_cli("eval", "--workdir", str(tmp_path))
+    result = run_cli("eval", "--model", str(tmp_path))
     assert result.returncode == 2
-    assert error_lines(result) == [f"error: {tmp_path} is not a training workdir: no config.json"]
+    [line] = error_lines(result)
+    assert line.startswith(f"error: model '{tmp_path}' is neither a training workdir, an export")
 
 
 def test_config_that_does_not_parse(tmp_path):

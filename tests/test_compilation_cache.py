@@ -4,7 +4,8 @@ import jax
 import pytest
 from helpers import tiny_config
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.train.loop import enable_compilation_cache
 
 

@@ -6,7 +6,8 @@ import textwrap
 
 import pytest
 
-from contrastive_jax.config import ConfigError, load_config
+from contrastive_jax.config import load_config
+from contrastive_jax.errors import ConfigError
 
 DEMO = "configs/demo_siglip.py"
 

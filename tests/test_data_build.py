@@ -29,11 +29,11 @@ def table(tmp_path):
     for i in range(6):
         if i != 2:
             (tmp_path / "img" / f"{i}.jpg").write_bytes(jpeg())
-        rows.append({"path": f"img/{i}.jpg", "caption": "" if i == 4 else f"photo {i}",
+        rows.append({"image": f"img/{i}.jpg", "caption": "" if i == 4 else f"photo {i}",
                      "label": i})  # fmt: skip
     path = tmp_path / "pairs.csv"
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "caption", "label"])
+        writer = csv.DictWriter(f, ["image", "caption", "label"])
         writer.writeheader()
         writer.writerows(rows)
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -17,8 +17,8 @@ import tensorflow as tf
 from contrastive_jax.data import augment, examples, positions, preprocess, schema
 from contrastive_jax.data.labelled import split_of
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import EOS_ID, Tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.errors import ConfigError

@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_config
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
 from contrastive_jax.data import examples, formats, mixture, positions, records, schema, stream
+from contrastive_jax.data.filters import FilterCounters
 from contrastive_jax.data.sources import create_source, parse_source
-from contrastive_jax.data.text_encoder import text_renderer
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-from contrastive_jax.errors import DataError, InputNotFoundError
-from contrastive_jax.filters import FilterCounters
+from contrastive_jax.data.tokenizer_setup import text_renderer
+from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 
 RNG = np.random.default_rng(0)
 
@@ -164,7 +164,7 @@ def test_wds_and_folder_sources(tmp_path, tokenizer):
         (f"k{i}", {"PNG": tf.io.encode_png(tf.zeros([5, 5, 3], tf.uint8)).numpy(),
                      "json": json.dumps({"caption": f"photo {i}", "label": i + 3}).encode()})
         for i in range(3)])  # fmt: skip
-    ds_labels = labels(batches(data_cfg({"kind": "wds", "pattern": str(tmp_path / "*.tar")}),
+    ds_labels = labels(batches(data_cfg({"kind": "webdataset", "pattern": str(tmp_path / "*.tar")}),
                                tokenizer, 3, batch=2))  # fmt: skip
     assert sorted(ds_labels) == list(range(6))
 
@@ -172,14 +172,14 @@ def test_wds_and_folder_sources(tmp_path, tokenizer):
     rows = []
     for i in range(4):
         (tmp_path / "img" / f"{i}.jpg").write_bytes(jpeg())
-        rows.append({"path": f"img/{i}.jpg", "caption": f"photo of thing {i}", "label": i})
+        rows.append({"image": f"img/{i}.jpg", "caption": f"photo of thing {i}", "label": i})
     with open(tmp_path / "t.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "caption", "label"])
+        writer = csv.DictWriter(f, ["image", "caption", "label"])
         writer.writeheader()
         writer.writerows(rows)
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for table in ("t.csv", "t.jsonl"):
-        cfg = data_cfg({"kind": "folder", "path": str(tmp_path / table)})
+        cfg = data_cfg({"kind": "table", "path": str(tmp_path / table)})
         assert sorted(labels(batches(cfg, tokenizer, 2, batch=2))) == [0, 1, 2, 3]
 
 
@@ -231,15 +231,15 @@ def test_bad_records_counted_per_reason(bad_corpus, tmp_path, caplog):
         last = t.getmembers()[-2]  # the third sample's image
     with open(tar, "r+b") as f:
         f.truncate(last.offset_data + last.size // 2)
-    assert final_counts(data_cfg({"kind": "wds", "pattern": str(tmp_path / "*.tar")})) == {
+    assert final_counts(data_cfg({"kind": "webdataset", "pattern": str(tmp_path / "*.tar")})) == {
         "data/seen": 3, "data/skipped/truncated_shard": 1}
 
     (tmp_path / "x.jsonl").write_text(
-        json.dumps({"path": "nowhere.jpg", "caption": "a"}) + "\n" +
-        json.dumps({"path": tar, "caption": "tar bytes are no image"}) + "\n" +
-        json.dumps({"path": "y.jpg", "caption": "good"}) + "\n")
+        json.dumps({"image": "nowhere.jpg", "caption": "a"}) + "\n" +
+        json.dumps({"image": tar, "caption": "tar bytes are no image"}) + "\n" +
+        json.dumps({"image": "y.jpg", "caption": "good"}) + "\n")
     (tmp_path / "y.jpg").write_bytes(jpeg())
-    assert final_counts(data_cfg({"kind": "folder", "path": str(tmp_path / "x.jsonl")})) == {
+    assert final_counts(data_cfg({"kind": "table", "path": str(tmp_path / "x.jsonl")})) == {
         "data/seen": 1, "data/skipped/missing_file": 1, "data/skipped/undecodable_image": 1}
 
 
@@ -247,8 +247,10 @@ def test_bad_source_configs_are_one_line_errors(corpus):
     config = tiny_config(data={"sources": ({"kind": "s3"},)})
     with pytest.raises(ConfigError, match=r"'data.sources\[0\].kind': unknown source kind 's3'"):
         validate(config)
-    config = tiny_config(data={"sources": ({"kind": "wds", "pattern": "x", "path": "y"},)})
-    with pytest.raises(ConfigError, match=r"'data.sources\[0\].path': unknown for kind 'wds'"):
+    config = tiny_config(data={"sources": ({"kind": "webdataset", "pattern": "x",
+                                            "path": "y"},)})
+    with pytest.raises(ConfigError,
+                       match=r"'data.sources\[0\].path': unknown for kind 'webdataset'"):
         validate(config)
     config = tiny_config(data={"sources": (tfrecords(corpus),)})
     with pytest.raises(ConfigError, match="'data.channels' \\(3\\) differs"):
@@ -266,8 +268,7 @@ def test_train_loop_writes_data_counters(bad_corpus, tmp_path):
         data={"sources": ({"kind": "tfrecord", "pattern": files},), "channels": 1,
               "image_size": 28, "cycle_length": 1, "shuffle_buffer": 1,
               "tokenizer": {"vocab_size": 40}},
-        train={"steps": 2, "batch_size": 8}, optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        train={"steps": 2, "batch_size": 8}, optimizer={"warmup_steps": 1})
     validate(config)
     loop.train(config, str(tmp_path))
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
@@ -355,16 +356,16 @@ def test_rendered_captions_and_text_pairs_from_a_tfrecord_source(tmp_path):
 
 
 def test_embedding_cache_reads_every_source_and_keeps_the_stream(corpus, tokenizer, tmp_path):
-    """uid_image_batches covers every usable example of every source (tfrecord and folder)
+    """uid_image_batches covers every usable example of every source (tfrecord and table)
     once, in stored order; with the embeddings the stream is the same stream of examples."""
     (tmp_path / "img").mkdir()
     rows = []
     for i in range(4):
         (tmp_path / "img" / f"{i}.jpg").write_bytes(jpeg())
-        rows.append({"path": f"img/{i}.jpg", "caption": f"picture {i}", "uid": f"f{i}",
+        rows.append({"image": f"img/{i}.jpg", "caption": f"picture {i}", "uid": f"f{i}",
                      "label": 200 + i})
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = data_cfg(tfrecords(corpus), {"kind": "folder", "path": str(tmp_path / "t.jsonl")})
+    cfg = data_cfg(tfrecords(corpus), {"kind": "table", "path": str(tmp_path / "t.jsonl")})
     got = list(stream.uid_image_batches(cfg, 5))
     assert [len(b["uid"]) for b in got] == [5, 5, 5, 5, 4, 4]  # per source: 24, then 4
     assert got[0]["image"].shape == (5, 8, 8, 3) and got[0]["image"].dtype == np.float32

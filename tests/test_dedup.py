@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from contrastive_jax.filters.dedup import exact_keep, semdedup_cluster, semdedup_keep
-from contrastive_jax.filters.kmeans import spherical_kmeans
+from contrastive_jax.curation.dedup import exact_keep, semdedup_cluster, semdedup_keep
+from contrastive_jax.curation.kmeans import spherical_kmeans
 
 
 def test_exact_keeps_smallest_uid_of_each_content_group():

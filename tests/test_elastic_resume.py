@@ -21,7 +21,7 @@ from test_checkpoint_integrity import _flip_chunk_data
 from test_multiprocess import ROOT, TESTS, free_port
 from xla_flags import CHEAP_COMPILE
 
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.errors import ConfigError
 
 STEPS = 12

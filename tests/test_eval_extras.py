@@ -17,10 +17,10 @@ def test_clip_prompt_sets():
 def test_unknown_prompt_set_names_its_key():
     from contrastive_jax.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="config key 'evals.zeroshot.prompts': unknown prompt "
-                                          "set 'clip_81'; known: fashion_mnist_heldout"):
+    with pytest.raises(ConfigError, match=r"config key 'evals.tasks\[\].prompts': unknown "
+                                          "prompt set 'clip_81'; known: fashion_mnist_heldout"):
         get_prompts("clip_81")
-    with pytest.raises(ConfigError, match="config key 'evals.retrieval.chunk' must be >= 1"):
+    with pytest.raises(ValueError, match="retrieval chunk must be >= 1"):
         retrieval_recalls(np.eye(2), np.eye(2), chunk=0)
 
 
@@ -30,7 +30,7 @@ def test_run_evals_builds_every_task_of_the_table_the_same_way(monkeypatch):
     from contrastive_jax.evaluate import runner
     from contrastive_jax.registry import Registry
 
-    assert set(runner.TASK_KINDS) == {"zeroshot", "retrieval", "fewshot"}
+    assert set(runner.TASK_KINDS) == {"zeroshot", "retrieval", "fewshot", "embedding_stats"}
     with pytest.raises(ConfigError, match="config key 'evals.tasks\\[\\].kind': unknown task "
                                           "kind 'linear'"):
         runner.TASK_KINDS["linear"]
@@ -46,21 +46,25 @@ def test_run_evals_builds_every_task_of_the_table_the_same_way(monkeypatch):
     monkeypatch.setattr(runner, "TASK_KINDS",
                         Registry("task kind", {k: fake(k) for k in runner.TASK_KINDS}))
     config = default_config()
-    config.evals.zeroshot.enabled = False
-    config.evals.embedding_stats.enabled = False
-    config.evals.fewshot.enabled = True
-    config.evals.tasks = [{"kind": "zeroshot", "name": "folder", "every": 7,
-                           "data": {"kind": "folder", "path": "/x"}}]
+    config.evals.tasks = [
+        {"kind": "fewshot", "name": "fashion_mnist",
+         "data": {"kind": "tfds", "name": "fashion_mnist_captions"}},
+        {"kind": "zeroshot", "name": "folder", "every": 7,
+         "data": {"kind": "image_folder", "path": "/x"}},
+        {"kind": "embedding_stats", "name": "stats",
+         "data": {"kind": "tfds", "name": "fashion_mnist_captions"}}]
     config.train.eval_every = 5
     details = {}
     metrics = runner.run_evals(config, "model", "state", "tok", "mesh", details)
     assert metrics == {"fewshot/fashion_mnist/10shot": 0.5, "fewshot/fashion_mnist/other": 1.0,
                        "zeroshot/folder/top1": 0.5, "zeroshot/folder/other": 1.0,
-                       "suite/mean": 0.5}
+                       "embedding_stats/stats/top1": 0.5, "embedding_stats/stats/other": 1.0,
+                       "suite/mean": 0.5}  # embedding statistics have no headline
     assert calls == [("fewshot", "fashion_mnist", "model", "state", "tok", "mesh", details),
-                     ("zeroshot", "folder", "model", "state", "tok", "mesh", details)]
+                     ("zeroshot", "folder", "model", "state", "tok", "mesh", details),
+                     ("embedding_stats", "stats", "model", "state", "tok", "mesh", details)]
     assert [row["metric"] for row in details["tasks"]] == ["fewshot/fashion_mnist/10shot",
-                                                           "zeroshot/folder/top1"]
+                                                           "zeroshot/folder/top1", None]
     calls.clear()
     assert set(runner.run_evals(config, "m", "s", "t", "x", step=14)) == {
         "zeroshot/folder/top1", "zeroshot/folder/other", "suite/mean"}  # every 7, not 5
@@ -90,19 +94,19 @@ def test_retrieval_ranks_match_a_full_argsort(chunk):
 
 
 def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
-    from helpers import tiny_config
+    from helpers import fashion_tasks, tiny_config
 
-    from contrastive_jax.data.text_encoder import training_captions
+    from contrastive_jax.config.eval_tasks import tasks_of
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+    from contrastive_jax.data.tokenizer_setup import training_captions
     from contrastive_jax.evaluate import runner
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import ModelDef, create_train_state
 
     config = tiny_config(data={"data_dir": fake_data_dir},
-                         evals={"zeroshot": {"enabled": False},
-                                "embedding_stats": {"enabled": False},
-                                "retrieval": {"enabled": True, "num_examples": 40}})
+                         evals={"tasks": fashion_tasks(stats=0, retrieval=40)[1:]})
     tokenizer = Tokenizer(train_tokenizer(training_captions(config.data), str(tmp_path / "t"),
                                           vocab_size=64))
     mesh = create_mesh(config.mesh)
@@ -114,7 +118,9 @@ def test_retrieval_eval_on_heldout_pairs(fake_data_dir, tmp_path):
                                       "retrieval/fashion_mnist/mean_r1", "suite/mean"])
     assert metrics["suite/mean"] == metrics["retrieval/fashion_mnist/mean_r1"] == (
         metrics["retrieval/fashion_mnist/i2t_r1"] + metrics["retrieval/fashion_mnist/t2i_r1"]) / 2
-    zimg, ztxt = runner.heldout_pairs(config, model_def, state, tokenizer, mesh, 40)
+    (task,) = tasks_of(config)
+    zimg, ztxt = runner.heldout_pairs(config, model_def, state, tokenizer, mesh, 40,
+                                      task["data"])
     assert zimg.shape == ztxt.shape == (40, 16)
     assert metrics["retrieval/fashion_mnist/i2t_r5"] == retrieval_recalls(zimg, ztxt)["i2t_r5"]
 

@@ -17,8 +17,6 @@ from contrastive_jax.config import default_config
 
 def get_config():
     c = default_config()
-    c.evals.zeroshot.enabled = False
-    c.evals.embedding_stats.enabled = False
     c.evals.tasks = [
         dict(kind="zeroshot", name="fmnist", batch_size=16,
              data=dict(kind="tfds", name="fashion_mnist_captions", split="test")),
@@ -37,7 +35,7 @@ def export_dir(tmp_path_factory):
     from contrastive_jax.data.tokenizer import train_tokenizer
     from contrastive_jax.export.native import export_weights
     from contrastive_jax.models import complete_config
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     root = tmp_path_factory.mktemp("eval_missing")
     config = tiny_config()
@@ -91,10 +89,10 @@ def test_skip_missing_runs_the_ready_tasks_and_reports_the_rest(export_dir, fake
 def test_a_task_reading_an_unprepared_tfds_dataset_is_one_line(tmp_path):
     """Where no check ran first (a training run's periodic evals), the read itself says
     what is missing instead of TFDS's AssertionError."""
+    from contrastive_jax.config.eval_tasks import parse_data
     from contrastive_jax.data.labelled import open_labelled
     from contrastive_jax.data.schema import default_data_config
     from contrastive_jax.errors import InputNotFoundError
-    from contrastive_jax.evaluate.task_schema import parse_data
 
     spec = parse_data({"kind": "tfds", "name": "cifar10", "data_dir": str(tmp_path)}, "data")
     with pytest.raises(InputNotFoundError, match=r"zeroshot/cifar10: TFDS dataset 'cifar10' "

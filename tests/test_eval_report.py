@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import fashion_tasks, tiny_config
 from PIL import Image
 
 from contrastive_jax.evaluate import retrieval
@@ -115,11 +115,10 @@ def test_eval_cli_writes_json_and_markdown_report_with_fewshot(trained_workdir, 
     from contrastive_jax import cli
 
     out = str(tmp_path / "report")
-    code = cli.main(["eval", "--workdir", trained_workdir, "--out", out,
-                     "--config.evals.fewshot.enabled=True", "--config.evals.fewshot.shots=[1,5]",
-                     "--config.evals.fewshot.seeds=2", "--config.evals.fewshot.batch_size=64",
-                     "--config.evals.retrieval.enabled=True",
-                     "--config.evals.retrieval.num_examples=32"])
+    tasks = fashion_tasks(fewshot={"shots": [1, 5], "seeds": 2, "batch_size": 64},
+                          retrieval=32)
+    code = cli.main(["eval", "--model", trained_workdir, "--out", out,
+                     f"--config.evals.tasks={tasks!r}"])
     assert code == 0
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
@@ -143,16 +142,14 @@ def test_eval_cli_writes_json_and_markdown_report_with_fewshot(trained_workdir, 
 def test_eval_bad_input_is_one_line(trained_workdir, tmp_path, capsys):
     from contrastive_jax import cli
 
-    base = ["eval", "--workdir", trained_workdir, "--out", str(tmp_path)]
+    base = ["eval", "--model", trained_workdir, "--out", str(tmp_path)]
     # A checkpoint of another architecture than the (overridden) config.
     assert cli.main(base + ["--config.model.text.width=48"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     # More shots than the training split has for a class (the fake train split: 200 images).
-    assert cli.main(base + ["--config.evals.zeroshot.enabled=False",
-                            "--config.evals.embedding_stats.enabled=False",
-                            "--config.evals.fewshot.enabled=True",
-                            "--config.evals.fewshot.shots=[1,500]"]) == 2
+    fewshot = fashion_tasks(fewshot={"shots": [1, 500]})[-1:]
+    assert cli.main(base + [f"--config.evals.tasks={fewshot!r}"]) == 2
     err = capsys.readouterr().err
     assert "fewer than 500 shots" in err and err.count("\n") == 1
     assert not os.path.exists(os.path.join(str(tmp_path), "report.json"))
@@ -161,12 +158,14 @@ def test_eval_bad_input_is_one_line(trained_workdir, tmp_path, capsys):
 def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path):
     import tensorflow_datasets as tfds
 
+    from contrastive_jax.config import eval_tasks
     from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
-    from contrastive_jax.evaluate import runner, task_schema
+    from contrastive_jax.evaluate import runner
     from contrastive_jax.evaluate.embed import encode_images, encode_texts
+    from contrastive_jax.models.state import ModelDef
     from contrastive_jax.parallel.mesh import create_mesh
+    from contrastive_jax.train.init_state import create_train_state
     from contrastive_jax.train.optimizer import create_optimizer
-    from contrastive_jax.train.state import ModelDef, create_train_state
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(11, 28, 28, 1), dtype=np.uint8)
@@ -191,7 +190,7 @@ def test_retrieval_eval_reads_every_caption_of_a_multi_caption_dataset(tmp_path)
     data_dir = str(tmp_path / "tfds")
     MultiCaptionToy(data_dir=data_dir).download_and_prepare()
     config = tiny_config(data={"data_dir": data_dir})
-    task = task_schema.parse_task({"kind": "retrieval", "name": "toy", "chunk": 4,
+    task = eval_tasks.parse_task({"kind": "retrieval", "name": "toy", "chunk": 4,
                                    "data": {"kind": "tfds", "name": "multi_caption_toy",
                                             "split": "test"}}, 0)
     flat = [c for caps in captions for c in caps]

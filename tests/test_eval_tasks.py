@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contrastive_jax.config import default_config
+from contrastive_jax.config import default_config, eval_tasks
 from contrastive_jax.errors import ConfigError, DataError
-from contrastive_jax.evaluate import task_schema
 
 CLASSES = ("bag", "sandal", "shirt")
 
@@ -38,14 +37,13 @@ def image_folder(tmp_path_factory) -> str:
 
 
 def _task(**kw) -> dict:
-    return {"kind": "zeroshot", "name": "t", "data": {"kind": "folder", "path": "/x"}, **kw}
+    return {"kind": "zeroshot", "name": "t", "data": {"kind": "image_folder", "path": "/x"}, **kw}
 
 
 def _tasks(*specs) -> list:
     config = default_config()
-    config.evals.zeroshot.enabled = False
     config.evals.tasks = list(specs)
-    return task_schema.tasks_of(config)
+    return eval_tasks.tasks_of(config)
 
 
 def test_schema_fills_defaults_and_names_the_bad_key():
@@ -54,11 +52,11 @@ def test_schema_fills_defaults_and_names_the_bad_key():
     assert task["template_average"] == "likelihood"
     for spec, match in [
         (_task(shots=[1]), r"'evals.tasks\[0\].shots': unknown for a zeroshot task"),
-        (_task(data={"kind": "folder"}), r"'evals.tasks\[0\].data.path' is required"),
+        (_task(data={"kind": "image_folder"}), r"'evals.tasks\[0\].data.path' is required"),
         (_task(data={"kind": "s3", "path": "x"}), r"'evals.tasks\[0\].data.kind': unknown data"),
         (_task(kind="linear"), r"'evals.tasks\[0\].kind': unknown task kind 'linear'"),
         (_task(name="a/b"), r"'evals.tasks\[0\].name' must be a non-empty name"),
-        (_task(data={"kind": "csv", "path": "x", "label": "y"}), r"data.label': unknown"),
+        (_task(data={"kind": "table", "path": "x", "label": "y"}), r"data.label': unknown"),
         ({**_task(kind="retrieval"), "classes": ""}, r"unknown for a retrieval task"),
         (_task(every=-1), r"'evals.tasks\[0\].every' must be an integer >= 0"),
         (_task(template_average="max"),
@@ -76,25 +74,24 @@ def test_schema_fills_defaults_and_names_the_bad_key():
         validate(config)
 
 
-def test_legacy_groups_are_tasks_and_every_picks_the_steps():
-    config = default_config()
-    config.evals.fewshot.enabled = True
-    config.evals.retrieval.enabled = True
-    legacy = task_schema.tasks_of(config)
-    assert [(t["kind"], t["name"]) for t in legacy] == [
-        ("zeroshot", "fashion_mnist"), ("retrieval", "fashion_mnist"),
-        ("fewshot", "fashion_mnist")]
-    assert legacy[0]["data"]["name"] == "fashion_mnist_captions"
-    assert legacy[1]["captions_key"] == ""  # held-out pairs, as before tasks
-    assert legacy[2]["train_data"]["split"] == "train"
-    assert task_schema.headline_key(legacy[2]) == "fewshot/fashion_mnist/10shot"
-    short = {**legacy[2], "shots": [1, 5]}
-    assert task_schema.headline_key(short) == "fewshot/fashion_mnist/5shot"
+def test_the_default_evaluates_nothing_and_every_picks_the_steps():
+    assert eval_tasks.tasks_of(default_config()) == []
+    data = {"kind": "tfds", "name": "fashion_mnist_captions"}
+    (fewshot,) = _tasks({"kind": "fewshot", "name": "fashion_mnist", "data": data})
+    assert fewshot["data"]["split"] == "test" and fewshot["train_data"]["split"] == "train"
+    assert eval_tasks.headline_key(fewshot) == "fewshot/fashion_mnist/10shot"
+    (stats,) = _tasks({"kind": "embedding_stats", "name": "s", "data": data})
+    assert stats["num_examples"] == 1000 and eval_tasks.headline_key(stats) is None
+    with pytest.raises(ConfigError, match=r"'evals.tasks\[0\].data.kind': embedding_stats "
+                                          "reads TFDS captions"):
+        _tasks({"kind": "embedding_stats", "name": "s", "data": _task()["data"]})
+    short = {**fewshot, "shots": [1, 5]}
+    assert eval_tasks.headline_key(short) == "fewshot/fashion_mnist/5shot"
     often, default = _tasks(_task(name="a", every=5), _task(name="b"))
-    assert [task_schema.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
-    assert [task_schema.due(default, s, 20) for s in (5, 10, 20, None)] == [False, False,
+    assert [eval_tasks.due(often, s, 20) for s in (5, 10, 20, None)] == [True] * 4
+    assert [eval_tasks.due(default, s, 20) for s in (5, 10, 20, None)] == [False, False,
                                                                             True, True]
-    assert task_schema.any_due([often, default], 15, 0) and not task_schema.any_due(
+    assert eval_tasks.any_due([often, default], 15, 0) and not eval_tasks.any_due(
         [default], 15, 0)
 
 
@@ -104,12 +101,12 @@ def _labelled(spec, tiny=True):
     from contrastive_jax.data.labelled import data_config_for, open_labelled
 
     config = tiny_config()
-    parsed = task_schema.parse_data(spec, "test")
+    parsed = eval_tasks.parse_data(spec, "test")
     return open_labelled(parsed, data_config_for(config, parsed), "task 'x'")
 
 
 def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, tmp_path):
-    folder = _labelled({"kind": "folder", "path": image_folder})
+    folder = _labelled({"kind": "image_folder", "path": image_folder})
     assert folder.names == list(CLASSES) and len(folder) == 13
     batches = list(folder.batches(5))
     assert [int(b["mask"].sum()) for b in batches] == [5, 5, 2]  # the broken one: dropped
@@ -132,8 +129,8 @@ def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, 
                 info = tarfile.TarInfo(f"s{n:03d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    jsonl = _labelled({"kind": "jsonl", "path": str(tmp_path / "t.jsonl")})
-    csv = _labelled({"kind": "csv", "path": str(tmp_path / "t.csv"), "image_column": "file",
+    jsonl = _labelled({"kind": "table", "path": str(tmp_path / "t.jsonl")})
+    csv = _labelled({"kind": "table", "path": str(tmp_path / "t.csv"), "image_column": "file",
                      "label_column": "y"})
     wds = _labelled({"kind": "webdataset", "pattern": str(tmp_path / "shard-*.tar")})
     assert jsonl.names == list(CLASSES) and csv.names is None and wds.names is None
@@ -147,7 +144,7 @@ def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, 
 def test_class_names_refuse_names_that_are_not_words(image_folder, tmp_path):
     from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
 
-    folder = _labelled({"kind": "folder", "path": image_folder})
+    folder = _labelled({"kind": "image_folder", "path": image_folder})
     (task,) = _tasks(_task())
     assert task_class_names(task, folder, "w") == list(CLASSES)
     assert task_prompts(task) == task_prompts({"prompts": "clip_80"})
@@ -160,13 +157,13 @@ def test_class_names_refuse_names_that_are_not_words(image_folder, tmp_path):
     for name in ("n01440764", "17"):
         (tmp_path / name).mkdir(exist_ok=True)
         (tmp_path / name / "a.png").write_bytes(_png(np.random.default_rng(1), 9))
-    wordnet = _labelled({"kind": "folder", "path": str(tmp_path)})
+    wordnet = _labelled({"kind": "image_folder", "path": str(tmp_path)})
     (task,) = _tasks(_task(name="imagenet"))
     with pytest.raises(DataError, match="task: its label names are not words .*'17'"):
         task_class_names(task, wordnet, "task")
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(DataError, match="task 'x': class folder .*empty_class has no images"):
-        _labelled({"kind": "folder", "path": str(tmp_path)})
+        _labelled({"kind": "image_folder", "path": str(tmp_path)})
 
 
 def test_eval_model_runs_a_suite_and_embed_reproduces_its_top1(trained_workdir, image_folder,
@@ -176,11 +173,9 @@ def test_eval_model_runs_a_suite_and_embed_reproduces_its_top1(trained_workdir, 
     tasks = [{"kind": "zeroshot", "name": "demo", "batch_size": 16, "prompts": "class_name",
               "data": {"kind": "tfds", "name": "fashion_mnist_captions", "split": "test"}},
              {"kind": "zeroshot", "name": "folder", "batch_size": 8, "prompts": "class_name",
-              "data": {"kind": "folder", "path": image_folder}}]
+              "data": {"kind": "image_folder", "path": image_folder}}]
     out = str(tmp_path / "report")
     assert cli.main(["eval", "--model", trained_workdir, "--out", out,
-                     "--config.evals.zeroshot.enabled=False",
-                     "--config.evals.embedding_stats.enabled=False",
                      f"--config.evals.tasks={tasks!r}"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     demo, folder = result["zeroshot/demo/top1"], result["zeroshot/folder/top1"]
@@ -216,14 +211,13 @@ def test_eval_suite_errors_are_one_line(trained_workdir, tmp_path, capsys):
 
     (tmp_path / "numbers" / "7").mkdir(parents=True)
     (tmp_path / "numbers" / "7" / "a.png").write_bytes(_png(np.random.default_rng(2), 5))
-    base = ["eval", "--model", trained_workdir, "--out", str(tmp_path / "r"),
-            "--config.evals.zeroshot.enabled=False"]
+    base = ["eval", "--model", trained_workdir, "--out", str(tmp_path / "r")]
     for tasks, match in [
-        ([_task(data={"kind": "folder", "path": str(tmp_path / "numbers")})],
+        ([_task(data={"kind": "image_folder", "path": str(tmp_path / "numbers")})],
          "zeroshot task 't': its label names are not words"),
         ([_task(prompt="x")], "evals.tasks[0].prompt': unknown"),
         # Found before the model loads, with every other task whose data is missing.
-        ([_task(data={"kind": "folder", "path": str(tmp_path / "none")})],
+        ([_task(data={"kind": "image_folder", "path": str(tmp_path / "none")})],
          f"1 eval task(s) have no data: zeroshot/t: image folder {tmp_path / 'none'} "
          "not found"),
     ]:

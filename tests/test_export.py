@@ -8,20 +8,21 @@ import numpy as np
 import pytest
 
 from contrastive_jax import cli
-from contrastive_jax.evaluate.model_eval import evaluate_model
-from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
-from contrastive_jax.export.flat import flatten
-from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train.checkpoint import (
+from contrastive_jax.checkpoints.store import (
     Checkpointer,
     CheckpointMismatchError,
     restore_params,
     restore_weights,
     single_device_mesh,
 )
+from contrastive_jax.config.workdir import load_workdir_config
+from contrastive_jax.evaluate.model_eval import evaluate_model
+from contrastive_jax.export import FORMATS, export_checkpoint, load_exported
+from contrastive_jax.export.flat import flatten
+from contrastive_jax.models.state import weights_state_shapes
+from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state, weights_state_shapes
-from contrastive_jax.workdir_config import load_workdir_config
 
 
 def test_weights_restore_skips_the_optimizer_and_equals_the_full_restore(trained_workdir):
@@ -57,8 +58,8 @@ def test_one_weights_restore_with_the_runs_config_on_any_mesh(trained_workdir):
     """`restore_weights` (eval, export, data score/dedup, init_from) reads the run's config
     with its overrides; on the default mesh and on one device it gives the same weights."""
     config, mesh, state = restore_weights(trained_workdir, step=3,
-                                          overrides=["evals.zeroshot.batch_size=8"])
-    assert config.evals.zeroshot.batch_size == 8 and config.train.steps == 6
+                                          overrides=["evals.tasks=[]"])
+    assert config.evals.tasks == [] and config.train.steps == 6
     assert mesh.size == len(jax.devices()) and int(state.step) == 3 and state.opt_state is None
     assert {x.sharding.mesh for x in jax.tree.leaves(state.params)} == {mesh}
     one = single_device_mesh()
@@ -98,21 +99,21 @@ def test_no_module_restores_weights_but_train_checkpoint():
                     if called == "weights_state_shapes" or (
                             called == "restore_weights" and isinstance(func, ast.Attribute)):
                         callers.add(os.path.relpath(path, root))
-    assert callers == {os.path.join("train", "checkpoint.py")}, callers
+    assert callers == {os.path.join("checkpoints", "store.py")}, callers
 
 
 def test_unknown_export_format_is_one_line_before_any_restore(trained_workdir, tmp_path,
                                                               capsys):
     assert FORMATS.names() == ("npz", "safetensors", "hf", "open_clip")
     out = str(tmp_path / "x")
-    argv = ["export", "--checkpoint", trained_workdir, "--format", "onnx", "--out", out]
+    argv = ["export", "--model", trained_workdir, "--format", "onnx", "--out", out]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err == "error: unknown export format 'onnx'; known: npz, safetensors, hf, open_clip\n"
     assert not os.path.exists(out)
-    assert cli.main(["export", "--checkpoint", str(tmp_path), "--format", "npz",
+    assert cli.main(["export", "--model", str(tmp_path), "--format", "npz",
                      "--out", out]) == 2
-    err = capsys.readouterr().err  # --checkpoint takes any model SPEC
+    err = capsys.readouterr().err  # --model takes any model SPEC
     assert err.count("\n") == 1 and "is neither a training workdir, an export directory" in err
 
 
@@ -140,7 +141,7 @@ def test_export_round_trip_gives_same_params_and_zeroshot(trained_workdir, tmp_p
 def test_export_refuses_existing_dir_and_bad_files(trained_workdir, tmp_path, capsys):
     out = str(tmp_path / "e")
     os.makedirs(out)
-    argv = ["export", "--checkpoint", trained_workdir, "--format", "npz", "--out", out]
+    argv = ["export", "--model", trained_workdir, "--format", "npz", "--out", out]
     assert cli.main(argv) == 2
     assert "already exists; pass --overwrite" in capsys.readouterr().err
     assert os.listdir(out) == []
@@ -153,15 +154,15 @@ def test_export_refuses_existing_dir_and_bad_files(trained_workdir, tmp_path, ca
         data = f.read()
     with open(weights, "wb") as f:
         f.write(data[: len(data) // 2])
-    assert cli.main(["eval", "--export", out]) == 2
+    assert cli.main(["eval", "--model", out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read") and err.count("\n") == 1
 
     os.remove(weights)
-    assert cli.main(["eval", "--export", out]) == 2
+    assert cli.main(["eval", "--model", out]) == 2
     assert "missing weights file" in capsys.readouterr().err
-    assert cli.main(["eval", "--export", str(tmp_path)]) == 2
-    assert "is not an export directory" in capsys.readouterr().err
+    assert cli.main(["eval", "--model", str(tmp_path)]) == 2
+    assert "is neither a training workdir, an export directory" in capsys.readouterr().err
 
 
 def test_export_of_another_architecture_is_refused(trained_workdir, tmp_path):

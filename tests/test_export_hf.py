@@ -17,7 +17,7 @@ from contrastive_jax.export.hf_clip import (  # noqa: E402
     clip_unsupported,
 )
 from contrastive_jax.models import complete_config  # noqa: E402
-from contrastive_jax.train.state import ModelDef  # noqa: E402
+from contrastive_jax.models.state import ModelDef  # noqa: E402
 
 SIGLIP_MODEL = {
     "embed_dim": 32,
@@ -152,7 +152,7 @@ def test_export_hf_refuses_what_siglip_cannot_express(trained_workdir, tmp_path,
     # per session for the export and eval tests.
     workdir = trained_workdir
     out = str(tmp_path / "hf")
-    assert cli.main(["export", "--checkpoint", workdir, "--format", "hf", "--out", out]) == 2
+    assert cli.main(["export", "--model", workdir, "--format", "hf", "--out", out]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "image.pool='gap'" in err and "text.pool='last'" in err
     assert "nor as CLIPModel" in err and "image.pre_norm=False" in err

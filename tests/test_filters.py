@@ -12,16 +12,16 @@ import tensorflow as tf
 
 from contrastive_jax.data import examples as source_examples
 from contrastive_jax.data import positions, schema
-from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
-from contrastive_jax.datasets.uid_random import uid_uniform
-from contrastive_jax.filters import (
+from contrastive_jax.data.filters import (
     FilterCounters,
     apply_filters,
     default_filters_config,
     metaclip,
     uid_tables,
 )
+from contrastive_jax.data.stream import train_dataset
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
+from contrastive_jax.datasets.uid_random import uid_uniform
 
 
 def examples(rows: list[tuple[str, str, tuple[int, int]]]) -> tf.data.Dataset:
@@ -287,7 +287,8 @@ def test_noisy_corpus_shuffles_a_known_fraction_of_train_captions():
 
 
 def test_bad_filter_config_is_a_one_line_config_error():
-    from contrastive_jax.config import ConfigError, default_config, validate
+    from contrastive_jax.config import default_config, validate
+    from contrastive_jax.errors import ConfigError
 
     for key, value in [("score.enabled", True), ("basic.min_words", -1),
                        ("order", ("basic", "nope"))]:

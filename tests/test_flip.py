@@ -12,7 +12,8 @@ from flax import nnx
 from helpers import synthetic_batches, tiny_config
 from test_train_step import run_steps
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.vit import ViT
 from contrastive_jax.parallel.mesh import batch_sharding, create_mesh
 from contrastive_jax.train.step import flip_noise

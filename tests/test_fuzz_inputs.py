@@ -96,7 +96,7 @@ def exports(tmp_path_factory):
     from contrastive_jax.export.native import export_weights
     from contrastive_jax.export.open_clip_format import export_open_clip
     from contrastive_jax.models import complete_config
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     root = tmp_path_factory.mktemp("exports")
     config = tiny_config(model=CLIP_MODEL)
@@ -182,9 +182,9 @@ def data_inputs(tmp_path_factory):
         d.mkdir()
         for i in range(len(CAPTIONS)):
             (d / f"{i}.png").write_bytes(_png(i))
-        rows = [{"path": f"{i}.png", "caption": c, "label": i} for i, c in enumerate(CAPTIONS)]
+        rows = [{"image": f"{i}.png", "caption": c, "label": i} for i, c in enumerate(CAPTIONS)]
         if ext == "csv":
-            text = "path,caption,label\n" + "".join(f"{r['path']},{r['caption']},{r['label']}\n"
+            text = "image,caption,label\n" + "".join(f"{r['image']},{r['caption']},{r['label']}\n"
                                                     for r in rows)
         else:
             text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -217,14 +217,14 @@ def _captions(kind: str, path: str) -> None:
 def _folder_captions(path: str) -> None:
     from contrastive_jax.data.stream import source_captions
 
-    list(source_captions(_data_config({"kind": "folder", "path": path}), 100))
+    list(source_captions(_data_config({"kind": "table", "path": path}), 100))
 
 
 def _folder_images(path: str) -> None:
     """Every usable example of a folder source, images decoded (the training path)."""
     from contrastive_jax.data.stream import whole_sources
 
-    for ds in whole_sources(_data_config({"kind": "folder", "path": path})):
+    for ds in whole_sources(_data_config({"kind": "table", "path": path})):
         list(ds.as_numpy_iterator())
 
 
@@ -236,7 +236,7 @@ def _text_lines(path: str) -> None:
 
 DATA_READERS = {
     "tfrecord": lambda d: _captions("tfrecord", os.path.join(d, "a.tfrecord")),
-    "tar": lambda d: _captions("wds", os.path.join(d, "a.tar")),
+    "tar": lambda d: _captions("webdataset", os.path.join(d, "a.tar")),
     "table csv": lambda d: _folder_captions(os.path.join(d, "table.csv")),
     "table jsonl": lambda d: _folder_captions(os.path.join(d, "table.jsonl")),
     "image": lambda d: _folder_images(os.path.join(d, "table.csv")),

@@ -33,10 +33,9 @@ from contrastive_jax.train import loop
 def run_config(sources: dict[str, str]):
     return tiny_config(
         data={"sources": ({"kind": "tfrecord", "pattern": sources["tfrecord"]},
-                          {"kind": "wds", "pattern": sources["wds"]}),
+                          {"kind": "webdataset", "pattern": sources["wds"]}),
               "channels": 1, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 16},
         train={"steps": 6, "checkpoint_every": 3},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
     )
 
 

@@ -7,9 +7,9 @@ from helpers import synthetic_batches, tiny_config
 from test_train_step import run_steps
 
 from contrastive_jax.losses import loss_from_config
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
-from contrastive_jax.train.state import ModelDef
 
 
 def _setup(config, devices, batch_size, seed=0):

@@ -13,13 +13,14 @@ it. How names map to edges:
   edge to `a.b.c` implies edges to those packages as well. Edges from a module to its own
   ancestor packages (implied or written out) are dropped: Python has already started
   running those `__init__` files before the module runs, and a package's `__init__` that
-  imports its own submodules is the normal idiom, not a cycle. This is the same rule as
-  /work/shared/tools/import_cycles.py; the tool adds no implied edges to a target's
-  parent packages, so it can miss a cycle through a package `__init__` that this test sees.
+  imports its own submodules is the normal idiom, not a cycle. A checker that adds no
+  implied edges to a target's parent packages can miss a cycle through a package
+  `__init__` that this test sees.
 
-A cycle is a strongly connected component of more than one module. `cli.py` keeps its late
-imports (they let it set environment variables before jax and TensorFlow load); nothing
-imports it, so it needs no exception here.
+A cycle is a strongly connected component of more than one module. The `cli` package keeps
+its late imports (they let it set environment variables before jax and TensorFlow load);
+nothing imports it, so it needs no exception here. tests/test_import_layers.py reads the same
+graph and checks that every edge points down docs/architecture.md's layers.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from helpers import tiny_config
 from test_big_vision_import import MODEL, big_vision_npz
 
 from contrastive_jax.export.flat import flatten
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.train import loop
 from contrastive_jax.train.init_from import InitFromError, init_params, load_source
-from contrastive_jax.train.state import ModelDef
 
 
 def _config(data_dir, **train):
@@ -21,7 +21,6 @@ def _config(data_dir, **train):
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": 3, "checkpoint_every": 3, **train},
         optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
     )
 
 
@@ -125,7 +124,7 @@ def test_cached_embeddings_of_a_folder_source(source_workdir, tmp_path):
     for i in range(32):
         pixels = rng.integers(0, 255, (28, 28, 1), dtype=np.uint8)
         (tmp_path / "img" / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
-        rows.append({"path": f"img/{i}.png", "caption": f"a photo of a {names[i % 4]}",
+        rows.append({"image": f"img/{i}.png", "caption": f"a photo of a {names[i % 4]}",
                      "uid": f"f{i:02d}", "label": i % 4})
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     lit = {"locked": {"image": True}, "init_from": {"path": source_workdir, "tower": "image"}}
@@ -133,7 +132,7 @@ def test_cached_embeddings_of_a_folder_source(source_workdir, tmp_path):
     for cache in (False, True):
         workdir = str(tmp_path / f"cache_{cache}")
         config = _config(None, steps=2, embedding_cache={"enabled": cache}, **lit)
-        config.data.update(sources=({"kind": "folder", "path": str(tmp_path / "t.jsonl")},),
+        config.data.update(sources=({"kind": "table", "path": str(tmp_path / "t.jsonl")},),
                            channels=1, image_size=28)
         config.data.tokenizer.vocab_size = 40
         loop.train(config, workdir)

@@ -11,8 +11,10 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax.bench.flops import compiled_flops
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import path_name
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import (
     check_lock,
     check_patterns,
@@ -22,7 +24,6 @@ from contrastive_jax.train.lock import (
     split_params,
 )
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import train_step_from_config
 
 LOCK_IMAGE = {"locked": {"image": True}}
@@ -182,7 +183,8 @@ def test_locked_step_builds_no_image_backward(sgd_steps):
     ("data.flip=True", "data.flip=False"),
 ])
 def test_lit_config_errors_are_one_line(override, message):
-    from contrastive_jax.config import ConfigError, load_config
+    from contrastive_jax.config import load_config
+    from contrastive_jax.errors import ConfigError
 
     overrides = ["train.embedding_cache.enabled=True", override]
     with pytest.raises(ConfigError, match=re.escape(message)):

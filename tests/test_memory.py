@@ -9,8 +9,8 @@ from helpers import synthetic_batches, tiny_config
 from test_grad_cache import _full_value_and_grad
 
 from contrastive_jax.losses import create_loss
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
-from contrastive_jax.train.state import ModelDef
 
 
 def activation_heavy_config(remat: str = "none"):

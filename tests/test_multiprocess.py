@@ -82,7 +82,8 @@ def test_two_processes_match_one_process_of_eight_devices(tmp_path):
 
 
 def test_initialize_reads_explicit_keys_and_stays_off_without_a_cluster(monkeypatch):
-    from contrastive_jax.config import ConfigError, validate
+    from contrastive_jax.config import validate
+    from contrastive_jax.errors import ConfigError
     from contrastive_jax.parallel import distributed
 
     for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "KUBERNETES_SERVICE_HOST"):
@@ -108,7 +109,7 @@ def test_initialize_reads_explicit_keys_and_stays_off_without_a_cluster(monkeypa
 
 def test_a_workdir_config_does_not_carry_the_launch_of_its_job(tmp_path):
     from contrastive_jax.config import config_to_json
-    from contrastive_jax.workdir_config import load_workdir_config
+    from contrastive_jax.config.workdir import load_workdir_config
 
     config = worker_config(1234, 2, 1)  # as process 1 of a 2-process job would have it
     (tmp_path / "config.json").write_text(config_to_json(config))

@@ -13,15 +13,17 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax import cli
-from contrastive_jax.config import ConfigError, load_config, validate
+from contrastive_jax.checkpoints.store import Checkpointer
+from contrastive_jax.config import load_config, validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import loss_from_config
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.metrics import MetricsWriter
 from contrastive_jax.train.nonfinite import NonFiniteError, NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import NONFINITE, jit_train_step, make_train_step
 
 
@@ -68,8 +70,7 @@ def test_the_guard_reads_each_flag_one_step_late_and_counts_streaks():
 def _config(data_dir, **train):
     return tiny_config(
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
-        train=train,  # no evals: only the steps and checkpoints matter here
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        train=train)  # no evals: only the steps and checkpoints matter here
 
 
 def _poison(monkeypatch, steps):
@@ -142,8 +143,8 @@ def test_stop_is_one_line_naming_the_step_and_saves_nothing_after_it(
                  "model.image.width=32", "model.image.mlp_dim=64", "model.image.num_heads=2",
                  "model.text.depth=1", "model.text.width=32", "model.text.mlp_dim=64",
                  "model.text.vocab_size=64", "data.tokenizer.vocab_size=64",
-                 "model.embed_dim=16", "data.shuffle_buffer=64", "evals.zeroshot.batch_size=16",
-                 "evals.embedding_stats.num_examples=32", "optimizer.warmup_steps=1",
+                 "model.embed_dim=16", "data.shuffle_buffer=64", "evals.tasks=[]",
+                 "optimizer.warmup_steps=1",
                  "train.nonfinite=stop"]
     code = cli.main(["train", "--config", "configs/demo_siglip.py:steps=6", "--workdir",
                      workdir, *[f"--config.{item}" for item in overrides]])

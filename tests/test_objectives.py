@@ -19,7 +19,7 @@ from flax import nnx
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax.config import use_model_schema
-from contrastive_jax.config_checks import validate
+from contrastive_jax.config.checks import validate
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.models import registry as model_registry
 from contrastive_jax.objectives import OBJECTIVES, Objective, objective_of
@@ -27,29 +27,23 @@ from contrastive_jax.objectives import registry as objective_registry
 from contrastive_jax.objectives.base import refuse
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.registry import Registry
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state
 from contrastive_jax.train.step import train_step_from_config
 
 PACKAGE = Path(__file__).resolve().parent.parent / "contrastive_jax"
 
 
-def _module_file(*names: str) -> Path:
-    """The first of `names` that is a module (files may move between packages)."""
-    for name in names:
-        try:
-            spec = importlib.util.find_spec(name)
-        except ModuleNotFoundError:
-            continue
-        if spec is not None and spec.origin:
-            return Path(spec.origin)
-    raise AssertionError(f"none of {names} is a module")
+def _module_file(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.origin, name
+    return Path(spec.origin)
 
 
 def _asking_files() -> list[Path]:
     """The step factory's module, the config checks, every evaluator and the exporter."""
     files = [_module_file("contrastive_jax.train.step"),
-             _module_file("contrastive_jax.config_checks", "contrastive_jax.config.checks"),
+             _module_file("contrastive_jax.config.checks"),
              _module_file("contrastive_jax.export"),
              _module_file("contrastive_jax.export.hf_layers")]
     return files + sorted((PACKAGE / "evaluate").glob("*.py"))

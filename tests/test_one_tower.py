@@ -7,23 +7,25 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import fashion_tasks
 
 from contrastive_jax import cli
-from contrastive_jax.config import ConfigError, load_config
+from contrastive_jax.config import load_config
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 from contrastive_jax.datasets.catalogue import class_names
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.zeroshot import class_embeddings
 from contrastive_jax.models import create_model
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.train import loop
-from contrastive_jax.train.state import ModelDef
 
 DEMO = "configs/demo_clippo.py"
 TINY = ["model.embed_dim=16", "model.image.width=32", "model.image.depth=1",
         "model.image.mlp_dim=64", "model.image.num_heads=2", "train.batch_size=16",
         "train.log_every=1", "train.progress_bar=False", "optimizer.warmup_steps=1",
-        "evals.zeroshot.batch_size=16", "evals.embedding_stats.num_examples=32"]
+        f"evals.tasks={fashion_tasks()!r}"]
 
 
 def tiny_clippo(data_dir=None, steps=3, extra=()):
@@ -114,11 +116,11 @@ def test_clippo_trains_evaluates_and_refuses_export(fake_data_dir, tmp_path, cap
     np.testing.assert_allclose(classifier, direct, atol=1e-4)
     run.checkpointer.close()
 
-    assert cli.main(["eval", "--workdir", workdir]) == 0
+    assert cli.main(["eval", "--model", workdir]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["zeroshot/fashion_mnist/top1"] == pytest.approx(
         result["zeroshot/fashion_mnist/top1"])
-    assert cli.main(["export", "--checkpoint", workdir, "--format", "npz",
+    assert cli.main(["export", "--model", workdir, "--format", "npz",
                      "--out", str(tmp_path / "out")]) == 2
     assert "export supports two_tower and siglip2 models only" in capsys.readouterr().err
 

@@ -15,13 +15,14 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import fashion_tasks
 from xla_flags import CHEAP_COMPILE
 
+from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import load_config
 from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state
 
 STEPS = 200
 CONFIG = f"configs/demo_siglip.py:steps={STEPS}"
@@ -33,7 +34,7 @@ def _overrides(data_dir, cache_dir) -> list[str]:
             "model.image.width=32", "model.image.mlp_dim=64", "model.image.num_heads=2",
             "model.text.width=32", "model.text.mlp_dim=64", "model.embed_dim=16",
             # The final zero-shot eval is compared; embedding stats would add only time.
-            "evals.zeroshot.batch_size=16", "evals.embedding_stats.enabled=False",
+            f"evals.tasks={fashion_tasks(stats=0)!r}",
             "optimizer.warmup_steps=1",
             # Shared by the four processes: the relaunches compile nothing anew.
             f"train.compilation_cache_dir={cache_dir}"]

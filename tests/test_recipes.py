@@ -5,8 +5,9 @@ import jax
 import pytest
 
 from contrastive_jax.bench.recipes import recipe_paths, recipe_row
-from contrastive_jax.config import ConfigError, load_config
-from contrastive_jax.train.state import ModelDef
+from contrastive_jax.config import load_config
+from contrastive_jax.errors import ConfigError
+from contrastive_jax.models.state import ModelDef
 
 RECIPES = recipe_paths()
 

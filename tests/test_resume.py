@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from helpers import sigterm_in_step, tiny_config
 
+from contrastive_jax.checkpoints.store import CheckpointMismatchError, restore_params
 from contrastive_jax.data import examples, positions
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import CheckpointMismatchError, restore_params
 
 
 def demo_config(data_dir, **train):
@@ -22,7 +22,6 @@ def demo_config(data_dir, **train):
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": 8, "checkpoint_every": 3, **train},
         # No evals: only the steps, checkpoints and stream matter here.
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}},
     )
 
 

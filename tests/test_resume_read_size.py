@@ -8,11 +8,11 @@ import os
 import pytest
 from helpers import tiny_config
 
+from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.errors import CheckpointError
 from contrastive_jax.train import loop
-from contrastive_jax.train.checkpoint import Checkpointer
 from contrastive_jax.train.stream_progress import examples_read_at
 
 
@@ -21,8 +21,7 @@ def quick_config(data_dir, steps, batch_size, **train):
     return tiny_config(
         data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
         train={"steps": steps, "batch_size": batch_size, "checkpoint_every": 1000, **train},
-        optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        optimizer={"warmup_steps": 1})
 
 
 def note_reads(monkeypatch) -> list[bytes]:

@@ -7,11 +7,11 @@ import pytest
 from helpers import synthetic_batches, tiny_config
 
 from contrastive_jax.models.layer_stack import is_stacked, stack_layers, unstack_layers
+from contrastive_jax.models.state import ModelDef, TrainState, state_shardings
 from contrastive_jax.parallel.mesh import create_mesh, to_global
 from contrastive_jax.parallel.sharding import DEFAULT_RULES, param_spec, parse_rules
 from contrastive_jax.train.lock import lock_patterns, split_params
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, TrainState, state_shardings
 from contrastive_jax.train.step import train_step_from_config
 
 

@@ -7,7 +7,9 @@ from helpers import synthetic_batches, tiny_config
 from jax.sharding import PartitionSpec as P
 from test_train_step import run_steps
 
-from contrastive_jax.config import ConfigError, load_config
+from contrastive_jax.checkpoints.store import Checkpointer
+from contrastive_jax.config import load_config
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.parallel.mesh import create_mesh
 from contrastive_jax.parallel.sharding import (
     DEFAULT_RULES,
@@ -16,9 +18,8 @@ from contrastive_jax.parallel.sharding import (
     param_spec,
     parse_rules,
 )
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import create_train_state
 
 SIZES = {"data": 1, "fsdp": 1, "model": 1}
 

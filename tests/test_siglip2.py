@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from helpers import synthetic_batches, tiny_config, tiny_siglip2_config
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.checkpoints.store import Checkpointer
+from contrastive_jax.config import validate
+from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses.captioning import cut_keeping_eos
 from contrastive_jax.losses.self_distill import (
     crop_and_resize,
@@ -16,10 +18,10 @@ from contrastive_jax.losses.self_distill import (
     patch_mask,
 )
 from contrastive_jax.models.siglip2 import towers_only, update_teacher
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import train_step_from_config
 
 

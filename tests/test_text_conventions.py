@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_config
 
-from contrastive_jax.config import ConfigError, apply_override, validate
+from contrastive_jax.config import apply_override, validate
 from contrastive_jax.data import preprocess
 from contrastive_jax.data.text_conventions import TextConventions, for_model
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+from contrastive_jax.errors import ConfigError
 
 TEXTS = ["a cat", "a dog", "a bag", "the cat sat on a mat", "Cat", "DOG", "BAG", "Äpfel"] * 20
 
@@ -105,7 +106,7 @@ def test_config_keys_and_their_validation():
 
 
 def test_checkpoint_signature_records_conventions():
-    from contrastive_jax.train.checkpoint import (
+    from contrastive_jax.checkpoints.store import (
         _default_signature,
         _diff_keys,
         _fill_defaults,
@@ -131,7 +132,7 @@ def test_export_card_round_trip(sp_model, tmp_path):
     import jax
 
     from contrastive_jax.export.native import card_conventions, export_weights, load_exported
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     config = tiny_config(data={"pad_id": 1, "eos": "yes", "lowercase": "ascii"},
                          model={"text": {"pool": "final", "vocab_size": 64}})
@@ -152,7 +153,7 @@ def test_export_card_round_trip(sp_model, tmp_path):
 def test_workdir_tokenizer_carries_the_runs_conventions(sp_model, tmp_path):
     import shutil
 
-    from contrastive_jax.data.text_encoder import workdir_tokenizer
+    from contrastive_jax.data.tokenizer_setup import workdir_tokenizer
 
     shutil.copyfile(sp_model, tmp_path / "tokenizer.model")
     config = tiny_config(data={"pad_id": 1, "lowercase": "ascii"},
@@ -171,7 +172,7 @@ def test_big_vision_eval_pads_with_one_and_the_pad_id_matters(sp_model, tmp_path
     from contrastive_jax.evaluate.zeroshot import class_embeddings
     from contrastive_jax.export.model_spec import load_model
     from contrastive_jax.models import complete_config
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     params = jax.tree.map(np.asarray, ModelDef.init(complete_config(MODEL),
                                                     jax.random.key(2))[0])

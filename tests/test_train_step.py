@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 from helpers import synthetic_batches, tiny_config
 
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh, to_global
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 from contrastive_jax.train.step import train_step_from_config
 
 

@@ -5,16 +5,17 @@ import numpy as np
 from helpers import tiny_config
 
 from contrastive_jax.data.labelled import split_of
-from contrastive_jax.data.text_encoder import training_captions
 from contrastive_jax.data.tokenizer import Tokenizer, train_tokenizer
+from contrastive_jax.data.tokenizer_setup import training_captions
 from contrastive_jax.datasets import fashion_mnist_captions as fmc
 from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.evaluate import embedding_stats
 from contrastive_jax.evaluate.embed import encode_images
 from contrastive_jax.evaluate.zeroshot import class_embeddings, zeroshot_accuracy
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 
 
 def test_zeroshot_matches_a_direct_computation_on_any_mesh(fake_data_dir, tmp_path):

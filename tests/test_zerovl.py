@@ -20,9 +20,9 @@ from jax.sharding import PartitionSpec as P
 from test_data_sources import assert_same, batches, corpus, data_cfg, tfrecords, tokenizer
 from test_train_step import run_steps
 
-from contrastive_jax.config import ConfigError, validate
+from contrastive_jax.config import validate
 from contrastive_jax.data import mixture
-from contrastive_jax.errors import CheckpointError
+from contrastive_jax.errors import CheckpointError, ConfigError
 from contrastive_jax.losses import create_loss
 from contrastive_jax.losses import mixup as zerovl
 from contrastive_jax.train.stream_progress import StreamProgress
@@ -169,8 +169,8 @@ def test_mixup_refuses_what_it_cannot_mix():
 
 
 def test_a_run_with_both_resumes_exactly(corpus, tmp_path, monkeypatch):
+    from contrastive_jax.checkpoints.store import restore_params
     from contrastive_jax.train import loop
-    from contrastive_jax.train.checkpoint import restore_params
 
     config = tiny_config(
         data={"sources": (tfrecords(corpus, weight=1.0), tfrecords(corpus, "b", weight=1.0)),
@@ -178,8 +178,7 @@ def test_a_run_with_both_resumes_exactly(corpus, tmp_path, monkeypatch):
               "shuffle_buffer": 4, "tokenizer": {"vocab_size": 40}},
         train={"steps": 6, "batch_size": 8, "checkpoint_every": 2,
                "mixup": {"enabled": True}},
-        optimizer={"warmup_steps": 1},
-        evals={"zeroshot": {"enabled": False}, "embedding_stats": {"enabled": False}})
+        optimizer={"warmup_steps": 1})
     validate(config)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     loop.train(config, full)

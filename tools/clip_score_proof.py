@@ -23,10 +23,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from contrastive_jax.config import load_config  # noqa: E402
+from contrastive_jax.curation.offline import score_split  # noqa: E402
+from contrastive_jax.data.filters.uid_tables import read_scores, score_threshold  # noqa: E402
 from contrastive_jax.datasets.catalogue import get_builder  # noqa: E402
 from contrastive_jax.evaluate.model_eval import evaluate_model  # noqa: E402
-from contrastive_jax.filters.offline import score_split  # noqa: E402
-from contrastive_jax.filters.uid_tables import read_scores, score_threshold  # noqa: E402
 from contrastive_jax.train.loop import train  # noqa: E402
 
 NOISY = "fashion_mnist_captions_noisy"

@@ -18,7 +18,7 @@ apt_install_unless /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz 
 apt_install_unless /usr/share/unifont/unifont.hex unifont
 # WordNet 3.0's dictionary files: CatLIP (configs/demo_catlip.py) maps caption nouns to synsets.
 apt_install_unless /usr/share/wordnet/data.noun wordnet-base
-# Tesseract OCR and its English model: the CAT filter's text-spotting (filters/cat.py).
+# Tesseract OCR and its English model: the CAT filter's text-spotting (data/filters/cat.py).
 apt_install_unless /usr/bin/tesseract tesseract-ocr
 apt_install_unless /usr/share/tesseract-ocr/5/tessdata/eng.traineddata tesseract-ocr-eng
 # tpu: libtpu (~700 MB), so `contrastive-jax plan` and its tests compile for TPU topologies.

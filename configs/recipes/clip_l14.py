@@ -15,7 +15,7 @@ same number of chips as a TPU slice, v4-512 (256 chips, 128 examples each).
 
 import ml_collections
 
-from contrastive_jax.recipe_configs import clip, published
+from contrastive_jax.config.recipes import clip, published
 
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:

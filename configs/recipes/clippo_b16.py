@@ -10,7 +10,7 @@ at 0127fb6); no GFLOPs are published.
 
 import ml_collections
 
-from contrastive_jax.recipe_configs import clippo, published
+from contrastive_jax.config.recipes import clippo, published
 
 
 def get_config(batch: int = 10240, steps: int = 250_000) -> ml_collections.ConfigDict:

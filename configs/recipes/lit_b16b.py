@@ -11,7 +11,7 @@ model_cards/lit.md at 1cec86b); no GFLOPs are published per tower ("approx. 10" 
 
 import ml_collections
 
-from contrastive_jax.recipe_configs import lit, published
+from contrastive_jax.config.recipes import lit, published
 
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:

@@ -26,7 +26,7 @@ google/siglip-base-patch16-224; the paper's batch). Plan it there (docs/plan.md)
 
 import ml_collections
 
-from contrastive_jax.recipe_configs import published, siglip
+from contrastive_jax.config.recipes import published, siglip
 
 
 def get_config(batch: int = 256, steps: int = 10_000) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ torch's FlopCounterMode (2 FLOPs per multiply-add).
 
 import ml_collections
 
-from contrastive_jax.recipe_configs import published, siglip
+from contrastive_jax.config.recipes import published, siglip
 
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ can hold this model (docs/benchmarks.md).
 
 import ml_collections
 
-from contrastive_jax.recipe_configs import published, siglip
+from contrastive_jax.config.recipes import published, siglip
 
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:

@@ -119,7 +119,8 @@ def bench_data(config: ml_collections.ConfigDict, *, image_size: int = 224, patc
                     paths.copy(os.path.join(tmp, name), paths.join(directory, name))
             where = directory
         for kind in kinds:
-            pattern = paths.join(where, "bench-*." + ("tar" if kind == "wds" else "tfrecord"))
+            suffix = "tar" if kind == "webdataset" else "tfrecord"
+            pattern = paths.join(where, f"bench-*.{suffix}")
             for n in threads:
                 row = bench_pipeline(config.data, tokenizer, pattern, kind=kind,
                                      batch_size=batch, threads=n, batches=batches)  # fmt: skip

@@ -14,9 +14,10 @@ import numpy as np
 
 from contrastive_jax.bench.train_step import bench_train_step, synthetic_batch
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import create_mesh
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, create_train_state
 
 
 def _median_seconds(fn: Callable[[], Any], calls: int) -> tuple[float, float]:

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 
 from contrastive_jax.bench.train_step import bench_train_step, synthetic_batch
-from contrastive_jax.train.state import ModelDef
+from contrastive_jax.models.state import ModelDef
 
 # name -> (train.locked.image, train.embedding_cache.enabled)
 VARIANTS = {"unlocked": (False, False), "locked_image": (True, False),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.train.state import ModelDef
+from contrastive_jax.models.state import ModelDef
 
 # Top-level param groups of each tower (models/two_tower.py, models/one_tower.py).
 _IMAGE, _TEXT = ("img", "img_head"), ("txt", "txt_head")

@@ -8,7 +8,7 @@ from typing import Any
 import ml_collections
 import tensorflow as tf
 
-from contrastive_jax.data.text_encoder import text_renderer
+from contrastive_jax.data.tokenizer_setup import text_renderer
 from contrastive_jax.datasets.fashion_mnist_captions import caption_for
 
 

@@ -13,11 +13,12 @@ from jax.sharding import Mesh
 
 from contrastive_jax import cpu_host
 from contrastive_jax.bench.flops import compiled_flops, matmul_peak
+from contrastive_jax.models.state import TrainState
 from contrastive_jax.objectives import objective_of
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import lock_patterns
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import TrainState, create_train_state
 from contrastive_jax.train.step import StepFn, train_step_from_config
 
 

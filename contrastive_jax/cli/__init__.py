@@ -3,6 +3,8 @@
 Expected failures (bad config, missing data, a workdir of another model: the project's
 `errors.UserError`) end with one line on stderr and exit code 2; `--debug` shows the traceback
 instead. Anything else is a bug and keeps its traceback (exit code 1).
+
+The top layer: it may import every other package, and none imports it (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", type=int, default=8, help="timed pipeline batches")
     p.add_argument("--steps", type=int, default=5, help="timed train steps")
     p.add_argument("--no-step", action="store_true", help="time the pipeline only")
-    p.add_argument("--sources", nargs="+", default=["tfrecord"], choices=("tfrecord", "wds"),
+    p.add_argument("--sources", nargs="+", default=["tfrecord"], choices=("tfrecord", "webdataset"),
                    help="source kinds to time (the same JPEGs in TFRecords or tars)")
     p.add_argument("--dir", default=None, help="read the shards from this folder (e.g. "
                    "gs://BUCKET/bench: they are uploaded there first); default a local temp")

@@ -35,14 +35,14 @@ def _cmd_data_build(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 def _cmd_data_score(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from contrastive_jax.filters.offline import score_split
+    from contrastive_jax.curation.offline import score_split
 
     print_json(score_split(args.workdir, args.out, split=args.split, batch_size=args.batch_size,
                             step=args.step, overrides=split_overrides(extra)))
     return 0
 
 def _cmd_data_dedup(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from contrastive_jax.filters.offline import dedup_split
+    from contrastive_jax.curation.offline import dedup_split
 
     print_json(dedup_split(args.mode, args.out, workdir=args.workdir, config=args.config,
                             split=args.split, eps=args.eps, clusters=args.clusters,
@@ -52,7 +52,7 @@ def _cmd_data_dedup(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def _cmd_data_synsets(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.config import load_config
-    from contrastive_jax.data.text_encoder import synset_vocabulary
+    from contrastive_jax.data.tokenizer_setup import synset_vocabulary
 
     config = load_config(args.config, split_overrides(extra))
     vocab = synset_vocabulary(config.data, args.limit)
@@ -65,13 +65,13 @@ def _cmd_data_synsets(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def _cmd_data_cat(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.config import apply_overrides, default_config, load_config
-    from contrastive_jax.filters.cat import cat_file
+    from contrastive_jax.data.filters.cat import cat_file
 
     if (args.input is None) == (args.keep_list is None):
         raise SystemExit("error: data cat takes --input FILE.jsonl, or --config with "
                          "--keep-list OUT")
     if args.keep_list:
-        from contrastive_jax.filters.offline import cat_split
+        from contrastive_jax.curation.offline import cat_split
 
         if not args.config:
             raise SystemExit("error: data cat --keep-list needs --config (the data to read)")
@@ -105,7 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("build", help="convert a CSV/JSONL image table or webdataset tars to "
                         "TFRecord shards (resumable)")
     p.add_argument("--input", required=True,
-                   help="a .csv/.tsv/.jsonl table (columns path, caption[, uid, label, score]) "
+                   help="a .csv/.tsv/.jsonl table (columns image, caption[, uid, label, score]) "
                         "or webdataset .tar file(s): a glob or a directory")
     p.add_argument("--out", required=True, help="output directory (a rerun resumes there)")
     p.add_argument("--prefix", default="data", help="shard names: PREFIX-00000-of-0000N")
@@ -117,7 +117,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = data.add_parser("score", help="write uid -> image-caption cosine under a checkpoint",
                         epilog="Score other data with --config.data.KEY=VALUE overrides.")
-    p.add_argument("--workdir", "--checkpoint", dest="workdir", required=True,
+    p.add_argument("--workdir", required=True,
                    help="training workdir (model, tokenizer and default data)")
     p.add_argument("--out", required=True, help="score file (.npz: uids, scores)")
     p.add_argument("--split", default=None, help="default: the config's data.train_split")
@@ -129,7 +129,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         epilog="Select other data with --config.data.KEY=VALUE overrides.")
     p.add_argument("--mode", required=True, choices=("exact", "semantic"))
     p.add_argument("--out", required=True, help="keep-list: one uid per line")
-    p.add_argument("--workdir", "--checkpoint", dest="workdir", default=None,
+    p.add_argument("--workdir", default=None,
                    help="training workdir (semantic: its image embeddings)")
     p.add_argument("--config", default=None, help="exact only: configs/NAME.py for the data")
     p.add_argument("--split", default=None, help="default: the config's data.train_split")

@@ -1,8 +1,8 @@
 """Commands that read a model: `eval`, `embed`, `export`, `plot`.
 
-`eval` and `embed` take a model SPEC (`export.model_spec`): a workdir, a native export
-directory or `big_vision:FILE.npz`. `--workdir`, `--export` and `--big-vision` remain as
-aliases of `--model` for the scripts written before SPECs.
+`eval`, `embed` and `export` take a model SPEC with `--model` (`export.model_spec`): a
+training workdir, a native export directory, `hf:DIR`, `open_clip:DIR` or
+`big_vision:FILE.npz`.
 """
 
 from __future__ import annotations
@@ -15,29 +15,12 @@ from contrastive_jax import paths as storage  # `paths`: eval's report files
 from contrastive_jax.cli.common import split_overrides
 from contrastive_jax.errors import ConfigError
 
-_BIG_VISION = "big_vision:"  # export.model_spec.BIG_VISION_PREFIX, without importing jax
-
-
-def _model_spec(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(SPEC, its kind when an alias flag says it)."""
-    given = [(flag, value) for flag, value in (
-        ("--model", args.model), ("--workdir", args.workdir), ("--export", args.export),
-        ("--big-vision", args.big_vision)) if value is not None]
-    if len(given) != 1:
-        raise ConfigError(f"{args.command} needs exactly one of --model, --workdir, --export, "
-                          "--big-vision")
-    flag, value = given[0]
-    kind = {"--model": None, "--workdir": "workdir", "--export": "export",
-            "--big-vision": "big_vision"}[flag]
-    return (_BIG_VISION + value if flag == "--big-vision" else value), kind
-
 
 def _load(args: argparse.Namespace, extra: Sequence[str]):
     from contrastive_jax.export.model_spec import load_model
 
-    spec, kind = _model_spec(args)
-    return load_model(spec, step=args.step, tokenizer=args.tokenizer, config=args.config,
-                      overrides=split_overrides(extra), kind=kind)
+    return load_model(args.model, step=args.step, tokenizer=args.tokenizer, config=args.config,
+                      overrides=split_overrides(extra))
 
 
 def _missing_data(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, str]:
@@ -47,11 +30,8 @@ def _missing_data(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, s
     from contrastive_jax.evaluate.data_ready import missing_data
     from contrastive_jax.export.model_spec import eval_config
 
-    spec, kind = _model_spec(args)
-    if kind == "big_vision" or spec.startswith(_BIG_VISION):
-        kind = "big_vision"
-    missing = missing_data(eval_config(spec, config=args.config,
-                                       overrides=split_overrides(extra), kind=kind))
+    missing = missing_data(eval_config(args.model, config=args.config,
+                                       overrides=split_overrides(extra)))
     if missing and not args.skip_missing:
         raise InputNotFoundError(
             f"{len(missing)} eval task(s) have no data: "
@@ -99,7 +79,7 @@ def _cmd_embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.format, args.out, step=args.step,
+    out = export_checkpoint(args.model, args.format, args.out, step=args.step,
                             overwrite=args.overwrite)
     print(json.dumps({"export": out, "format": args.format}))
     return 0
@@ -114,11 +94,8 @@ def _cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="SPEC: a training workdir, an export "
-                   "directory, or big_vision:FILE.npz")
-    p.add_argument("--workdir", default=None, help="alias: --model WORKDIR")
-    p.add_argument("--export", default=None, help="alias: --model EXPORT_DIR")
-    p.add_argument("--big-vision", default=None, help="alias: --model big_vision:FILE.npz")
+    p.add_argument("--model", required=True, help="SPEC: a training workdir, an export "
+                   "directory, hf:DIR, open_clip:DIR or big_vision:FILE.npz")
     p.add_argument("--step", type=int, default=None, help="a workdir's checkpoint step "
                    "(default: latest)")
     p.add_argument("--tokenizer", default=None, help="big_vision: the sentencepiece model")
@@ -147,8 +124,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_cmd_embed)
 
     p = sub.add_parser("export", help="write a checkpoint's weights for use outside training")
-    p.add_argument("--checkpoint", required=True,
-                   help="training workdir, or any model SPEC (hf:DIR, open_clip:DIR, ...)")
+    p.add_argument("--model", required=True,
+                   help="SPEC: a training workdir, or any other (hf:DIR, open_clip:DIR, ...)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--format", required=True,
                    help="npz | safetensors | hf | open_clip (the names of export.FORMATS)")

@@ -17,8 +17,9 @@ from contrastive_jax.cli.common import split_overrides
 def _cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.config import load_config
 
-    # The config first: a typo in it is a one-line error before jax and TensorFlow load
-    # (seconds on a small host).
+    # The config first: a typo in it is a one-line error before the mesh, the input pipeline
+    # and the step are built. Loading it already imports jax and flax (the model registry's
+    # defaults), and TensorFlow when `data.sources` are checked, so that takes seconds.
     config = load_config(args.config, split_overrides(extra))
     from contrastive_jax.train.loop import train
 

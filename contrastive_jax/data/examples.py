@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import augment, positions, records
+from contrastive_jax.data.filters import FilterCounters, apply_filters, filters_active
 from contrastive_jax.data.sources import Source
 from contrastive_jax.errors import DataError
-from contrastive_jax.filters import FilterCounters, apply_filters, filters_active
 
 log = logging.getLogger(__name__)
 

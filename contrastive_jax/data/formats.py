@@ -119,7 +119,7 @@ def read_tfrecord(path: str) -> Iterator[tuple[bytes, int]]:
         yield path.encode(), records.TRUNCATED
 
 
-def read_table(path: str, image_column: str = "path", caption_column: str = "caption",
+def read_table(path: str, image_column: str = "image", caption_column: str = "caption",
                uid_column: str = "uid") -> list[dict]:
     """Rows of a CSV (with header) or JSONL file as dicts with str image path and bytes caption.
 

@@ -127,7 +127,7 @@ def _files_reader(files: Sequence[str], labels: np.ndarray, channels: int):
     return read
 
 
-def _folder(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where: str):
+def _image_folder(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict, where: str):
     root = spec["path"]
     storage.check_reachable(root, where)
     if not storage.isdir(root):
@@ -306,7 +306,7 @@ def data_config_for(config: ml_collections.ConfigDict,
 
 # data kind -> (spec, data_config, where) -> (labels, class names or None, read, paths or None)
 LABELLED_KINDS: Registry = Registry("eval data kind", {
-    "tfds": _tfds, "folder": _folder, "csv": _table, "jsonl": _table, "webdataset": _webdataset,
+    "tfds": _tfds, "image_folder": _image_folder, "table": _table, "webdataset": _webdataset,
 }, config_key="evals.tasks[].data.kind")
 
 
@@ -335,7 +335,7 @@ def unlabelled_files(paths: Sequence[str], data_config: ml_collections.ConfigDic
 
 def open_labelled(spec: Mapping[str, Any], data_config: ml_collections.ConfigDict,
                   where: str) -> LabelledImages:
-    """The labelled images of a parsed data spec (`task_schema.parse_data`); `where` names
+    """The labelled images of a parsed data spec (`config.eval_tasks.parse_data`); `where` names
     the task in errors."""
     labels, names, read, paths = LABELLED_KINDS[spec["kind"]](spec, data_config, where)
     return LabelledImages(where, labels, names, data_config, read, paths)

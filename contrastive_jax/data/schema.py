@@ -61,7 +61,7 @@ def default_data_config() -> ml_collections.ConfigDict:
                 "word_deletion": 0.0,  # EDA: probability of dropping each word
                 "word_swaps": 0,  # EDA: random word swaps per caption
             },
-            "filters": default_filters_config(),  # see contrastive_jax/filters
+            "filters": default_filters_config(),  # see data/filters/
             "render": default_render_config(),  # CLIPPO: captions rendered as images
             # CatLIP: captions become the ids of their nouns' WordNet synsets
             # (data/synsets.py). path None -> built from the training captions into the
@@ -95,7 +95,7 @@ def default_filters_config() -> ml_collections.ConfigDict:
             "counts_path": "",  # entry-count json, written by the first run; "" -> recount
             "lowercase": False,
         },
-        # DiHT's Complexity, Action, Text-spotting filter (filters/cat.py): the paper's C1,
+        # DiHT's Complexity, Action, Text-spotting filter (data/filters/cat.py): the paper's C1,
         # action required, OCR'd words of >= 3 characters matched against the caption.
         "cat": {"enabled": False, "min_complexity": 1, "require_action": True,
                 "text_spotting": True, "min_text_chars": 3},

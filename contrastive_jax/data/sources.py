@@ -1,10 +1,10 @@
-"""Data sources: tfds, tfrecord, wds (tar), folder (CSV/JSONL + images).
+"""Data sources: tfds, tfrecord, webdataset (tar shards), table (CSV/TSV/JSONL + images).
 
 A source is configured as a dict, e.g.
     {"kind": "tfrecord", "pattern": "/data/laion/*.tfrecord", "weight": 0.7}
 and read as canonical records (see `records`). A run without `data.sources` reads
 `data.dataset` as a one-source mixture of kind `tfds` (`source_specs`). Every source
-splits its units (files, table rows for `folder`, split parts for `tfds`) between processes
+splits its units (files, table rows for `table`, split parts for `tfds`) between processes
 so that each process reads a disjoint part, and reads its units in an order given to
 `read`, so the stream can reshuffle them per epoch.
 """
@@ -34,8 +34,8 @@ _KEYS: dict[str, dict[str, Any]] = {
     "tfds": {"name": None, "split": "", "data_dir": "", "image_key": "image",
              "text_key": "caption", "label_key": "label"},
     "tfrecord": {"pattern": None, "keys": {}},
-    "wds": {"pattern": None},
-    "folder": {"path": None, "root": "", "image_column": "path", "caption_column": "caption",
+    "webdataset": {"pattern": None},
+    "table": {"path": None, "root": "", "image_column": "image", "caption_column": "caption",
                "uid_column": "uid"},
 }  # fmt: skip
 
@@ -157,11 +157,11 @@ def _marker_tensors(reason: tf.Tensor, uid: tf.Tensor) -> dict[str, tf.Tensor]:
             "reason": reason}  # fmt: skip
 
 
-class WdsSource(Source):
+class WebdatasetSource(Source):
     """webdataset tar shards, read by a Python generator per shard (see `formats.read_tar`)."""
 
     def __init__(self, spec: dict[str, Any]):
-        self.name = f"wds {spec['pattern']}"
+        self.name = f"webdataset {spec['pattern']}"
         self.files = _glob(spec["pattern"], self.name)
 
     def units(self, process_index, process_count):
@@ -177,11 +177,12 @@ class WdsSource(Source):
         return _interleave_files(units, order, cycle_length, read_file)
 
 
-class FolderSource(Source):
-    """An image folder plus a CSV/JSONL table of (path, caption[, uid, label, score])."""
+class TableSource(Source):
+    """A CSV/TSV/JSONL table of (image, caption[, uid, label, score]); image paths are
+    relative to `root` (default: the table's folder)."""
 
     def __init__(self, spec: dict[str, Any]):
-        self.name = f"folder {spec['path']}"
+        self.name = f"table {spec['path']}"
         self.root = spec["root"] or paths.dirname(paths.absolute(spec["path"]))
         self.rows = formats.read_table(spec["path"], spec["image_column"],
                                        spec["caption_column"], spec["uid_column"])
@@ -295,8 +296,8 @@ SOURCES: Registry[Callable[[dict[str, Any], ml_collections.ConfigDict], Source]]
     "source kind", {
         "tfds": TfdsSource,
         "tfrecord": lambda spec, _: TFRecordSource(spec),
-        "wds": lambda spec, _: WdsSource(spec),
-        "folder": lambda spec, _: FolderSource(spec),
+        "webdataset": lambda spec, _: WebdatasetSource(spec),
+        "table": lambda spec, _: TableSource(spec),
     }, config_key="data.sources[].kind")  # fmt: skip
 KINDS = SOURCES.names()
 

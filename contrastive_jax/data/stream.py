@@ -25,11 +25,11 @@ import tensorflow as tf
 
 from contrastive_jax.data import order, positions, preprocess, records
 from contrastive_jax.data.examples import NUM_COUNTERS, source_stream, usable
+from contrastive_jax.data.filters import FilterCounters
 from contrastive_jax.data.mixture import mixture_choices, mixture_positions
 from contrastive_jax.data.render_text import text_pairs
 from contrastive_jax.data.sources import Source, create_source, source_specs
 from contrastive_jax.errors import DataError
-from contrastive_jax.filters import FilterCounters
 
 
 def _options() -> tf.data.Options:

@@ -1,4 +1,4 @@
-"""The class names and prompt templates a task scores: a shipped benchmark list, an inline
+"""The class names and prompt templates a task scores: a shipped class list, an inline
 list, or the data's own names, checked to be words a text tower can read."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from contrastive_jax.data.labelled import LabelledImages
 from contrastive_jax.errors import ConfigError, DataError
-from contrastive_jax.evaluate.benchmark_lists import CLASS_LISTS, class_list
+from contrastive_jax.evaluate.class_list_files import CLASS_LISTS, class_list
 from contrastive_jax.evaluate.prompts import PROMPT_SETS, get_prompts
 
 # WordNet ids (ImageNet's TFDS label names) and bare numbers are not words: a prompt

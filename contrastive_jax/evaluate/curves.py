@@ -12,7 +12,7 @@ from contrastive_jax import paths
 from contrastive_jax.errors import InputNotFoundError
 
 TRAIN_CURVES = ("train/loss", "train/t", "train/b")
-# The headline metric of each task kind (task_schema.HEADLINE), and the suite's mean.
+# The headline metric of each task kind (config/eval_tasks.py: HEADLINE), and the suite's mean.
 _HEADLINE = re.compile(r"^(zeroshot/[^/]+/top1|retrieval/[^/]+/mean_r1|fewshot/[^/]+/\d+shot"
                        r"|suite/mean)$")
 

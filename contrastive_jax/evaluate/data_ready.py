@@ -11,8 +11,8 @@ from typing import Any
 import ml_collections
 
 from contrastive_jax import paths
+from contrastive_jax.config.eval_tasks import tasks_of
 from contrastive_jax.datasets.catalogue import not_prepared
-from contrastive_jax.evaluate.task_schema import tasks_of
 
 
 def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:
@@ -24,7 +24,7 @@ def _missing(spec: Mapping[str, Any], default_dir: str) -> str | None:
         pattern = spec["pattern"]
         return None if paths.glob(pattern) else f"no webdataset shards match {pattern!r}"
     path = spec["path"]
-    what = "image folder" if kind == "folder" else f"{kind} table"
+    what = "image folder" if kind == "image_folder" else "table"
     return None if paths.exists(path) else f"{what} {path} not found"
 
 
@@ -42,12 +42,7 @@ def missing_data(config: ml_collections.ConfigDict) -> dict[str, str]:
 
 
 def without_tasks(config: ml_collections.ConfigDict, keys: set[str]) -> None:
-    """Drops the tasks `keys` ("<kind>/<name>") from `config.evals`, in place: from
-    `evals.tasks`, and the legacy groups (`evals.zeroshot`, ...) they stand for."""
+    """Drops the tasks `keys` ("<kind>/<name>") from `config.evals.tasks`, in place."""
     evals = config.evals
     with evals.unlocked():
         evals.tasks = [t for t in evals.tasks if f"{t['kind']}/{t['name']}" not in keys]
-    for kind in ("zeroshot", "retrieval", "fewshot"):
-        group = evals.get(kind)
-        if group is not None and group.get("enabled") and f"{kind}/{group.name}" in keys:
-            group.enabled = False

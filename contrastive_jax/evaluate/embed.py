@@ -8,8 +8,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.parallel.mesh import BATCH_AXES, replicated, to_global
-from contrastive_jax.train.state import ModelDef, TrainState
 
 
 def num_batch_shards(mesh: Mesh) -> int:

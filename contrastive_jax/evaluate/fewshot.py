@@ -13,7 +13,7 @@ from contrastive_jax.data.labelled import LabelledImages, data_config_for, open_
 from contrastive_jax.errors import DataError
 from contrastive_jax.evaluate.embed import encode_images
 from contrastive_jax.evaluate.linear_probe import class_permutations, fit_probe, probe_accuracy
-from contrastive_jax.train.state import ModelDef, TrainState
+from contrastive_jax.models.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
 

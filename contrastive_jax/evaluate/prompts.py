@@ -1,7 +1,7 @@
 """Named prompt sets for zero-shot classification. Each template has one `{}`.
 
-A set is a tuple of templates, or (the standard benchmarks' templates, shipped as data in
-`benchmarks/<name>.json`) a loader that reads them on first use, so importing stays cheap.
+A set is a tuple of templates, or (a standard data set's templates, shipped as data in
+`class_lists/<name>.json`) a loader that reads them on first use, so importing stays cheap.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import functools
 from collections.abc import Callable
 
 from contrastive_jax.datasets.fashion_mnist_captions import ZEROSHOT_TEMPLATES, fill_template
-from contrastive_jax.evaluate.benchmark_lists import CLASS_LISTS, benchmark_templates
+from contrastive_jax.evaluate.class_list_files import CLASS_LISTS, list_templates
 from contrastive_jax.evaluate.clip_templates import CLIP_80, CLIP_BEST_7
 from contrastive_jax.registry import Registry
 
@@ -20,9 +20,9 @@ PROMPT_SETS: Registry[tuple[str, ...] | Callable[[], tuple[str, ...]]] = Registr
     "class_name": ("{}",),
     "clip_80": CLIP_80,
     "clip_best_7": CLIP_BEST_7,
-    # Each shipped benchmark list's templates, under its name (prompts="cifar10").
-    **{name: functools.partial(benchmark_templates, name) for name in CLASS_LISTS},
-}, config_key="evals.zeroshot.prompts")
+    # Each shipped class list's templates, under its name (prompts="cifar10").
+    **{name: functools.partial(list_templates, name) for name in CLASS_LISTS},
+}, config_key="evals.tasks[].prompts")
 
 
 def get_prompts(name: str) -> tuple[str, ...]:

@@ -28,8 +28,8 @@ def report_metrics(metrics: dict[str, float], details: dict[str, Any]) -> dict[s
 
 
 def _task_table(report: dict[str, Any]) -> list[str]:
-    """One row per task (its headline metric), then the suite's mean."""
-    tasks = report.get("tasks") or []
+    """One row per task with a headline metric, then the suite's mean."""
+    tasks = [t for t in report.get("tasks") or [] if t["metric"] is not None]
     if not tasks:
         return []
     lines = ["| task | kind | headline | value |", "|---|---|---|---|"]

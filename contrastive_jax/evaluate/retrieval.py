@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from contrastive_jax.errors import ConfigError, DataError
+from contrastive_jax.errors import DataError
 
 
 def _similarities(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -73,7 +73,7 @@ def retrieval_recalls(zimg: np.ndarray, ztxt: np.ndarray, ks: Sequence[int] = (1
     """{i2t_r1, ..., t2i_r10}. Without `text_image`, (zimg[i], ztxt[i]) are the pairs;
     with it, caption j belongs to image text_image[j] (several captions per image)."""
     if chunk < 1:
-        raise ConfigError(f"config key 'evals.retrieval.chunk' must be >= 1, got {chunk}")
+        raise ValueError(f"retrieval chunk must be >= 1, got {chunk}")
     if text_image is None:
         if zimg.shape != ztxt.shape:
             raise ValueError(f"need paired embeddings of equal shape, got {zimg.shape} and "

@@ -1,7 +1,6 @@
 """Runs a config's evaluation tasks and returns their metrics under the contract's keys.
 
-Every task of `evals.tasks` (and the legacy `evals.zeroshot/retrieval/fewshot` groups, read
-as tasks by `task_schema.tasks_of`) is built the same way (big_vision's
+Every task of `evals.tasks` is built the same way (big_vision's
 evaluators/common.py): `TASK_KINDS[kind](task, config, model_def, state, tokenizer, mesh,
 details)` returns scalar metrics `<kind>/<name>/<metric>`. `suite/mean` is the mean of the
 tasks' headline metrics. `details` (when given) collects what the report needs.
@@ -17,6 +16,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax.config.eval_tasks import due, headline_key, tasks_of
+from contrastive_jax.data.filters import default_filters_config
 from contrastive_jax.data.labelled import LabelledImages, data_config_for, open_labelled
 from contrastive_jax.data.multi_caption import flatten_captions, iter_multi_caption
 from contrastive_jax.data.schema import default_data_config
@@ -26,11 +27,9 @@ from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
 from contrastive_jax.evaluate.fewshot import run_fewshot_task
 from contrastive_jax.evaluate.retrieval import retrieval_recalls
-from contrastive_jax.evaluate.task_schema import due, headline_key, tasks_of
 from contrastive_jax.evaluate.zeroshot import classifier_of, zeroshot_accuracy
-from contrastive_jax.filters import default_filters_config
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.registry import Registry
-from contrastive_jax.train.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +71,9 @@ def run_zeroshot_task(task: dict[str, Any], config: ml_collections.ConfigDict,
 
 
 def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
-                  tokenizer, mesh: Mesh, n: int, data: dict[str, Any] | None = None):
-    """Embeddings (zimg, ztxt) of `n` held-out image-caption pairs of a TFDS split (default:
-    the legacy zero-shot split), read through the training pipeline."""
-    if data is None:
-        zs = config.evals.zeroshot
-        data = {"kind": "tfds", "name": zs.dataset, "split": zs.split, "data_dir": "",
-                "image_key": config.data.image_key, "label_key": config.data.label_key}
+                  tokenizer, mesh: Mesh, n: int, data: dict[str, Any]):
+    """Embeddings (zimg, ztxt) of `n` held-out image-caption pairs of the TFDS split `data`,
+    read through the training pipeline."""
     data_config = data_config_for(config, data)
     data_config.sources = ()  # the held-out split, whatever the training sources are
     data_config.train_split = data["split"]
@@ -135,15 +130,18 @@ def run_retrieval_task(task: dict[str, Any], config: ml_collections.ConfigDict,
     return {f"retrieval/{task['name']}/{k}": v for k, v in recalls.items()}
 
 
-def run_embedding_stats(config: ml_collections.ConfigDict, model_def: ModelDef,
-                        state: TrainState, tokenizer, mesh: Mesh) -> dict[str, float]:
-    """Alignment and uniformity on held-out image-caption pairs."""
-    n = config.evals.embedding_stats.num_examples
-    zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh, n)
+def run_embedding_stats_task(task: dict[str, Any], config: ml_collections.ConfigDict,
+                             model_def: ModelDef, state: TrainState, tokenizer, mesh: Mesh,
+                             details: dict[str, Any] | None = None) -> dict[str, float]:
+    """embedding_stats/<name>/{alignment,uniformity_image,uniformity_text} on held-out
+    image-caption pairs."""
+    zimg, ztxt = heldout_pairs(config, model_def, state, tokenizer, mesh,
+                               task["num_examples"], task["data"])
+    key = f"embedding_stats/{task['name']}"
     return {
-        "embeddings/alignment": embedding_stats.alignment(zimg, ztxt),
-        "embeddings/uniformity_image": embedding_stats.uniformity(zimg),
-        "embeddings/uniformity_text": embedding_stats.uniformity(ztxt),
+        f"{key}/alignment": embedding_stats.alignment(zimg, ztxt),
+        f"{key}/uniformity_image": embedding_stats.uniformity(zimg),
+        f"{key}/uniformity_text": embedding_stats.uniformity(ztxt),
     }
 
 
@@ -154,14 +152,15 @@ TASK_KINDS: Registry[TaskRunner] = Registry("task kind", {
     "zeroshot": run_zeroshot_task,
     "retrieval": run_retrieval_task,
     "fewshot": run_fewshot_task,
+    "embedding_stats": run_embedding_stats_task,
 }, config_key="evals.tasks[].kind")
 
 
 def run_evals(config: ml_collections.ConfigDict, model_def: ModelDef, state: TrainState,
               tokenizer, mesh: Mesh, details: dict[str, Any] | None = None,
               step: int | None = None) -> dict[str, float]:
-    """Scalar metrics of every task due at train step `step` (None: all of them), the
-    embedding statistics when enabled, and `suite/mean` over the tasks' headlines."""
+    """Scalar metrics of every task due at train step `step` (None: all of them) and
+    `suite/mean` over the tasks' headlines."""
     metrics: dict[str, float] = {}
     rows = []
     for task in tasks_of(config):
@@ -172,10 +171,7 @@ def run_evals(config: ml_collections.ConfigDict, model_def: ModelDef, state: Tra
         metrics.update(result)
         key = headline_key(task)
         rows.append({"kind": task["kind"], "name": task["name"], "metric": key,
-                     "headline": result.get(key)})
-    every = config.train.eval_every
-    if config.evals.embedding_stats.enabled and (step is None or every and step % every == 0):
-        metrics.update(run_embedding_stats(config, model_def, state, tokenizer, mesh))
+                     "headline": None if key is None else result.get(key)})
     scores = [row["headline"] for row in rows if row["headline"] is not None]
     if scores:
         metrics["suite/mean"] = float(np.mean(scores))

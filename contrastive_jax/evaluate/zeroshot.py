@@ -14,11 +14,11 @@ from jax.sharding import Mesh
 
 from contrastive_jax.evaluate.embed import encode_texts, num_batch_shards, pad_rows
 from contrastive_jax.evaluate.prompts import fill
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import objective_of
 from contrastive_jax.objectives.captioning import trim_pad_columns
 from contrastive_jax.objectives.contrastive import prompt_ensemble
 from contrastive_jax.parallel.mesh import process_rows, replicated, to_global
-from contrastive_jax.train.state import ModelDef, TrainState
 
 __all__ = ["class_embeddings", "classifier_of", "make_eval_batch_fn", "trim_pad_columns",
            "zeroshot_accuracy"]

@@ -1,8 +1,12 @@
-"""Export checkpoints as npz / safetensors / transformers / open_clip directories.
+"""Model formats, both ways. Out: npz / safetensors / transformers / open_clip directories
+(`FORMATS`). In: big_vision, transformers and open_clip checkpoints (`big_vision`,
+`hf_import`), and `model_spec`, which turns any model SPEC into a loaded model. The name says
+export; the package holds the imports too.
 
-The weights are restored once, by train/checkpoint.restore_params; each format only
+The weights are restored once, by checkpoints/store.py's restore_params; each format only
 converts them. FORMATS: name -> exporter(config, params, step, tokenizer_file, out, *,
-overwrite) -> the written directory.
+overwrite) -> the written directory. It imports `checkpoints`, `config`, `models`, `data`
+(text conventions, tokenizers) and below, never `train` or `evaluate` (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,14 +16,14 @@ from functools import partial
 import jax
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints.store import restore_params
+from contrastive_jax.config.workdir import load_workdir_config
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import export_hf
 from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
 from contrastive_jax.export.open_clip_format import export_open_clip
 from contrastive_jax.objectives import models_with, objective_of
 from contrastive_jax.registry import Registry
-from contrastive_jax.train.checkpoint import restore_params
-from contrastive_jax.workdir_config import load_workdir_config
 
 FORMATS = Registry("export format", {
     "npz": partial(export_weights, "npz"),

@@ -288,7 +288,7 @@ def import_model(spec: str, config: Any) -> tuple[dict[str, Any], Any]:
     place: `config.model`, the image size and value range, the text conventions)."""
     from contrastive_jax.data.text_conventions import use_conventions
     from contrastive_jax.data.tokenizer import Tokenizer
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     hf = spec.startswith(HF_PREFIX)
     path = spec.removeprefix(HF_PREFIX if hf else OPEN_CLIP_PREFIX)

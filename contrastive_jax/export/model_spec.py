@@ -20,7 +20,6 @@ from jax.sharding import Mesh
 
 from contrastive_jax import paths
 from contrastive_jax.config import (
-    ConfigError,
     apply_overrides,
     default_config,
     load_config_file,
@@ -28,10 +27,10 @@ from contrastive_jax.config import (
     validate,
 )
 from contrastive_jax.data.text_conventions import for_model
-from contrastive_jax.errors import InputNotFoundError
+from contrastive_jax.errors import ConfigError, InputNotFoundError
 from contrastive_jax.export.native import CONFIG_FILE as EXPORT_CARD
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.parallel.mesh import create_mesh, replicated
-from contrastive_jax.train.state import ModelDef, TrainState
 
 BIG_VISION_PREFIX = "big_vision:"
 
@@ -76,8 +75,8 @@ def _on_mesh(config: ml_collections.ConfigDict, params: dict, step: int
 
 
 def _workdir(path: str, step: int | None, overrides: list[str]):
-    from contrastive_jax.data.text_encoder import workdir_tokenizer
-    from contrastive_jax.train.checkpoint import restore_weights
+    from contrastive_jax.checkpoints.store import restore_weights
+    from contrastive_jax.data.tokenizer_setup import workdir_tokenizer
 
     config, mesh, state = restore_weights(path, step, overrides=overrides)
     return config, mesh, state, workdir_tokenizer(config, path), path
@@ -156,8 +155,8 @@ def eval_config(spec: str, *, config: str | None = None, overrides: Sequence[str
     suite's tasks), read without loading any weights: the eval command checks every task's
     data against it before loading the model. A workdir's or export's own config; for the
     imports, the defaults with `config`'s sections, as `load_model` builds them."""
+    from contrastive_jax.config.workdir import load_workdir_config
     from contrastive_jax.json_files import field, read_json
-    from contrastive_jax.workdir_config import load_workdir_config
 
     model_overrides, evals_overrides = _split(overrides)
     kind = kind or spec_kind(spec)
@@ -203,7 +202,7 @@ def load_model(spec: str, *, step: int | None = None, tokenizer: str | None = No
         loaded = _imported(spec, config, model_overrides)
         suite = None
     elif kind == "workdir":
-        from contrastive_jax.workdir_config import load_workdir_config
+        from contrastive_jax.config.workdir import load_workdir_config
 
         # The tasks are checked before the checkpoint is read: a typo fails in a second.
         _use_suite(load_workdir_config(spec, model_overrides), suite, evals_overrides)

@@ -164,7 +164,7 @@ def _safetensors_bytes(data: bytes) -> dict[str, np.ndarray]:
 
 def check_params(model_config: Any, params: dict) -> None:
     """Every expected param present with its shape, nothing extra; else one-line ValueError."""
-    from contrastive_jax.train.state import ModelDef
+    from contrastive_jax.models.state import ModelDef
 
     abstract = jax.eval_shape(lambda: ModelDef.init(model_config, jax.random.key(0))[0])
     want = {k: tuple(v.shape) for k, v in _flatten_abstract(abstract).items()}

@@ -1,7 +1,8 @@
 """Contrastive losses: softmax (CLIP) and sigmoid (SigLIP); reference, sharded, ring.
 
 Use `create_loss(name, mesh=..., batch_axes=...)`, or `loss_from_config(config, mesh)` for a
-run's `loss.*` keys; see design.md, "Losses: the heart".
+run's `loss.*` keys; see docs/architecture.md, "Losses: the heart". It imports `data` (text
+conventions), `parallel` and the base modules.
 """
 
 from contrastive_jax.losses.chunked_softmax import softmax_loss_ring

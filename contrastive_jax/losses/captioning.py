@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from contrastive_jax.data.text_conventions import EOS_ID
 
-PAD_ID = 0  # captioning models need data.pad_id = 0 (config_checks.py)
+PAD_ID = 0  # captioning models need data.pad_id = 0 (config/checks.py)
 
 
 def cut_keeping_eos(tokens: jax.Array, max_len: int) -> jax.Array:

@@ -1,4 +1,9 @@
-"""Models: ViT and text towers, two-tower and one-tower (CLIPPO) models, a name registry."""
+"""Models: ViT and text towers, two-tower and one-tower (CLIPPO) models, CapPa, CatLIP,
+SigLIP 2, a name registry, and the train state's structure (`state`: TrainState, ModelDef).
+
+It imports `losses` (the loss terms some models own), `parallel` (the state's shardings) and
+the base modules (docs/architecture.md).
+"""
 
 from contrastive_jax.models.one_tower import OneTower
 from contrastive_jax.models.registry import (

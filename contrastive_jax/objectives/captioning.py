@@ -76,8 +76,8 @@ class Captioning(Objective):
             "train.microbatches": train.microbatches > 1,
             "train.embedding_cache.enabled": train.embedding_cache.enabled,
             "train.cit.enabled": train.cit.enabled,
-            "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
-            "evals retrieval tasks": "retrieval" in eval_kinds(),
+            "evals retrieval and embedding_stats tasks": bool(
+                {"retrieval", "embedding_stats"} & eval_kinds()),
         }
         refuse(conflicts, f"model {config.model.name!r} (a captioner with no text tower; "
                "pad 0, sticky EOS, no GradCache)")

@@ -60,8 +60,8 @@ class SynsetClassification(Objective):
             "train.cit.enabled": train.cit.enabled,
             "train.mixup.enabled": train.mixup.enabled,
             "loss.positives": config.loss.positives != "pairs",
-            "evals.embedding_stats.enabled": config.evals.embedding_stats.enabled,
-            "evals retrieval tasks": "retrieval" in eval_kinds(),
+            "evals retrieval and embedding_stats tasks": bool(
+                {"retrieval", "embedding_stats"} & eval_kinds()),
         }
         refuse(conflicts, f"model {config.model.name!r} (an image tower classifying "
                "synsets: no text tower, no pairs)")

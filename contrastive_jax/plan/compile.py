@@ -22,11 +22,11 @@ from jax.sharding import AxisType, Mesh
 
 from contrastive_jax.bench.train_step import batch_shapes
 from contrastive_jax.errors import ConfigError
+from contrastive_jax.models.state import ModelDef, TrainState, abstract_state, state_shardings
 from contrastive_jax.parallel.mesh import AXIS_ORDER, batch_sharding, mesh_shape
 from contrastive_jax.plan.topology import Target
 from contrastive_jax.train.lock import lock_patterns, split_params
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, TrainState, abstract_state, state_shardings
 from contrastive_jax.train.step import train_step_from_config
 
 # libtpu's start-up on a host without TPUs: no metadata server to ask, this host alone, and

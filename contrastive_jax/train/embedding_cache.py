@@ -30,8 +30,8 @@ from contrastive_jax import paths
 from contrastive_jax.data.stream import uid_image_batches
 from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.train.lock import TOWER_PATTERNS, is_locked, param_names
-from contrastive_jax.train.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
 

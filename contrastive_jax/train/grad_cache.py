@@ -25,9 +25,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.losses import LossFn
+from contrastive_jax.models.state import ModelDef
 from contrastive_jax.parallel.mesh import BATCH_AXES
 from contrastive_jax.train.lock import merge_params
-from contrastive_jax.train.state import ModelDef
 
 Params = dict[str, Any]
 

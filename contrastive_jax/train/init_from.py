@@ -2,7 +2,7 @@
 
 Sources, by what `path` is:
 - a training workdir (has `config.json`) or its `checkpoints/` folder: the latest orbax
-  checkpoint, restored with that run's own config (train/checkpoint.restore_params);
+  checkpoint, restored with that run's own config (checkpoints/store.py: restore_params);
 - an export directory (has `export_config.json`): its npz / safetensors weights;
 - a `.npz` file: a big_vision two_towers checkpoint (names like `params/img/Transformer/...`,
   converted by export/big_vision.py) or this project's exported flat names;
@@ -26,11 +26,11 @@ import ml_collections
 import numpy as np
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints.store import restore_params
 from contrastive_jax.config import INIT_FROM_TOWERS
 from contrastive_jax.errors import UserError
 from contrastive_jax.export.flat import flatten
 from contrastive_jax.parallel.sharding import path_name
-from contrastive_jax.train.checkpoint import restore_params
 from contrastive_jax.train.lock import TOWER_PATTERNS, param_names
 
 TOWERS = INIT_FROM_TOWERS

@@ -18,27 +18,28 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import config_to_json
+from contrastive_jax.config.eval_tasks import any_due, tasks_of
+from contrastive_jax.data.filters import FilterCounters
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import train_dataset
-from contrastive_jax.data.text_encoder import ensure_tokenizer
 from contrastive_jax.data.tokenizer import Tokenizer
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.evaluate.runner import run_evals
-from contrastive_jax.evaluate.task_schema import any_due, tasks_of
-from contrastive_jax.filters import FilterCounters
-from contrastive_jax.filters.cit import CitSelector
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import objective_of
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train import embedding_cache
-from contrastive_jax.train.checkpoint import Checkpointer
+from contrastive_jax.train.cit import CitSelector
 from contrastive_jax.train.embedding_cache import check_image_tower_locked
 from contrastive_jax.train.init_from import init_params
+from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import check_lock, lock_patterns
 from contrastive_jax.train.metrics import MetricsWriter, progress_bar
 from contrastive_jax.train.nonfinite import NonfiniteGuard
 from contrastive_jax.train.optimizer import create_optimizer
-from contrastive_jax.train.state import ModelDef, TrainState, create_train_state
 from contrastive_jax.train.step import NONFINITE, StepFn, train_step_from_config
 from contrastive_jax.train.stream_progress import StreamProgress, logical_streams
 from contrastive_jax.train.stream_progress import read_size as stream_read_size

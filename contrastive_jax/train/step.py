@@ -12,12 +12,12 @@ import optax
 from jax.sharding import Mesh
 
 from contrastive_jax.losses import LossFn, loss_from_config
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import StepSettings, objective_of
 from contrastive_jax.objectives.draws import flip_noise, parallel_draw
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
 from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
-from contrastive_jax.train.state import ModelDef, TrainState
 
 __all__ = ["NONFINITE", "StepFn", "flip_noise", "jit_train_step", "make_train_step",
            "parallel_draw", "train_step_from_config"]

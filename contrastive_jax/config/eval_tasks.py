@@ -1,5 +1,4 @@
-"""The `evals.tasks` schema: task and data kinds, their keys and defaults, and the legacy
-`evals.zeroshot` / `evals.retrieval` / `evals.fewshot` groups read as tasks.
+"""The `evals.tasks` schema: task and data kinds, their keys and defaults.
 
 A task is a dict `{kind, name, data: {kind, ...}, every, ...per-kind options}`; its metrics
 are `<kind>/<name>/<metric>`. Pure Python (no jax, no TensorFlow): `config.validate` checks
@@ -33,19 +32,24 @@ TASK_KEYS: dict[str, dict[str, Any]] = {
     # (default: `data` with split "train"), tested on `data`; mean over seeds.
     "fewshot": {"train_data": {}, "shots": [1, 5, 10, 25], "seeds": 3, "l2_reg": 2.0**10,
                 "classes": ""},
+    # Alignment and uniformity (Wang & Isola) of num_examples held-out (image, caption)
+    # pairs of a TFDS split; no headline (it is not a score to maximise).
+    "embedding_stats": {"num_examples": 1000},
 }
 TEMPLATE_AVERAGES = ("likelihood", "log_likelihood")
 # Per data kind: its keys and their defaults.
 DATA_KEYS: dict[str, dict[str, Any]] = {
     "tfds": {"name": REQUIRED, "split": "test", "data_dir": "", "image_key": "image",
              "label_key": "label"},
-    "folder": {"path": REQUIRED},  # one subfolder per class
-    "csv": {"path": REQUIRED, "image_column": "image", "label_column": "label", "root": ""},
-    "jsonl": {"path": REQUIRED, "image_column": "image", "label_column": "label", "root": ""},
+    "image_folder": {"path": REQUIRED},  # one subfolder per class, named by the class
+    # CSV/TSV/JSONL by the file's extension; image paths relative to `root` (default: the
+    # table's folder). The same kind and columns as a training source's `table`.
+    "table": {"path": REQUIRED, "image_column": "image", "label_column": "label", "root": ""},
     # label "cls": the sample's `.cls` member; any other name: that key of its `.json`.
     "webdataset": {"pattern": REQUIRED, "label": "cls"},
 }
-HEADLINE = {"zeroshot": "top1", "retrieval": "mean_r1", "fewshot": "10shot"}
+HEADLINE = {"zeroshot": "top1", "retrieval": "mean_r1", "fewshot": "10shot",
+            "embedding_stats": None}
 
 
 def _fill(spec: Any, keys: dict[str, Any], where: str, what: str) -> dict[str, Any]:
@@ -95,9 +99,12 @@ def parse_task(spec: Any, index: int) -> dict[str, Any]:
     if kind == "zeroshot" and task["template_average"] not in TEMPLATE_AVERAGES:
         raise ConfigError(f"config key '{where}.template_average' must be one of "
                           f"{', '.join(TEMPLATE_AVERAGES)}, got {task['template_average']!r}")
-    if kind == "retrieval" and task["data"]["kind"] != "tfds":
-        raise ConfigError(f"config key '{where}.data.kind': retrieval reads TFDS captions "
+    if kind in ("retrieval", "embedding_stats") and task["data"]["kind"] != "tfds":
+        raise ConfigError(f"config key '{where}.data.kind': {kind} reads TFDS captions "
                           f"(kind 'tfds'), got {task['data']['kind']!r}")
+    if kind == "retrieval" and (not isinstance(task["chunk"], int) or task["chunk"] < 1):
+        raise ConfigError(f"config key '{where}.chunk' must be an integer >= 1, "
+                          f"got {task['chunk']!r}")
     for key in ("every", "batch_size"):
         value = task[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < (key == "batch_size"):
@@ -106,45 +113,11 @@ def parse_task(spec: Any, index: int) -> dict[str, Any]:
     return task
 
 
-def _legacy_tasks(evals: Mapping[str, Any], data: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The pre-`tasks` groups (still the defaults of old configs and workdirs) as tasks."""
-    def tfds(name: str, split: str) -> dict[str, Any]:
-        return {"kind": "tfds", "name": name, "split": split, "data_dir": data["data_dir"],
-                "image_key": data["image_key"], "label_key": data["label_key"]}
-
-    out = []
-    zs = evals["zeroshot"]
-    if zs["enabled"]:
-        out.append({"kind": "zeroshot", "name": zs["name"], "prompts": zs["prompts"],
-                    "data": tfds(zs["dataset"], zs["split"]), "batch_size": zs["batch_size"],
-                    "template_average": zs["template_average"]})
-    rc = evals["retrieval"]
-    if rc["enabled"]:
-        # dataset "": held-out pairs of the zero-shot split, as before tasks existed.
-        held_out = not rc["dataset"]
-        source = tfds(zs["dataset"], zs["split"]) if held_out else tfds(rc["dataset"],
-                                                                       rc["split"])
-        out.append({"kind": "retrieval", "name": rc["name"], "data": source,
-                    "captions_key": "" if held_out else rc["captions_key"],
-                    "num_examples": rc["num_examples"], "chunk": rc["chunk"]})
-    fs = evals["fewshot"]
-    if fs["enabled"]:
-        out.append({"kind": "fewshot", "name": fs["name"], "data": tfds(fs["dataset"],
-                                                                       fs["test_split"]),
-                    "train_data": tfds(fs["dataset"], fs["train_split"]),
-                    "shots": list(fs["shots"]), "seeds": fs["seeds"], "l2_reg": fs["l2_reg"],
-                    "batch_size": fs["batch_size"]})
-    return out
-
-
 def tasks_of(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every task a config runs: the legacy groups that are enabled, then `evals.tasks`;
-    validated, defaults filled in. Two tasks of one kind and name are a ConfigError."""
-    evals = config["evals"]
-    specs = list(evals.get("tasks", ()) or ())
+    """Every task of `evals.tasks`, validated, defaults filled in. Two tasks of one kind and
+    name are a ConfigError."""
+    specs = list(config["evals"].get("tasks", ()) or ())
     tasks = [parse_task(spec, i) for i, spec in enumerate(specs)]
-    tasks = [parse_task(spec, i) for i, spec in
-             enumerate(_legacy_tasks(evals, config["data"]))] + tasks
     seen: set[tuple[str, str]] = set()
     for task in tasks:
         key = (task["kind"], task["name"])
@@ -168,11 +141,14 @@ def any_due(tasks: list[dict[str, Any]], step: int, eval_every: int) -> bool:
         due(task, step, eval_every) for task in tasks)
 
 
-def headline_key(task: Mapping[str, Any]) -> str:
+def headline_key(task: Mapping[str, Any]) -> str | None:
     """The metric key of the task's one number for `suite/mean`: top-1, mean recall@1,
-    10-shot accuracy (or the most shots a few-shot task has, when it has no 10)."""
+    10-shot accuracy (or the most shots a few-shot task has, when it has no 10); None for
+    a task without one (embedding statistics)."""
     kind, name = task["kind"], task["name"]
     metric = HEADLINE[kind]
+    if metric is None:
+        return None
     if kind == "fewshot" and 10 not in task["shots"]:
         metric = f"{max(task['shots'])}shot"
     return f"{kind}/{name}/{metric}"

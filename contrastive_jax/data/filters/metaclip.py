@@ -22,10 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax import paths
+from contrastive_jax.data.filters.counters import Predicate
 from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.datasets.uid_random import uid_uniform
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
-from contrastive_jax.filters.counters import Predicate
 from contrastive_jax.json_files import read_json
 
 _PUNCTS_TO_WRAP = (",", ".", ";", ":", "?", "!", "`")

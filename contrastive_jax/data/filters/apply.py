@@ -16,11 +16,11 @@ import ml_collections
 import tensorflow as tf
 
 from contrastive_jax import paths
+from contrastive_jax.data.filters import cat, metaclip, uid_tables
+from contrastive_jax.data.filters.basic import basic_predicate
+from contrastive_jax.data.filters.counters import FilterCounters, Predicate
 from contrastive_jax.data.schema import FILTER_NAMES, filter_order
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.filters import cat, metaclip, uid_tables
-from contrastive_jax.filters.basic import basic_predicate
-from contrastive_jax.filters.counters import FilterCounters, Predicate
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""Standard benchmark class lists and prompt templates, shipped as data.
+"""Class lists and prompt templates of standard zero-shot data sets, shipped as data.
 
-Each `benchmarks/<name>.json` holds `{"source", "classes", "templates"}`: the class names and
+Each `class_lists/<name>.json` holds `{"source", "classes", "templates"}`: the class names and
 templates CLIP / open_clip / clip_benchmark use for that dataset, copied from the source
 its `source` names, classes in the label order of the matching TFDS dataset. Templates have
 one `{}` (filled by `prompts.fill`). Files are read on first use and cached; importing this
@@ -18,7 +18,7 @@ from contrastive_jax.errors import ConfigError
 from contrastive_jax.registry import Registry
 
 _PACKAGE = "contrastive_jax.evaluate"
-_FOLDER = "benchmarks"
+_FOLDER = "class_lists"
 
 
 @functools.cache
@@ -28,11 +28,11 @@ def _load(name: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # a broken install, never a user's typo
-        raise ConfigError(f"benchmark list {name!r}: cannot read {_FOLDER}/{name}.json "
+        raise ConfigError(f"class list {name!r}: cannot read {_FOLDER}/{name}.json "
                           f"({type(e).__name__}: {e})") from e
     missing = [k for k in ("source", "classes", "templates") if k not in data]
     if missing:
-        raise ConfigError(f"benchmark list {name!r}: {_FOLDER}/{name}.json has no {missing[0]!r}")
+        raise ConfigError(f"class list {name!r}: {_FOLDER}/{name}.json has no {missing[0]!r}")
     return data
 
 
@@ -43,7 +43,7 @@ def _loader(name: str):
 
 
 # name (a value of `evals.tasks[].classes`) -> loader of its file. TFDS dataset in comments.
-CLASS_LISTS: Registry = Registry("benchmark class list", {
+CLASS_LISTS: Registry = Registry("class list", {
     "imagenet1k": _loader("imagenet1k"),  # imagenet2012
     "cifar10": _loader("cifar10"),  # cifar10
     "cifar100": _loader("cifar100"),  # cifar100
@@ -66,11 +66,11 @@ def class_list(name: str) -> tuple[str, ...]:
     return tuple(CLASS_LISTS[name]()["classes"])
 
 
-def benchmark_templates(name: str) -> tuple[str, ...]:
+def list_templates(name: str) -> tuple[str, ...]:
     """The prompt templates shipped with list `name` (each with one `{}`)."""
     return tuple(CLASS_LISTS[name]()["templates"])
 
 
-def benchmark_source(name: str) -> str:
+def list_source(name: str) -> str:
     """Where list `name`'s classes and templates were copied from."""
     return str(CLASS_LISTS[name]()["source"])

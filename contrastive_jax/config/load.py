@@ -17,8 +17,7 @@ from typing import Any
 
 import ml_collections
 
-# Callers import ConfigError, validate and INIT_FROM_TOWERS from here too.
-from contrastive_jax.config_checks import INIT_FROM_TOWERS, validate  # noqa: F401
+from contrastive_jax.config.checks import validate
 from contrastive_jax.errors import ConfigError
 
 ConfigDict = ml_collections.ConfigDict
@@ -81,7 +80,7 @@ def default_config() -> ConfigDict:
             # paper's short unmasked tuning phase); None: mask to the end.
             unmask_from=None,
             compilation_cache_dir=None,  # persistent XLA compilation cache (a directory)
-            cit=default_cit_config(),  # curation in training (contrastive_jax/filters/cit.py)
+            cit=default_cit_config(),  # curation in training (contrastive_jax/train/cit.py)
             # LiT: locked params get no optimizer state, no weight decay, no backward pass.
             # image / text lock a whole tower with its head; patterns: regexes on param
             # paths like 'img/encoder/blocks/0/mlp/fc1/kernel' (see train/lock.py).
@@ -119,40 +118,9 @@ def default_config() -> ConfigDict:
     c.recipe = ConfigDict(dict(params_paper=None, gflops_paper=None, image_gflops_paper=None,
                                text_gflops_paper=None, hardware_paper=None, topology_paper=None,
                                batch_paper=None))
-    c.evals = ConfigDict(
-        dict(
-            # The evaluation suite: [{kind, name, data: {kind, ...}, every, ...}], see
-            # evaluate/task_schema.py. The groups below are its legacy single-task form.
-            tasks=[],
-            zeroshot=ConfigDict(
-                dict(
-                    enabled=True,
-                    name="fashion_mnist",  # metric keys: zeroshot/<name>/top1
-                    dataset="fashion_mnist_captions",
-                    split="test",
-                    prompts="fashion_mnist_heldout",
-                    batch_size=500,
-                    # Captioners: "likelihood" (log of the prompts' mean likelihood) or
-                    # "log_likelihood" (their mean log-likelihood); see docs/captioning.md.
-                    template_average="likelihood",
-                )
-            ),
-            # Alignment and uniformity (Wang & Isola) on paired held-out examples.
-            embedding_stats=ConfigDict(dict(enabled=True, num_examples=1000)),
-            # Image-text retrieval recall@1/5/10. dataset "": held-out pairs of the zero-shot
-            # split (one caption per image). A TFDS name: its `split`, with every caption of
-            # `captions_key` (a sequence of texts, e.g. "captions/text") per image (COCO).
-            retrieval=ConfigDict(dict(enabled=False, name="fashion_mnist", num_examples=1000,
-                                      dataset="", split="test", captions_key="captions/text",
-                                      chunk=1024)),
-            # Few-shot linear probe (big_vision's fewshot_lsr): ridge regression on frozen
-            # image embeddings, `shots` per class drawn from train_split, mean over `seeds`.
-            fewshot=ConfigDict(dict(enabled=False, name="fashion_mnist",
-                                    dataset="fashion_mnist_captions", train_split="train",
-                                    test_split="test", shots=[1, 5, 10, 25], l2_reg=2.0**10,
-                                    seeds=3, batch_size=500)),
-        )
-    )
+    # The evaluation suite: [{kind, name, data: {kind, ...}, every, ...}], see
+    # config/eval_tasks.py. None by default: a run evaluates the tasks its config gives.
+    c.evals = ConfigDict(dict(tasks=[]))
     return c
 
 

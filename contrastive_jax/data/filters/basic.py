@@ -12,8 +12,8 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from contrastive_jax.data.filters.counters import Predicate
 from contrastive_jax.data.schema import check_basic_bounds
-from contrastive_jax.filters.counters import Predicate
 
 
 def caption_words(caption: tf.Tensor) -> tf.Tensor:

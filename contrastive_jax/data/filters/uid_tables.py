@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax import paths
+from contrastive_jax.data.filters.counters import Predicate
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
-from contrastive_jax.filters.counters import Predicate
 
 
 def write_scores(path: str, uids: Sequence[str], scores: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Shipped benchmark class lists and templates: lengths, entries checked against their
+"""Shipped class lists and templates: lengths, entries checked against their
 sources (CLIP's data/prompts.md, open_clip's zero_shot_metadata.py, clip_benchmark's
 en_classnames.json, TFDS), templates, prompt sets, package data and the standard suite."""
 
@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.evaluate import benchmark_lists as bl
+from contrastive_jax.evaluate import class_list_files as bl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LENGTHS = {
@@ -85,40 +85,40 @@ def test_templates_have_one_placeholder_and_match_their_sources():
     from contrastive_jax.evaluate.clip_templates import CLIP_80
 
     for name, (n, first) in TEMPLATES.items():
-        templates = bl.benchmark_templates(name)
+        templates = bl.list_templates(name)
         assert len(templates) == len(set(templates)) == n and templates[0] == first, name
         for t in templates:
             assert t.count("{}") == 1 and "{c}" not in t, (name, t)
             assert t.format("X").count("X") == 1, (name, t)  # no other braces
-    assert bl.benchmark_templates("imagenet1k") == CLIP_80  # OpenAI's 80, two copies agree
+    assert bl.list_templates("imagenet1k") == CLIP_80  # OpenAI's 80, two copies agree
 
 
 def test_each_file_names_its_source_and_the_folder_holds_data_only():
-    folder = resources.files("contrastive_jax.evaluate").joinpath("benchmarks")
+    folder = resources.files("contrastive_jax.evaluate").joinpath("class_lists")
     files = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert files == sorted(f"{n}.json" for n in LENGTHS)  # no __init__.py: a data folder
     for name in LENGTHS:
         data = json.loads(folder.joinpath(f"{name}.json").read_text(encoding="utf-8"))
         assert set(data) == {"source", "classes", "templates"}, name
-        source = bl.benchmark_source(name)
+        source = bl.list_source(name)
         assert source == data["source"] and ("github.com/" in source
                                              or "tensorflow_datasets" in source), name
-    assert "open_clip" in bl.benchmark_source("imagenet1k")
-    assert "IMAGENET_CLASSNAMES" in bl.benchmark_source("imagenet1k")
-    assert "clip_benchmark" in bl.benchmark_source("oxford_iiit_pet")
+    assert "open_clip" in bl.list_source("imagenet1k")
+    assert "IMAGENET_CLASSNAMES" in bl.list_source("imagenet1k")
+    assert "clip_benchmark" in bl.list_source("oxford_iiit_pet")
 
 
 def test_json_files_are_package_data():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         pyproject = tomllib.load(f)
     data = pyproject["tool"]["setuptools"]["package-data"]
-    assert "benchmarks/*.json" in data["contrastive_jax.evaluate"]
+    assert "class_lists/*.json" in data["contrastive_jax.evaluate"]
 
 
 def test_unknown_list_is_a_config_error_naming_the_key():
-    for fn in (bl.class_list, bl.benchmark_templates, bl.benchmark_source):
+    for fn in (bl.class_list, bl.list_templates, bl.list_source):
         with pytest.raises(ConfigError, match=r"config key 'evals.tasks\[\].classes': unknown "
-                                              r"benchmark class list 'imagenet21k'; known: "
+                                              r"class list 'imagenet21k'; known: "
                                               r"imagenet1k"):
             fn("imagenet21k")
 
@@ -127,7 +127,7 @@ def test_every_list_is_a_prompt_set_and_the_old_sets_remain():
     from contrastive_jax.evaluate.prompts import PROMPT_SETS, fill, get_prompts
 
     for name in LENGTHS:
-        assert name in PROMPT_SETS and get_prompts(name) == bl.benchmark_templates(name)
+        assert name in PROMPT_SETS and get_prompts(name) == bl.list_templates(name)
     for old in ("fashion_mnist_heldout", "class_name", "clip_80", "clip_best_7"):
         assert isinstance(get_prompts(old), tuple) and get_prompts(old)
     assert fill(get_prompts("imagenet1k")[0], "ostrich") == "a bad photo of an ostrich."
@@ -145,9 +145,8 @@ def test_standard_suite_lists_every_benchmark_with_unique_names():
     assert {t["classes"] for t in zeroshot} == set(LENGTHS)
     assert all(t["prompts"] in PROMPT_SETS for t in zeroshot)
     assert [t["name"] for t in tasks if t["kind"] == "retrieval"] == ["coco", "flickr30k"]
-    assert not config.evals.zeroshot.enabled  # only the suite's tasks run
     try:
-        from contrastive_jax.evaluate.task_schema import tasks_of
+        from contrastive_jax.config.eval_tasks import tasks_of
     except ImportError:  # the task schema not there yet
         return
     parsed = tasks_of(config)

@@ -9,17 +9,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contrastive_jax.checkpoints.store import restore_weights
 from contrastive_jax.config import load_config
-from contrastive_jax.data.text_encoder import workdir_tokenizer
+from contrastive_jax.config.workdir import load_workdir_config
+from contrastive_jax.curation.corpus import split_batches
+from contrastive_jax.curation.dedup import exact_keep, semdedup_keep
+from contrastive_jax.data.filters.cat import REASONS, CatFilter
+from contrastive_jax.data.filters.uid_tables import write_keep_list, write_scores
+from contrastive_jax.data.tokenizer_setup import workdir_tokenizer
 from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.evaluate.embed import encode_images, encode_texts
-from contrastive_jax.filters.cat import REASONS, CatFilter
-from contrastive_jax.filters.corpus import split_batches
-from contrastive_jax.filters.dedup import exact_keep, semdedup_keep
-from contrastive_jax.filters.uid_tables import write_keep_list, write_scores
-from contrastive_jax.train.checkpoint import restore_weights
-from contrastive_jax.train.state import ModelDef
-from contrastive_jax.workdir_config import load_workdir_config
+from contrastive_jax.models.state import ModelDef
 
 
 def embed_split(workdir: str, split: str | None, batch_size: int, step: int | None = None,

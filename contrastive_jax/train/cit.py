@@ -23,14 +23,14 @@ import ml_collections
 from jax.sharding import Mesh
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.data.schema import check_cit_config
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.datasets.catalogue import class_names
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.evaluate.zeroshot import class_embeddings
+from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
-from contrastive_jax.train.checkpoint import Checkpointer
-from contrastive_jax.train.state import ModelDef, TrainState
 
 log = logging.getLogger(__name__)
 def selection_indices(scores: jax.Array, batch_size: int, keep: str,

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from contrastive_jax.curation.kmeans import spherical_kmeans
 from contrastive_jax.errors import ConfigError
-from contrastive_jax.filters.kmeans import spherical_kmeans
 
 
 def exact_keep(uids: Sequence[str], contents: Iterable[bytes]) -> list[str]:

@@ -1,6 +1,6 @@
 """Telling a damaged checkpoint from one of another run, and setting damaged ones aside.
 
-train/checkpoint.py uses these: a checkpoint that fails to read or fails its fingerprint
+checkpoints/store.py uses these: a checkpoint that fails to read or fails its fingerprint
 check becomes an `Unreadable` (step, where, cause), is moved to `checkpoints/corrupt/`
 (never deleted; orbax lists only step-named directories) and the resume tries the next
 older one.

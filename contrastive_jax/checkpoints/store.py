@@ -14,14 +14,14 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from contrastive_jax import paths
+from contrastive_jax.checkpoints import fingerprint, integrity
+from contrastive_jax.checkpoints.array_writes import write_whole_shards_on_cpu
+from contrastive_jax.config.workdir import load_workdir_config
 from contrastive_jax.data import text_conventions
 from contrastive_jax.errors import CheckpointError, InputNotFoundError
+from contrastive_jax.models.state import TrainState, abstract_state, weights_state_shapes
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import create_mesh
-from contrastive_jax.train import fingerprint, integrity
-from contrastive_jax.train.array_writes import write_whole_shards_on_cpu
-from contrastive_jax.train.state import TrainState, abstract_state, weights_state_shapes
-from contrastive_jax.workdir_config import load_workdir_config
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _default_signature(name: str, ours: dict[str, Any] | None = None) -> dict[st
 class Checkpointer:
     """Saves every `checkpoint_every` steps (asynchronously), keeps `keep_checkpoints`, and
     restores only what reads back intact: each checkpoint's metadata holds a fingerprint
-    of every array saved with it (train/fingerprint.py), checked on every restore."""
+    of every array saved with it (checkpoints/fingerprint.py), checked on every restore."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict):
         # A URL stays a URL: orbax writes gs:// through tensorstore and etils.epath.

@@ -1,4 +1,5 @@
-"""Train state as a pytree of plain dicts, created already sharded on the mesh."""
+"""Train state as a pytree of plain dicts, and `ModelDef`, which binds such dicts back into
+the model. `train/init_state.py` creates the state with its optimizer state."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from jax.sharding import Mesh
 from contrastive_jax.models import create_model
 from contrastive_jax.models.registry import DEFAULT_MODEL
 from contrastive_jax.parallel.sharding import tree_shardings
-from contrastive_jax.train.lock import lock_patterns, split_params
 
 # What the optimizer trains: every nnx.Param except an EMA teacher's (models/siglip2.py),
 # which stays with the other non-trained state in `rest`.
@@ -71,25 +71,6 @@ def state_shardings(abstract_state: TrainState, mesh: Mesh,
     the step counter, optimizer counts and other scalars are replicated.
     """
     return tree_shardings(abstract_state, mesh, mesh_config.rules, mesh_config.fsdp_min_size)
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, tx: optax.GradientTransformation, mesh: Mesh
-) -> tuple[TrainState, TrainState]:
-    """Initialises the state directly into its shardings; returns (state, shardings)."""
-
-    def init(rng: jax.Array) -> TrainState:
-        params, rest = ModelDef.init(config.model, rng)
-        # Optimizer state only for trainable params: locked ones have none (train/lock.py).
-        trainable, _ = split_params(params, lock_patterns(config.train.locked))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
-                          opt_state=tx.init(trainable))
-
-    rng = jax.random.key(config.seed)
-    abstract = jax.eval_shape(init, rng)
-    shardings = state_shardings(abstract, mesh, config.mesh)
-    state = jax.jit(init, out_shardings=shardings)(rng)
-    return state, shardings
 
 
 def weights_state_shapes(config: ml_collections.ConfigDict,

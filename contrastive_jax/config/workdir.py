@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from contrastive_jax import paths
-from contrastive_jax.config import (
+from contrastive_jax.config.load import (
     ConfigDict,
     apply_overrides,
     default_config,

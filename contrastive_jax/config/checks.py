@@ -1,7 +1,10 @@
 """Checks of a loaded config: relations between keys that their types alone do not catch.
 
 Each failure is a ConfigError naming the key. The checks of one model type are its
-objective's (objectives/), which this module asks and never names.
+objective's (objectives/), which this module asks and never names. Importing this module
+is cheap: `validate` imports what it asks when it runs, which brings in jax (the
+objectives, the loss registry, the sharding rules) and, for a config with `data.sources`,
+TensorFlow (the source parser).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ INIT_FROM_TOWERS = ("image", "text", "both", "all")
 
 def validate(config: ConfigDict) -> None:
     """Checks relations between keys that types alone do not catch."""
-    from contrastive_jax.evaluate.task_schema import tasks_of
+    from contrastive_jax.config.eval_tasks import tasks_of
     from contrastive_jax.losses import check_loss_config
     from contrastive_jax.objectives import objective_of
     from contrastive_jax.parallel import sharding
