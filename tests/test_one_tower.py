@@ -122,7 +122,7 @@ def test_clippo_trains_evaluates_and_refuses_export(fake_data_dir, tmp_path, cap
         result["zeroshot/fashion_mnist/top1"])
     assert cli.main(["export", "--model", workdir, "--format", "npz",
                      "--out", str(tmp_path / "out")]) == 2
-    assert "export supports two_tower models (and siglip2" in capsys.readouterr().err
+    assert "export supports two_tower and siglip2 models only" in capsys.readouterr().err
 
 
 def test_bench_render_and_step_batch_shapes():

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 from contrastive_jax import cpu_host
 from contrastive_jax.bench.flops import compiled_flops, matmul_peak
 from contrastive_jax.models.state import TrainState
+from contrastive_jax.objectives import objective_of
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import lock_patterns
@@ -23,15 +24,15 @@ from contrastive_jax.train.step import StepFn, train_step_from_config
 
 def batch_shapes(config: ml_collections.ConfigDict,
                  batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """The step's inputs for the config, as shapes only: "label" [B]; "text" [B, L] token
-    ids (CatLIP: synset ids; one tower, CLIPPO: a rendered image); "image" [B, H, W, C], or
-    "image_embedding" [B, D] when `train.embedding_cache` is on (the step then reads those)."""
+    """The step's inputs for the config, as shapes only: "label" [B]; "text" as the model's
+    objective reads it ([B, L] token or synset ids, or a rendered image); "image"
+    [B, H, W, C], or "image_embedding" [B, D] when `train.embedding_cache` is on (the step
+    then reads those)."""
     image = config.model.image
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
     pixels = (batch_size, size, size, image.channels)
-    reader = config.model.get("text") or config.model.get("decoder")  # CapPa: the decoder's
     text = ((batch_size, config.data.max_len), np.int32)
-    if config.model.name != "catlip" and reader is None:  # one tower: text rendered as image
+    if objective_of(config.model.name).text_input == "rendered":
         text = (pixels, np.float32)
     shapes = {"label": ((batch_size,), np.int32), "text": text}
     if config.train.embedding_cache.enabled:
@@ -41,22 +42,28 @@ def batch_shapes(config: ml_collections.ConfigDict,
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
 
 
+def synthetic_text(config: ml_collections.ConfigDict, shape: tuple[int, ...],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Random "text" of `shape` as the objective reads it: token ids of the vocabulary,
+    up to 3 synset ids per caption (0-padded), or rendered pixels in [-1, 1]."""
+    objective = objective_of(config.model.name)
+    if objective.text_input == "synsets":
+        ids = rng.integers(0, config.model.head.num_synsets + 1, shape)
+        ids[:, 3:] = 0
+        return ids.astype(np.int32)
+    if objective.text_input == "tokens":
+        vocab = config.model[objective.token_group].vocab_size
+        return rng.integers(3, vocab, shape).astype(np.int32)
+    return rng.uniform(-1, 1, shape).astype(np.float32)
+
+
 def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
-    """Random inputs of `batch_shapes`: token ids of the vocabulary, uniform pixels in
-    [-1, 1], unit embeddings."""
+    """Random inputs of `batch_shapes`: the objective's text, uniform pixels in [-1, 1],
+    unit embeddings."""
     rng = np.random.default_rng(0)
     shapes = batch_shapes(config, batch_size)
-    batch = {"label": np.arange(batch_size, dtype=np.int32)}
-    text = shapes["text"]
-    reader = config.model.get("text") or config.model.get("decoder")
-    if config.model.name == "catlip":  # up to 3 synsets per caption, 0-padded
-        ids = rng.integers(0, config.model.head.num_synsets + 1, text.shape)
-        ids[:, 3:] = 0
-        batch["text"] = ids.astype(np.int32)
-    elif text.dtype == np.int32:
-        batch["text"] = rng.integers(3, reader.vocab_size, text.shape).astype(np.int32)
-    else:
-        batch["text"] = rng.uniform(-1, 1, text.shape).astype(np.float32)
+    batch = {"label": np.arange(batch_size, dtype=np.int32),
+             "text": synthetic_text(config, shapes["text"].shape, rng)}
     if "image_embedding" in shapes:
         z = rng.normal(size=shapes["image_embedding"].shape).astype(np.float32)
         batch["image_embedding"] = z / np.linalg.norm(z, axis=1, keepdims=True)

@@ -1,8 +1,10 @@
 """Checks of a loaded config: relations between keys that their types alone do not catch.
 
-Each failure is a ConfigError naming the key. Importing this module is cheap: `validate`
-imports what it asks when it runs, which brings in jax (the loss registry, the sharding
-rules) and, for a config with `data.sources`, TensorFlow (the source parser).
+Each failure is a ConfigError naming the key. The checks of one model type are its
+objective's (objectives/), which this module asks and never names. Importing this module
+is cheap: `validate` imports what it asks when it runs, which brings in jax (the
+objectives, the loss registry, the sharding rules) and, for a config with `data.sources`,
+TensorFlow (the source parser).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ INIT_FROM_TOWERS = ("image", "text", "both", "all")
 
 def validate(config: ConfigDict) -> None:
     """Checks relations between keys that types alone do not catch."""
+    from contrastive_jax.config.eval_tasks import tasks_of
     from contrastive_jax.losses import check_loss_config
+    from contrastive_jax.objectives import objective_of
     from contrastive_jax.parallel import sharding
 
     if config.loss.positives not in ("pairs", "labels"):
@@ -42,10 +46,10 @@ def validate(config: ConfigDict) -> None:
     _validate_logical_streams(config)
     _validate_rendering(config)
     _validate_masking(config)
-    _validate_captioning(config)
-    _validate_catlip(config)
-    _validate_siglip2(config)
-    _validate_mixup(config)
+    _validate_text_input(config)
+    objective = objective_of(config.model.name)  # a ConfigError naming 'model.name'
+    objective.check_config(config, lambda: {t["kind"] for t in tasks_of(config)})
+    _validate_mixup(config, objective.takes_mixup)
     if config.data.image_size != config.model.image.image_size:
         raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
                           f"'model.image.image_size' ({config.model.image.image_size})")
@@ -74,8 +78,6 @@ def validate(config: ConfigDict) -> None:
 
     check_config(config)  # data.pad_id / eos / lowercase, and the pad id against the pool
     _validate_lit(config)
-    from contrastive_jax.config.eval_tasks import tasks_of
-
     tasks_of(config)  # every eval task, so a bad key fails before training starts
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
@@ -110,107 +112,21 @@ def _validate_masking(config: ConfigDict) -> None:
                           "(there is no masking to end)")
 
 
-def _refuse(conflicts: dict[str, bool], what: str) -> None:
-    """The first key whose `conflicts` entry is true, as "does not apply to WHAT"."""
-    for key, conflict in conflicts.items():
-        if conflict:
-            raise ConfigError(f"config key {key!r} does not apply to {what}")
+def _validate_text_input(config: ConfigDict) -> None:
+    """`data.synsets` labels exactly the models that read synset ids (the rendering
+    check, `_validate_rendering`, matches rendered captions to their readers)."""
+    from contrastive_jax.objectives import models_with, objective_of
 
-
-def _validate_captioning(config: ConfigDict) -> None:
-    """A captioner (CapPa) has a decoder and no text tower: what needs one is refused."""
-    if config.model.name != "cappa":
-        return
-    from contrastive_jax.config.eval_tasks import tasks_of
-
-    decoder, train = config.model.decoder, config.train
-    conflicts = {
-        "data.pad_id": config.data.pad_id != 0,  # the caption loss skips id 0
-        "data.eos": config.data.eos != "sticky",  # a cut caption keeps its EOS
-        "train.microbatches": train.microbatches > 1,
-        "train.embedding_cache.enabled": train.embedding_cache.enabled,
-        "train.cit.enabled": train.cit.enabled,
-        "evals retrieval and embedding_stats tasks": any(
-            t["kind"] in ("retrieval", "embedding_stats") for t in tasks_of(config)),
-    }
-    _refuse(conflicts, "model 'cappa' (a captioner with no text tower; pad 0, sticky EOS, "
-            "no GradCache)")
-    if config.data.max_len > decoder.max_len:
-        raise ConfigError(f"config key 'data.max_len' ({config.data.max_len}) exceeds "
-                          f"'model.decoder.max_len' ({decoder.max_len})")
-
-
-def _validate_catlip(config: ConfigDict) -> None:
-    """CatLIP trains on synset ids and has no text tower: what needs one is refused."""
-    catlip, synsets = config.model.name == "catlip", config.data.synsets
-    if catlip != synsets.enabled:
-        raise ConfigError("config key 'data.synsets.enabled' must be True exactly when "
-                          f"'model.name' is 'catlip' (it is {synsets.enabled!r} for "
+    synsets = config.data.synsets
+    wanted = objective_of(config.model.name).text_input == "synsets"
+    if wanted != synsets.enabled:
+        readers = " or ".join(repr(n) for n in models_with(lambda o: o.text_input == "synsets"))
+        raise ConfigError(f"config key 'data.synsets.enabled' must be True exactly when "
+                          f"'model.name' is {readers} (it is {synsets.enabled!r} for "
                           f"{config.model.name!r})")
-    if not catlip:
-        return
-    if not isinstance(synsets.min_count, int) or synsets.min_count < 1:
-        raise ConfigError("config key 'data.synsets.min_count' must be a positive integer")
-    if not isinstance(synsets.max_size, int) or synsets.max_size < 0:
-        raise ConfigError("config key 'data.synsets.max_size' must be an integer >= 0")
-    from contrastive_jax.config.eval_tasks import tasks_of
-
-    train = config.train
-    conflicts = {
-        "data.render.enabled": config.data.render.enabled,
-        "train.microbatches": train.microbatches > 1,
-        "train.embedding_cache.enabled": train.embedding_cache.enabled,
-        "train.cit.enabled": train.cit.enabled,
-        "train.mixup.enabled": train.mixup.enabled,
-        "loss.positives": config.loss.positives != "pairs",
-        "evals retrieval and embedding_stats tasks": any(
-            t["kind"] in ("retrieval", "embedding_stats") for t in tasks_of(config)),
-    }
-    _refuse(conflicts, "model 'catlip' (an image tower classifying synsets: no text tower, "
-            "no pairs)")
 
 
-def _validate_siglip2(config: ConfigDict) -> None:
-    """SigLIP 2's terms: ranges, and what their decoder and teacher cannot take."""
-    model = config.model
-    if model.name != "siglip2":
-        return
-    train, teacher = config.train, model.teacher
-    conflicts = {
-        "train.microbatches": train.microbatches > 1,  # the terms are not GradCache'd
-        "train.embedding_cache.enabled": train.embedding_cache.enabled,  # they run the tower
-    }
-    if model.locca.enabled:  # the caption loss skips id 0 and keeps a cut caption's EOS
-        conflicts.update({"data.pad_id": config.data.pad_id != 0,
-                          "data.eos": config.data.eos != "sticky"})
-    _refuse(conflicts, "model 'siglip2' (no GradCache or cached images; LocCa needs pad 0 "
-            "and sticky EOS)")
-    ranges = {
-        "locca.parallel_fraction": (model.locca.parallel_fraction, 0.0, 1.0),
-        "teacher.start_fraction": (teacher.start_fraction, 0.0, 1.0),
-        "teacher.ema": (teacher.ema, 0.0, 1.0),
-        "teacher.center_momentum": (teacher.center_momentum, 0.0, 1.0),
-        "masked_prediction.ratio": (model.masked_prediction.ratio, 0.0, 1.0),
-    }
-    for key, (value, low, high) in ranges.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                low <= value <= high):
-            raise ConfigError(f"config key 'model.{key}' must be in [{low}, {high}], got "
-                              f"{value!r}")
-    for key in ("locca.weight", "self_distill.weight", "masked_prediction.weight"):
-        group, name = key.split(".")
-        if not model[group][name] >= 0:
-            raise ConfigError(f"config key 'model.{key}' must be >= 0")
-    if not (teacher.student_temp > 0 and teacher.teacher_temp > 0):
-        raise ConfigError("config keys 'model.teacher.student_temp' and 'teacher_temp' must "
-                          "be > 0")
-    low, high = model.self_distill.local_scale
-    if not 0 < low <= high <= 1 or model.self_distill.local_views < 1:
-        raise ConfigError("config key 'model.self_distill.local_scale' must be (low, high) "
-                          "with 0 < low <= high <= 1, and local_views >= 1")
-
-
-def _validate_mixup(config: ConfigDict) -> None:
+def _validate_mixup(config: ConfigDict, takes_mixup: bool) -> None:
     """ZeroVL's mixup: its ranges, and the steps it cannot mix."""
     mix, train = config.train.mixup, config.train
     if not mix.enabled:
@@ -222,7 +138,7 @@ def _validate_mixup(config: ConfigDict) -> None:
     if mix.beta <= 0:
         raise ConfigError(f"config key 'train.mixup.beta' must be > 0, got {mix.beta}")
     conflicts = {
-        "model.name": config.model.name not in ("two_tower",),  # images and token texts
+        "model.name": not takes_mixup,  # two towers: images and token texts
         "loss.positives": config.loss.positives != "pairs",  # soft targets are of pairs
         "train.microbatches": train.microbatches > 1,  # GradCache sees no mixed pairs
         "train.embedding_cache.enabled": train.embedding_cache.enabled,  # no raw images
@@ -268,26 +184,13 @@ def _validate_lit(config: ConfigDict) -> None:
 
 
 def _validate_rendering(config: ConfigDict) -> None:
-    """A one-tower model reads rendered captions of its own input shape; two towers tokens."""
-    render, image = config.data.render, config.model.image
-    one_tower = config.model.name == "one_tower"
-    if one_tower != bool(render.enabled):
-        raise ConfigError(f"config key 'data.render.enabled' must be {one_tower} for model "
-                          f"{config.model.name!r} (one_tower reads rendered captions)")
-    if not one_tower:
-        return
-    for key, on in (("train.cit.enabled", config.train.cit.enabled),  # CiT embeds tokens
-                    ("train.embedding_cache.enabled", config.train.embedding_cache.enabled)):
-        if on:
-            raise ConfigError(f"config key '{key}' is not supported with model 'one_tower'")
-    if image.image_size != config.data.image_size:
-        raise ConfigError(f"config key 'model.image.image_size' ({image.image_size}) must equal "
-                          f"'data.image_size' ({config.data.image_size}): one tower sees both")
-    if render.channels != image.channels:
-        raise ConfigError(f"config key 'data.render.channels' ({render.channels}) must equal "
-                          f"'model.image.channels' ({image.channels})")
-    if not 0.0 <= render.text_pair_fraction <= 1.0:
-        raise ConfigError("config key 'data.render.text_pair_fraction' must be in [0, 1]")
-    from contrastive_jax.data.schema import canvas_scale
+    """A model that reads rendered captions gets them; the others get tokens. The reader's
+    own checks of the rendering are its objective's."""
+    from contrastive_jax.objectives import models_with, objective_of
 
-    canvas_scale(config.data.image_size, render.font_size)  # ConfigError on a bad font_size
+    render = config.data.render
+    rendered = objective_of(config.model.name).text_input == "rendered"
+    if rendered != bool(render.enabled):
+        readers = ", ".join(models_with(lambda o: o.text_input == "rendered"))
+        raise ConfigError(f"config key 'data.render.enabled' must be {rendered} for model "
+                          f"{config.model.name!r} ({readers} reads rendered captions)")

@@ -1,6 +1,6 @@
-"""Zero-shot classification: prompt-ensemble class embeddings against image embeddings, or,
-for a captioner (CapPa), each class's prompt log-likelihood given the image, or, for a
-synset classifier (CatLIP), the mean logit of each class name's synsets."""
+"""Zero-shot classification by the model's objective (objectives/): for two towers
+prompt-ensemble class embeddings against image embeddings, for other objectives their own
+scores (a captioner's prompt log-likelihoods, a synset classifier's mean synset logits)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from contrastive_jax.data.nouns import wordnet_synset
 from contrastive_jax.evaluate.embed import encode_texts, num_batch_shards, pad_rows
 from contrastive_jax.evaluate.prompts import fill
 from contrastive_jax.models.state import ModelDef, TrainState
+from contrastive_jax.objectives import objective_of
+from contrastive_jax.objectives.captioning import trim_pad_columns
+from contrastive_jax.objectives.contrastive import prompt_ensemble
 from contrastive_jax.parallel.mesh import process_rows, replicated, to_global
+
+__all__ = ["class_embeddings", "classifier_of", "make_eval_batch_fn", "trim_pad_columns",
+           "zeroshot_accuracy"]
 
 
 def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_names: Sequence[str],
@@ -24,31 +29,18 @@ def class_embeddings(model_def: ModelDef, state: TrainState, tokenizer, class_na
     """Mean of each class's prompt embeddings, renormalised: [C, D]."""
     prompts = [fill(template, name) for name in class_names for template in templates]
     tokens = tokenizer.encode_batch(prompts, max_len)
-    emb = encode_texts(model_def, state, tokens, mesh).reshape(len(class_names), len(templates), -1)
-    emb = emb.mean(axis=1)
-    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    return prompt_ensemble(encode_texts(model_def, state, tokens, mesh), len(class_names))
 
 
 def classifier_of(model_def: ModelDef, state: TrainState, tokenizer,
                   class_names: Sequence[str], templates: Sequence[str], max_len: int,
                   mesh: Mesh) -> np.ndarray:
-    """What `zeroshot_accuracy` compares images with: class embeddings [C, D], or for a
-    captioner the prompts' token ids [C, T, L], scored by their likelihood."""
-    if model_def.objective == "captioning":
-        prompts = [fill(template, name) for name in class_names for template in templates]
-        tokens = trim_pad_columns(tokenizer.encode_batch(prompts, max_len))
-        return tokens.reshape(len(class_names), len(templates), -1)
-    if model_def.objective == "classification":  # CatLIP: class names, no prompts
-        return tokenizer.class_rows(class_names, wordnet_synset)
-    return class_embeddings(model_def, state, tokenizer, class_names, templates, max_len,
-                            mesh)
-
-
-def trim_pad_columns(tokens: np.ndarray) -> np.ndarray:
-    """[N, L] right-padded ids without the columns that are pad (0) in every row: causal
-    scoring of the rest is unchanged, and the decoder runs on far fewer positions."""
-    used = np.flatnonzero((tokens != 0).any(axis=0))
-    return tokens[:, : (used[-1] + 1 if used.size else 1)]
+    """What `zeroshot_accuracy` compares images with, as the model's objective builds it
+    (e.g. class embeddings [C, D], or a captioner's prompt token ids [C, T, L])."""
+    prompts = [fill(template, name) for name in class_names for template in templates]
+    return objective_of(model_def.name).zeroshot_classifier(
+        tokenizer, class_names, prompts, max_len,
+        lambda tokens: encode_texts(model_def, state, tokens, mesh))
 
 
 @functools.lru_cache(maxsize=8)
@@ -56,16 +48,11 @@ def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh, template_average: str = 
     """Jitted: (params, rest, classifier, batch) -> per-class top-1/top-5 hits, per-class
     counts and the [true, predicted] confusion counts of the batch. `template_average`: how a
     captioner's prompt log-likelihoods combine over templates (see CapPa's scoring)."""
-    objective = model_def.objective
+    objective = objective_of(model_def.name)
 
     def counts(params, rest, classifier, images, labels, mask):
         model = model_def.bind(params, rest)
-        if objective == "captioning":  # log-likelihoods of the prompts, averaged over templates
-            logits = model.class_log_likelihoods(images, classifier, template_average)
-        elif objective == "classification":  # mean logit of each class's synsets
-            logits = model.class_scores(images, classifier)
-        else:
-            logits = model.encode_image(images) @ classifier.T
+        logits = objective.zeroshot_logits(model, images, classifier, template_average)
         top5 = jax.lax.top_k(logits, min(5, classifier.shape[0]))[1]
         hit1 = (top5[:, 0] == labels) * mask
         hit5 = jnp.any(top5 == labels[:, None], axis=-1) * mask

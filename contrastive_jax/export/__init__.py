@@ -22,7 +22,7 @@ from contrastive_jax.errors import UserError
 from contrastive_jax.export.hf import export_hf
 from contrastive_jax.export.native import TOKENIZER_FILE, export_weights, load_exported
 from contrastive_jax.export.open_clip_format import export_open_clip
-from contrastive_jax.models.siglip2 import towers_only
+from contrastive_jax.objectives import models_with, objective_of
 from contrastive_jax.registry import Registry
 
 FORMATS = Registry("export format", {
@@ -46,17 +46,16 @@ def export_checkpoint(workdir: str, fmt: str, out: str, *, step: int | None = No
         return exporter(model.config, params, model.step, model.text_encoder.model_path, out,
                         overwrite=overwrite)
     name = load_workdir_config(workdir).model.name
-    if name not in ("two_tower", "siglip2"):
-        # The formats describe two towers, the text one fed with token ids: CLIPPO reads
-        # rendered captions and CapPa has a caption decoder, which none of them express.
-        raise UserError(f"export supports two_tower models (and siglip2, as its two towers) "
-                        f"only; {workdir} holds a {name!r} "
-                        f"model (one_tower reads rendered captions, cappa has a decoder and "
-                        f"catlip a synset head instead of a text tower: no export format "
-                        f"has them)")
+    objective = objective_of(name)
+    if objective.export_refusal is not None:
+        # The formats describe two towers, the text one fed with token ids.
+        exporters = models_with(lambda o: o.export_refusal is None)
+        raise UserError(f"export supports {' and '.join(exporters)} models only (as their "
+                        f"two towers); {workdir} holds a {name!r} model: "
+                        f"{objective.export_refusal}, which no export format has")
     config, params, step = restore_params(workdir, step)
-    if name == "siglip2":  # its decoder and teacher are training-only: the towers go out
-        config.model, params = towers_only(config.model, params)
+    # What the formats write: e.g. without training-only parts (a decoder, a teacher).
+    config.model, params = objective.export_params(config.model, params)
     return exporter(config, params, step, paths.join(workdir, TOKENIZER_FILE), out,
                     overwrite=overwrite)
 

@@ -13,13 +13,15 @@ from contrastive_jax.errors import DataError
 from contrastive_jax.models.layer_stack import unstack_layers
 from contrastive_jax.models.sizes import resolve_size
 from contrastive_jax.models.transformer import posemb_sincos_2d
+from contrastive_jax.objectives import objective_of
 
 
 def shared_unsupported(model: Any) -> list[str]:
     """What neither transformers target (SiglipModel, CLIPModel) can compute exactly."""
     reasons = []
-    if model.name != "two_tower":
-        reasons.append(f"model {model.name!r} (only two_tower)")
+    refusal = objective_of(model.name).export_refusal
+    if refusal is not None:
+        reasons.append(f"model {model.name!r} ({refusal})")
     if model.param_dtype != "float32":
         reasons.append(f"param_dtype {model.param_dtype}")
     size = model.image.image_size

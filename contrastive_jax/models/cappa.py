@@ -49,8 +49,6 @@ class CapPa(nnx.Module):
     """ViT encoder + captioning decoder; trained by `caption_loss`, scored by
     `class_log_likelihoods`."""
 
-    objective = "captioning"
-
     def __init__(self, config: Mapping[str, Any], *, rngs: nnx.Rngs):
         dec = config["decoder"]
         fraction = dec["parallel_fraction"]

@@ -40,8 +40,6 @@ def default_config() -> ml_collections.ConfigDict:
 class CatLIP(nnx.Module):
     """ViT + a linear head with one logit per synset."""
 
-    objective = "classification"
-
     def __init__(self, config: Mapping[str, Any], *, rngs: nnx.Rngs):
         n = config["head"]["num_synsets"]
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:

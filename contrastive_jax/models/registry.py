@@ -16,6 +16,7 @@ from contrastive_jax.errors import ConfigError
 from contrastive_jax.models import cappa, catlip, one_tower, siglip2, two_tower
 from contrastive_jax.registry import Registry
 
+DEFAULT_MODEL = "two_tower"  # a config's `model.name` when it names none
 Builder = Callable[..., nnx.Module]  # builder(config, *, rngs) -> nnx.Module
 
 
@@ -38,7 +39,7 @@ def known_models() -> list[str]:
     return sorted(MODELS)
 
 
-def default_model_config(name: str = "two_tower") -> ml_collections.ConfigDict:
+def default_model_config(name: str = DEFAULT_MODEL) -> ml_collections.ConfigDict:
     """The full config schema (every accepted key) with defaults for model `name`."""
     cfg = MODELS[name].default_config()
     cfg.name = name
@@ -62,7 +63,7 @@ def _merge(defaults: ml_collections.ConfigDict, given: Mapping[str, Any], path: 
 
 def complete_config(config: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """Defaults for `config.name` overlaid with `config` (missing keys filled, unknown rejected)."""
-    name = config.get("name", "two_tower")
+    name = config.get("name", DEFAULT_MODEL)
     cfg = default_model_config(name)
     _merge(cfg, config, "model.")
     return cfg

@@ -120,8 +120,6 @@ class SigLIP2(TwoTower):
     """Two towers trained by the sigmoid loss plus LocCa, local-to-global self-distillation
     and masked prediction (see the module docstring)."""
 
-    objective = "siglip2"
-
     def __init__(self, config: Mapping[str, Any], *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
         loc, sd = config["locca"], config["self_distill"]

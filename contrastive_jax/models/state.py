@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from contrastive_jax.models import create_model
+from contrastive_jax.models.registry import DEFAULT_MODEL
 from contrastive_jax.parallel.sharding import tree_shardings
 
 # What the optimizer trains: every nnx.Param except an EMA teacher's (models/siglip2.py),
@@ -40,9 +41,9 @@ class ModelDef:
         abstract = nnx.eval_shape(lambda: create_model(model_config, rngs=nnx.Rngs(0)))
         # Patch tokens per image, for the step's FLIP mask noise (0: no image tower).
         self.image_patches = getattr(getattr(abstract, "img", None), "num_patches", 0)
-        # "contrastive" (two towers, one tower), "captioning" (CapPa) or "siglip2" (the
-        # contrastive loss plus SigLIP 2's terms): what the step trains.
-        self.objective = getattr(abstract, "objective", "contrastive")
+        # `model.name`: the key of its objective (objectives/), which says what the step
+        # trains and how the model is scored and exported.
+        self.name = model_config.get("name", DEFAULT_MODEL)
         self.parallel_fraction = getattr(abstract, "parallel_fraction", 0.0)
         self.abstract = abstract  # its plain attributes (floats, flags) only
         self.graphdef, self._params, self._rest = nnx.split(abstract, TRAINED, ...)

@@ -9,6 +9,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from contrastive_jax.models.registry import DEFAULT_MODEL
+from contrastive_jax.objectives import objective_of
 from contrastive_jax.plan.compile import Compiled, libtpu_version, oom_bytes
 from contrastive_jax.plan.hlo import collectives
 from contrastive_jax.plan.topology import Target
@@ -19,11 +21,11 @@ GiB = 2**30
 def model_flops_per_example(config: ml_collections.ConfigDict) -> float | None:
     """Model FLOPs of one example's training step: 3x the forward pass of each trained tower
     (forward + backward), 1x a locked one's, none for cached image embeddings; remat's
-    recomputation is not model work. None for models other than the two- and one-tower
-    contrastive ones."""
+    recomputation is not model work. None for models other than plain contrastive towers
+    (their objective's `plain_towers`)."""
     from contrastive_jax.bench.recipes import tower_gflops
 
-    if config.model.get("name", "two_tower") not in ("two_tower", "one_tower"):
+    if not objective_of(config.model.get("name", DEFAULT_MODEL)).plain_towers:
         return None
     towers = tower_gflops(config)
     locked = config.train.locked

@@ -8,6 +8,8 @@ from typing import Any
 
 import ml_collections
 
+from contrastive_jax.models.registry import DEFAULT_MODEL
+from contrastive_jax.objectives import objective_of
 from contrastive_jax.plan.compile import compile_step, target_devices
 from contrastive_jax.plan.report import GiB, plan_row
 from contrastive_jax.plan.topology import Target
@@ -25,7 +27,7 @@ def plan(config: ml_collections.ConfigDict, target: Target, name: str,
 def _variants(config: ml_collections.ConfigDict) -> Iterator[dict[str, Any]]:
     """Memory-saving settings to try, cheapest first: rematerialise every block; shard the
     params and AdamW's moments over all chips (FSDP) instead of replicating them; then
-    GradCache micro-batches (two-tower contrastive steps only), without and with FSDP."""
+    GradCache micro-batches (objectives that take them), without and with FSDP."""
     remat = {} if config.model.remat != "none" else {"model.remat": "full"}
     fsdp = ([{"mesh.data": 1, "mesh.fsdp": -1}]
             if config.mesh.fsdp == 1 and config.mesh.model == 1 else [])
@@ -33,8 +35,10 @@ def _variants(config: ml_collections.ConfigDict) -> Iterator[dict[str, Any]]:
         yield remat
     for shard in fsdp:
         yield {"model.remat": "full", **shard}
-    contrastive = config.model.get("name", "two_tower") == "two_tower"
-    if contrastive and not config.train.embedding_cache.enabled and not config.train.mixup.enabled:
+    objective = objective_of(config.model.get("name", DEFAULT_MODEL))
+    train = config.train
+    if (objective.takes_microbatches and not train.embedding_cache.enabled
+            and not train.mixup.enabled):
         for k in (2, 4, 8, 16):
             if k > config.train.microbatches:
                 for shard in ({}, *fsdp):

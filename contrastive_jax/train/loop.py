@@ -26,9 +26,9 @@ from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer
 from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
-from contrastive_jax.errors import ConfigError
 from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.models.state import ModelDef, TrainState
+from contrastive_jax.objectives import objective_of
 from contrastive_jax.parallel import distributed
 from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
 from contrastive_jax.train import embedding_cache
@@ -76,19 +76,9 @@ def enable_compilation_cache(directory: str | None) -> None:
 
 
 def check_vocab(config: ml_collections.ConfigDict, tokenizer: Tokenizer | TextRenderer) -> None:
-    if config.model.name == "catlip":  # the head's rows are the vocabulary's synsets
-        if tokenizer.vocab_size != config.model.head.num_synsets:
-            raise ConfigError(f"config key 'model.head.num_synsets' is "
-                              f"{config.model.head.num_synsets} but the synset vocabulary "
-                              f"has {tokenizer.vocab_size} synsets")
-        return
-    group = next((g for g in ("text", "decoder") if g in config.model), None)
-    if group is None:  # one tower: rendered captions, no vocabulary
-        return
-    vocab_size, model_vocab = tokenizer.vocab_size, config.model[group].vocab_size
-    if vocab_size > model_vocab:
-        raise ConfigError(f"tokenizer has {vocab_size} pieces but config key "
-                          f"'model.{group}.vocab_size' is {model_vocab}")
+    """ConfigError if the text encoder's vocabulary does not fit the model (its objective's
+    check: token ids against the vocab_size, synsets against the head's rows)."""
+    objective_of(config.model.name).check_vocab(config.model, tokenizer)
 
 
 @dataclasses.dataclass

@@ -12,13 +12,15 @@ import optax
 from jax.sharding import Mesh
 
 from contrastive_jax.losses import LossFn, loss_from_config
-from contrastive_jax.losses import mixup as zerovl
-from contrastive_jax.models.siglip2 import update_teacher
 from contrastive_jax.models.state import ModelDef, TrainState
+from contrastive_jax.objectives import StepSettings, objective_of
+from contrastive_jax.objectives.draws import flip_noise, parallel_draw
 from contrastive_jax.parallel.mesh import batch_sharding, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
 from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
 
+__all__ = ["NONFINITE", "StepFn", "flip_noise", "jit_train_step", "make_train_step",
+           "parallel_draw", "train_step_from_config"]
 Batch = dict[str, jax.Array]
 # The step's metric that flags a dropped update (train/nonfinite.py counts them).
 NONFINITE = "train/nonfinite"
@@ -42,6 +44,10 @@ def make_train_step(
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
+    What the step trains is the objective of `model_def.name` (objectives/): its loss
+    terms of the batch, the batch keys and per-step draws it wants, the options below it
+    refuses (ValueError), and its update of the model's other state after the step.
+
     With a `mesh`, the batch and the embeddings are pinned to the batch axes: with sharded
     params, XLA's propagation could otherwise move activations onto the params' layout.
     `microbatches` > 1 computes the same gradient with GradCache (train/grad_cache.py),
@@ -52,91 +58,46 @@ def make_train_step(
     locked params enter as constants, so no backward pass is built for them.
     `cached_image_embeddings`: the batch holds "image_embedding" [B, D] (the locked image
     tower's output, precomputed) instead of "image"; the image tower is not run.
-    `masked`: FLIP masking on (the model's `image.mask_ratio`). The mask noise, and a
-    captioner's parallel-prediction draw, come from `seed` and the state's step, so a
-    resumed run draws exactly as an unbroken one.
-
-    A captioning model (`model_def.objective`, e.g. CapPa) trains on its own caption loss
-    of (image, text), a classifying one (CatLIP) on its synset loss of (image, synset ids
-    in "text"); `loss_fn` and t / b are not used then. A SigLIP 2 model adds its
-    recipe's terms to the contrastive loss; its self-supervised terms run from step
-    `distill_from`, and its EMA teacher (in `state.rest`) is updated after each step.
-    `mixup` = (probability, image_share, beta): ZeroVL's coin-flipping mixup
-    (losses/mixup.py), drawn from `seed` and the step.
+    `masked`: FLIP masking on (the model's `image.mask_ratio`). The mask noise, and every
+    draw the objective wants, come from `seed` and the state's step, so a resumed run
+    draws exactly as an unbroken one. `distill_from`: the step from which SigLIP 2's
+    self-supervised terms run. `mixup` = (probability, image_share, beta): ZeroVL's
+    coin-flipping mixup (losses/mixup.py).
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
     if cached_image_embeddings and microbatches > 1:
         raise ValueError("cached image embeddings do not combine with microbatches > 1")
     lock = tuple(lock)
-    captioning = model_def.objective == "captioning"
-    siglip2 = model_def.objective == "siglip2"
-    classifying = model_def.objective == "classification"  # CatLIP: "text" = synset ids
-    if (captioning or siglip2 or classifying) and (microbatches > 1 or cached_image_embeddings):
-        raise ValueError(f"a {model_def.objective} model takes neither micro-batches nor "
-                         "cached images")
-    if mixup is not None and (captioning or siglip2 or classifying or microbatches > 1
-                              or labels_as_positives or cached_image_embeddings):
-        raise ValueError("mixup takes a two-tower contrastive step on images and pairs")
+    objective = objective_of(model_def.name)
+    objective.check_step(microbatches=microbatches, mixup=mixup is not None,
+                         cached_image_embeddings=cached_image_embeddings,
+                         labels_as_positives=labels_as_positives)
 
     def split_batch(x: jax.Array) -> jax.Array:
         return x if mesh is None else jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
 
-    def embed(model, batch: Batch) -> tuple[jax.Array, jax.Array]:
-        if cached_image_embeddings:
-            return batch["image_embedding"], model.encode_text(batch["text"])
-        return model(batch["image"], batch["text"], batch.get("mask_noise"))
-
-    def objective(model, batch: Batch, step: jax.Array,
-                  mix: jax.Array | None) -> tuple[jax.Array, dict]:
-        if captioning:
-            return model.caption_loss(batch["image"], batch["text"], batch["parallel"],
-                                      batch.get("mask_noise"))
-        if classifying:
-            return model.classification_loss(batch["image"], batch["text"],
-                                             batch.get("mask_noise"))
-        if siglip2:
-            zimg, ztxt, tokens = model.embed_with_tokens(batch["image"], batch["text"],
-                                                         batch.get("mask_noise"))
-            zimg, ztxt = split_batch(zimg), split_batch(ztxt)
-        elif mix is not None:  # (image alpha, text alpha, target alpha)
-            images = zerovl.with_partner(batch["image"], mix[0])
-            zimg, ztxt = map(split_batch, model(images, batch["text"], batch.get("mask_noise"),
-                                                text_mix=mix[1]))
-        else:
-            zimg, ztxt = map(split_batch, embed(model, batch))
-        t, b = model.temperature(), model.bias()
-        labels = batch["label"] if labels_as_positives else None
-        if mix is None:
-            loss, aux = loss_fn(zimg, ztxt, t, b, labels)
-        else:
-            loss, aux = zerovl.mixed_loss(loss_fn, zimg, ztxt, t, b, mix[2])
-            aux = {**aux, "mixup_alpha": mix[2]}
-        aux = {"t": t, "b": b, **aux}
-        if siglip2:
-            extra, extra_aux = model.recipe_losses(
-                batch["image"], batch["text"], tokens, batch["parallel"],
-                step >= distill_from, _step_key(seed, _VIEWS_STREAM, step))
-            loss, aux = loss + extra, {**aux, **extra_aux}
-        return loss, aux
+    settings = StepSettings(model_def, loss_fn, labels_as_positives, cached_image_embeddings,
+                            seed, distill_from, mixup, split_batch)
+    wanted = objective.batch_keys(settings)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        if missing := [k for k in wanted if k not in batch]:
+            raise ValueError(f"the {objective.kind} step reads batch keys {wanted}; this "
+                             f"batch lacks {missing}")
         size = batch["text"].shape[0]  # cached embeddings come without "image"
         if masked:
             batch = {**batch, "mask_noise": flip_noise(seed, state.step, size,
                                                        model_def.image_patches)}
-        if captioning or siglip2:
-            batch = {**batch, "parallel": parallel_draw(seed, state.step, size,
-                                                        model_def.parallel_fraction)}
+        batch = {**batch, **objective.example_draws(settings, state.step, size)}
         batch = {k: split_batch(v) for k, v in batch.items()}
-        mix = None if mixup is None else zerovl.draw(
-            _step_key(seed, _MIXUP_STREAM, state.step), *mixup)
+        draws = objective.step_draws(settings, state.step)
         trainable, locked = split_params(state.params, lock)
         constant = jax.lax.stop_gradient(locked)
 
         def loss_of(trainable_params):
             model = model_def.bind(merge_params(trainable_params, constant), state.rest)
-            return objective(model, batch, state.step, mix)
+            return objective.loss(model, batch, state.step, draws, settings)
 
         if microbatches > 1:
             labels = batch["label"] if labels_as_positives else None
@@ -146,7 +107,7 @@ def make_train_step(
             aux = {"t": t, "b": b, **aux}
         else:
             (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-        # SigLIP 2's teacher statistics ride in aux under "_" names; they are not metrics.
+        # Statistics for `after_step` ride in aux under "_" names; they are not metrics.
         stats = {k: aux.pop(k) for k in [k for k in aux if k.startswith("_")]}
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
@@ -167,35 +128,13 @@ def make_train_step(
             **{f"train/{name}": value for name, value in aux.items()},
         }
         params = merge_params(if_finite(new_trainable, trainable), locked)
-        rest = state.rest
-        if siglip2 and "teacher" in rest:
-            rest = if_finite(update_teacher(rest, params, stats, state.step >= distill_from,
-                                            model_def.abstract), rest)
+        rest = objective.after_step(state.rest, params, stats, state.step, settings)
+        rest = state.rest if rest is None else if_finite(rest, state.rest)
         new_state = state.replace(step=state.step + 1, params=params, rest=rest,
                                   opt_state=if_finite(opt_state, state.opt_state))
         return new_state, metrics
 
     return train_step
-
-
-def _step_key(seed: int, stream: int, step: jax.Array) -> jax.Array:
-    # A key of (seed, stream, step) alone: a resumed run draws exactly as an unbroken one.
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), step)
-
-
-def flip_noise(seed: int, step: jax.Array, batch_size: int, patches: int) -> jax.Array:
-    """[B, patches] uniform noise of FLIP's mask at `step`: a function of (seed, step)
-    alone, and with partitionable threefry the same numbers on any mesh."""
-    return jax.random.uniform(_step_key(seed, _FLIP_STREAM, step), (batch_size, patches))
-
-
-def parallel_draw(seed: int, step: jax.Array, batch_size: int, fraction: float) -> jax.Array:
-    """[B] bool: the examples a captioner predicts in parallel at `step` (CapPa)."""
-    return jax.random.uniform(_step_key(seed, _PARALLEL_STREAM, step), (batch_size,)) < fraction
-
-
-# Keep the step's draws apart from each other and from the init key of the same seed.
-_FLIP_STREAM, _PARALLEL_STREAM, _VIEWS_STREAM, _MIXUP_STREAM = 0xF11F, 0xCA99A, 0x5E1F, 0x313C
 
 
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
