@@ -10,8 +10,11 @@ open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted
 torch's FlopCounterMode (2 FLOPs per multiply-add).
 
 Trained on: "16 TPU-v4 chips for three days" at batch 32,768 says the model card of
-google/siglip-so400m-patch14-384, in the same words as the B/16 card; `plan` shows whether that
-can hold this model (docs/benchmarks.md).
+google/siglip-so400m-patch14-384, in the same words as the B/16 and L/16 cards; 32k is the
+batch the SigLIP paper (arXiv:2303.15343) settles on. `plan` shows what that slice can hold
+(docs/benchmarks.md): at 2,048 examples per chip the rematerialised blocks' f32 inputs alone
+are 27 x 2.25 GiB, so it needs GradCache micro-batches (`train.microbatches`) as well as
+remat, and FSDP (`mesh.fsdp`) to shed the replicated params and AdamW moments (10.96 GiB).
 """
 
 import ml_collections
