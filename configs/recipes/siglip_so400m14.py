@@ -14,7 +14,8 @@ google/siglip-so400m-patch14-384, in the same words as the B/16 and L/16 cards; 
 batch the SigLIP paper (arXiv:2303.15343) settles on. `plan` shows what that slice can hold
 (docs/benchmarks.md): at 2,048 examples per chip the rematerialised blocks' f32 inputs alone
 are 27 x 2.25 GiB, so it needs GradCache micro-batches (`train.microbatches`) as well as
-remat, and FSDP (`mesh.fsdp`) to shed the replicated params and AdamW moments (10.96 GiB).
+remat; with 4 it still needs 32.12 GiB, 10.96 of them replicated params and AdamW moments,
+and FSDP with micro-batches does not yet shed them (docs/benchmarks.md).
 """
 
 import ml_collections

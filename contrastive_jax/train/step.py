@@ -39,7 +39,6 @@ def make_train_step(
     masked: bool = False,
     distill_from: int = 0,
     mixup: tuple[float, float, float] | None = None,
-    param_shardings: dict | None = None,
 ) -> StepFn:
     """Builds the (unjitted) step. Batch: image [B,H,W,C], text [B,L], label [B].
 
@@ -64,7 +63,6 @@ def make_train_step(
     `distill_from`, and its EMA teacher (in `state.rest`) is updated after each step.
     `mixup` = (probability, image_share, beta): ZeroVL's coin-flipping mixup
     (losses/mixup.py), drawn from `seed` and the step.
-    `param_shardings`: the params' shardings; GradCache keeps its summed gradients in them.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches must be >= 1, got {microbatches}")
@@ -144,9 +142,7 @@ def make_train_step(
             labels = batch["label"] if labels_as_positives else None
             (loss, (aux, t, b)), grads = grad_cache_value_and_grad(
                 model_def, loss_fn, trainable, state.rest, batch["image"], batch["text"],
-                labels, microbatches, mesh, locked=constant, mask_noise=batch.get("mask_noise"),
-                grad_shardings=(None if param_shardings is None
-                                else split_params(param_shardings, lock)[0]))
+                labels, microbatches, mesh, locked=constant, mask_noise=batch.get("mask_noise"))
             aux = {"t": t, "b": b, **aux}
         else:
             (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
@@ -234,6 +230,5 @@ def train_step_from_config(config: ml_collections.ConfigDict, mesh: Mesh,
         microbatches=config.train.microbatches, mesh=mesh,
         lock=lock_patterns(config.train.locked),
         cached_image_embeddings=config.train.embedding_cache.enabled,
-        seed=config.seed, masked=mask, distill_from=start, mixup=mixup,
-        param_shardings=shardings.params)
+        seed=config.seed, masked=mask, distill_from=start, mixup=mixup)
     return jit_train_step(step, shardings, mesh)
