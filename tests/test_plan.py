@@ -190,21 +190,56 @@ def test_suggestions_go_from_remat_to_fsdp_to_micro_batches():
 
 
 def test_max_batch_brackets_the_largest_batch_that_fits(monkeypatch):
-    """`--max-batch` on a chip given 12 MiB of HBM: the batch it returns fits, the one
-    above it was compiled and did not, and they are one batch-shard step apart."""
+    """`--max-batch` on a chip given 12 MiB of HBM: the batch it returns was compiled and
+    fits, the one a batch-shard step above it was compiled and does not."""
     import dataclasses
 
-    from contrastive_jax.plan import run, topology
+    from contrastive_jax.plan import max_batch, topology
 
     small = dataclasses.replace(topology.CHIPS["v5e"], hbm_bytes=12 * 2**20)
     monkeypatch.setitem(topology.CHIPS, "v5e", small)
     target = parse_target("v5e:2x2")
-    probes = []
-    found = run.max_batch(tiny_config(train={"batch_size": 32}), target, "tiny",
-                          target_devices(target), log=probes.append)
+    log = []
+    found = max_batch.max_batch(tiny_config(train={"batch_size": 32}), target, "tiny",
+                                target_devices(target), log=log.append)
     lo, hi = found["max_global_batch"], found["first_not_fitting"]
-    # The compiler's bytes decide (here 32 fits, 64 does not); 4 batch shards: steps of 4.
-    assert 32 <= lo < hi <= 64 and hi - lo <= 4 and lo % 4 == 0
-    assert found["at_max"]["fits"] and found["at_max"]["global_batch"] == lo
-    assert found["at_max"]["needed_bytes"] <= small.hbm_bytes
-    assert f"max-batch: compiling global batch {hi} ..." in probes  # hi was compiled: no fit
+    probes = {p["global_batch"]: p for p in found["probes"]}
+    # 4 batch shards: steps of 4; the bracket is exact, and both ends were compiled.
+    assert lo % 4 == 0 and hi == lo + 4 and lo >= 32
+    assert probes[lo]["fits"] and not probes[hi]["fits"]
+    assert probes[lo]["needed_bytes"] <= small.hbm_bytes < probes[hi]["needed_bytes"]
+    assert found["at_max"]["global_batch"] == lo and found["at_max"]["fits"]
+    assert f"max-batch: compiling global batch {hi} ..." in log
+    # Doubling and bisection took 6 compiles here: 32, 64, 48, 40, 44 and 36.
+    assert found["compiles"] <= 6, found["probes"]
+
+
+def _memory_probe(needed, hbm: int = 1000):
+    """A stand-in for a compile: bytes `needed(batch)` against `hbm`, counting the calls."""
+    calls = []
+
+    def probe(batch: int) -> dict:
+        calls.append(batch)
+        return {"fits": needed(batch) <= hbm, "needed_bytes": needed(batch), "hbm_bytes": hbm}
+
+    return probe, calls
+
+
+@pytest.mark.parametrize("needed, best", [
+    (lambda b: 100 + 3 * b, 296),  # affine: the line predicts it, two more compiles prove it
+    (lambda b: 100 + 3 * b + (400 if b > 200 else 0), 200),  # a jump: bisection finishes
+    (lambda b: 100 + b * b // 64, 240),  # convex: the line overshoots
+    (lambda b: 100 + 96 * -(-b // 32), 288),  # tile padding: a staircase of 4 steps a stair
+    (lambda b: 5000, 0),  # nothing fits
+])
+def test_max_batch_search_is_exact_whatever_the_memory_curve(needed, best):
+    from contrastive_jax.plan.max_batch import search
+
+    probe, calls = _memory_probe(needed)
+    found = search(probe, start=64, unit=8, log=lambda _: None)
+    assert found["max_global_batch"] == best
+    if best:
+        assert found["first_not_fitting"] == best + 8 and {best, best + 8} <= set(calls)
+    assert len(calls) == len(set(calls)) == found["compiles"] <= 11  # none compiled twice
+    if best == 296:
+        assert found["prediction_exact"] and calls == [64, 32, 296, 304]

@@ -10,8 +10,13 @@ open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted
 torch's FlopCounterMode (2 FLOPs per multiply-add).
 
 Trained on: "16 TPU-v4 chips for three days" at batch 32,768 says the model card of
-google/siglip-so400m-patch14-384, in the same words as the B/16 card; `plan` shows whether that
-can hold this model (docs/benchmarks.md).
+google/siglip-so400m-patch14-384, in the same words as the B/16 and L/16 cards; 32k is the
+batch the SigLIP paper (arXiv:2303.15343) settles on. `plan` shows what that slice can hold
+(docs/benchmarks.md): at 2,048 examples per chip the rematerialised blocks' f32 inputs alone
+are 27 x 2.25 GiB, so it needs GradCache micro-batches as well as remat. The defaults below
+are the setting compiled to fit there: remat=full with 8 micro-batches, 27.44 GiB per chip
+(4 micro-batches: 32.12 GiB; FSDP with micro-batches does not yet save memory,
+docs/benchmarks.md).
 """
 
 import ml_collections
@@ -20,8 +25,12 @@ from contrastive_jax.config.recipes import published, siglip
 
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:
-    return siglip(image="So400m/14", text="So400m", embed_dim=1152, image_size=224,
+    c = siglip(image="So400m/14", text="So400m", embed_dim=1152, image_size=224,
                   max_len=16,
                 published=published(877.36e6, 233.54, 220.35, 13.19,
                                   hardware="16 TPU v4 chips (model card)", topology="v4-32",
                                   batch=32_768), batch=batch, steps=steps)
+    # What lets the paper's 16 v4 chips hold 32k (`contrastive-jax plan`, docs/benchmarks.md).
+    c.model.remat = "full"
+    c.train.microbatches = 8
+    return c

@@ -36,7 +36,7 @@ def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from contrastive_jax.config import load_config
     from contrastive_jax.plan import compile as plan_compile
-    from contrastive_jax.plan import run
+    from contrastive_jax.plan import max_batch, run
     from contrastive_jax.plan.report import render_table
     from contrastive_jax.plan.topology import parse_target
 
@@ -55,9 +55,12 @@ def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if problem:
         _log(problem)
     if args.max_batch:
-        result = run.max_batch(config, target, name, devices, _log)
+        result = max_batch.max_batch(config, target, name, devices, _log)
         if result["at_max"] is not None:
             print(render_table(result["at_max"]))
+        print(f"largest global batch that fits: {result['max_global_batch']} (compiled; "
+              f"{result['first_not_fitting']} compiled and does not fit), "
+              f"{result['compiles']} compiles in {result['compile_s']} s")
         print_json({k: v for k, v in result.items() if k != "at_max"}
                    | {"plan": name, "topology": target.name})
         return 0
@@ -86,7 +89,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None, help="global batch (train.batch_size)")
     p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=-1,fsdp=4")
     p.add_argument("--max-batch", action="store_true",
-                   help="bisect the largest global batch that fits (one compile per probe)")
+                   help="the largest global batch that fits: two compiles predict it, two more "
+                        "prove it (it fits, one batch step more does not)")
     p.add_argument("--no-suggest", dest="suggest", action="store_false",
                    help="when it does not fit, do not compile remat / micro-batch settings "
                         "to find one that does")

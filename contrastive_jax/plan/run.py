@@ -1,5 +1,5 @@
 """`plan`'s work: compile the config for a target, say whether it fits, find a setting that
-does (checked by compiling it) and bisect the largest global batch."""
+does (checked by compiling it). The largest global batch is max_batch.py's."""
 
 from __future__ import annotations
 
@@ -85,34 +85,3 @@ def not_fit_message(row: dict[str, Any], fix: tuple[dict, dict] | None,
     flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
     return line + f"; fits with {flags} ({fixed['needed_bytes'] / GiB:.2f} GiB, compiled)"
 
-
-def max_batch(config: ml_collections.ConfigDict, target: Target, name: str, devices: list,
-              log: Log) -> dict[str, Any]:
-    """The largest global batch that fits (a multiple of the batch shards and micro-batches),
-    found by doubling then bisecting; each probe is one compile. Resolution: 1/32 of it."""
-    def fits(batch: int) -> dict[str, Any]:
-        log(f"max-batch: compiling global batch {batch} ...")
-        return plan(with_overrides(config, {"train.batch_size": batch}), target, name, devices)
-
-    first = fits(config.train.batch_size)
-    shards = first["global_batch"] // first["local_batch"]
-    unit = shards * config.train.microbatches
-    best = first if first["fits"] else None
-    lo, hi = (config.train.batch_size, None) if first["fits"] else (0, config.train.batch_size)
-    while hi is None:  # doubling until it does not fit
-        row = fits(lo * 2)
-        if row["fits"]:
-            lo, best = lo * 2, row
-        else:
-            hi = lo * 2
-    while hi - lo > max(unit, hi // 32):
-        mid = (lo + hi) // 2 // unit * unit
-        if mid in (lo, 0):
-            break
-        row = fits(mid)
-        if row["fits"]:
-            lo, best = mid, row
-        else:
-            hi = mid
-    return {"max_global_batch": lo, "first_not_fitting": hi,
-            "at_max": best}
