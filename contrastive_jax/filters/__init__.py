@@ -5,7 +5,8 @@ tf.data.Dataset of single decoded examples; `FilterCounters` exposes kept/droppe
 """
 
 from contrastive_jax.data.schema import default_filters_config
-from contrastive_jax.filters.apply import apply_filters, filters_active
+from contrastive_jax.filters.apply import apply_filters, filter_steps, filters_active
 from contrastive_jax.filters.counters import FilterCounters
 
-__all__ = ["FilterCounters", "apply_filters", "default_filters_config", "filters_active"]
+__all__ = ["FilterCounters", "apply_filters", "default_filters_config", "filter_steps",
+           "filters_active"]
