@@ -107,7 +107,7 @@ def train_dataset(
             filters=curation(cfg, src)))
     filters = [curation(cfg, src, filter_counters) for src in sources]
     lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
-    finish = _finish(cfg, text_encoder, seed, lookup)
+    per_stream, joined = _finish(cfg, text_encoder, seed, lookup)
 
     def one_stream(i: tf.Tensor) -> tf.data.Dataset:
         """Logical stream mine[i] in finished batches of `chunk`, from its `position`-th
@@ -128,7 +128,10 @@ def train_dataset(
                 stop_on_empty_dataset=True)
         # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
         ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
-        return ds.map(lambda index, batch: finish(stream, index, batch),
+        if len(mine) == 1 and joined is not None:  # one function call per batch
+            return ds.map(lambda index, batch: joined(per_stream(stream, index, batch)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(lambda index, batch: per_stream(stream, index, batch),
                       num_parallel_calls=tf.data.AUTOTUNE)
 
     if len(mine) == 1:
@@ -140,7 +143,7 @@ def train_dataset(
             one_stream, cycle_length=len(mine), block_length=1,
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(len(mine), drop_remainder=True).map(
-            _side_by_side, num_parallel_calls=tf.data.AUTOTUNE)
+            lambda chunks: _side_by_side(chunks, joined), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
@@ -148,33 +151,43 @@ def _at(values: list[int], i: tf.Tensor) -> tf.Tensor:
     return tf.gather(tf.constant(values, tf.int64), i)
 
 
-def _side_by_side(chunks: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """[l, chunk, ...] per key (one chunk per stream) -> [l * chunk, ...]."""
-    return {key: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))
-            for key, v in chunks.items()}
+def _side_by_side(chunks: dict[str, tf.Tensor], joined) -> dict[str, tf.Tensor]:
+    """[l, chunk, ...] per key (one chunk per stream) -> [l * chunk, ...], then `joined`."""
+    batch = {key: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))
+             for key, v in chunks.items()}
+    return batch if joined is None else joined(batch)
 
 
 def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, lookup):
-    """The one step from a batch of one logical stream's examples to model inputs
-    (`lookup`: uid -> image embedding, for embedding-cache runs)."""
+    """The step from a batch of one logical stream's examples to model inputs (`lookup`:
+    uid -> image embedding, for embedding-cache runs), in two parts: (per_stream, joined).
+    per_stream(stream, index, batch) takes the stream's counters and positions; joined
+    (None: nothing left) cleans, tokenizes and scales the rows of all the streams a process
+    serves at once: per row, so the same as per stream, without a function call per
+    stream's small chunk. CLIPPO's text pairs need a stream's own key: all per stream."""
     lo, hi = (float(v) for v in cfg.value_range)
     pair_fraction = cfg.render.text_pair_fraction if cfg.render.enabled else 0.0
 
-    def finish(stream, index, batch):
+    def joined(batch):
         captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
-        text = text_encoder.tf_tokenize(captions, cfg.max_len)
-        out = {"text": text, "label": batch["label"],
-               "data_counts": tf.reduce_max(batch["counts"], axis=0),
-               positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0)}
+        out = {"text": text_encoder.tf_tokenize(captions, cfg.max_len), "label": batch["label"],
+               "data_counts": batch["data_counts"], positions.KEY: batch[positions.KEY]}
         if lookup is not None:
             return {**out, "image_embedding": lookup(batch["uid"])}
-        image = batch["image"] * ((hi - lo) / 255.0) + lo
-        if pair_fraction > 0:
-            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + stream, index])
-            image = text_pairs(image, text, batch["label"], pair_fraction, key)
-        return {**out, "image": image}
+        return {**out, "image": batch["image"] * ((hi - lo) / 255.0) + lo}
 
-    return finish
+    def per_stream(stream, index, batch):
+        rows = {k: v for k, v in batch.items() if k in ("caption", "label", "uid", "image")}
+        out = {**rows, "data_counts": tf.reduce_max(batch["counts"], axis=0),
+               positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0)}
+        if pair_fraction <= 0:
+            return out
+        out = joined(out)
+        key = tf.stack([tf.constant(seed, tf.int64) * 4099 + stream, index])
+        return {**out, "image": text_pairs(out["image"], out["text"], out["label"],
+                                           pair_fraction, key)}
+
+    return per_stream, None if pair_fraction > 0 else joined
 
 
 def _embedding_lookup(uids: np.ndarray, embeddings: np.ndarray):
