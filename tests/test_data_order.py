@@ -148,6 +148,12 @@ def test_a_source_that_cannot_be_split_says_so(few_files, tokenizer):
                                         r"\('data.logical_streams'; stream 40 would read "
                                         r"nothing\): set it to at most 40$"):
         stream.train_dataset(cfg, tokenizer, global_batch_size=64)
+    # A stream whose only file is missing would spin forever: named at the start.
+    cfg.sources = ({"kind": "tfrecord",
+                    "pattern": [str(few_files / "one.tfrecord"), str(few_files / "gone")]},)
+    with pytest.raises(DataError, match=r"^tfrecord .*: no usable example for logical stream "
+                                        r"0 of 8 \(its units are missing or bad"):
+        stream.train_dataset(cfg, tokenizer, global_batch_size=8)
 
 
 def test_counts_that_cannot_continue_are_refused_in_one_line(shards, tokenizer, monkeypatch):
