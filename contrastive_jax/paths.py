@@ -29,6 +29,8 @@ import logging
 import os
 import posixpath
 import shutil
+import socket
+import urllib.parse
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -79,6 +81,7 @@ def check_reachable(path: str, what: str) -> None:
         raise ConfigError(f"{what} {path}: the scheme {scheme}:// is not supported "
                           "(use gs:// or a local path)")
     bucket = f"gs://{rest.split('/', 1)[0]}"
+    _check_endpoint(path, what, bucket)
     gcsfs_log = logging.getLogger("gcsfs")
     level = gcsfs_log.level
     # gcsfs logs each request it gives up on with a traceback; the line below says it all.
@@ -92,6 +95,28 @@ def check_reachable(path: str, what: str) -> None:
         gcsfs_log.setLevel(level)
     if not found:
         raise InputNotFoundError(f"{what} {path}: the bucket {bucket} does not exist")
+
+
+def _check_endpoint(path: str, what: str, bucket: str) -> None:
+    """ConfigError within seconds when the storage endpoint cannot be connected to (no
+    network, a wrong STORAGE_EMULATOR_HOST): gcsfs retries a failed connection like a
+    transient error, six tries with backoff, which is a minute and a half at start-up.
+    Errors once connected (404, 403, 5xx) are left to gcsfs and its bounded retries."""
+    try:
+        from gcsfs.core import _location  # the endpoint gcsfs would use
+    except ImportError:  # without gcsfs the request below says what is missing
+        return
+    endpoint = urllib.parse.urlsplit(_location())
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as e:  # a name that does not resolve, a refused or timed-out connection
+        raise ConfigError(f"{what} {path}: cannot reach {bucket}: no connection to "
+                          f"{endpoint.scheme}://{endpoint.netloc} ({type(e).__name__}: "
+                          f"{e})") from e
+
+
+_CONNECT_TIMEOUT_S = 5
 
 
 def is_absolute(path: str) -> bool:

@@ -1,18 +1,20 @@
 """The topology-invariant example order (data/order.py): the global batches of 1, 2 and 4
 processes are the same, row for row, and a stream saved by one process count resumes
-exactly on another."""
+exactly on another; by default too, where sources with fewer files than the 64 logical
+streams share their files out (data/units.py)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import ml_collections
 import numpy as np
 import pytest
-from test_data_sources import jpeg, tokenizer, write_shard
+from test_data_sources import jpeg, tokenizer, write_shard, write_tar
 
 from contrastive_jax.data import order, schema, stream
-from contrastive_jax.errors import ConfigError
+from contrastive_jax.errors import ConfigError, DataError
 from contrastive_jax.train.stream_progress import logical_streams
 
 __all__ = ["tokenizer"]  # a fixture used here
@@ -51,11 +53,12 @@ def config(shards, **overrides):
     return cfg
 
 
-def global_batches(cfg, tok, processes: int, n: int, **kw) -> list[dict[str, np.ndarray]]:
+def global_batches(cfg, tok, processes: int, n: int, batch: int = BATCH,
+                   **kw) -> list[dict[str, np.ndarray]]:
     """n global batches as `processes` processes feed them: each process's rows, in
     process order (the layout of the global jax.Array)."""
     parts = [itertools.islice(stream.train_dataset(
-        cfg, tok, global_batch_size=BATCH, process_index=p, process_count=processes, seed=5,
+        cfg, tok, global_batch_size=batch, process_index=p, process_count=processes, seed=5,
         **{k: v[p] if isinstance(v, list) else v for k, v in kw.items()}).as_numpy_iterator(), n)
         for p in range(processes)]  # fmt: skip
     steps = zip(*parts, strict=True)
@@ -74,9 +77,9 @@ def test_batches_are_the_same_on_every_process_count_and_resume_on_another(shard
     """One process uninterrupted; then 2 processes from the start, resumed on 4 and on 1
     from the positions the run saved: the same global batches."""
     cfg = config(shards)
-    full = global_batches(cfg, tokenizer, 1, 9)
+    full = global_batches(cfg, tokenizer, 1, 6)
     at = 0
-    for stop, processes, saved in ((3, 2, False), (6, 4, True), (9, 1, True)):
+    for stop, processes, saved in ((2, 2, False), (4, 4, True), (6, 1, True)):
         kw = {"start_example": BATCH * at}
         if saved:  # what a checkpoint saves: the running maximum, [L * S] in stream order
             positions = np.max([b["stream_position"] for b in full[:at]], axis=0)
@@ -104,6 +107,55 @@ def test_debiased_batches_stay_whole_draws_on_every_process_count(shards, tokeni
     assert {x >= 100 for b in one for x in b["label"]} == {False, True}
 
 
+@pytest.fixture(scope="module")
+def few_files(tmp_path_factory):
+    """Fewer files than 64 logical streams: one TFRecord file of 128 examples (labels
+    0..127), three wds tars of 48 (labels 1000..1143), a table of 40 rows."""
+    d = tmp_path_factory.mktemp("few")
+    write_shard(str(d / "one.tfrecord"), [(jpeg(), f"photo of thing {i}", i) for i in range(128)])
+    for f in range(3):
+        write_tar(str(d / f"w-{f}.tar"), [
+            (f"k{i:03d}", {"jpg": jpeg(), "txt": f"picture {i}".encode(),
+                           "json": json.dumps({"label": 1000 + 48 * f + i}).encode()})
+            for i in range(48)])  # fmt: skip
+    (d / "t.csv").write_text("path,caption\n" + "".join(f"x{i}.jpg,c {i}\n" for i in range(40)))
+    return d
+
+
+def test_the_default_order_is_the_same_on_every_process_count(few_files, tokenizer):
+    """data.logical_streams 0: 64 streams for a batch of 64. One TFRecord file (stream s
+    reads its records s, s + 64) mixed with three tars (each shared by 21 or 22 streams)."""
+    cfg = config(few_files)
+    cfg.sources = ({"kind": "tfrecord", "pattern": str(few_files / "one.tfrecord")},
+                   {"kind": "wds", "pattern": str(few_files / "w-*.tar")})
+    cfg.filters.basic.enabled, cfg.logical_streams = False, 0
+    one = global_batches(cfg, tokenizer, 1, 2, batch=64)
+    for processes in (2, 4):
+        assert_same(global_batches(cfg, tokenizer, processes, 2, batch=64), one)
+    assert one[0]["stream_position"].shape == (64 * 2,)  # 64 streams of two sources
+    ids = np.concatenate([b["label"] for b in one])
+    assert len(set(ids)) == 128  # no example twice
+    assert all(x % 64 == r for b in one for r, x in enumerate(b["label"]) if x < 1000)
+    assert {(x - 1000) // 48 for x in ids if x >= 1000} == {0, 1, 2}  # every tar is read
+
+
+def test_a_source_that_cannot_be_split_says_so(few_files, tokenizer):
+    cfg = config(few_files)
+    cfg.sources = ({"kind": "folder", "path": str(few_files / "t.csv")},)
+    cfg.filters.basic.enabled, cfg.logical_streams = False, 0
+    with pytest.raises(DataError, match=r"^folder .*t.csv: its table's rows \(a table is split "
+                                        r"by rows, no further\) cannot feed 64 logical streams "
+                                        r"\('data.logical_streams'; stream 40 would read "
+                                        r"nothing\): set it to at most 40$"):
+        stream.train_dataset(cfg, tokenizer, global_batch_size=64)
+    # A stream whose only file is missing would spin forever: named at the start.
+    cfg.sources = ({"kind": "tfrecord",
+                    "pattern": [str(few_files / "one.tfrecord"), str(few_files / "gone")]},)
+    with pytest.raises(DataError, match=r"^tfrecord .*: no usable example for logical stream "
+                                        r"0 of 8 \(its units are missing or bad"):
+        stream.train_dataset(cfg, tokenizer, global_batch_size=8)
+
+
 def test_counts_that_cannot_continue_are_refused_in_one_line(shards, tokenizer, monkeypatch):
     assert order.working_counts(12) == [1, 2, 3, 4, 6, 12]
     with pytest.raises(ConfigError, match=r"^3 processes cannot continue this run's data "
@@ -114,9 +166,12 @@ def test_counts_that_cannot_continue_are_refused_in_one_line(shards, tokenizer, 
         stream.train_dataset(config(shards), tokenizer, global_batch_size=6)
     run = schema.default_data_config()
     meta = {"stream": {"examples_read": 64, "logical_streams": 4, "positions": [[1, 2]] * 4}}
-    cfg = ml_collections.ConfigDict({"data": run})  # logical_streams reads config.data only
+    train = {"batch_size": 256, "cit": {"enabled": False, "oversample": 4}}
+    cfg = ml_collections.ConfigDict({"data": run, "train": train})
     assert logical_streams(meta, 8, cfg) == 4  # the checkpoint's, on 1 process
-    assert logical_streams({}, 0, cfg) == 1  # default: the process count at the start
+    assert logical_streams({}, 0, cfg) == 64  # the default
+    cfg.train.batch_size = 48
+    assert logical_streams({}, 0, cfg) == 16  # the largest power of two dividing it
     run.logical_streams = 8
     assert logical_streams({}, 0, cfg) == 8
     with pytest.raises(ConfigError, match="orders its data in 4 logical streams; resume it "
@@ -128,3 +183,5 @@ def test_counts_that_cannot_continue_are_refused_in_one_line(shards, tokenizer, 
     monkeypatch.setattr("jax.process_count", lambda: 3)
     with pytest.raises(ConfigError, match="^3 processes cannot continue"):
         logical_streams(meta, 8, cfg)
+    assert logical_streams({}, 0, cfg) == 48  # 3 does not divide 16: gcd(48, 64 * 3)
+    assert logical_streams({"stream": {"examples_read": 48}}, 1, cfg) == 3  # the oldest

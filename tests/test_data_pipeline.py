@@ -33,6 +33,9 @@ def cfg(fake_data_dir):  # conftest: 200 train / 50 test fake examples
     config.data_dir = fake_data_dir
     config.shuffle_buffer = 64  # smaller than an epoch: exercises the buffered shuffle
     config.tokenizer.vocab_size = 300
+    # One logical stream per process: the tests below read a stream's own rows, counters
+    # and positions (the default, 64 or fewer streams, is test_data_order.py's).
+    config.logical_streams = 1
     return config
 
 
@@ -159,6 +162,8 @@ def test_saved_stream_positions_resume_exactly_without_counting_an_epoch(referen
 
 def test_two_processes_read_disjoint_equal_halves_and_resume(cfg, tokenizer):
     bs, n = 20, 10  # 10 local batches of 10 = one epoch of each half (100)
+    cfg = cfg.copy_and_resolve_references()
+    cfg.logical_streams = 2  # one per process: its rows do not depend on the batch size
     streams = [take(train_dataset(cfg, tokenizer, global_batch_size=bs, process_index=p,
                                   process_count=2), n + 5)
                for p in (0, 1)]  # fmt: skip
@@ -181,6 +186,7 @@ def test_two_processes_read_disjoint_equal_halves_and_resume(cfg, tokenizer):
 def test_uneven_split_gives_every_process_an_equal_part(cfg, tokenizer):
     config = cfg.copy_and_resolve_references()
     config.train_split = "train[:99]"  # 3 x 33: the processes stay in step per epoch
+    config.logical_streams = 0  # the default: 3 streams here (3 does not divide 64)
     parts = [example_ids(take(train_dataset(config, tokenizer, global_batch_size=33,
                                             process_index=p, process_count=3), 3))
              for p in range(3)]  # fmt: skip

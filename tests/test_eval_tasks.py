@@ -141,6 +141,17 @@ def test_folder_table_and_webdataset_kinds_read_the_same_examples(image_folder, 
         assert source.undecodable == []
 
 
+def test_prompts_may_be_a_list_of_templates():
+    from contrastive_jax.evaluate.class_names import task_prompts
+
+    (task,) = _tasks(_task(prompts=["a photo of a {}.", "a {} on a table"]))
+    assert task_prompts(task) == ("a photo of a {}.", "a {} on a table")
+    for bad in ([], ["no slot"], ["{} and {}"], ["{0}"], [3], {"a": "{}"}):
+        with pytest.raises(ConfigError, match=r"^config key 'evals.tasks\[0\].prompts' must "
+                                              r"name a prompt set or list templates"):
+            _tasks(_task(prompts=bad))
+
+
 def test_class_names_refuse_names_that_are_not_words(image_folder, tmp_path):
     from contrastive_jax.evaluate.class_names import task_class_names, task_prompts
 

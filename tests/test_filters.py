@@ -228,6 +228,7 @@ def filtered_cfg(fake_data_dir, tmp_path_factory):
     cfg = schema.default_data_config()
     cfg.data_dir = fake_data_dir
     cfg.shuffle_buffer = 64
+    cfg.logical_streams = 1  # the test reads the stream's own positions
     # Keep roughly half the train split by a score file (uid hash as a stand-in score),
     # after a keep-list that drops 10 uids.
     uids = [f"train/{i:06d}" for i in range(200)]

@@ -123,3 +123,21 @@ def test_a_bucket_without_permission_is_one_line(flaky):
     with pytest.raises(ConfigError, match=r"^--workdir gs://cj-test/run: cannot reach "
                                           r"gs://cj-test: .*Forbidden"):
         paths.check_reachable("gs://cj-test/run", "--workdir")
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line_within_seconds(monkeypatch):
+    """No network (or a wrong emulator address): refused at once, not after gcsfs's six
+    tries with backoff (a minute and a half)."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"^--workdir gs://cj-test/run: cannot reach "
+                                          rf"gs://cj-test: no connection to "
+                                          rf"http://127.0.0.1:{port} \(ConnectionRefusedError"):
+        paths.check_reachable("gs://cj-test/run", "--workdir")
+    assert time.monotonic() - start < 10

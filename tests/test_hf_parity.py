@@ -431,3 +431,27 @@ def test_open_clip_timm_export_moved_and_refused_configs(tokenizer_file, tmp_pat
                        r"exactly: unexpected model_args key 'reg_tokens'; model_args "
                        r"act_layer='gelu' \(we compute 'gelu_tanh'\)"):
         load_model(f"open_clip:{moved}")
+
+
+def test_hf_and_open_clip_imports_read_from_gcs(tokenizer_file, tmp_path, gcs):
+    """`hf:gs://...` and `open_clip:gs://...` (a GCS API on loopback): the same model as
+    the same files read locally."""
+    from contrastive_jax import paths
+    from contrastive_jax.export.flat import flatten
+
+    config = _config(SIGLIP, 64, "sigmoid_chunked")
+    hf = export_hf(config, _random_params(config, seed=3), 7, tokenizer_file,
+                   str(tmp_path / "hf"))
+    _, _, open_clip = _exported_open_clip("clip", tokenizer_file, tmp_path)
+    for prefix, local in (("hf:", hf), ("open_clip:", open_clip)):
+        remote = f"gs://cj-test/imports/{prefix[:-1]}"
+        paths.copytree(local, remote)
+        want, got = load_model(prefix + local), load_model(prefix + remote)
+        assert got.step == want.step and got.config.to_dict() == want.config.to_dict()
+        want_params = flatten(jax.device_get(want.state.params))
+        got_params = flatten(jax.device_get(got.state.params))
+        assert got_params.keys() == want_params.keys()
+        for name, value in want_params.items():
+            np.testing.assert_array_equal(got_params[name], value, err_msg=prefix + name)
+        assert got.text_encoder.encode_batch(TEXTS, 16).tolist() == (
+            want.text_encoder.encode_batch(TEXTS, 16).tolist())

@@ -57,6 +57,7 @@ def test_resume_past_the_first_epoch_starts_at_the_saved_stream_position(
         fake_data_dir, tmp_path, monkeypatch):
     # 200 examples per epoch, 16 per step: step 15 is 40 examples into epoch 1.
     config = demo_config(fake_data_dir, steps=18, checkpoint_every=5)
+    config.data.logical_streams = 1  # one stream: 200 examples per epoch (the default: 16)
     config.data.filters.basic.update(enabled=True, max_chars=1000)  # counting would decode
     # FLIP on, unmasked from step 17: the resumed run masks step 16 from the restored step
     # and switches as the unbroken one does.

@@ -19,7 +19,10 @@ from contrastive_jax.train.stream_progress import examples_read_at
 def quick_config(data_dir, steps, batch_size, **train):
     """A tiny run without evals: only its steps and its stream matter here."""
     return tiny_config(
-        data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64},
+        # One logical stream: its rows do not depend on the batch size (several streams'
+        # chunks side by side do).
+        data={"data_dir": data_dir, "tokenizer": {"vocab_size": 64}, "shuffle_buffer": 64,
+              "logical_streams": 1},
         train={"steps": steps, "batch_size": batch_size, "checkpoint_every": 1000, **train},
         optimizer={"warmup_steps": 1})
 

@@ -36,7 +36,7 @@ def _sources(labels_of_batch) -> set[bool]:
 
 def test_debiased_batches_are_whole_draws_of_one_source_by_weight(corpus, tokenizer):
     cfg = data_cfg(tfrecords(corpus, weight=3.0), tfrecords(corpus, "b", weight=1.0),
-                   debiased_sampling=True)
+                   debiased_sampling=True, logical_streams=0)  # the default: several streams
     full = batches(cfg, tokenizer, 40)
     assert all(len(_sources(b["label"])) == 1 for b in full)  # never mixed in a batch
     share_a = np.mean([_sources(b["label"]) == {False} for b in full])

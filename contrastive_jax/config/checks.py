@@ -84,7 +84,8 @@ def validate(config: ConfigDict) -> None:
 
 
 def _validate_logical_streams(config: ConfigDict) -> None:
-    """`data.logical_streams`: 0 (one per process) or a count the global batch splits over."""
+    """`data.logical_streams`: 0 (the default, data/order.py) or a count the global batch
+    splits over."""
     streams = config.data.logical_streams
     if not isinstance(streams, int) or isinstance(streams, bool) or streams < 0:
         raise ConfigError(f"config key 'data.logical_streams' must be an integer >= 0, got "

@@ -21,7 +21,8 @@ _COMMON: dict[str, Any] = {"kind": REQUIRED, "name": REQUIRED, "data": REQUIRED,
 # Per task kind: its own keys and their defaults.
 TASK_KEYS: dict[str, dict[str, Any]] = {
     # classes "": the dataset's own label names (TFDS ClassLabel, folder names, ...);
-    # prompts "": the shipped templates of `classes` when it names a list, else clip_80.
+    # prompts "": the shipped templates of `classes` when it names a list, else clip_80;
+    # a name (clip_80, cifar10, ...) or a list of templates, each with one "{}".
     # template_average (captioners): "likelihood" scores a class by the log of its prompts'
     # mean likelihood, "log_likelihood" by their mean log-likelihood.
     "zeroshot": {"classes": "", "prompts": "", "template_average": "likelihood"},
@@ -96,6 +97,8 @@ def parse_task(spec: Any, index: int) -> dict[str, Any]:
         shots = task["shots"]
         if not shots or min(shots) < 1 or task["seeds"] < 1:
             raise ConfigError(f"config key '{where}': shots must be positive and seeds >= 1")
+    if kind == "zeroshot":
+        _check_prompts(task["prompts"], f"{where}.prompts")
     if kind == "zeroshot" and task["template_average"] not in TEMPLATE_AVERAGES:
         raise ConfigError(f"config key '{where}.template_average' must be one of "
                           f"{', '.join(TEMPLATE_AVERAGES)}, got {task['template_average']!r}")
@@ -111,6 +114,18 @@ def parse_task(spec: Any, index: int) -> dict[str, Any]:
             raise ConfigError(f"config key '{where}.{key}' must be an integer >= "
                               f"{int(key == 'batch_size')}, got {value!r}")
     return task
+
+
+def _check_prompts(prompts: Any, where: str) -> None:
+    """A prompt set's name, or a non-empty list of templates with one "{}" each."""
+    if isinstance(prompts, str):
+        return  # a name: the registry names the known ones when it is used
+    ok = isinstance(prompts, (list, tuple)) and prompts and all(
+        isinstance(t, str) and t.count("{}") == 1 and t.replace("{}", "").count("{") == 0
+        for t in prompts)
+    if not ok:
+        raise ConfigError(f"config key '{where}' must name a prompt set or list templates "
+                          f'with one "{{}}" each, got {prompts!r}')
 
 
 def tasks_of(config: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -1,17 +1,20 @@
-"""One source's examples for one process: epochs, bad-record counts, filters, exact resume.
+"""One source's examples for one logical stream: epochs, bad-record counts, filters, exact
+resume.
 
-Per source and process, the stream is a fixed function of (config, seed, process):
-epoch e reads this process's units (files[process::count], or a TFDS split's even part) in
-an order shuffled with a seed from (seed, source, e), `cycle_length` files interleaved in
-parallel (deterministically), through a shuffle buffer seeded from (seed, source, e).
-Records then pass the caption check and a guarded decode; bad ones are counted per reason
-and dropped; then `data.filters` run. Nothing here depends on the batch size.
+Per source and logical stream, the stream is a fixed function of (config, seed, stream):
+epoch e reads the stream's units (data/units.py: files[s::L], parts of files, table rows,
+a TFDS split's even part) in an order shuffled with a seed from (seed, source, e),
+`cycle_length` files interleaved in parallel (deterministically), through a shuffle buffer
+seeded from (seed, source, e). Records then pass the caption check and a guarded decode;
+bad ones are counted per reason and dropped; then `data.filters` run. Nothing here depends
+on the batch size. The stream index may be a tensor: one traced function builds any
+stream (data/stream.py).
 
-Resume: a process that has served p examples of a source starts at the position saved in
+Resume: a stream that has served p examples of a source starts at the position saved in
 the checkpoint (data/positions.py: epoch e and r raw records of it read, skipped without
 decoding them), or, without one, at epoch p // n plus p % n usable examples, n being the
-process's usable examples per epoch (counted only up to p + 1: a resume inside the first
-epoch reads no further). Augmentation seeds come from (seed, process, source, position).
+stream's usable examples per epoch (counted only up to p + 1: a resume inside the first
+epoch reads no further). Augmentation seeds come from (seed, stream, source, position).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import augment, positions, records
-from contrastive_jax.data.filters import FilterCounters, apply_filters, filters_active
+from contrastive_jax.data.filters import FilterCounters, filter_steps, filters_active
+from contrastive_jax.data.filters.counters import Predicate
 from contrastive_jax.data.sources import Source
 from contrastive_jax.errors import DataError
 
@@ -32,22 +36,29 @@ log = logging.getLogger(__name__)
 NUM_COUNTERS = len(records.COUNTER_KEYS)
 
 
-def _curation(ds: tf.data.Dataset, cfg: ml_collections.ConfigDict, source: Source,
-              counters: FilterCounters | None) -> tf.data.Dataset:
-    """Applies `data.filters` to decoded examples ("image" uint8, "caption", "uid", ...).
+def curation(cfg: ml_collections.ConfigDict, source: Source,
+             counters: FilterCounters | None = None) -> list[Predicate]:
+    """`data.filters` for the decoded examples ("image" uint8, "caption", "uid", ...) of
+    `source`, prepared (apply_filters.filter_steps).
 
     The filters run in the resume counting pass too (without `counters`), so resume stays
-    exact. MetaCLIP counts its entries over the whole source (all processes' parts), so
-    every process balances with the same counts.
+    exact. MetaCLIP counts its entries over the whole source (all streams' parts), so
+    every stream balances with the same counts.
     """
     if not filters_active(cfg.filters):
-        return ds
-    units = source.units(0, 1)
-    pool = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
-                  cfg)  # fmt: skip
+        return []
+    pool = usable(read_all(source, cfg.cycle_length), cfg)
     # MetaCLIP's default entries are a TFDS dataset's class names: only a tfds source has them.
-    return apply_filters(ds, cfg.filters, counters=counters, pool=pool,
-                         dataset=source.class_names_dataset, data_dir=cfg.data_dir)
+    return filter_steps(cfg.filters, pool, counters=counters,
+                        dataset=source.class_names_dataset, data_dir=cfg.data_dir)
+
+
+def read_all(source: Source, cycle_length: int, units: dict[str, tf.Tensor] | None = None
+             ) -> tf.data.Dataset:
+    """The records of `units` (default: all of the source's) in stored order."""
+    units = source.whole() if units is None else units
+    n = tf.size(units[source.unit_names[0]], out_type=tf.int64)
+    return source.read(units, tf.range(n), cycle_length)
 
 
 def _check_and_decode(channels: int, positioned: bool):
@@ -81,12 +92,11 @@ def _count(state, element):
 
 
 def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict,
-           source: Source | None = None, counters: FilterCounters | None = None
-           ) -> tf.data.Dataset:
+           filters: list[Predicate] = ()) -> tf.data.Dataset:
     """Canonical records -> decoded usable examples with cumulative "counts" [K]; records
     zipped with their stream position (as `epoch_records` yields them) keep it as KEY.
 
-    With a `source`, its `data.filters` apply too.
+    `filters` (a source's `curation`) apply too.
     """
     positioned = isinstance(ds.element_spec, tuple)  # (record, position): epoch_records
     if _stored_decoded(ds):
@@ -99,7 +109,9 @@ def usable(ds: tf.data.Dataset, data_config: ml_collections.ConfigDict,
         init = (tf.constant(-1, tf.int64), tf.zeros([NUM_COUNTERS], tf.int64))
         ds = ds.scan(init, _count)
         ds = ds.filter(lambda ex: tf.equal(ex["reason"], records.OK))
-    return ds if source is None else _curation(ds, data_config, source, counters)
+    for predicate in filters:
+        ds = ds.filter(predicate)
+    return ds
 
 
 _BLOCK = 256  # records checked and counted together when nothing needs decoding
@@ -134,10 +146,10 @@ def _usable_in_blocks(ds: tf.data.Dataset, positioned: bool) -> tf.data.Dataset:
     return ds.map(keep_usable, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
-def epoch_records(source: Source, units: list, cfg: ml_collections.ConfigDict, seed: int,
-                  k: int):
-    """e -> the raw records of epoch e, each zipped with its stream position."""
-    n = len(units)
+def epoch_records(source: Source, units: dict[str, tf.Tensor], cfg: ml_collections.ConfigDict,
+                  seed: int, k: int):
+    """e -> the raw records of epoch e of `units`, each zipped with its stream position."""
+    n = tf.size(units[source.unit_names[0]], out_type=tf.int64)
 
     def epoch(e):
         epoch_seed = tf.stack([tf.constant(seed * 1_000_003 + k, tf.int64), e])
@@ -155,21 +167,22 @@ def epoch_records(source: Source, units: list, cfg: ml_collections.ConfigDict, s
     return epoch
 
 
-# (source name, process, channels, filters) -> usable examples per epoch of that part.
+# (source name, (stream, streams), channels, filters) -> usable examples per epoch of it.
 _COUNT_CACHE: dict[tuple, int] = {}
 
 
-def usable_per_epoch(source: Source, units: list, cfg: ml_collections.ConfigDict,
-                     process: tuple[int, int], limit: int | None = None) -> int | None:
-    """Usable examples in one epoch of `units`, or None if there are more than `limit`.
+def usable_per_epoch(source: Source, cfg: ml_collections.ConfigDict, stream: tuple[int, int],
+                     limit: int | None = None, filters: list[Predicate] = ()) -> int | None:
+    """Usable examples in one epoch of logical stream `stream` = (s, L), or None if there
+    are more than `limit`.
 
     Decodes up to `limit` + 1 images (all of the epoch without a limit); a full count is
     cached. A resume inside the first epoch thus never reads the rest of the data.
     """
-    key = (source.identity, process, cfg.channels, str(cfg.get("filters", "")))
+    key = (source.identity, stream, cfg.channels, str(cfg.get("filters", "")))
     if key not in _COUNT_CACHE:
-        ds = usable(source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length),
-                    cfg, source)  # fmt: skip
+        units = source.unit_table(stream[1]).of(stream[0])
+        ds = usable(read_all(source, cfg.cycle_length, units), cfg, filters)
         if limit is not None:
             ds = ds.take(limit + 1)
         n = int(ds.reduce(np.int64(0), lambda acc, _: acc + 1))
@@ -179,12 +192,12 @@ def usable_per_epoch(source: Source, units: list, cfg: ml_collections.ConfigDict
     return _COUNT_CACHE[key]
 
 
-def _augment(cfg: ml_collections.ConfigDict, seed: int, stream_id: int, k: int,
+def _augment(cfg: ml_collections.ConfigDict, seed: int, stream_id: tf.Tensor, k: int,
              num_sources: int, keep_images: bool):
     aug = cfg.augment
 
     def fn(position, ex):
-        example_seed = tf.stack([tf.constant(seed * 4099 + stream_id, tf.int64), position])
+        example_seed = tf.stack([seed * 4099 + tf.cast(stream_id, tf.int64), position])
         out = {"label": ex["label"], "uid": ex["uid"]}
         if keep_images:
             out["image"] = _augment_image(ex["image"], cfg, example_seed)
@@ -222,43 +235,79 @@ def _augment_image(image: tf.Tensor, cfg: ml_collections.ConfigDict,
     return image
 
 
-def source_stream(source: Source, cfg: ml_collections.ConfigDict, *, k: int,
-                  num_sources: int, seed: int, process_index: int, process_count: int,
-                  start: int, counters: FilterCounters | None = None,
-                  resume: tuple[int, int] | None = None,
-                  keep_images: bool = True) -> tf.data.Dataset:
-    """Infinite augmented examples of one source for one process, from its `start`-th;
-    `resume` = (epoch, raw records of it already read), saved by the checkpoint.
-    `keep_images=False` drops the images after the checks (embedding-cache runs)."""
-    units = source.units(process_index, process_count)
-    epoch = epoch_records(source, units, cfg, seed, k)
-    first_epoch, skip = 0, 0
-    if start and resume:
-        first_epoch, skip = resume
-        log.info("%s: resuming at epoch %d + %d raw records (saved stream position)",
-                 source.name, first_epoch, skip)
-    elif start:
-        n = usable_per_epoch(source, units, cfg, (process_index, process_count), limit=start)
+def resume_points(source: Source, cfg: ml_collections.ConfigDict, *, streams: int,
+                  mine: range, starts: list[int], saved: list[tuple[int, int]] | None,
+                  filters: list[Predicate]) -> tuple[list[int], list[int], bool]:
+    """Where each of the streams `mine` (of `streams`) starts reading this source, having
+    served `starts` examples of it: ([first epoch], [skip], whether skip counts raw records
+    (from the checkpoint's `saved` positions) or usable examples (counted))."""
+    if any(starts) and saved:
+        log.info("%s: resuming %d streams at their saved positions (e.g. epoch %d + %d raw "
+                 "records)", source.name, len(mine), *saved[0])
+        return [e for e, _ in saved], [r for _, r in saved], True
+    fresh = range(mine.start, mine.start) if any(starts) else mine
+    _check_not_empty(source, cfg, streams, fresh, filters)
+    epochs, skips = [], []
+    for s, start in zip(mine, starts, strict=True):
+        if not start:
+            epochs.append(0)
+            skips.append(0)
+            continue
+        # A resume without saved positions: counts the stream's epoch.
+        n = usable_per_epoch(source, cfg, (s, streams), limit=start, filters=filters)
         if n == 0:
-            raise DataError(f"{source.name}: no usable example for logical stream "
-                            f"{process_index} of {process_count}")
+            raise DataError(f"{source.name}: no usable example for logical stream {s} of "
+                            f"{streams}")
         # n None: the first epoch has more than `start` usable examples; resume inside it.
-        first_epoch, skip = (0, start) if n is None else divmod(start, n)
-        log.info("%s: resuming at epoch %d + %d examples (%s usable per epoch)", source.name,
-                 first_epoch, skip, n or f"more than {start}")  # fmt: skip
-    elif not list(usable(source.read(units, tf.range(len(units), dtype=tf.int64), 1), cfg,
-                         source).take(1)):
-        # Without this, a stream with no usable example makes the epoch loop spin forever.
-        # Read in stored order, without the shuffle buffer: it stops at the first usable
-        # example instead of filling a buffer (once per logical stream the process serves).
-        raise DataError(f"{source.name}: no usable example for logical stream "
-                        f"{process_index} of {process_count}")
+        e, skip = (0, start) if n is None else divmod(start, n)
+        epochs.append(e)
+        skips.append(skip)
+        log.info("%s stream %d: resuming at epoch %d + %d examples (%s usable per epoch)",
+                 source.name, s, e, skip, n or f"more than {start}")  # fmt: skip
+    return epochs, skips, False
+
+
+def _check_not_empty(source: Source, cfg: ml_collections.ConfigDict, streams: int,
+                     mine: range, filters: list[Predicate]) -> None:
+    """DataError unless each of the streams `mine` has a usable example (else the epoch
+    loop would spin forever). Reads each in stored order, without the shuffle buffer, up
+    to its first usable example; one traced function for all of them, run in parallel."""
+    table = source.unit_table(streams)
+    if not mine:
+        return
+
+    def first(s):
+        found = usable(read_all(source, 1, table.of(s)), cfg, filters).take(1)
+        return found.map(lambda _: s)
+
+    # In parallel: each stream opens its own files (the order of the answers is moot).
+    served = tf.data.Dataset.range(mine.start, mine.stop).interleave(
+        first, cycle_length=len(mine), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False)
+    missing = sorted(set(mine) - {int(s) for s in served.as_numpy_iterator()})
+    if missing:
+        raise DataError(f"{source.name}: no usable example for logical stream {missing[0]} "
+                        f"of {streams} (its units are missing or bad; fewer streams, "
+                        f"'data.logical_streams', share them out wider)")
+
+
+def source_stream(source: Source, cfg: ml_collections.ConfigDict, *, k: int,
+                  num_sources: int, seed: int, stream: tf.Tensor, streams: int,
+                  start: tf.Tensor, first_epoch: tf.Tensor, skip: tf.Tensor, raw_skip: bool,
+                  filters: list[Predicate] = (), keep_images: bool = True) -> tf.data.Dataset:
+    """Infinite augmented examples of one source for logical stream `stream` (an int64
+    tensor) of `streams`, from its `start`-th, which is record `skip` (raw records if
+    `raw_skip`, else usable examples) of epoch `first_epoch` (`resume_points`).
+    `filters`: the source's `curation`. `keep_images=False` drops the images after the
+    checks (embedding-cache runs)."""
+    units = source.unit_table(streams).of(stream)
+    epoch = epoch_records(source, units, cfg, seed, k)
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    if start and resume:  # `skip` counts raw records: skipped before anything is decoded
-        ds = usable(ds.skip(skip), cfg, source, counters)
-    else:  # `skip` counts usable examples
-        ds = usable(ds, cfg, source, counters).skip(skip)
+    if raw_skip:  # skipped before anything is decoded
+        ds = usable(ds.skip(skip), cfg, filters)
+    else:
+        ds = usable(ds, cfg, filters).skip(skip)
     ds = ds.enumerate(start=start)
-    stream_id = process_index * num_sources + k
+    stream_id = stream * num_sources + k
     return ds.map(_augment(cfg, seed, stream_id, k, num_sources, keep_images),
                   num_parallel_calls=tf.data.AUTOTUNE)  # fmt: skip

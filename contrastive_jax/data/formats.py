@@ -66,13 +66,16 @@ def _sample(tar_path: str, key: str, files: dict[str, bytes]) -> dict:
         score=float(score) if isinstance(score, (int, float)) else math.nan)  # fmt: skip
 
 
-def read_tar(path: str) -> Iterator[dict]:
-    """Samples of one webdataset tar shard in stored order; markers for failures."""
+def read_tar(path: str, stride: int = 1, offset: int = 0) -> Iterator[dict]:
+    """Samples of one webdataset tar shard in stored order; markers for failures. With
+    `stride` > 1, only samples number offset, offset + stride, ... (a logical stream's
+    part of a shard shared by several, data/order.py); part 0 reports the failures."""
     if not paths.exists(path):
         log.warning("missing shard %s: skipped (counted as missing_file)", path)
-        yield records.marker(records.MISSING, path)
+        if not offset:
+            yield records.marker(records.MISSING, path)
         return
-    key, files = None, {}
+    key, files, index = None, {}, 0
     try:
         # Streaming: no seeks, reads once (an object-store file reads ahead in blocks).
         with paths.open_file(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
@@ -84,39 +87,48 @@ def read_tar(path: str) -> Iterator[dict]:
                     continue
                 if parts[0] != key:
                     if key is not None:
-                        yield _sample(path, key, files)
+                        if index % stride == offset:
+                            yield _sample(path, key, files)
+                        index += 1
                     key, files = parts[0], {}
-                files[parts[1]] = tar.extractfile(member).read()
+                if index % stride == offset:  # others' samples: read past, not kept
+                    files[parts[1]] = tar.extractfile(member).read()
     except (tarfile.TarError, *paths.read_errors()) as e:
         # The sample being read when the damage hit is incomplete: not served. A read that
         # failed past the client's bounded retries (gs://) counts the same.
-        log.warning("truncated or damaged shard %s (%s): kept the samples before the damage",
-                    path, e)  # fmt: skip
-        yield records.marker(records.TRUNCATED, path)
+        if not offset:
+            log.warning("truncated or damaged shard %s (%s): kept the samples before the "
+                        "damage", path, e)  # fmt: skip
+            yield records.marker(records.TRUNCATED, path)
         return
-    if key is not None:
+    if key is not None and index % stride == offset:
         yield _sample(path, key, files)
 
 
-def read_tfrecord(path: str) -> Iterator[tuple[bytes, int]]:
-    """(serialized example, reason) of one TFRecord file; a truncated tail becomes a marker."""
+def read_tfrecord(path: str, stride: int = 1, offset: int = 0
+                  ) -> Iterator[tuple[bytes, int]]:
+    """(serialized example, reason) of one TFRecord file; a truncated tail becomes a marker.
+    With `stride` > 1, only records number offset, offset + stride, ... (as `read_tar`)."""
     import tensorflow as tf
 
     if not paths.exists(path):
         log.warning("missing shard %s: skipped (counted as missing_file)", path)
-        yield path.encode(), records.MISSING
+        if not offset:
+            yield path.encode(), records.MISSING
         return
     # TensorFlow's reader for local files; on an object store our own (TF's GCS client is
     # not the project's, see paths.py), which reads the same framing and checksums.
     reader = (tfrecord_io.iterate(path) if paths.is_url(path)
               else tf.compat.v1.io.tf_record_iterator(path))
     try:
-        for serialized in reader:
-            yield serialized, records.OK
+        for index, serialized in enumerate(reader):
+            if index % stride == offset:
+                yield serialized, records.OK
     except (tf.errors.DataLossError, tfrecord_io.DataLoss, *paths.read_errors()) as e:
-        log.warning("truncated shard %s (%s): kept the records before the damage", path,
-                    str(e).splitlines()[0])  # fmt: skip
-        yield path.encode(), records.TRUNCATED
+        if not offset:
+            log.warning("truncated shard %s (%s): kept the records before the damage", path,
+                        str(e).splitlines()[0])  # fmt: skip
+            yield path.encode(), records.TRUNCATED
 
 
 def read_table(path: str, image_column: str = "image", caption_column: str = "caption",

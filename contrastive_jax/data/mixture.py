@@ -20,17 +20,17 @@ import tensorflow as tf
 _MIX_BLOCK = 4096  # choices are drawn in blocks of this size (cheap to recount on resume)
 
 
-def _choice_block(weights: Sequence[float], seed: int):
+def _choice_block(weights: Sequence[float], seed: int | tf.Tensor):
     logits = tf.math.log(tf.constant([w / sum(weights) for w in weights], tf.float32))[None]
 
     def block(j):
         return tf.random.stateless_categorical(logits, _MIX_BLOCK, seed=tf.stack(
-            [tf.constant(seed * 131 + 17, tf.int64), j]), dtype=tf.int64)[0]  # fmt: skip
+            [tf.cast(seed, tf.int64) * 131 + 17, j]), dtype=tf.int64)[0]  # fmt: skip
 
     return block
 
 
-def mixture_choices(weights: Sequence[float], seed: int, start: int,
+def mixture_choices(weights: Sequence[float], seed: int | tf.Tensor, start: int,
                     group: int = 1) -> tf.data.Dataset:
     """The infinite seeded stream of source indices, one per example from its `start`-th;
     each choice holds for `group` examples in a row."""
@@ -46,6 +46,8 @@ def mixture_choices(weights: Sequence[float], seed: int, start: int,
 def mixture_positions(weights: Sequence[float], seed: int, position: int,
                       group: int = 1) -> list[int]:
     """How many of the first `position` examples each source served."""
+    if not position:
+        return [0] * len(weights)
     draws, within = divmod(position, group)
     counts = [c * group for c in _draw_counts(weights, seed, draws)]
     if within:  # part of the group of draw `draws` has been served

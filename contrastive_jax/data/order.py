@@ -13,16 +13,37 @@ its rows of the global batch are then exactly the contiguous block of B/P rows t
 same, bit for bit, on every process count that divides L. A checkpoint records L and every
 stream's position; a resume on a count that does not divide L is refused in one line.
 
-`data.logical_streams` = 0 (the default) means "as many as the processes the run starts
-with", which keeps the order of runs and checkpoints written before logical streams existed
-(process p was then stream p); the checkpoint fixes L from then on.
+`data.logical_streams` = 0 (the default) means DEFAULT = 64, or for a global batch that
+64 does not divide, the largest power of two that divides it (`resolve`): a run's order is
+then a function of its config, seed and data on any process count that divides 64, which
+is 1 to 64 hosts. A process serving several streams traces its pipeline once for all of
+them (data/stream.py), and a source with fewer files than L shares each file between
+streams (data/units.py), so the default costs a one-process run nothing measurable
+(docs/benchmarks.md). A process count that does not divide 64 (3 hosts) gets L = 64 * P
+capped by the batch, fixed by the first checkpoint. A checkpoint written before this
+default (one stream per process) records its own L, which its resume keeps.
 """
 
 from __future__ import annotations
 
+import math
+
 from contrastive_jax.errors import ConfigError
 
 KEY = "data.logical_streams"
+DEFAULT = 64  # divides every power-of-two host count up to 64
+
+
+def resolve(configured: int, examples: int, process_count: int) -> int:
+    """The logical streams of a run that starts now: `configured`, or (0) DEFAULT, or the
+    largest power of two below it that divides `examples` read per step; if that does not
+    split over `process_count`, gcd(examples, DEFAULT * process_count)."""
+    if configured:
+        return configured
+    streams = math.gcd(examples, DEFAULT)
+    if streams % process_count:
+        streams = math.gcd(examples, DEFAULT * process_count)
+    return streams
 
 
 def working_counts(streams: int) -> list[int]:

@@ -32,7 +32,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             "flip": False,  # random horizontal flip (train only)
             "shuffle_buffer": 10_000,  # per logical stream
             # The global example order's logical streams (data/order.py): a run resumes
-            # exactly on any process count dividing it. 0: the process count it starts with.
+            # exactly on any process count dividing it. 0: 64, or the largest power of two
+            # dividing a smaller batch.
             "logical_streams": 0,
             "max_len": 16,  # text tokens per caption, EOS included
             # True / "unicode", "ascii" (A-Z only: big_vision's tf.strings.lower) or False.

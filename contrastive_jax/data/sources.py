@@ -4,9 +4,10 @@ A source is configured as a dict, e.g.
     {"kind": "tfrecord", "pattern": "/data/laion/*.tfrecord", "weight": 0.7}
 and read as canonical records (see `records`). A run without `data.sources` reads
 `data.dataset` as a one-source mixture of kind `tfds` (`source_specs`). Every source
-splits its units (files, table rows for `table`, split parts for `tfds`) between processes
-so that each process reads a disjoint part, and reads its units in an order given to
-`read`, so the stream can reshuffle them per epoch.
+splits its units (files, table rows for `table`, file instructions of split parts for
+`tfds`) between the logical streams (data/units.py), so that each stream reads a disjoint
+part, and reads its units in an order given to `read`, so the stream can reshuffle them
+per epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 from contrastive_jax import paths
 from contrastive_jax.data import formats, records
+from contrastive_jax.data.units import FILE_FIELDS, UnitTable, file_parts
 from contrastive_jax.datasets.catalogue import get_builder
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
 from contrastive_jax.registry import Registry
@@ -70,17 +72,6 @@ def parse_sources(specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [parse_source(s, i) for i, s in enumerate(specs)]
 
 
-def split_units(units: Sequence, process_index: int, process_count: int, name: str) -> list:
-    """units[process_index::process_count] (of logical streams, data/order.py); DataError
-    if this stream would get none."""
-    mine = list(units[process_index::process_count])
-    if not mine:
-        raise DataError(f"{name}: {len(units)} file(s) cannot feed {process_count} logical "
-                        f"streams ('data.logical_streams', 0: one per process; stream "
-                        f"{process_index} would read nothing); write more shards")
-    return mine
-
-
 def _glob(pattern: str | Sequence[str], name: str) -> list[str]:
     """Sorted files of a glob (or a list of globs/paths; listed paths may be missing)."""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
@@ -108,19 +99,40 @@ class Source(abc.ABC):
         by it)."""
         return self.name
 
-    @abc.abstractmethod
-    def units(self, process_index: int, process_count: int) -> list:
-        """This process's units (disjoint from the other processes')."""
+    unit_names: tuple[str, ...] = FILE_FIELDS  # the fields of a unit
+    what = "its files"  # the units, in a message
 
     @abc.abstractmethod
-    def read(self, units: list, order: tf.Tensor, cycle_length: int) -> tf.data.Dataset:
-        """Canonical records of `units` taken in `order` (int indices into `units`)."""
+    def unit_lists(self, streams: int) -> list[list[tuple]]:
+        """Per logical stream of `streams`, its units (disjoint from the others')."""
+
+    def unit_table(self, streams: int) -> UnitTable:
+        """Every logical stream's units (data/units.py); DataError if one has none."""
+        tables = self.__dict__.setdefault("_tables", {})
+        if streams not in tables:
+            tables[streams] = UnitTable.build(self.unit_lists(streams), self.unit_names)
+            tables[streams].check(self.name, self.what)
+        return tables[streams]
+
+    def whole(self) -> dict[str, tf.Tensor]:
+        """All of the source's units, in stored order."""
+        return self.unit_table(1).of(0)
+
+    @abc.abstractmethod
+    def read(self, units: dict[str, tf.Tensor], order: tf.Tensor,
+             cycle_length: int) -> tf.data.Dataset:
+        """Canonical records of `units` (a stream's, `UnitTable.of`) taken in `order`
+        (int indices into them)."""
 
 
-def _interleave_files(files: list[str], order: tf.Tensor, cycle_length: int, read_file):
-    paths = tf.gather(tf.constant(files), order)
-    return tf.data.Dataset.from_tensor_slices(paths).interleave(
-        read_file, cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+def _interleave_files(units: dict[str, tf.Tensor], order: tf.Tensor, cycle_length: int,
+                      read_file):
+    """`read_file(path, stride, offset)` of the units in `order`, `cycle_length` at a time.
+    A cycle longer than the units gives the same order as one of their number."""
+    picked = {k: tf.gather(v, order) for k, v in units.items()}
+    return tf.data.Dataset.from_tensor_slices(picked).interleave(
+        lambda u: read_file(u["path"], u["stride"], u["offset"]),
+        cycle_length=max(1, cycle_length), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)  # fmt: skip
 
 
@@ -132,13 +144,14 @@ class TFRecordSource(Source):
         self.files = _glob(spec["pattern"], self.name)
         self.keys = dict(spec["keys"])
 
-    def units(self, process_index, process_count):
-        return split_units(self.files, process_index, process_count, self.name)
+    def unit_lists(self, streams):
+        return file_parts(self.files, streams)
 
     def read(self, units, order, cycle_length):
-        def read_file(path):
+        def read_file(path, stride, offset):
             raw = tf.data.Dataset.from_generator(
-                lambda p: formats.read_tfrecord(p.decode()), args=(path,),
+                lambda p, m, j: formats.read_tfrecord(p.decode(), int(m), int(j)),
+                args=(path, stride, offset),
                 output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)))
             return raw.map(self._to_record)
 
@@ -164,15 +177,16 @@ class WebdatasetSource(Source):
         self.name = f"webdataset {spec['pattern']}"
         self.files = _glob(spec["pattern"], self.name)
 
-    def units(self, process_index, process_count):
-        return split_units(self.files, process_index, process_count, self.name)
+    def unit_lists(self, streams):
+        return file_parts(self.files, streams)
 
     def read(self, units, order, cycle_length):
         spec = {k: v for k, v in records.RECORD_SPEC.items()}
 
-        def read_file(path):
+        def read_file(path, stride, offset):
             return tf.data.Dataset.from_generator(
-                lambda p: formats.read_tar(p.decode()), args=(path,), output_signature=spec)
+                lambda p, m, j: formats.read_tar(p.decode(), int(m), int(j)),
+                args=(path, stride, offset), output_signature=spec)
 
         return _interleave_files(units, order, cycle_length, read_file)
 
@@ -188,14 +202,23 @@ class TableSource(Source):
                                        spec["caption_column"], spec["uid_column"])
         if not self.rows:
             raise DataError(f"{self.name}: the table has no rows")
+        # Strings as objects: a fixed-width numpy string would drop trailing NUL bytes.
+        self.columns = {k: np.array([r[k] for r in self.rows], object) for k in ("caption",
+                                                                                 "uid")}
+        self.columns["label"] = np.array([r["label"] for r in self.rows], np.int64)
+        self.columns["score"] = np.array([r["score"] for r in self.rows], np.float32)
+        self.columns["path"] = np.array([formats.resolve(self.root, r["image"])
+                                         for r in self.rows], object)
 
-    def units(self, process_index, process_count):
-        return split_units(self.rows, process_index, process_count, self.name)
+    unit_names = ("row",)
+    what = "its table's rows (a table is split by rows, no further)"
+
+    def unit_lists(self, streams):
+        return [[(i,) for i in range(s, len(self.rows), streams)] for s in range(streams)]
 
     def read(self, units, order, cycle_length):
-        cols = {k: tf.constant([r[k] for r in units]) for k in ("caption", "uid", "label")}
-        cols["score"] = tf.constant([r["score"] for r in units], tf.float32)
-        paths = tf.constant([formats.resolve(self.root, r["image"]) for r in units])
+        cols = {k: tf.constant(v) for k, v in self.columns.items()}
+        paths = cols["path"]
 
         def row(i):
             data, reason = tf.numpy_function(_read_image_file, [paths[i]], (tf.string, tf.int32),
@@ -206,7 +229,7 @@ class TableSource(Source):
                     "label": tf.cast(cols["label"][i], tf.int32), "score": cols["score"][i],
                     "reason": reason}  # fmt: skip
 
-        return tf.data.Dataset.from_tensor_slices(order).map(
+        return tf.data.Dataset.from_tensor_slices(tf.gather(units["row"], order)).map(
             row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
@@ -223,8 +246,10 @@ class TfdsSource(Source):
 
     An Image feature is stored encoded and goes through the same guarded decode as every
     other source. A raw uint8 tensor feature (fashion_mnist_captions') is already decoded:
-    it is passed on as "image", so no codec runs per example. Processes read
-    `tfds.even_splits` parts of the split.
+    it is passed on as "image", so no codec runs per example. Logical stream s of L reads
+    `tfds.even_splits(split, L)[s]`: the file instructions (file, skip, take) TFDS gives
+    that part, read as `builder.as_dataset` reads them (same interleave, parser and
+    decoders), so that one traced function reads any stream's part.
     """
 
     shuffle_units = False
@@ -248,11 +273,24 @@ class TfdsSource(Source):
     def identity(self) -> str:
         return f"{self.name} {self.split} {self.builder.data_dir}"
 
-    def units(self, process_index, process_count):
+    unit_names = ("path", "skip", "take")
+    what = "its split's examples"
+
+    def unit_lists(self, streams):
         import tensorflow_datasets as tfds
 
-        split = tfds.even_splits(self.split, n=process_count, drop_remainder=True)
-        return [split[process_index]]
+        info = self.builder.info
+        if info.file_format is not None and info.file_format.value != "tfrecord":
+            raise DataError(f"{self.name}: stored as {info.file_format.value}; logical "
+                            f"streams read TFDS's tfrecord files only (prepare it as tfrecord)")
+        out = []
+        for part in tfds.even_splits(self.split, n=streams, drop_remainder=True):
+            try:
+                instructions = info.splits[part].file_instructions
+            except (ValueError, AssertionError):  # a part without examples (or an error
+                instructions = []  # TFDS words its own way): the table check names it
+            out.append([(os.fspath(f.filename), f.skip, f.take) for f in instructions])
+        return out
 
     def read(self, units, order, cycle_length):
         import tensorflow_datasets as tfds
@@ -261,10 +299,8 @@ class TfdsSource(Source):
         features = self.builder.info.features
         encoded = isinstance(features[s["image_key"]], tfds.features.Image)
         decoders = {s["image_key"]: tfds.decode.SkipDecoding()} if encoded else None
-        # Called while tf.data traces an epoch: autograph must not try to convert TFDS's
-        # (wrapt-decorated) method, or it warns on every run.
-        as_dataset = tf.autograph.experimental.do_not_convert(self.builder.as_dataset)
-        ds = as_dataset(split=units[0], shuffle_files=False, decoders=decoders)
+        ds = _tfds_examples(self.builder, {k: tf.gather(v, order) for k, v in units.items()},
+                            decoders)
 
         def select(ex):
             label = tf.cast(ex[s["label_key"]], tf.int32) if s["label_key"] else tf.constant(-1)
@@ -277,6 +313,31 @@ class TfdsSource(Source):
                     "reason": tf.constant(records.OK)}  # fmt: skip
 
         return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _tfds_examples(builder, units: dict[str, tf.Tensor], decoders) -> tf.data.Dataset:
+    """What `builder.as_dataset(split, shuffle_files=False, decoders=decoders)` yields for
+    the split whose file instructions are `units`: TFDS's reader (tensorflow_datasets
+    core/reader.py) interleaves the instructions' files (its default ReadConfig: 16 files
+    in blocks of 16, or one at a time for an ordered dataset), skips and takes in each,
+    then parses and decodes each example."""
+    from tensorflow_datasets.core import example_parser
+
+    features = builder.info.features
+    parser = example_parser.ExampleParser(features.get_serialized_info())
+
+    def shard(u):
+        return tf.data.TFRecordDataset(u["path"]).skip(u["skip"]).take(u["take"])
+
+    def parse_and_decode(serialized):
+        return features.decode_example(parser.parse_example(serialized), decoders=decoders)
+
+    ds = tf.data.Dataset.from_tensor_slices(units).interleave(
+        shard, cycle_length=1 if builder.info.disable_shuffling else 16, block_length=16,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Called while tf.data traces an epoch: autograph must not convert TFDS's code.
+    return ds.map(tf.autograph.experimental.do_not_convert(parse_and_decode),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _with_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:

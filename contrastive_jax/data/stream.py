@@ -24,7 +24,14 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import order, positions, preprocess, records
-from contrastive_jax.data.examples import NUM_COUNTERS, source_stream, usable
+from contrastive_jax.data.examples import (
+    NUM_COUNTERS,
+    curation,
+    read_all,
+    resume_points,
+    source_stream,
+    usable,
+)
 from contrastive_jax.data.filters import FilterCounters
 from contrastive_jax.data.mixture import mixture_choices, mixture_positions
 from contrastive_jax.data.render_text import text_pairs
@@ -56,7 +63,7 @@ def train_dataset(
     "data_counts" int64 [l*S, K], "stream_position" int64 [l*S]}, b = global_batch_size //
     process_count, from global example `start_example` on: this process's rows of the
     global batches of data/order.py, whose l = L / process_count logical streams (L =
-    `logical_streams`, default `data.logical_streams`, 0 there: `process_count`) it serves.
+    `logical_streams`, default `data.logical_streams`, 0 there: `order.resolve`) it serves.
 
     `text_encoder`: a Tokenizer ("text" int32 [b, L]) or a TextRenderer (CLIPPO: "text" is
     the rendered captions and `data.render.text_pair_fraction` of the images become
@@ -70,89 +77,117 @@ def train_dataset(
     (data/positions.py), spares the resume the counting of an epoch.
     """
     cfg = data_config
-    streams = logical_streams or cfg.get("logical_streams", 0) or process_count
+    streams = logical_streams or order.resolve(cfg.get("logical_streams", 0),
+                                               global_batch_size, process_count)
     mine = order.process_streams(streams, process_index, process_count)
     order.check_batch(streams, global_batch_size, "a global batch")
     order.check_batch(streams, start_example, "a resume at the examples read so far")
     sources, weights = train_sources(cfg)
     chunk, position = global_batch_size // streams, start_example // streams
     # ZeroVL's debiased sampling: one source per batch (data/mixture.py). Every stream
-    # draws the same choices, so every stream's sources stand at the same positions.
+    # then draws the same choices; otherwise each its own (stream 0: the run's seed).
     group = chunk if cfg.debiased_sampling else 1
-    starts = mixture_positions(weights, seed, position, group) if len(sources) > 1 else [
-        position]
+
+    def mix_seed(stream):
+        return seed if cfg.debiased_sampling else seed + 1_000_003 * stream
+
+    # [stream][source]: the examples each source has served in each of my streams.
+    starts = [mixture_positions(weights, mix_seed(s), position, group) for s in mine] if (
+        len(sources) > 1) else [[position]] * len(mine)
     saved = None
     if resume_positions is not None and len(resume_positions) == len(mine) * len(sources):
         saved = np.reshape(np.asarray(resume_positions, np.int64), (len(mine), -1)).tolist()
-    parts = [_logical_stream(
-        cfg, text_encoder, sources, weights, stream=s, streams=streams, chunk=chunk,
-        position=position, starts=starts, group=group, seed=seed,
-        filter_counters=filter_counters, image_embeddings=image_embeddings,
-        resume_positions=saved[i] if saved else None) for i, s in enumerate(mine)]
-    # A process serving several streams puts their chunks side by side, as the global
-    # batch holds them (data/order.py); one stream (L = processes) needs no joining.
-    ds = parts[0] if len(parts) == 1 else tf.data.Dataset.zip(tuple(parts)).map(
-        _side_by_side, num_parallel_calls=tf.data.AUTOTUNE)
+    points = []
+    for k, src in enumerate(sources):
+        per_stream = [positions.resume_points(p, len(sources)) for p in saved] if (
+            saved and position) else None
+        points.append(resume_points(
+            src, cfg, streams=streams, mine=mine, starts=[st[k] for st in starts],
+            saved=[p[k] for p in per_stream] if per_stream and all(per_stream) else None,
+            filters=curation(cfg, src)))
+    filters = [curation(cfg, src, filter_counters) for src in sources]
+    lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
+    per_stream, joined = _finish(cfg, text_encoder, seed, lookup)
+
+    def one_stream(i: tf.Tensor) -> tf.data.Dataset:
+        """Logical stream mine[i] in finished batches of `chunk`, from its `position`-th
+        example; its sources from their `starts`, the mixture drawing one choice per
+        `group` examples. `i` may be a tensor: traced once for every stream served."""
+        stream = tf.cast(mine.start + i, tf.int64)
+        per_source = [source_stream(
+            src, cfg, k=k, num_sources=len(sources), seed=seed, stream=stream,
+            streams=streams, start=_at([st[k] for st in starts], i),
+            first_epoch=_at(point[0], i), skip=_at(point[1], i), raw_skip=point[2],
+            filters=filters[k], keep_images=image_embeddings is None)
+            for k, (src, point) in enumerate(zip(sources, points, strict=True))]
+        if len(per_source) == 1:
+            ds = per_source[0]
+        else:
+            ds = tf.data.Dataset.choose_from_datasets(
+                per_source, mixture_choices(weights, mix_seed(stream), position, group),
+                stop_on_empty_dataset=True)
+        # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
+        ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
+        if len(mine) == 1 and joined is not None:  # one function call per batch
+            return ds.map(lambda index, batch: joined(per_stream(stream, index, batch)),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.map(lambda index, batch: per_stream(stream, index, batch),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    if len(mine) == 1:
+        ds = one_stream(tf.constant(0, tf.int64))
+    else:
+        # A process serving several streams puts their chunks side by side, as the global
+        # batch holds them (data/order.py): one chunk of each stream in turn, then joined.
+        ds = tf.data.Dataset.range(len(mine)).interleave(
+            one_stream, cycle_length=len(mine), block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(len(mine), drop_remainder=True).map(
+            lambda chunks: _side_by_side(chunks, joined), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def _side_by_side(*chunks: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    return {key: tf.concat([c[key] for c in chunks], axis=0) for key in chunks[0]}
+def _at(values: list[int], i: tf.Tensor) -> tf.Tensor:
+    return tf.gather(tf.constant(values, tf.int64), i)
 
 
-def _logical_stream(
-    cfg: ml_collections.ConfigDict, text_encoder, sources: list[Source],
-    weights: list[float], *, stream: int, streams: int, chunk: int, position: int,
-    starts: list[int], group: int, seed: int, filter_counters: FilterCounters | None,
-    image_embeddings: tuple[np.ndarray, np.ndarray] | None,
-    resume_positions: Sequence[int] | None,
-) -> tf.data.Dataset:
-    """Logical stream `stream` of `streams` in finished batches of `chunk`, from its
-    `position`-th example, its sources from their `starts` (a fixed function of the
-    config, seed and data: what process `stream` of `streams` read before logical streams
-    existed); the mixture draws one choice per `group` examples."""
-    saved = positions.resume_points(resume_positions, len(sources)) if position else None
-    per_source = [
-        source_stream(src, cfg, k=k, num_sources=len(sources), seed=seed,
-                      process_index=stream, process_count=streams, start=start,
-                      counters=filter_counters, resume=saved[k] if saved else None,
-                      keep_images=image_embeddings is None)
-        for k, (src, start) in enumerate(zip(sources, starts, strict=True))
-    ]  # fmt: skip
-    if len(per_source) == 1:
-        ds = per_source[0]
-    else:
-        choices = mixture_choices(weights, seed, position, group)
-        ds = tf.data.Dataset.choose_from_datasets(per_source, choices,
-                                                  stop_on_empty_dataset=True)
-    # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
-    ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
-    finish = _finish(cfg, text_encoder, seed, stream, image_embeddings)
-    return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+def _side_by_side(chunks: dict[str, tf.Tensor], joined) -> dict[str, tf.Tensor]:
+    """[l, chunk, ...] per key (one chunk per stream) -> [l * chunk, ...], then `joined`."""
+    batch = {key: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))
+             for key, v in chunks.items()}
+    return batch if joined is None else joined(batch)
 
 
-def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, stream: int,
-            image_embeddings: tuple[np.ndarray, np.ndarray] | None):
-    """The one step from a batch of one logical stream's examples to model inputs."""
+def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, lookup):
+    """The step from a batch of one logical stream's examples to model inputs (`lookup`:
+    uid -> image embedding, for embedding-cache runs), in two parts: (per_stream, joined).
+    per_stream(stream, index, batch) takes the stream's counters and positions; joined
+    (None: nothing left) cleans, tokenizes and scales the rows of all the streams a process
+    serves at once: per row, so the same as per stream, without a function call per
+    stream's small chunk. CLIPPO's text pairs need a stream's own key: all per stream."""
     lo, hi = (float(v) for v in cfg.value_range)
     pair_fraction = cfg.render.text_pair_fraction if cfg.render.enabled else 0.0
-    lookup = None if image_embeddings is None else _embedding_lookup(*image_embeddings)
 
-    def finish(index, batch):
+    def joined(batch):
         captions = preprocess.clean_captions(batch["caption"], cfg.lowercase)
-        text = text_encoder.tf_tokenize(captions, cfg.max_len)
-        out = {"text": text, "label": batch["label"],
-               "data_counts": tf.reduce_max(batch["counts"], axis=0),
-               positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0)}
+        out = {"text": text_encoder.tf_tokenize(captions, cfg.max_len), "label": batch["label"],
+               "data_counts": batch["data_counts"], positions.KEY: batch[positions.KEY]}
         if lookup is not None:
             return {**out, "image_embedding": lookup(batch["uid"])}
-        image = batch["image"] * ((hi - lo) / 255.0) + lo
-        if pair_fraction > 0:
-            key = tf.stack([tf.constant(seed, tf.int64) * 4099 + stream, index])
-            image = text_pairs(image, text, batch["label"], pair_fraction, key)
-        return {**out, "image": image}
+        return {**out, "image": batch["image"] * ((hi - lo) / 255.0) + lo}
 
-    return finish
+    def per_stream(stream, index, batch):
+        rows = {k: v for k, v in batch.items() if k in ("caption", "label", "uid", "image")}
+        out = {**rows, "data_counts": tf.reduce_max(batch["counts"], axis=0),
+               positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0)}
+        if pair_fraction <= 0:
+            return out
+        out = joined(out)
+        key = tf.stack([tf.constant(seed, tf.int64) * 4099 + stream, index])
+        return {**out, "image": text_pairs(out["image"], out["text"], out["label"],
+                                           pair_fraction, key)}
+
+    return per_stream, None if pair_fraction > 0 else joined
 
 
 def _embedding_lookup(uids: np.ndarray, embeddings: np.ndarray):
@@ -181,8 +216,7 @@ def counter_metrics(counts: np.ndarray) -> dict[str, int]:
 
 
 def _whole_source(source: Source, cfg: ml_collections.ConfigDict) -> tf.data.Dataset:
-    units = source.units(0, 1)
-    return source.read(units, tf.range(len(units), dtype=tf.int64), cfg.cycle_length)
+    return read_all(source, cfg.cycle_length)
 
 
 def whole_sources(data_config: ml_collections.ConfigDict) -> Iterator[tf.data.Dataset]:

@@ -52,9 +52,11 @@ def task_class_names(task: dict[str, Any], images: LabelledImages, where: str) -
 
 
 def task_prompts(task: dict[str, Any]) -> tuple[str, ...]:
-    """The task's prompt set; by default the templates shipped with its class list, or
-    CLIP's 80 ImageNet templates."""
+    """The task's prompt set (a name, or its own list of templates); by default the
+    templates shipped with its class list, or CLIP's 80 ImageNet templates."""
     name = task["prompts"]
+    if isinstance(name, (list, tuple)):  # checked by task_schema: templates with one "{}"
+        return tuple(name)
     if not name:
         classes = task["classes"]
         name = classes if isinstance(classes, str) and classes in PROMPT_SETS else "clip_80"

@@ -127,7 +127,7 @@ class Objective:
         the config's eval tasks."""
 
     def check_vocab(self, model_config: ConfigDict, text_encoder: Any) -> None:
-        """ConfigError if the text encoder's vocabulary (data/text_encoder.py) does not fit
+        """ConfigError if the text encoder's vocabulary (data/tokenizer_setup.py) does not fit
         the model; none to check without a `token_group` (e.g. rendered captions)."""
         if self.token_group is None:
             return

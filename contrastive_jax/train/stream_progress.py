@@ -52,8 +52,10 @@ def examples_read_at(meta: dict[str, Any], step: int, config: ml_collections.Con
 def logical_streams(meta: dict[str, Any], step: int,
                     config: ml_collections.ConfigDict) -> int:
     """The run's logical streams (data/order.py): the checkpoint's (`meta` at `step`), else
-    `data.logical_streams`, else this run's process count; ConfigError in one line if this
-    process count cannot serve them, or the config names others than the checkpoint."""
+    `data.logical_streams` or its default (`order.resolve`); ConfigError in one line if
+    this process count cannot serve them, or the config names others than the checkpoint.
+    A checkpoint that records no streams was written with one per process, as many as
+    resume it (the oldest kept no position)."""
     saved = meta.get("stream") or {}
     # Checkpoints written before logical streams existed: process p was stream p.
     recorded = saved.get("logical_streams") or len(saved.get("positions") or ()) or None
@@ -61,7 +63,10 @@ def logical_streams(meta: dict[str, Any], step: int,
     if step and recorded and configured and configured != recorded:
         raise ConfigError(f"checkpoint {step} orders its data in {recorded} logical streams; "
                           f"resume it with '{order.KEY}={recorded}' (or 0)")
-    streams = (recorded if step else None) or configured or jax.process_count()
+    if step and not recorded:
+        recorded = configured or jax.process_count()
+    streams = (recorded if step else None) or order.resolve(configured, read_size(config),
+                                                            jax.process_count())
     order.check_count(streams, jax.process_count())
     return streams
 

@@ -6,8 +6,9 @@ tf.data.Dataset of single decoded examples; `FilterCounters` exposes kept/droppe
 CiT, which selects batches with the model in training, is train/cit.py.
 """
 
-from contrastive_jax.data.filters.apply import apply_filters, filters_active
+from contrastive_jax.data.filters.apply import apply_filters, filter_steps, filters_active
 from contrastive_jax.data.filters.counters import FilterCounters
 from contrastive_jax.data.schema import default_filters_config
 
-__all__ = ["FilterCounters", "apply_filters", "default_filters_config", "filters_active"]
+__all__ = ["FilterCounters", "apply_filters", "default_filters_config", "filter_steps",
+           "filters_active"]

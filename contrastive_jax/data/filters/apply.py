@@ -79,6 +79,42 @@ def _cat_code(cfg) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
     return code
 
 
+def filter_steps(
+    filters_cfg: ml_collections.ConfigDict | None,
+    pool: tf.data.Dataset,
+    *,
+    counters: FilterCounters | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+) -> list[Predicate]:
+    """The enabled filters of `filters_cfg`, in `filters_cfg.order`, as predicates to
+    `ds.filter` with, prepared now: their files read and MetaCLIP's counts taken over the
+    finite `pool` as it reaches that filter (after the filters before it). Applying them
+    adds graph ops only, so a tf.data function traced once can apply them.
+
+    `counters` (optional) receives `filters/<name>/kept|dropped`. `dataset` / `data_dir`
+    name the TFDS dataset whose class names are MetaCLIP's default entries.
+    """
+    if not filters_active(filters_cfg):
+        return []
+    steps: list[Predicate] = []
+    uncounted = pool  # the pool as seen by each filter, without touching the counters
+    for name in filter_order(filters_cfg):
+        cfg = filters_cfg[name]
+        if not cfg.enabled:
+            continue
+        if name == "cat":  # counted per reason too
+            code = _cat_code(cfg)
+            uncounted = uncounted.filter(lambda ex, code=code: tf.equal(code(ex), 0))
+            steps.append(counters.counted_reasons(name, cat.REASONS, code) if counters
+                         else lambda ex, code=code: tf.equal(code(ex), 0))
+            continue
+        predicate = _predicate(name, cfg, uncounted, dataset, data_dir)
+        uncounted = uncounted.filter(predicate)
+        steps.append(counters.counted(name, predicate) if counters else predicate)
+    return steps
+
+
 def apply_filters(
     ds: tf.data.Dataset,
     filters_cfg: ml_collections.ConfigDict | None,
@@ -88,28 +124,9 @@ def apply_filters(
     data_dir: str | None = None,
     pool: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
-    """`ds` with the enabled filters applied in `filters_cfg.order`.
-
-    `counters` (optional) receives `filters/<name>/kept|dropped`. `dataset` / `data_dir`
-    name the TFDS dataset whose class names are MetaCLIP's default entries. The MetaCLIP
-    counting pass reads the pool as it reaches that filter (after the filters before it);
-    the pool is `ds` unless given (`ds` must then be finite), e.g. when `ds` is infinite.
-    """
-    if not filters_active(filters_cfg):
-        return ds
-    # The pool as seen by each filter, without touching the counters.
-    uncounted = ds if pool is None else pool
-    for name in filter_order(filters_cfg):
-        cfg = filters_cfg[name]
-        if not cfg.enabled:
-            continue
-        if name == "cat":  # counted per reason too
-            code = _cat_code(cfg)
-            uncounted = uncounted.filter(lambda ex, code=code: tf.equal(code(ex), 0))
-            ds = ds.filter(counters.counted_reasons(name, cat.REASONS, code) if counters
-                           else lambda ex, code=code: tf.equal(code(ex), 0))
-            continue
-        predicate = _predicate(name, cfg, uncounted, dataset, data_dir)
-        uncounted = uncounted.filter(predicate)
-        ds = ds.filter(counters.counted(name, predicate) if counters else predicate)
+    """`ds` with the enabled filters applied (`filter_steps`); the pool is `ds` unless
+    given (`ds` must then be finite), e.g. when `ds` is infinite."""
+    for predicate in filter_steps(filters_cfg, ds if pool is None else pool,
+                                  counters=counters, dataset=dataset, data_dir=data_dir):
+        ds = ds.filter(predicate)
     return ds
