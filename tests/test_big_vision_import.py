@@ -123,9 +123,12 @@ def test_cli_evaluates_a_big_vision_checkpoint(fake_data_dir, tmp_path, capsys):
     data.data_dir = fake_data_dir
     tokenizer = train_tokenizer(training_captions(data), str(tmp_path / "tok"), vocab_size=64)
     base = ["eval", "--model", f"big_vision:{path}"]
+    assert cli.main(base) == 2  # an import carries no tasks
+    assert "has no eval tasks: give a suite with --config" in capsys.readouterr().err
+    base += ["--config", "configs/demo_siglip.py"]
     assert cli.main(base) == 2
     assert "needs --tokenizer (the checkpoint's sentencepiece model)" in capsys.readouterr().err
-    argv = base + ["--config", "configs/demo_siglip.py", "--tokenizer", tokenizer,
+    argv = base + ["--tokenizer", tokenizer,
                    f"--config.data.data_dir={fake_data_dir}",
                    f"--config.evals.tasks={fashion_tasks()!r}"]
     assert cli.main(argv) == 0

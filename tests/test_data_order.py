@@ -118,7 +118,7 @@ def few_files(tmp_path_factory):
             (f"k{i:03d}", {"jpg": jpeg(), "txt": f"picture {i}".encode(),
                            "json": json.dumps({"label": 1000 + 48 * f + i}).encode()})
             for i in range(48)])  # fmt: skip
-    (d / "t.csv").write_text("path,caption\n" + "".join(f"x{i}.jpg,c {i}\n" for i in range(40)))
+    (d / "t.csv").write_text("image,caption\n" + "".join(f"x{i}.jpg,c {i}\n" for i in range(40)))
     return d
 
 
@@ -127,7 +127,7 @@ def test_the_default_order_is_the_same_on_every_process_count(few_files, tokeniz
     reads its records s, s + 64) mixed with three tars (each shared by 21 or 22 streams)."""
     cfg = config(few_files)
     cfg.sources = ({"kind": "tfrecord", "pattern": str(few_files / "one.tfrecord")},
-                   {"kind": "wds", "pattern": str(few_files / "w-*.tar")})
+                   {"kind": "webdataset", "pattern": str(few_files / "w-*.tar")})
     cfg.filters.basic.enabled, cfg.logical_streams = False, 0
     one = global_batches(cfg, tokenizer, 1, 2, batch=64)
     for processes in (2, 4):
@@ -141,9 +141,9 @@ def test_the_default_order_is_the_same_on_every_process_count(few_files, tokeniz
 
 def test_a_source_that_cannot_be_split_says_so(few_files, tokenizer):
     cfg = config(few_files)
-    cfg.sources = ({"kind": "folder", "path": str(few_files / "t.csv")},)
+    cfg.sources = ({"kind": "table", "path": str(few_files / "t.csv")},)
     cfg.filters.basic.enabled, cfg.logical_streams = False, 0
-    with pytest.raises(DataError, match=r"^folder .*t.csv: its table's rows \(a table is split "
+    with pytest.raises(DataError, match=r"^table .*t.csv: its table's rows \(a table is split "
                                         r"by rows, no further\) cannot feed 64 logical streams "
                                         r"\('data.logical_streams'; stream 40 would read "
                                         r"nothing\): set it to at most 40$"):
