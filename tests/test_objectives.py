@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import synthetic_batches, tiny_config
+from helpers import fashion_tasks, synthetic_batches, tiny_config
 
 from contrastive_jax.config import use_model_schema
 from contrastive_jax.config.checks import validate
@@ -138,6 +138,12 @@ def test_a_registered_toy_objective_trains_through_the_one_step_factory(monkeypa
     with pytest.raises(ConfigError, match="'train.mixup.enabled' does not apply to model 'toy'"):
         validate(config)
     config.train.mixup.enabled = False
+    # The toy defines no zero-shot hooks, so a zeroshot task is refused at config time.
+    assert not ToyObjective().has_zeroshot and objective_of("two_tower").has_zeroshot
+    config.evals.tasks = fashion_tasks()[:1]
+    with pytest.raises(ConfigError, match="model 'toy' has no zero-shot classifier"):
+        validate(config)
+    config.evals.tasks = []
     mesh = create_mesh(config.mesh, devices=jax.devices()[:2])
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings = create_train_state(config, tx, mesh)

@@ -49,6 +49,9 @@ def validate(config: ConfigDict) -> None:
     _validate_text_input(config)
     objective = objective_of(config.model.name)  # a ConfigError naming 'model.name'
     objective.check_config(config, lambda: {t["kind"] for t in tasks_of(config)})
+    if not objective.has_zeroshot and "zeroshot" in {t["kind"] for t in tasks_of(config)}:
+        raise ConfigError(f"config key 'evals.tasks' lists a zeroshot task, but model "
+                          f"'{config.model.name}' has no zero-shot classifier")
     _validate_mixup(config, objective.takes_mixup)
     if config.data.image_size != config.model.image.image_size:
         raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "

@@ -7,6 +7,7 @@ zero-shot evaluator and the exporter ask the objective and never name a model ty
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,7 +48,7 @@ class StepSettings:
     split: Callable[[jax.Array], jax.Array] = _unsharded
 
 
-class Objective:
+class Objective(abc.ABC):
     """One model type's training objective and what the rest of the package asks of it.
 
     Class attributes declare the data and the step's options it takes; methods compute its
@@ -90,11 +91,11 @@ class Objective:
         """Draws of this step shared by the batch, handed to `loss`."""
         return {}
 
+    @abc.abstractmethod
     def loss(self, model: Any, batch: Batch, step: jax.Array, draws: Mapping[str, jax.Array],
              settings: StepSettings) -> tuple[jax.Array, Aux]:
         """(scalar loss, metrics) of the bound `model` on `batch`; aux keys starting with "_"
         are statistics for `after_step`, not metrics."""
-        raise NotImplementedError
 
     def after_step(self, rest: dict[str, Any], params: dict[str, Any], stats: Aux,
                    step: jax.Array, settings: StepSettings) -> dict[str, Any] | None:
@@ -103,17 +104,25 @@ class Objective:
         return None
 
     # --- evaluation -----------------------------------------------------------------
+    @property
+    def has_zeroshot(self) -> bool:
+        """Whether this model type scores images against class prompts (overrides both
+        zero-shot hooks)."""
+        return type(self).zeroshot_logits is not Objective.zeroshot_logits
+
     def zeroshot_classifier(self, tokenizer: Any, class_names: Sequence[str],
                             prompts: Sequence[str], max_len: int,
                             embed_texts: EmbedTexts) -> np.ndarray:
         """What the images are scored against; `prompts`: every class's templates filled
-        in, class-major [C * T]."""
-        raise NotImplementedError
+        in, class-major [C * T]. A model type without one refuses zero-shot tasks."""
+        raise ConfigError(f"model type {self.kind!r} has no zero-shot classifier: remove "
+                          "its zeroshot tasks from evals.tasks")
 
     def zeroshot_logits(self, model: Any, images: jax.Array, classifier: jax.Array,
                         template_average: str) -> jax.Array:
         """[B, C] class scores of `images` against `zeroshot_classifier`'s output."""
-        raise NotImplementedError
+        raise ConfigError(f"model type {self.kind!r} has no zero-shot scores: remove its "
+                          "zeroshot tasks from evals.tasks")
 
     # --- export ---------------------------------------------------------------------
     def export_params(self, model_config: ConfigDict,
@@ -125,6 +134,7 @@ class Objective:
     def check_config(self, config: ConfigDict, eval_kinds: Callable[[], set[str]]) -> None:
         """ConfigErrors for keys this model type cannot take; `eval_kinds()`: the kinds of
         the config's eval tasks."""
+        return None
 
     def check_vocab(self, model_config: ConfigDict, text_encoder: Any) -> None:
         """ConfigError if the text encoder's vocabulary (data/tokenizer_setup.py) does not fit
