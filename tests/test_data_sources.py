@@ -297,6 +297,19 @@ def test_tfds_source_mixed_with_tfrecords(fake_data_dir, corpus, tokenizer):
     assert seen.tolist() == [len(from_tfds), 64 - len(from_tfds)]
 
 
+def test_tfds_streams_cover_the_whole_split(fake_data_dir):
+    """Logical streams of a TFDS split that they do not divide take parts differing by one
+    example at most: no example of the split is left out of every epoch."""
+    spec = parse_source({"kind": "tfds", "name": "fashion_mnist_captions",
+                         "data_dir": fake_data_dir})
+    source = create_source(spec, data_cfg(spec))
+    total = source.builder.info.splits["train"].num_examples
+    streams = 7 if total % 7 else 11  # a count that does not divide the split
+    assert total % streams
+    takes = [sum(take for _, _, take in units) for units in source.unit_lists(streams)]
+    assert sum(takes) == total and max(takes) - min(takes) == 1, takes
+
+
 def test_saved_positions_resume_a_filtered_mixture_without_counting(corpus, tokenizer,
                                                                      monkeypatch):
     cfg = data_cfg(tfrecords(corpus, weight=3.0), tfrecords(corpus, "b", weight=1.0))

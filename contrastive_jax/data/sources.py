@@ -284,7 +284,7 @@ class TfdsSource(Source):
             raise DataError(f"{self.name}: stored as {info.file_format.value}; logical "
                             f"streams read TFDS's tfrecord files only (prepare it as tfrecord)")
         out = []
-        for part in tfds.even_splits(self.split, n=streams, drop_remainder=True):
+        for part in tfds.even_splits(self.split, n=streams):  # parts differ by one at most
             try:
                 instructions = info.splits[part].file_instructions
             except (ValueError, AssertionError):  # a part without examples (or an error
