@@ -121,9 +121,51 @@ def test_budget_draw_is_a_function_of_seed_and_batch():
     assert int(drawn) in (0, 1)
 
 
-def test_two_budget_run_interrupted_and_resumed_is_exact(table, tmp_path, monkeypatch):
+def _rows(batches, key="text"):
+    return np.concatenate([b[key] for b in batches])
+
+
+def test_token_budget_batches_and_their_resume(table, tmp_path):
+    """tokens_per_batch=128 at budgets 4 and 16: 32 and 8 images (open_clip's floor rule,
+    multiples of the unit 4), the same examples in the same order as fixed batches; a
+    stream started at batch 3 (its examples read so far) continues exactly."""
+    assert naflex_stream.token_batch_sizes(BUDGETS, 128, 4) == [32, 8]
+    assert naflex_stream.token_batch_sizes(BUDGETS, 100, 4) == [24, 4]
+    with pytest.raises(ConfigError, match="holds no batch at budget 16: .* at least 64"):
+        naflex_stream.token_batch_sizes(BUDGETS, 60, 4)
+    config = naflex_config(table, data={"logical_streams": 1})
+    sizes = [32, 8]
+    token = _batches(config, tmp_path, 6, global_batch_size=8, naflex_batch_sizes=sizes)
+    schedule = naflex_stream.budget_schedule(config.data, 3, 0, 6)
+    assert [len(b["text"]) for b in token] == [sizes[BUDGETS.index(n)] for n in schedule]
+    for batch, budget in zip(token, schedule, strict=True):
+        assert batch[naflex_stream.PATCHES].shape[1] == budget
+    fixed = _batches(config, tmp_path, len(_rows(token)) // 8,
+                     global_batch_size=8)
+    np.testing.assert_array_equal(_rows(fixed), _rows(token))  # order kept, none dropped
+    read = sum(len(b["text"]) for b in token[:3])
+    resumed = _batches(config, tmp_path, 3, global_batch_size=8, naflex_batch_sizes=sizes,
+                       start_example=read, start_step=3)
+    for a, b in zip(resumed, token[3:], strict=True):
+        for key in (*naflex_stream.KEYS, "text"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_fixed_batches_resume_at_their_step(table, tmp_path):
+    config = naflex_config(table, data={"logical_streams": 2})
+    whole = _batches(config, tmp_path, 5, global_batch_size=8)
+    resumed = _batches(config, tmp_path, 2, global_batch_size=8, start_example=24)
+    for a, b in zip(resumed, whole[3:], strict=True):
+        for key in (*naflex_stream.KEYS, "text"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_two_budget_token_run_interrupted_and_resumed_is_exact(table, tmp_path, monkeypatch):
+    """The loop with token-budget batching (its batch sizes vary with the budget): cut by
+    SIGTERM at step 2 and resumed, bit-exact with the unbroken run."""
     config = naflex_config(table, train={"steps": 4, "checkpoint_every": 2},
                            data={"logical_streams": 2})
+    config.data.naflex.tokens_per_batch = 128  # 8 batch shards: 32 images at 4, 8 at 16
     config.seed = 7  # budgets 16, 4 | 4, 16: both before and after the cut at step 2
     schedule = naflex_stream.budget_schedule(config.data, config.seed, 0, 4)
     assert list(schedule) == [16, 4, 4, 16]
@@ -139,4 +181,6 @@ def test_two_budget_run_interrupted_and_resumed_is_exact(table, tmp_path, monkey
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(full, "metrics.jsonl"), encoding="utf-8") as f:
         rows = [r for r in map(json.loads, f) if "train/loss" in r]
-    assert len(rows) == 4 and all(r["data/enlarged_smaller_than_patch"] > 0 for r in rows)
+    assert [r["train/batch_size"] for r in rows] == [8, 32, 32, 8]
+    assert [r["data/seen"] for r in rows] == [8, 40, 72, 80]
+    assert rows[-1]["data/enlarged_smaller_than_patch"] > 0  # the 3 x 5 images, counted

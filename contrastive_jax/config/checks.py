@@ -186,6 +186,8 @@ def _validate_naflex(config: ConfigDict, takes_patches: bool) -> None:
         "train.cit.enabled": train.cit.enabled,  # CiT selects by square-image embeddings
         "train.embedding_cache.enabled": train.embedding_cache.enabled,  # cached squares
         "train.mixup.enabled": train.mixup.enabled,  # mixes pixels of equal-size images
+        # One source per batch of a fixed size; token-budget batches vary in size.
+        "data.debiased_sampling": bool(tokens) and config.data.debiased_sampling,
     }
     for key, conflict in conflicts.items():
         if conflict:

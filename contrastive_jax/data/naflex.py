@@ -119,12 +119,15 @@ def pil_bilinear_resize(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.uint8)
 
 
-def naflex_patches(image: tf.Tensor, patch: int, budget: int,
+def naflex_patches(image: tf.Tensor, patch: int, budget: int | tf.Tensor,
                    value_range: Sequence[float] = (-1.0, 1.0)) -> dict[str, tf.Tensor]:
     """uint8 [H, W, C] image -> {"patches": float32 [budget, patch*patch*C],
     "mask": int32 [budget] (1 for the image's patches), "shape": int32 [2] its grid}.
-    An image smaller than one patch is enlarged to one patch."""
-    check_budget(budget)
+    An image smaller than one patch is enlarged to one patch. `budget` may be a scalar
+    int tensor (checked by the caller; the patches' length is then not static)."""
+    static = not isinstance(budget, tf.Tensor)
+    if static:
+        check_budget(budget)
     lo, hi = (float(v) for v in value_range)
     if not hi > lo:
         raise ConfigError(f"value range {value_range!r} must have lo < hi")
@@ -145,6 +148,6 @@ def naflex_patches(image: tf.Tensor, patch: int, budget: int,
     x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4]), [-1, patch * patch * channels])
     n = grid[0] * grid[1]
     patches = tf.pad(x, [[0, budget - n], [0, 0]])
-    patches.set_shape([budget, patch * patch * channels])
+    patches.set_shape([budget if static else None, patch * patch * channels])
     mask = tf.cast(tf.range(budget) < n, tf.int32)
     return {"patches": patches, "mask": mask, "shape": grid}
