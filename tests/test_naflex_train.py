@@ -184,3 +184,39 @@ def test_two_budget_token_run_interrupted_and_resumed_is_exact(table, tmp_path, 
     assert [r["train/batch_size"] for r in rows] == [8, 32, 32, 8]
     assert [r["data/seen"] for r in rows] == [8, 40, 72, 80]
     assert rows[-1]["data/enlarged_smaller_than_patch"] > 0  # the 3 x 5 images, counted
+
+
+def test_grad_cache_on_a_patch_batch_is_the_full_batch_gradient():
+    """GradCache (train.microbatches) splits a NaFlexImages batch (patches, mask, grids)
+    like any image batch: the full-batch value and gradient, on 4 devices."""
+    from test_grad_cache import _assert_close, _full_value_and_grad
+
+    from contrastive_jax.losses import loss_from_config
+    from contrastive_jax.models.naflex import NaFlexImages
+    from contrastive_jax.models.state import ModelDef
+    from contrastive_jax.parallel.mesh import create_mesh, to_global
+    from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
+
+    config = tiny_config(model={"image": {"naflex": True, "pool": "map"}},
+                         loss={"name": "sigmoid_chunked"})
+    mesh = create_mesh(config.mesh, devices=jax.devices()[:4])
+    model_def, loss_fn = ModelDef(config.model), loss_from_config(config, mesh)
+    params, rest = ModelDef.init(config.model, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    grids = rng.integers(1, 5, size=(16, 2)).astype(np.int32)
+    local = {"patches": rng.uniform(-1, 1, (16, 16, PATCH * PATCH)).astype(np.float32),
+             "mask": (np.arange(16)[None] < grids.prod(1)[:, None]).astype(np.int32),
+             "shapes": grids, "text": rng.integers(3, 64, (16, 8)).astype(np.int32)}
+    batch = to_global(local, mesh)
+    image = NaFlexImages(batch["patches"], batch["mask"], batch["shapes"])
+
+    @jax.jit
+    def both(params, image, text):
+        return (_full_value_and_grad(model_def, loss_fn, params, rest, image, text, None),
+                grad_cache_value_and_grad(model_def, loss_fn, params, rest, image, text, None,
+                                          2, mesh))
+
+    ((loss_full, _), g_full), ((loss_gc, _), g_gc) = jax.device_get(
+        both(params, image, batch["text"]))
+    np.testing.assert_allclose(loss_gc, loss_full, rtol=1e-6)
+    _assert_close(g_gc, g_full)
