@@ -220,3 +220,19 @@ def test_grad_cache_on_a_patch_batch_is_the_full_batch_gradient():
         both(params, image, batch["text"]))
     np.testing.assert_allclose(loss_gc, loss_full, rtol=1e-6)
     _assert_close(g_gc, g_full)
+
+
+def test_bench_step_times_one_row_per_budget_at_its_token_batch_size():
+    """`bench step` with `data.naflex.budgets`: one config per budget, each a patch batch of
+    that budget; with tokens_per_batch, each at the loop's batch size (8 batch shards)."""
+    from contrastive_jax.bench.train_step import per_budget, synthetic_batch
+
+    config = tiny_config(model={"image": {"naflex": True, "pool": "map"}},
+                         data={"naflex": {"budgets": (4, 16), "tokens_per_batch": 256}})
+    ones = per_budget(config)
+    assert [(tuple(c.data.naflex.budgets), c.train.batch_size) for c in ones] == [
+        ((4,), 64), ((16,), 16)]
+    batch = synthetic_batch(ones[1], 16)
+    assert batch[naflex_stream.PATCHES].shape == (16, 16, PATCH * PATCH)
+    np.testing.assert_array_equal(batch[naflex_stream.SHAPE], [[4, 4]] * 16)
+    assert batch[naflex_stream.MASK].sum() == 16 * 16 and "image" not in batch

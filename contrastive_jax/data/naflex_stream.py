@@ -29,7 +29,7 @@ from contrastive_jax.data.schema import NAFLEX_ENLARGED as ENLARGED
 from contrastive_jax.data.schema import NAFLEX_MASK as MASK
 from contrastive_jax.data.schema import NAFLEX_PATCHES as PATCHES
 from contrastive_jax.data.schema import NAFLEX_SHAPE as SHAPE
-from contrastive_jax.errors import ConfigError
+from contrastive_jax.data.schema import token_batch_sizes
 
 KEYS = (PATCHES, MASK, SHAPE, ENLARGED)
 _DRAW_STREAM = 7_340_033  # keeps the budget draws apart from the run's other seeded draws
@@ -90,23 +90,6 @@ def patchify_example(example: dict[str, tf.Tensor], index: tf.Tensor, budgets: S
     rest = {k: v for k, v in example.items() if k != "image"}
     return {**rest, PATCHES: out["patches"], MASK: out["mask"], SHAPE: out["shape"],
             ENLARGED: tf.cast(small, tf.int32)}
-
-
-def token_batch_sizes(budgets: Sequence[int], tokens_per_batch: int, unit: int) -> list[int]:
-    """Global images per batch at each budget with token-budget batching: open_clip's rule
-    (`NaFlexBatchScheduler`, by timm's `calculate_naflex_batch_size` with rounding "floor"),
-    tokens_per_batch / budget rounded down to a multiple of `unit` (what the logical
-    streams, the mesh's batch shards and GradCache's micro-batches all divide). A budget
-    that leaves no whole unit is a ConfigError (open_clip would take one image)."""
-    sizes = [tokens_per_batch // budget // unit * unit for budget in budgets]
-    for budget, size in zip(budgets, sizes, strict=True):
-        if not size:
-            raise ConfigError(f"config key 'data.naflex.tokens_per_batch' "
-                              f"({tokens_per_batch}) holds no batch at budget {budget}: "
-                              f"batch sizes are multiples of {unit} (the logical streams, "
-                              f"batch shards and micro-batches), so it needs at least "
-                              f"{budget * unit}")
-    return sizes
 
 
 def run_batch_sizes(data_config: ml_collections.ConfigDict, streams: int,
