@@ -86,6 +86,8 @@ def _batches(config, tmp_path, n, **kwargs):
 
 
 def test_stream_keeps_each_aspect_with_one_budget_per_batch_on_every_process(table, tmp_path):
+    """Batches of images at their own aspect, the budget drawn for each; a resume at batch
+    3 and two processes' halves give the same batches."""
     config = naflex_config(table)
     batches = _batches(config, tmp_path, 6, global_batch_size=16)
     schedule = naflex_stream.budget_schedule(config.data, 3, 0, 6)
@@ -103,6 +105,11 @@ def test_stream_keeps_each_aspect_with_one_budget_per_batch_on_every_process(tab
     for batch in batches:
         np.testing.assert_array_equal(batch[naflex_stream.ENLARGED], batch["label"] == 4)
     assert sum(int(b[naflex_stream.ENLARGED].sum()) for b in batches) > 0
+    # A stream resumed at batch 3 (48 examples read) serves batches 3, 4, 5 exactly.
+    resumed = _batches(config, tmp_path, 3, global_batch_size=16, start_example=48)
+    for a, b in zip(resumed, batches[3:], strict=True):
+        for key in (*naflex_stream.KEYS, "text"):
+            np.testing.assert_array_equal(a[key], b[key])
     # Two processes, built independently, serve the halves of the same global batches.
     halves = [_batches(config, tmp_path, 6, global_batch_size=16, process_index=p,
                        process_count=2) for p in range(2)]
@@ -147,15 +154,6 @@ def test_token_budget_batches_and_their_resume(table, tmp_path):
     resumed = _batches(config, tmp_path, 3, global_batch_size=8, naflex_batch_sizes=sizes,
                        start_example=read, start_step=3)
     for a, b in zip(resumed, token[3:], strict=True):
-        for key in (*naflex_stream.KEYS, "text"):
-            np.testing.assert_array_equal(a[key], b[key])
-
-
-def test_fixed_batches_resume_at_their_step(table, tmp_path):
-    config = naflex_config(table, data={"logical_streams": 2})
-    whole = _batches(config, tmp_path, 5, global_batch_size=8)
-    resumed = _batches(config, tmp_path, 2, global_batch_size=8, start_example=24)
-    for a, b in zip(resumed, whole[3:], strict=True):
         for key in (*naflex_stream.KEYS, "text"):
             np.testing.assert_array_equal(a[key], b[key])
 

@@ -169,7 +169,7 @@ def _validate_naflex(config: ConfigDict, takes_patches: bool) -> None:
     if not image.get("naflex", False):
         raise ConfigError("config key 'data.naflex.budgets' needs 'model.image.naflex=True' "
                           "(a NaFlex image tower reads patch sequences)")
-    from contrastive_jax.data.naflex import check_budget
+    from contrastive_jax.data.schema import check_budget
 
     patch = image.patch_size if isinstance(image.patch_size, int) else image.patch_size[0]
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]

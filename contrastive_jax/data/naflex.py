@@ -23,25 +23,11 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+# The budget check needs no TensorFlow (config checks run without it): it lives in schema.
+from contrastive_jax.data.schema import MAX_BUDGET_PER_POSITION, check_budget  # noqa: F401
 from contrastive_jax.errors import ConfigError
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
-
-
-# The most patches a budget may hold per position of the model's table: 16 = a resize to
-# 4x the table's side, past which the bilinear table is stretched beyond use.
-MAX_BUDGET_PER_POSITION = 16
-
-
-def check_budget(budget: int, key: str = "max_num_patches", grid: int | None = None) -> int:
-    """A budget of patches must be a positive int (one patch at least) and, given the
-    model's g x g position table, at most 16 g^2 patches."""
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigError(f"{key} must be a positive number of patches, got {budget!r}")
-    if grid is not None and budget > MAX_BUDGET_PER_POSITION * grid * grid:
-        raise ConfigError(f"{key}={budget} is more than {MAX_BUDGET_PER_POSITION}x the "
-                          f"model's {grid}x{grid} position table ({grid * grid} patches)")
-    return budget
 
 
 def target_size(height: tf.Tensor, width: tf.Tensor, patch: int | tf.Tensor,

@@ -21,6 +21,22 @@ NAFLEX_PATCHES, NAFLEX_MASK, NAFLEX_SHAPE = "image_patches", "image_mask", "imag
 NAFLEX_ENLARGED = "naflex_enlarged"
 
 
+# The most patches a budget may hold per position of the model's table: 16 = a resize to
+# 4x the table's side, past which the bilinear table is stretched beyond use.
+MAX_BUDGET_PER_POSITION = 16
+
+
+def check_budget(budget: int, key: str = "max_num_patches", grid: int | None = None) -> int:
+    """A budget of patches must be a positive int (one patch at least) and, given the
+    model's g x g position table, at most 16 g^2 patches."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"{key} must be a positive number of patches, got {budget!r}")
+    if grid is not None and budget > MAX_BUDGET_PER_POSITION * grid * grid:
+        raise ConfigError(f"{key}={budget} is more than {MAX_BUDGET_PER_POSITION}x the "
+                          f"model's {grid}x{grid} position table ({grid * grid} patches)")
+    return budget
+
+
 def token_batch_sizes(budgets: Sequence[int], tokens_per_batch: int, unit: int) -> list[int]:
     """Global images per batch at each budget with token-budget batching: open_clip's rule
     (`NaFlexBatchScheduler`, by timm's `calculate_naflex_batch_size` with rounding "floor"),
