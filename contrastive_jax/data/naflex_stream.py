@@ -6,8 +6,13 @@ Global batch n uses budget `budgets[draw(seed, n)]`, a stateless draw of (seed, 
 make up global batch n, data/order.py), so a global batch has one shape and the step
 compiles once per budget. The draw is a function of the batch number only: which examples
 a stream serves does not depend on it, and a resume at batch n draws as the unbroken run.
-(Batch n is examples read / examples per step: the step, unless a resume changed
-`train.batch_size`.)
+The loop numbers batches by its step (`train_dataset`'s start_step), so batch n is step n
+even after a resume that changed `train.batch_size`.
+
+Token-budget batching (`data.naflex.tokens_per_batch`, open_clip's rule,
+schema.token_batch_sizes) gives each budget its own batch size: a logical stream then counts
+the examples of each batch as they come (`patchified`), and a resume at step n continues
+from the examples read so far, whatever the sizes were.
 
 The batch carries PATCHES [b, N, p*p*C] float32 (already in `data.value_range`), MASK
 [b, N] int32 and SHAPE [b, 2] int32 (each image's patch grid); ENLARGED [b] int32 flags an
