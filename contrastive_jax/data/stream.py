@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.data import order, positions, preprocess, records
+from contrastive_jax.data import naflex_stream, order, positions, preprocess, records
 from contrastive_jax.data.examples import (
     NUM_COUNTERS,
     curation,
@@ -58,6 +58,8 @@ def train_dataset(
     filter_counters: FilterCounters | None = None,
     image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     resume_positions: Sequence[int] | None = None, logical_streams: int | None = None,
+    naflex_patch: int = 0, naflex_batch_sizes: Sequence[int] | None = None,
+    start_step: int | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text", "label" i32 [b],
     "data_counts" int64 [l*S, K], "stream_position" int64 [l*S]}, b = global_batch_size //
@@ -75,8 +77,18 @@ def train_dataset(
     stream's order and positions are the same as with images. `resume_positions`, the
     latest "stream_position" of the run being resumed for this process's streams
     (data/positions.py), spares the resume the counting of an epoch.
+    With `data.naflex.budgets` (data/naflex_stream.py), images come at their own size,
+    cut into patches of `naflex_patch` (the model's patch size): "image" gives way to
+    naflex_stream.KEYS, one budget of patches per global batch, global batch n (n from
+    `start_step`, default start_example // global_batch_size) at the budget drawn for n.
+    `naflex_batch_sizes`: token-budget batching's global batch size per budget
+    (naflex_stream.token_batch_sizes), each split over the logical streams; None:
+    `global_batch_size` at every budget.
     """
     cfg = data_config
+    naflex = naflex_stream.enabled(cfg)
+    if naflex and naflex_patch < 1:
+        raise ValueError("a NaFlex stream needs the model's patch size (naflex_patch)")
     streams = logical_streams or order.resolve(cfg.get("logical_streams", 0),
                                                global_batch_size, process_count)
     mine = order.process_streams(streams, process_index, process_count)
@@ -84,6 +96,12 @@ def train_dataset(
     order.check_batch(streams, start_example, "a resume at the examples read so far")
     sources, weights = train_sources(cfg)
     chunk, position = global_batch_size // streams, start_example // streams
+    first_step = start_example // global_batch_size if start_step is None else start_step
+    if naflex:  # examples per logical stream in a batch, per budget
+        sizes = naflex_batch_sizes or [global_batch_size] * len(cfg.naflex.budgets)
+        for size in sizes:
+            order.check_batch(streams, size, "a global batch")
+        chunks = [size // streams for size in sizes]
     # ZeroVL's debiased sampling: one source per batch (data/mixture.py). Every stream
     # then draws the same choices; otherwise each its own (stream 0: the run's seed).
     group = chunk if cfg.debiased_sampling else 1
@@ -126,8 +144,11 @@ def train_dataset(
             ds = tf.data.Dataset.choose_from_datasets(
                 per_source, mixture_choices(weights, mix_seed(stream), position, group),
                 stop_on_empty_dataset=True)
-        # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
-        ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
+        if naflex:  # batch n's budget: a draw of (seed, n)
+            ds = naflex_stream.patchified(ds, cfg, seed=seed, chunks=chunks, patch=naflex_patch,
+                                          start_step=first_step)
+        else:  # numbered by their place in the stream: the text-pair choice is keyed by it
+            ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
         if len(mine) == 1 and joined is not None:  # one function call per batch
             return ds.map(lambda index, batch: joined(per_stream(stream, index, batch)),
                           num_parallel_calls=tf.data.AUTOTUNE)
@@ -174,10 +195,13 @@ def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, lookup):
                "data_counts": batch["data_counts"], positions.KEY: batch[positions.KEY]}
         if lookup is not None:
             return {**out, "image_embedding": lookup(batch["uid"])}
+        if naflex_stream.PATCHES in batch:  # scaled to value_range by naflex_patches
+            return {**out, **{k: batch[k] for k in naflex_stream.KEYS}}
         return {**out, "image": batch["image"] * ((hi - lo) / 255.0) + lo}
 
     def per_stream(stream, index, batch):
-        rows = {k: v for k, v in batch.items() if k in ("caption", "label", "uid", "image")}
+        rows = {k: v for k, v in batch.items()
+                if k in ("caption", "label", "uid", "image", *naflex_stream.KEYS)}
         out = {**rows, "data_counts": tf.reduce_max(batch["counts"], axis=0),
                positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0)}
         if pair_fraction <= 0:
