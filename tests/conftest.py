@@ -120,8 +120,8 @@ def pytest_sessionfinish(session) -> None:
 # loadfile hands out files in collection order, so a heavy file collected last would run
 # alone at the end while the other worker idles. Longest first keeps both busy.
 HEAVIEST_FIRST = (
-    "test_demo_chain.py", "test_plan.py", "test_preemption.py", "test_elastic_resume.py",
-    "test_hf_parity.py", "test_zerovl.py", "test_data_order.py", "test_cit_and_offline.py",
+    "test_hf_parity.py", "test_plan.py", "test_preemption.py", "test_elastic_resume.py",
+    "test_data_order.py", "test_zerovl.py", "test_demo_chain.py", "test_cit_and_offline.py",
     "test_lit_init_cache.py", "test_resume.py", "test_one_tower.py", "test_scan_layers.py",
     "test_gcs_run.py", "test_nonfinite.py", "test_checkpoint_integrity.py", "test_siglip2.py",
     "test_resume_read_size.py", "test_train_step.py", "test_data_sources.py", "test_export.py",
@@ -130,7 +130,7 @@ HEAVIEST_FIRST = (
     "test_sharding.py", "test_launchers.py", "test_loss_family.py", "test_cappa.py",
     "test_catlip.py", "test_models.py", "test_naflex_hf.py", "test_naflex.py",
     "test_fuzz_inputs.py", "test_gcs_read_errors.py", "test_memory.py", "test_losses.py",
-    "test_lit_lock.py", "test_data_pipeline.py", "test_cli.py",
+    "test_lit_lock.py", "test_data_pipeline.py", "test_gcs_tfds.py", "test_cli.py",
 )
 
 

@@ -42,7 +42,8 @@ def config(shards, **overrides):
     cfg = schema.default_data_config()
     cfg.sources = ({"kind": "tfrecord", "pattern": str(shards / "a-*.tfrecord"), "weight": 3},
                    {"kind": "tfrecord", "pattern": str(shards / "b-*.tfrecord")})
-    cfg.image_size, cfg.max_len, cfg.shuffle_buffer, cfg.cycle_length = 8, 8, 3, 2
+    # The run's shuffle buffer, shared out: 3 records in each of the 4 streams' buffers.
+    cfg.image_size, cfg.max_len, cfg.shuffle_buffer, cfg.cycle_length = 8, 8, 3 * STREAMS, 2
     cfg.filters.basic.update(enabled=True, max_words=7)  # drops i % 3 == 2 of source a
     # Augmentations keyed by (stream, position), not by process (the other image ops take
     # the flip's key).
@@ -72,12 +73,18 @@ def assert_same(a, b, keys=KEYS):
             np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
+@pytest.fixture(scope="module")
+def one_process(shards, tokenizer):
+    """6 global batches of `config(shards)` read by one process, uninterrupted."""
+    return global_batches(config(shards), tokenizer, 1, 6)
+
+
 def test_batches_are_the_same_on_every_process_count_and_resume_on_another(shards,
-                                                                          tokenizer):
+                                                                          tokenizer,
+                                                                          one_process):
     """One process uninterrupted; then 2 processes from the start, resumed on 4 and on 1
     from the positions the run saved: the same global batches."""
-    cfg = config(shards)
-    full = global_batches(cfg, tokenizer, 1, 6)
+    cfg, full = config(shards), one_process
     at = 0
     for stop, processes, saved in ((2, 2, False), (4, 4, True), (6, 1, True)):
         kw = {"start_example": BATCH * at}
@@ -154,6 +161,20 @@ def test_a_source_that_cannot_be_split_says_so(few_files, tokenizer):
     with pytest.raises(DataError, match=r"^tfrecord .*: no usable example for logical stream "
                                         r"0 of 8 \(its units are missing or bad"):
         stream.train_dataset(cfg, tokenizer, global_batch_size=8)
+
+
+def test_the_shuffle_buffer_is_shared_out_over_the_streams(shards, tokenizer, one_process):
+    """`data.shuffle_buffer` is the run's, whatever the process count: each of L streams
+    shuffles through ceil(buffer / L) records, so one process of P holds about buffer / P
+    (not L buffers); the order is the same on every process count (the test above)."""
+    assert order.stream_shuffle_buffer(10_000, 64) == 157  # 64 x 157: one host, ~10,000
+    assert order.stream_shuffle_buffer(10, 4) == 3 and order.stream_shuffle_buffer(3, 64) == 1
+    # A buffer with the same share per stream (10 and 12: 3 each) reads the same batches;
+    # another share (1 each: no shuffle) does not.
+    full = one_process[:2]
+    assert_same(global_batches(config(shards, shuffle_buffer=10), tokenizer, 1, 2), full)
+    other = global_batches(config(shards, shuffle_buffer=STREAMS), tokenizer, 1, 2)
+    assert any((a["label"] != b["label"]).any() for a, b in zip(other, full, strict=True))
 
 
 def test_counts_that_cannot_continue_are_refused_in_one_line(shards, tokenizer, monkeypatch):

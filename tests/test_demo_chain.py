@@ -11,10 +11,12 @@ import ast
 import json
 import os
 import re
+import shutil
 
 import pytest
 
 from contrastive_jax.config import load_config
+from contrastive_jax.data.tokenizer_setup import ensure_tokenizer
 from contrastive_jax.export import export_checkpoint
 from contrastive_jax.train import loop
 
@@ -22,10 +24,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INIT_RUN = re.compile(r"--config configs/(\w+)\.py:init=(\S+)")
 TRAIN_RUN = re.compile(r"--config configs/(\w+)\.py(?::\S*)? --workdir (\S+)")
 # Tiny in size only: layers, vocabulary, batch and steps. Pools, heads, positions, patches
-# and the text tower's pooling stay the demo's.
+# and the text tower's pooling stay the demo's. One logical stream: these runs prove the
+# architectures' chaining, not the data order (test_data_order.py), and 16 streams cost
+# each run their start-up checks.
 TINY = ("model.image.depth=1", "model.text.depth=1",
         "model.text.vocab_size=64", "data.tokenizer.vocab_size=64",
-        "train.batch_size=16", "train.log_every=1",
+        "train.batch_size=16", "train.log_every=1", "data.logical_streams=1",
         "data.shuffle_buffer=64", "evals.tasks=[]")
 
 
@@ -67,7 +71,27 @@ def _train_steps(workdir: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def trained(fake_data_dir, tmp_path_factory):
+def train(fake_data_dir, tmp_path_factory):
+    """loop.train, with the workdir's tokenizer trained once per module: every run here
+    would train the same one (the same captions and vocabulary size), and a workdir's
+    tokenizer.model is what a run reuses, as a resumed run does."""
+    trained = {}
+
+    def run(config, workdir: str) -> None:
+        key = (config.data.tokenizer.vocab_size, str(config.data.lowercase))
+        if key not in trained:
+            trained[key] = str(tmp_path_factory.mktemp("tokenizer"))
+            ensure_tokenizer(config.data, trained[key])
+        os.makedirs(workdir, exist_ok=True)
+        shutil.copyfile(os.path.join(trained[key], "tokenizer.model"),
+                        os.path.join(workdir, "tokenizer.model"))
+        loop.train(config, workdir)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(train, fake_data_dir, tmp_path_factory):
     """A demo config (made tiny, plus overrides) trained 1 step, once per module."""
     runs = {}
 
@@ -75,7 +99,7 @@ def trained(fake_data_dir, tmp_path_factory):
         key = (spec, overrides)
         if key not in runs:
             runs[key] = str(tmp_path_factory.mktemp(spec.removesuffix(".py")))
-            loop.train(_config(f"{spec}:steps=1", fake_data_dir, *overrides), runs[key])
+            train(_config(f"{spec}:steps=1", fake_data_dir, *overrides), runs[key])
         return runs[key]
 
     return run
@@ -83,13 +107,13 @@ def trained(fake_data_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("source,demo", chains())
 @pytest.mark.parametrize("origin", ["workdir", "hf"])
-def test_a_chained_demo_trains_from_its_source(source, demo, origin, trained, fake_data_dir,
-                                               tmp_path):
+def test_a_chained_demo_trains_from_its_source(source, demo, origin, train, trained,
+                                               fake_data_dir, tmp_path):
     init = trained(f"{source}.py")
     if origin == "hf":
         init = "hf:" + export_checkpoint(init, "hf", str(tmp_path / "hf"))
     workdir = str(tmp_path / demo)
-    loop.train(_config(f"{demo}.py:init={init},steps=1", fake_data_dir), workdir)
+    train(_config(f"{demo}.py:init={init},steps=1", fake_data_dir), workdir)
     assert _train_steps(workdir) == [1]
 
 
@@ -108,13 +132,14 @@ LIT = ("train.locked.image=True", "train.init_from.tower=image",
 
 @pytest.mark.parametrize("name,origin", [(name, origin) for name, (_, _, origins)
                                          in ARCHITECTURES.items() for origin in origins])
-def test_lit_from_each_demo_architecture(name, origin, trained, fake_data_dir, tmp_path):
+def test_lit_from_each_demo_architecture(name, origin, train, trained, fake_data_dir,
+                                        tmp_path):
     spec, overrides, _ = ARCHITECTURES[name]
     init = trained(spec, *overrides)
     if origin != "workdir":
         init = f"{origin}:" + export_checkpoint(init, origin, str(tmp_path / origin))
     workdir = str(tmp_path / "lit")
-    loop.train(_config(f"{spec}:steps=1", fake_data_dir, *overrides, *LIT,
+    train(_config(f"{spec}:steps=1", fake_data_dir, *overrides, *LIT,
                        f"train.init_from.path={init}"), workdir)
     assert _train_steps(workdir) == [1]
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
@@ -122,7 +147,7 @@ def test_lit_from_each_demo_architecture(name, origin, trained, fake_data_dir, t
     assert locked["image"] and not locked["text"]
 
 
-def test_an_explicit_pattern_matching_nothing_is_still_refused(trained, fake_data_dir,
+def test_an_explicit_pattern_matching_nothing_is_still_refused(train, trained, fake_data_dir,
                                                               tmp_path):
     """The head the image shorthand implies is optional; a pattern the user wrote is not."""
     from contrastive_jax.errors import ConfigError
@@ -132,4 +157,4 @@ def test_an_explicit_pattern_matching_nothing_is_still_refused(trained, fake_dat
                      'train.locked.patterns=["^img_head/"]')
     with pytest.raises(ConfigError, match=r"^config key 'train.locked.patterns': pattern "
                                           r"'\^img_head/' matches no parameter"):
-        loop.train(config, str(tmp_path / "w"))
+        train(config, str(tmp_path / "w"))

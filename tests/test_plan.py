@@ -4,8 +4,6 @@ memory against a hand count, each sharded loss, the one-line refusal, the collec
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -106,20 +104,25 @@ def test_each_sharded_loss_compiles_for_tpu_meshes(variant):
         assert found["collective-permute"]["bytes"] >= hops * local * dim * 4
 
 
-def test_a_far_too_large_batch_is_refused_in_one_line(tmp_path):
+def test_a_far_too_large_batch_is_refused_in_one_line(tmp_path, capfd, monkeypatch):
+    """The CLI's own entry point, in this process (libtpu is loaded already: a process of
+    its own would load it again); capfd holds everything written to the file descriptors,
+    C++ logging included."""
+    from contrastive_jax.cli import main
+
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # plan may append to it
     config = tmp_path / "tiny.py"
     config.write_text(f"import sys\nsys.path.insert(0, {TESTS!r})\n"
                       "from helpers import tiny_config\n\n\n"
                       "def get_config():\n    return tiny_config()\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "contrastive_jax.cli", "plan", "--config", str(config),
-         "--topology", "v5e:2x2", "--batch", str(2**22), "--no-suggest"],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: does not fit"), result.stderr
+    returncode = main(["plan", "--config", str(config), "--topology", "v5e:2x2",
+                       "--batch", str(2**22), "--no-suggest"])
+    out, err = capfd.readouterr()
+    assert returncode == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: does not fit"), err
     assert "TPU v5e" in lines[0] and "GiB" in lines[0]
-    row = json.loads(result.stdout.strip().splitlines()[-1])
+    row = json.loads(out.strip().splitlines()[-1])
     assert row["fits"] is False and row["needed_bytes"] > row["hbm_bytes"]
 
 

@@ -78,15 +78,14 @@ def _leaf_hash(x: jax.Array) -> jax.Array:
     return jnp.sum(mixed, axis=tuple(range(bits.ndim)), dtype=jnp.uint32)
 
 
-def _hashes(leaves: list[jax.Array]) -> jax.Array:
-    return jnp.stack([_leaf_hash(x) for x in leaves]) if leaves else jnp.zeros((0, 2),
-                                                                                 jnp.uint32)
-
-
 @functools.lru_cache(maxsize=16)
 def _jitted(out_sharding: NamedSharding | None):
+    # One program per leaf signature (shape, dtype, sharding), not one per tree: jax's
+    # caches (in memory, and the persistent compilation cache across processes) then serve
+    # every model whose leaves share shapes, where a program over a whole tree was traced
+    # and compiled anew for each new model (seconds on a CPU, at its first save).
     # Replicated out: every process of a multi-process run can read the result.
-    return jax.jit(_hashes, out_shardings=out_sharding)
+    return jax.jit(_leaf_hash, out_shardings=out_sharding)
 
 
 def _replicated_like(leaves: list[Any]) -> NamedSharding | None:
@@ -108,7 +107,11 @@ def fingerprints(tree: Any, prefix: str = "") -> dict[str, str]:
     with_paths = jax.tree_util.tree_leaves_with_path(tree)
     names = [prefix + leaf_name(path) for path, _ in with_paths]
     leaves = [leaf for _, leaf in with_paths]
-    words = np.asarray(_jitted(_replicated_like(leaves))(leaves))
+    hash_leaf = _jitted(_replicated_like(leaves))
+    # Dispatched leaf after leaf (asynchronously), fetched together; every process hashes
+    # the leaves in the same order, as the collectives of sharded ones need.
+    words = np.asarray(jax.device_get([hash_leaf(leaf) for leaf in leaves]),
+                       np.uint32).reshape(-1, 2)
     return {name: f"{int(a):08x}{int(b):08x}:{spec(leaf)}"
             for name, leaf, (a, b) in zip(names, leaves, words, strict=True)}
 

@@ -4,11 +4,11 @@ resume.
 Per source and logical stream, the stream is a fixed function of (config, seed, stream):
 epoch e reads the stream's units (data/units.py: files[s::L], parts of files, table rows,
 a TFDS split's even part) in an order shuffled with a seed from (seed, source, e),
-`cycle_length` files interleaved in parallel (deterministically), through a shuffle buffer
-seeded from (seed, source, e). Records then pass the caption check and a guarded decode;
-bad ones are counted per reason and dropped; then `data.filters` run. Nothing here depends
-on the batch size. The stream index may be a tensor: one traced function builds any
-stream (data/stream.py).
+`cycle_length` files interleaved in parallel (deterministically), through the stream's
+share of `data.shuffle_buffer` (ceil(buffer / L), data/order.py) seeded from (seed, source,
+e). Records then pass the caption check and a guarded decode; bad ones are counted per
+reason and dropped; then `data.filters` run. Nothing here depends on the batch size. The
+stream index may be a tensor: one traced function builds any stream (data/stream.py).
 
 Resume: a stream that has served p examples of a source starts at the position saved in
 the checkpoint (data/positions.py: epoch e and r raw records of it read, skipped without
@@ -28,6 +28,7 @@ import tensorflow as tf
 from contrastive_jax.data import augment, positions, records
 from contrastive_jax.data.filters import FilterCounters, filter_steps, filters_active
 from contrastive_jax.data.filters.counters import Predicate
+from contrastive_jax.data.order import stream_shuffle_buffer
 from contrastive_jax.data.sources import Source
 from contrastive_jax.errors import DataError
 
@@ -147,9 +148,11 @@ def _usable_in_blocks(ds: tf.data.Dataset, positioned: bool) -> tf.data.Dataset:
 
 
 def epoch_records(source: Source, units: dict[str, tf.Tensor], cfg: ml_collections.ConfigDict,
-                  seed: int, k: int):
-    """e -> the raw records of epoch e of `units`, each zipped with its stream position."""
+                  seed: int, k: int, streams: int):
+    """e -> the raw records of epoch e of `units` (a stream of `streams` logical streams),
+    each zipped with its stream position."""
     n = tf.size(units[source.unit_names[0]], out_type=tf.int64)
+    buffer = stream_shuffle_buffer(cfg.shuffle_buffer, streams)
 
     def epoch(e):
         epoch_seed = tf.stack([tf.constant(seed * 1_000_003 + k, tf.int64), e])
@@ -158,7 +161,7 @@ def epoch_records(source: Source, units: dict[str, tf.Tensor], cfg: ml_collectio
             order = tf.random.experimental.stateless_shuffle(order, seed=epoch_seed)
         ds = source.read(units, order, cfg.cycle_length)
         shuffle_seed = (tf.constant(seed, tf.int64) * 1_000_003 + k) * 65_537 + e
-        ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
         # Each record's stream position, in raw records: (epoch, records of it read up to and
         # with this one). Raw, not usable, so a saved resume skips records undecoded.
         # Zipped, not mapped: usable() merges it into the record in a map it runs anyway.
@@ -308,7 +311,7 @@ def source_stream(source: Source, cfg: ml_collections.ConfigDict, *, k: int,
     `filters`: the source's `curation`. `keep_images=False` drops the images after the
     checks (embedding-cache runs)."""
     units = source.unit_table(streams).of(stream)
-    epoch = epoch_records(source, units, cfg, seed, k)
+    epoch = epoch_records(source, units, cfg, seed, k, streams)
     ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
     if raw_skip:  # skipped before anything is decoded
         ds = usable(ds.skip(skip), cfg, filters)

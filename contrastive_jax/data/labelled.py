@@ -26,8 +26,9 @@ import tensorflow as tf
 
 from contrastive_jax import paths as storage  # `paths` here: lists of image paths
 from contrastive_jax.data import augment, formats, preprocess
+from contrastive_jax.data.tfds_files import read_split
 from contrastive_jax.datasets.catalogue import class_names as tfds_class_names
-from contrastive_jax.datasets.catalogue import get_builder, not_prepared, read_split
+from contrastive_jax.datasets.catalogue import get_builder, not_prepared
 from contrastive_jax.errors import DataError, InputNotFoundError
 from contrastive_jax.registry import Registry
 

@@ -9,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax.data import preprocess
-from contrastive_jax.datasets.catalogue import get_builder, read_split
+from contrastive_jax.data.tfds_files import read_split
+from contrastive_jax.datasets.catalogue import get_builder
 from contrastive_jax.errors import DataError
 
 

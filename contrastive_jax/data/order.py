@@ -12,6 +12,9 @@ its rows of the global batch are then exactly the contiguous block of B/P rows t
 `jax.make_array_from_process_local_data` gives process p, so the global jax.Array is the
 same, bit for bit, on every process count that divides L. A checkpoint records L and every
 stream's position; a resume on a count that does not divide L is refused in one line.
+`data.shuffle_buffer` is shared out over the L streams (`stream_shuffle_buffer`), so the
+shuffle memory of a process shrinks with its share of the streams rather than growing
+with L.
 
 `data.logical_streams` = 0 (the default) means DEFAULT = 64, or for a global batch that
 64 does not divide, the largest power of two that divides it (`resolve`): a run's order is
@@ -74,6 +77,14 @@ def check_batch(streams: int, examples: int, what: str) -> None:
     if examples % streams:
         raise ConfigError(f"{what} ({examples}) must split evenly over the {streams} logical "
                           f"streams ('{KEY}')")
+
+
+def stream_shuffle_buffer(shuffle_buffer: int, streams: int) -> int:
+    """Each logical stream's share of `data.shuffle_buffer`, the run's whole buffer per
+    source: ceil(buffer / L), at least 1. It depends on L alone, not on the process count,
+    so the order stays the same on every count, and a process serving L / P streams holds
+    about buffer / P examples of each source (a one-process run: the whole buffer)."""
+    return max(1, -(-shuffle_buffer // streams))
 
 
 def row_source(row: int, batch: int, global_batch_size: int, streams: int) -> tuple[int, int]:

@@ -72,7 +72,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "image_size": 28,  # resized when the stored size differs
             "value_range": (-1.0, 1.0),
             "flip": False,  # random horizontal flip (train only)
-            "shuffle_buffer": 10_000,  # per logical stream
+            "shuffle_buffer": 10_000,  # per source, shared out over the logical streams
             # The global example order's logical streams (data/order.py): a run resumes
             # exactly on any process count dividing it. 0: 64, or the largest power of two
             # dividing a smaller batch.

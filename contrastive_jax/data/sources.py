@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from contrastive_jax import paths
-from contrastive_jax.data import formats, records
+from contrastive_jax.data import formats, records, tfds_files
 from contrastive_jax.data.units import FILE_FIELDS, UnitTable, file_parts
 from contrastive_jax.datasets.catalogue import get_builder
 from contrastive_jax.errors import ConfigError, DataError, InputNotFoundError
@@ -299,8 +299,8 @@ class TfdsSource(Source):
         features = self.builder.info.features
         encoded = isinstance(features[s["image_key"]], tfds.features.Image)
         decoders = {s["image_key"]: tfds.decode.SkipDecoding()} if encoded else None
-        ds = _tfds_examples(self.builder, {k: tf.gather(v, order) for k, v in units.items()},
-                            decoders)
+        ds = tfds_files.examples(self.builder,
+                                 {k: tf.gather(v, order) for k, v in units.items()}, decoders)
 
         def select(ex):
             label = tf.cast(ex[s["label_key"]], tf.int32) if s["label_key"] else tf.constant(-1)
@@ -313,31 +313,6 @@ class TfdsSource(Source):
                     "reason": tf.constant(records.OK)}  # fmt: skip
 
         return ds.map(select, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _tfds_examples(builder, units: dict[str, tf.Tensor], decoders) -> tf.data.Dataset:
-    """What `builder.as_dataset(split, shuffle_files=False, decoders=decoders)` yields for
-    the split whose file instructions are `units`: TFDS's reader (tensorflow_datasets
-    core/reader.py) interleaves the instructions' files (its default ReadConfig: 16 files
-    in blocks of 16, or one at a time for an ordered dataset), skips and takes in each,
-    then parses and decodes each example."""
-    from tensorflow_datasets.core import example_parser
-
-    features = builder.info.features
-    parser = example_parser.ExampleParser(features.get_serialized_info())
-
-    def shard(u):
-        return tf.data.TFRecordDataset(u["path"]).skip(u["skip"]).take(u["take"])
-
-    def parse_and_decode(serialized):
-        return features.decode_example(parser.parse_example(serialized), decoders=decoders)
-
-    ds = tf.data.Dataset.from_tensor_slices(units).interleave(
-        shard, cycle_length=1 if builder.info.disable_shuffling else 16, block_length=16,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # Called while tf.data traces an epoch: autograph must not convert TFDS's code.
-    return ds.map(tf.autograph.experimental.do_not_convert(parse_and_decode),
-                  num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _with_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
