@@ -50,6 +50,7 @@ def validate(config: ConfigDict) -> None:
     objective = objective_of(config.model.name)  # a ConfigError naming 'model.name'
     objective.check_config(config, lambda: {t["kind"] for t in tasks_of(config)})
     _validate_mixup(config, objective.takes_mixup)
+    _validate_naflex(config, objective.takes_patches)
     if config.data.image_size != config.model.image.image_size:
         raise ConfigError(f"config key 'data.image_size' ({config.data.image_size}) must equal "
                           f"'model.image.image_size' ({config.model.image.image_size})")
@@ -152,6 +153,47 @@ def _validate_mixup(config: ConfigDict, takes_mixup: bool) -> None:
             raise ConfigError(f"config key {key!r} does not combine with 'train.mixup' (a "
                               "two-tower model on image-caption pairs, no GradCache or "
                               "cached images)")
+
+
+def _validate_naflex(config: ConfigDict, takes_patches: bool) -> None:
+    """`data.naflex`: budgets for a NaFlex tower, each within its position table's reach;
+    weights to match; the options a patch batch cannot take refused in one line."""
+    cfg, image, train = config.data.naflex, config.model.image, config.train
+    budgets, weights, tokens = list(cfg.budgets), list(cfg.weights), cfg.tokens_per_batch
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise ConfigError(f"config key 'data.naflex.tokens_per_batch' must be an integer >= 0 "
+                          f"(0: off), got {tokens!r}")
+    if not budgets:
+        for key, value in (("weights", weights), ("tokens_per_batch", tokens)):
+            if value:
+                raise ConfigError(f"config key 'data.naflex.{key}' needs "
+                                  "'data.naflex.budgets'")
+        return
+    if not image.get("naflex", False):
+        raise ConfigError("config key 'data.naflex.budgets' needs 'model.image.naflex=True' "
+                          "(a NaFlex image tower reads patch sequences)")
+    from contrastive_jax.data.naflex import check_budget
+
+    patch = image.patch_size if isinstance(image.patch_size, int) else image.patch_size[0]
+    size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
+    for i, budget in enumerate(budgets):
+        check_budget(budget, f"data.naflex.budgets[{i}]", grid=size // patch)
+    if len(set(budgets)) != len(budgets):
+        raise ConfigError(f"config key 'data.naflex.budgets' repeats a budget: {budgets}")
+    if weights and (len(weights) != len(budgets) or any(
+            not isinstance(w, int | float) or isinstance(w, bool) or w <= 0 for w in weights)):
+        raise ConfigError(f"config key 'data.naflex.weights' must be {len(budgets)} positive "
+                          f"numbers, one per budget (empty: equal), got {weights}")
+    conflicts = {
+        "model.name": not takes_patches,  # its objective reads square images
+        "train.cit.enabled": train.cit.enabled,  # CiT selects by square-image embeddings
+        "train.embedding_cache.enabled": train.embedding_cache.enabled,  # cached squares
+        "train.mixup.enabled": train.mixup.enabled,  # mixes pixels of equal-size images
+    }
+    for key, conflict in conflicts.items():
+        if conflict:
+            raise ConfigError(f"config key {key!r} does not combine with "
+                              "'data.naflex.budgets' (NaFlex patch batches)")
 
 
 def _validate_lit(config: ConfigDict) -> None:

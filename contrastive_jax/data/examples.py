@@ -217,12 +217,17 @@ def _augment(cfg: ml_collections.ConfigDict, seed: int, stream_id: tf.Tensor, k:
 
 def _augment_image(image: tf.Tensor, cfg: ml_collections.ConfigDict,
                    example_seed: tf.Tensor) -> tf.Tensor:
-    """uint8 [H, W, C] -> float32 [S, S, C] in [0, 255], augmented."""
+    """uint8 [H, W, C] -> float32 [S, S, C] in [0, 255], augmented; with NaFlex
+    (`data.naflex.budgets`) uint8 [h, w, C] at its own size, patchified later
+    (data/naflex_stream.py)."""
     aug = cfg.augment
     size = cfg.image_size
+    naflex = bool(cfg.get("naflex") and cfg.naflex.budgets)
     if aug.inception_crop:
         image = augment.inception_crop(image, example_seed, aug.crop_area, aug.crop_aspect)
-    if aug.inception_crop or tuple(image.shape[:2]) != (size, size):
+    if naflex:  # no square resize: NaFlex resizes each image to its budget, aspect kept
+        image = tf.cast(image, tf.float32)
+    elif aug.inception_crop or tuple(image.shape[:2]) != (size, size):
         image = augment.resize(image, size)
     else:  # stored at the model's size (a TFDS tensor feature): no resampling
         image = tf.cast(image, tf.float32)
@@ -232,6 +237,8 @@ def _augment_image(image: tf.Tensor, cfg: ml_collections.ConfigDict,
         image = augment.color_jitter(image, example_seed, aug.color_jitter)
     if aug.grayscale > 0:
         image = augment.random_grayscale(image, example_seed, aug.grayscale)
+    if naflex:  # naflex_patches resizes uint8 pixels, as Pillow does
+        image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
     return image
 
 

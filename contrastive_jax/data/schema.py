@@ -12,6 +12,11 @@ import ml_collections
 from contrastive_jax.data.unifont import DEFAULT_FONT_PATH, GLYPH_SIZE
 from contrastive_jax.errors import ConfigError
 
+# The NaFlex batch's entries (data/naflex_stream.py), named here so that the train step
+# reads them without importing the input stack: patches [b, N, p*p*C], mask [b, N], each
+# image's patch grid [b, 2], and a flag per image smaller than one patch (enlarged).
+NAFLEX_PATCHES, NAFLEX_MASK, NAFLEX_SHAPE = "image_patches", "image_mask", "image_shape"
+NAFLEX_ENLARGED = "naflex_enlarged"
 FILTER_NAMES = ("basic", "dedup", "score", "metaclip", "cat")  # data.filters
 KEEP_MODES = ("topk", "threshold")  # train.cit.keep
 
@@ -69,6 +74,11 @@ def default_data_config() -> ml_collections.ConfigDict:
             # workdir; hash "" -> any vocabulary, else it must be this one.
             "synsets": {"enabled": False, "path": None, "hash": "", "min_count": 500,
                         "max_size": 0},
+            # NaFlex training (data/naflex_stream.py, needs model.image.naflex=True): each
+            # image at its own aspect ratio, patchified to a budget of patches drawn per
+            # step from `budgets` by `weights` (default equal). Empty: square images.
+            # tokens_per_batch > 0: a step's batch holds tokens_per_batch // budget images.
+            "naflex": {"budgets": (), "weights": (), "tokens_per_batch": 0},
         }
     )
 

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from contrastive_jax.data import order, positions, preprocess, records
+from contrastive_jax.data import naflex_stream, order, positions, preprocess, records
 from contrastive_jax.data.examples import (
     NUM_COUNTERS,
     curation,
@@ -58,6 +58,7 @@ def train_dataset(
     filter_counters: FilterCounters | None = None,
     image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     resume_positions: Sequence[int] | None = None, logical_streams: int | None = None,
+    naflex_patch: int = 0,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text", "label" i32 [b],
     "data_counts" int64 [l*S, K], "stream_position" int64 [l*S]}, b = global_batch_size //
@@ -75,8 +76,14 @@ def train_dataset(
     stream's order and positions are the same as with images. `resume_positions`, the
     latest "stream_position" of the run being resumed for this process's streams
     (data/positions.py), spares the resume the counting of an epoch.
+    With `data.naflex.budgets` (data/naflex_stream.py), images come at their own size,
+    cut into patches of `naflex_patch` (the model's patch size): "image" gives way to
+    naflex_stream.KEYS, one budget of patches per global batch.
     """
     cfg = data_config
+    naflex = naflex_stream.enabled(cfg)
+    if naflex and naflex_patch < 1:
+        raise ValueError("a NaFlex stream needs the model's patch size (naflex_patch)")
     streams = logical_streams or order.resolve(cfg.get("logical_streams", 0),
                                                global_batch_size, process_count)
     mine = order.process_streams(streams, process_index, process_count)
@@ -126,6 +133,9 @@ def train_dataset(
             ds = tf.data.Dataset.choose_from_datasets(
                 per_source, mixture_choices(weights, mix_seed(stream), position, group),
                 stop_on_empty_dataset=True)
+        if naflex:  # batch n's budget: a draw of (seed, n), n = position // chunk
+            ds = naflex_stream.patchified(ds, cfg, seed=seed, position=position, chunk=chunk,
+                                          patch=naflex_patch)
         # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
         ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
         if len(mine) == 1 and joined is not None:  # one function call per batch
@@ -174,10 +184,13 @@ def _finish(cfg: ml_collections.ConfigDict, text_encoder, seed: int, lookup):
                "data_counts": batch["data_counts"], positions.KEY: batch[positions.KEY]}
         if lookup is not None:
             return {**out, "image_embedding": lookup(batch["uid"])}
+        if naflex_stream.PATCHES in batch:  # scaled to value_range by naflex_patches
+            return {**out, **{k: batch[k] for k in naflex_stream.KEYS}}
         return {**out, "image": batch["image"] * ((hi - lo) / 255.0) + lo}
 
     def per_stream(stream, index, batch):
-        rows = {k: v for k, v in batch.items() if k in ("caption", "label", "uid", "image")}
+        rows = {k: v for k, v in batch.items()
+                if k in ("caption", "label", "uid", "image", *naflex_stream.KEYS)}
         out = {**rows, "data_counts": tf.reduce_max(batch["counts"], axis=0),
                positions.KEY: tf.reduce_max(batch[positions.KEY], axis=0)}
         if pair_fraction <= 0:

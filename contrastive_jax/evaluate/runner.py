@@ -86,6 +86,7 @@ def heldout_pairs(config: ml_collections.ConfigDict, model_def: ModelDef, state:
     # or keep-list of the train split would drop every held-out uid).
     data_config.filters = default_filters_config()
     data_config.logical_streams = 1  # one stream: the split's first n pairs, in order
+    data_config.naflex.budgets = ()  # square images, as every evaluator feeds them
     batch = next(train_dataset(data_config, tokenizer, global_batch_size=n,
                                seed=0).as_numpy_iterator())
     images = batch["image"]

@@ -61,6 +61,7 @@ class Objective:
     takes_microbatches = False  # GradCache (train/grad_cache.py) computes its gradient
     takes_cached_images = False  # "image_embedding" in place of "image"
     takes_mixup = False  # ZeroVL's mixup (losses/mixup.py)
+    takes_patches = False  # NaFlex patch batches (`data.naflex`) as its image input
     plain_towers = False  # two towers and nothing else (plan's FLOP model, GradCache plans)
     export_refusal: str | None = None  # why no export format holds it; None: it exports
 

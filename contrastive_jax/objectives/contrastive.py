@@ -42,6 +42,7 @@ class Contrastive(Objective):
     takes_microbatches = True
     takes_cached_images = True
     takes_mixup = True
+    takes_patches = True  # the image goes to the tower whole: a NaFlexImages is one
     plain_towers = True
 
     def step_draws(self, settings: StepSettings, step: jax.Array) -> dict[str, jax.Array]:

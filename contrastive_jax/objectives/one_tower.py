@@ -17,6 +17,7 @@ class RenderedText(Contrastive):
     text_input = "rendered"
     token_group = None  # no vocabulary
     takes_mixup = False  # the text tower's mix is of token embeddings
+    takes_patches = False  # one tower for images and renderings of one square size
     export_refusal = "it reads rendered captions"
 
     def check_config(self, config: ConfigDict, eval_kinds: Callable[[], set[str]]) -> None:

@@ -24,6 +24,7 @@ class SigLIP2Terms(Contrastive):
     takes_microbatches = False  # the terms are not GradCache'd
     takes_cached_images = False  # they run the image tower
     takes_mixup = False
+    takes_patches = False  # its decoder and teacher read square images
     plain_towers = False
 
     def example_draws(self, settings: StepSettings, step: jax.Array,

@@ -89,9 +89,10 @@ def grad_cache_value_and_grad(
         model = bind(p)
         return model.encode_image(*img), model.encode_text(txt)
 
-    # Each micro-batch's images travel with their mask noise: (image,) or (image, noise).
-    images = tuple(split_microbatches(x, k, mesh) for x in (image, mask_noise)
-                   if x is not None)
+    # Each micro-batch's images travel with their mask noise: (image,) or (image, noise);
+    # an image may be a pytree (NaFlexImages: patches, mask and grid shapes, split alike).
+    images = tuple(jax.tree.map(lambda a: split_microbatches(a, k, mesh), x)
+                   for x in (image, mask_noise) if x is not None)
     texts = split_microbatches(text, k, mesh)
 
     # (a) Forward only: the scan keeps nothing but the [B/k, D] embeddings per step.

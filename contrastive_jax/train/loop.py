@@ -22,6 +22,7 @@ from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import config_to_json
 from contrastive_jax.config.eval_tasks import any_due, tasks_of
 from contrastive_jax.data.filters import FilterCounters
+from contrastive_jax.data.naflex_stream import model_patch
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer
@@ -184,7 +185,8 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
         start_example=progress.examples_read, seed=config.seed,
         filter_counters=counters, image_embeddings=cached,
         resume_positions=progress.position,
-        logical_streams=progress.logical_streams).as_numpy_iterator())
+        logical_streams=progress.logical_streams,
+        naflex_patch=model_patch(config.model.image)).as_numpy_iterator())
     state = run.state
     guard = NonfiniteGuard(config.train.nonfinite, config.train.nonfinite_limit,
                            total=int(run.resumed_meta.get("nonfinite_steps", 0)))

@@ -11,7 +11,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from contrastive_jax.data.schema import NAFLEX_MASK, NAFLEX_PATCHES, NAFLEX_SHAPE
 from contrastive_jax.losses import LossFn, loss_from_config
+from contrastive_jax.models.naflex import NaFlexImages
 from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import StepSettings, objective_of
 from contrastive_jax.objectives.draws import flip_noise, parallel_draw
@@ -82,6 +84,7 @@ def make_train_step(
     wanted = objective.batch_keys(settings)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        batch = naflex_images(batch)
         if missing := [k for k in wanted if k not in batch]:
             raise ValueError(f"the {objective.kind} step reads batch keys {wanted}; this "
                              f"batch lacks {missing}")
@@ -135,6 +138,17 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def naflex_images(batch: Batch) -> Batch:
+    """A NaFlex stream's batch (data/naflex_stream.py: patches, mask, grid shapes) with
+    its image as the NaFlexImages the tower reads; any other batch as it is."""
+    if NAFLEX_PATCHES not in batch:
+        return batch
+    rest = {k: v for k, v in batch.items()
+            if k not in (NAFLEX_PATCHES, NAFLEX_MASK, NAFLEX_SHAPE)}
+    return {**rest, "image": NaFlexImages(batch[NAFLEX_PATCHES], batch[NAFLEX_MASK],
+                                          batch[NAFLEX_SHAPE])}
 
 
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:

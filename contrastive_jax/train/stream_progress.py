@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from contrastive_jax.data import order, positions
+from contrastive_jax.data.naflex_stream import ENLARGED
 from contrastive_jax.data.stream import counter_metrics
 from contrastive_jax.errors import CheckpointError, ConfigError
 from contrastive_jax.parallel import distributed
@@ -101,6 +102,8 @@ class StreamProgress:
         self.debiased = debiased  # data.debiased_sampling, recorded with the position
         self.examples_trained = examples_trained
         self.counts: np.ndarray | None = None
+        # NaFlex images smaller than one patch, enlarged (this process); None: no NaFlex.
+        self.enlarged: int | None = None
         self.position = None if resume_positions is None else np.asarray(resume_positions,
                                                                           np.int64)
 
@@ -141,6 +144,8 @@ class StreamProgress:
             self.counts = _running_max(self.counts, batch.pop("data_counts"))
         if positions.KEY in batch:
             self.position = _running_max(self.position, batch.pop(positions.KEY))
+        if ENLARGED in batch:
+            self.enlarged = (self.enlarged or 0) + int(np.sum(batch.pop(ENLARGED)))
         return batch
 
     def counter_metrics(self) -> dict[str, int]:
@@ -148,7 +153,10 @@ class StreamProgress:
         collective when there are counters, i.e. in every process alike)."""
         if self.counts is None:
             return {}
-        return distributed.summed_counters(counter_metrics(self.counts))
+        counters = counter_metrics(self.counts)
+        if self.enlarged is not None:
+            counters["data/enlarged_smaller_than_patch"] = self.enlarged
+        return distributed.summed_counters(counters)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Examples read, the logical streams and every stream's position [L][S] (a
