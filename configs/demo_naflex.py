@@ -21,7 +21,7 @@ import ml_collections
 BUDGETS = (16, 32, 48)
 
 
-def get_config(steps: int = 1200, squash: bool = False) -> ml_collections.ConfigDict:
+def get_config(steps: int = 600, squash: bool = False) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = dict(
         embed_dim=96, temperature_init=10.0, bias_init=-10.0,
