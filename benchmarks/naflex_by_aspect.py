@@ -57,9 +57,11 @@ def main(specs: list[str]) -> None:
                        (canvas_of(f"test/{i:06d}") for i in index)])
     print("| aspect (long:short) | images | " + " | ".join(specs) + " |")
     print("|---" * (len(specs) + 2) + "|")
-    for lo, hi in [*zip(BINS[:-1], BINS[1:], strict=True), (1.0, 3.01)]:
+    # 1.0 exactly: a square canvas, which squashing leaves as it is.
+    for lo, hi in [(1.0, 1.0 + 1e-9), *zip(BINS[:-1], BINS[1:], strict=True), (1.0, 3.01)]:
         sel = (aspect >= lo) & (aspect < hi)
-        label = "all" if (lo, hi) == (1.0, 3.01) else f"{lo:.1f} to {min(hi, 3.0):.1f}"
+        label = {(1.0, 3.01): "all", (1.0, 1.0 + 1e-9): "1.0 (square)"}.get(
+            (lo, hi), f"{lo:.1f} to {min(hi, 3.0):.1f}")
         cells = []
         for idx, right in results:
             assert (idx == index).all()
