@@ -14,6 +14,8 @@ patches, a 4x4 position table) trains on it two ways, for the same steps:
   item on a 1:3 canvas is narrowed 3x.
 Both are evaluated zero-shot on the 10,000 test canvases with held-out prompts; the NaFlex
 model at each budget (a metric per budget: zeroshot/fashion_mnist_aspect@16/top1, ...).
+Measured on 2026-12-06 (docs/benchmarks.md, "demo_naflex"): at 600 steps NaFlex does not
+beat squashing (0.631 at 32 patches against 0.657); the table there says why.
 """
 
 import ml_collections

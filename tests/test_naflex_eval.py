@@ -133,8 +133,11 @@ def test_eval_at_budgets_and_the_siglip2_export_reproduces_it(exports, aspect_di
     aspect = {"kind": "tfds", "name": "fashion_mnist_aspect", "data_dir": aspect_dir}
     tasks = [{"kind": "zeroshot", "name": "aspect", "data": aspect, "batch_size": 16,
               "prompts": "fashion_mnist_heldout", "max_num_patches": list(BUDGETS)}]
+    fewshot = {"kind": "fewshot", "name": "aspect", "data": aspect, "batch_size": 16,
+               "shots": [1], "seeds": 1, "max_num_patches": 9}
     ours = _eval(["--model", native, "--out", str(tmp_path / "ours"),
-                  f"--config.evals.tasks={json.dumps(tasks)}"], capsys)
+                  f"--config.evals.tasks={json.dumps([*tasks, fewshot])}"], capsys)
+    assert 0 <= ours["fewshot/aspect@9/1shot"] <= 1
     report = json.load(open(tmp_path / "ours" / "report.json"))
     for b in BUDGETS:
         key = f"zeroshot/aspect@{b}"
