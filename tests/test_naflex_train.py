@@ -86,6 +86,8 @@ def _batches(config, tmp_path, n, **kwargs):
 
 
 def test_stream_keeps_each_aspect_with_one_budget_per_batch_on_every_process(table, tmp_path):
+    """Batches of images at their own aspect, the budget drawn for each; a resume at batch
+    3 and two processes' halves give the same batches."""
     config = naflex_config(table)
     batches = _batches(config, tmp_path, 6, global_batch_size=16)
     schedule = naflex_stream.budget_schedule(config.data, 3, 0, 6)
@@ -103,6 +105,11 @@ def test_stream_keeps_each_aspect_with_one_budget_per_batch_on_every_process(tab
     for batch in batches:
         np.testing.assert_array_equal(batch[naflex_stream.ENLARGED], batch["label"] == 4)
     assert sum(int(b[naflex_stream.ENLARGED].sum()) for b in batches) > 0
+    # A stream resumed at batch 3 (48 examples read) serves batches 3, 4, 5 exactly.
+    resumed = _batches(config, tmp_path, 3, global_batch_size=16, start_example=48)
+    for a, b in zip(resumed, batches[3:], strict=True):
+        for key in (*naflex_stream.KEYS, "text"):
+            np.testing.assert_array_equal(a[key], b[key])
     # Two processes, built independently, serve the halves of the same global batches.
     halves = [_batches(config, tmp_path, 6, global_batch_size=16, process_index=p,
                        process_count=2) for p in range(2)]
@@ -121,9 +128,42 @@ def test_budget_draw_is_a_function_of_seed_and_batch():
     assert int(drawn) in (0, 1)
 
 
-def test_two_budget_run_interrupted_and_resumed_is_exact(table, tmp_path, monkeypatch):
+def _rows(batches, key="text"):
+    return np.concatenate([b[key] for b in batches])
+
+
+def test_token_budget_batches_and_their_resume(table, tmp_path):
+    """tokens_per_batch=128 at budgets 4 and 16: 32 and 8 images (open_clip's floor rule,
+    multiples of the unit 4), the same examples in the same order as fixed batches; a
+    stream started at batch 3 (its examples read so far) continues exactly."""
+    assert naflex_stream.token_batch_sizes(BUDGETS, 128, 4) == [32, 8]
+    assert naflex_stream.token_batch_sizes(BUDGETS, 100, 4) == [24, 4]
+    with pytest.raises(ConfigError, match="holds no batch at budget 16: .* at least 64"):
+        naflex_stream.token_batch_sizes(BUDGETS, 60, 4)
+    config = naflex_config(table, data={"logical_streams": 1})
+    sizes = [32, 8]
+    token = _batches(config, tmp_path, 6, global_batch_size=8, naflex_batch_sizes=sizes)
+    schedule = naflex_stream.budget_schedule(config.data, 3, 0, 6)
+    assert [len(b["text"]) for b in token] == [sizes[BUDGETS.index(n)] for n in schedule]
+    for batch, budget in zip(token, schedule, strict=True):
+        assert batch[naflex_stream.PATCHES].shape[1] == budget
+    fixed = _batches(config, tmp_path, len(_rows(token)) // 8,
+                     global_batch_size=8)
+    np.testing.assert_array_equal(_rows(fixed), _rows(token))  # order kept, none dropped
+    read = sum(len(b["text"]) for b in token[:3])
+    resumed = _batches(config, tmp_path, 3, global_batch_size=8, naflex_batch_sizes=sizes,
+                       start_example=read, start_step=3)
+    for a, b in zip(resumed, token[3:], strict=True):
+        for key in (*naflex_stream.KEYS, "text"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_two_budget_token_run_interrupted_and_resumed_is_exact(table, tmp_path, monkeypatch):
+    """The loop with token-budget batching (its batch sizes vary with the budget): cut by
+    SIGTERM at step 2 and resumed, bit-exact with the unbroken run."""
     config = naflex_config(table, train={"steps": 4, "checkpoint_every": 2},
                            data={"logical_streams": 2})
+    config.data.naflex.tokens_per_batch = 128  # 8 batch shards: 32 images at 4, 8 at 16
     config.seed = 7  # budgets 16, 4 | 4, 16: both before and after the cut at step 2
     schedule = naflex_stream.budget_schedule(config.data, config.seed, 0, 4)
     assert list(schedule) == [16, 4, 4, 16]
@@ -139,4 +179,58 @@ def test_two_budget_run_interrupted_and_resumed_is_exact(table, tmp_path, monkey
         np.testing.assert_array_equal(a, b)
     with open(os.path.join(full, "metrics.jsonl"), encoding="utf-8") as f:
         rows = [r for r in map(json.loads, f) if "train/loss" in r]
-    assert len(rows) == 4 and all(r["data/enlarged_smaller_than_patch"] > 0 for r in rows)
+    assert [r["train/batch_size"] for r in rows] == [8, 32, 32, 8]
+    assert [r["data/seen"] for r in rows] == [8, 40, 72, 80]
+    assert rows[-1]["data/enlarged_smaller_than_patch"] > 0  # the 3 x 5 images, counted
+
+
+def test_grad_cache_on_a_patch_batch_is_the_full_batch_gradient():
+    """GradCache (train.microbatches) splits a NaFlexImages batch (patches, mask, grids)
+    like any image batch: the full-batch value and gradient, on 4 devices."""
+    from test_grad_cache import _assert_close, _full_value_and_grad
+
+    from contrastive_jax.losses import loss_from_config
+    from contrastive_jax.models.naflex import NaFlexImages
+    from contrastive_jax.models.state import ModelDef
+    from contrastive_jax.parallel.mesh import create_mesh, to_global
+    from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
+
+    config = tiny_config(model={"image": {"naflex": True, "pool": "map"}},
+                         loss={"name": "sigmoid_chunked"})
+    mesh = create_mesh(config.mesh, devices=jax.devices()[:4])
+    model_def, loss_fn = ModelDef(config.model), loss_from_config(config, mesh)
+    params, rest = ModelDef.init(config.model, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    grids = rng.integers(1, 5, size=(16, 2)).astype(np.int32)
+    local = {"patches": rng.uniform(-1, 1, (16, 16, PATCH * PATCH)).astype(np.float32),
+             "mask": (np.arange(16)[None] < grids.prod(1)[:, None]).astype(np.int32),
+             "shapes": grids, "text": rng.integers(3, 64, (16, 8)).astype(np.int32)}
+    batch = to_global(local, mesh)
+    image = NaFlexImages(batch["patches"], batch["mask"], batch["shapes"])
+
+    @jax.jit
+    def both(params, image, text):
+        return (_full_value_and_grad(model_def, loss_fn, params, rest, image, text, None),
+                grad_cache_value_and_grad(model_def, loss_fn, params, rest, image, text, None,
+                                          2, mesh))
+
+    ((loss_full, _), g_full), ((loss_gc, _), g_gc) = jax.device_get(
+        both(params, image, batch["text"]))
+    np.testing.assert_allclose(loss_gc, loss_full, rtol=1e-6)
+    _assert_close(g_gc, g_full)
+
+
+def test_bench_step_times_one_row_per_budget_at_its_token_batch_size():
+    """`bench step` with `data.naflex.budgets`: one config per budget, each a patch batch of
+    that budget; with tokens_per_batch, each at the loop's batch size (8 batch shards)."""
+    from contrastive_jax.bench.train_step import per_budget, synthetic_batch
+
+    config = tiny_config(model={"image": {"naflex": True, "pool": "map"}},
+                         data={"naflex": {"budgets": (4, 16), "tokens_per_batch": 256}})
+    ones = per_budget(config)
+    assert [(tuple(c.data.naflex.budgets), c.train.batch_size) for c in ones] == [
+        ((4,), 64), ((16,), 16)]
+    batch = synthetic_batch(ones[1], 16)
+    assert batch[naflex_stream.PATCHES].shape == (16, 16, PATCH * PATCH)
+    np.testing.assert_array_equal(batch[naflex_stream.SHAPE], [[4, 4]] * 16)
+    assert batch[naflex_stream.MASK].sum() == 16 * 16 and "image" not in batch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -13,13 +14,38 @@ from jax.sharding import Mesh
 
 from contrastive_jax import cpu_host
 from contrastive_jax.bench.flops import compiled_flops, matmul_peak
+from contrastive_jax.data import order
+from contrastive_jax.data.schema import (
+    NAFLEX_MASK,
+    NAFLEX_PATCHES,
+    NAFLEX_SHAPE,
+    token_batch_sizes,
+)
 from contrastive_jax.models.state import TrainState
 from contrastive_jax.objectives import objective_of
-from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
+from contrastive_jax.parallel.mesh import (
+    BATCH_AXES,
+    batch_size_per_process,
+    create_mesh,
+    to_global,
+)
 from contrastive_jax.train.init_state import create_train_state
 from contrastive_jax.train.lock import lock_patterns
 from contrastive_jax.train.optimizer import create_optimizer
 from contrastive_jax.train.step import StepFn, train_step_from_config
+
+
+def naflex_budget(config: ml_collections.ConfigDict) -> int | None:
+    """The NaFlex budget of the config's batches (the first of `data.naflex.budgets`);
+    None without NaFlex batches."""
+    naflex = config.data.get("naflex")
+    return int(naflex.budgets[0]) if naflex and naflex.budgets else None
+
+
+def naflex_grid(budget: int) -> tuple[int, int]:
+    """A near-square patch grid (h, w) that fills `budget` as closely as h*w <= budget."""
+    h = int(np.sqrt(budget))
+    return h, budget // h
 
 
 def batch_shapes(config: ml_collections.ConfigDict,
@@ -27,8 +53,10 @@ def batch_shapes(config: ml_collections.ConfigDict,
     """The step's inputs for the config, as shapes only: "label" [B]; "text" as the model's
     objective reads it ([B, L] token or synset ids, or a rendered image); "image"
     [B, H, W, C], or "image_embedding" [B, D] when `train.embedding_cache` is on (the step
-    then reads those)."""
+    then reads those), or with NaFlex batches (`data.naflex.budgets`, the first budget N)
+    the patches [B, N, p*p*C], mask [B, N] and grid shapes [B, 2]."""
     image = config.model.image
+    budget = naflex_budget(config)
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
     pixels = (batch_size, size, size, image.channels)
     text = ((batch_size, config.data.max_len), np.int32)
@@ -37,6 +65,12 @@ def batch_shapes(config: ml_collections.ConfigDict,
     shapes = {"label": ((batch_size,), np.int32), "text": text}
     if config.train.embedding_cache.enabled:
         shapes["image_embedding"] = ((batch_size, config.model.embed_dim), np.float32)
+    elif budget:
+        patch = image.patch_size if isinstance(image.patch_size, int) else image.patch_size[0]
+        shapes[NAFLEX_PATCHES] = ((batch_size, budget, patch * patch * image.channels),
+                                  np.float32)
+        shapes[NAFLEX_MASK] = ((batch_size, budget), np.int32)
+        shapes[NAFLEX_SHAPE] = ((batch_size, 2), np.int32)
     else:
         shapes["image"] = (pixels, np.float32)
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in shapes.items()}
@@ -67,6 +101,14 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[
     if "image_embedding" in shapes:
         z = rng.normal(size=shapes["image_embedding"].shape).astype(np.float32)
         batch["image_embedding"] = z / np.linalg.norm(z, axis=1, keepdims=True)
+    elif NAFLEX_PATCHES in shapes:  # every image a near-square grid that fills the budget
+        budget = shapes[NAFLEX_MASK].shape[1]
+        grid = naflex_grid(budget)
+        batch[NAFLEX_PATCHES] = rng.uniform(-1, 1, shapes[NAFLEX_PATCHES].shape).astype(
+            np.float32)
+        batch[NAFLEX_MASK] = np.broadcast_to(np.arange(budget) < grid[0] * grid[1],
+                                             (batch_size, budget)).astype(np.int32)
+        batch[NAFLEX_SHAPE] = np.broadcast_to(np.asarray(grid, np.int32), (batch_size, 2))
     else:
         batch["image"] = rng.uniform(-1, 1, shapes["image"].shape).astype(np.float32)
     return batch
@@ -144,6 +186,7 @@ def bench_train_step(config: ml_collections.ConfigDict, steps: int = 20,
         "embedding_cache": config.train.embedding_cache.enabled,
         "positives": config.loss.positives,
         "mask_ratio": config.model.image.get("mask_ratio", 0.0),  # FLIP
+        "max_num_patches": naflex_budget(config),  # NaFlex: the batch's budget (null: none)
         "model": config.model.name,
         # SigLIP 2: whether the timed steps ran its self-supervised terms (null: no such).
         "self_supervised": self_supervised,
@@ -174,13 +217,35 @@ def mfu_from_peak(result: dict[str, Any], peak_flops_per_sec: float) -> dict[str
             "mfu_best": round(flops / (result["step_ms_best"] / 1e3) / peak_flops_per_sec, 4)}
 
 
+def per_budget(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """The config once per NaFlex budget of `data.naflex.budgets` (one budget each, at its
+    batch size: `tokens_per_batch` // budget with token-budget batching), or itself."""
+    naflex = config.data.get("naflex")
+    if not naflex or not naflex.budgets:
+        return [config]
+    configs = []
+    for budget in naflex.budgets:
+        one = config.copy_and_resolve_references()
+        one.data.naflex.budgets, one.data.naflex.weights = (budget,), ()
+        if naflex.tokens_per_batch:  # the loop's rule (train/loop.py)
+            mesh = create_mesh(config.mesh)
+            shards = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+            streams = order.resolve(config.data.logical_streams, config.train.batch_size,
+                                    jax.process_count())
+            unit = math.lcm(streams, shards * config.train.microbatches)
+            one.train.batch_size, = token_batch_sizes([budget], naflex.tokens_per_batch, unit)
+        configs.append(one)
+    return configs
+
+
 def bench_step_against_peak(config: ml_collections.ConfigDict, steps: int,
-                            matmul_size: int | None = None) -> tuple[dict, dict]:
-    """(matmul peak row, step result with `mfu`). The peak, in the model's compute dtype, is
-    taken before and after the step and the higher one kept: on a shared machine one low
-    measurement of the peak would inflate the MFU."""
+                            matmul_size: int | None = None) -> tuple[dict, ...]:
+    """(matmul peak row, step result with `mfu`, ...): one result per NaFlex budget of
+    `data.naflex.budgets` (`per_budget`), else one. The peak, in the model's compute dtype,
+    is taken before and after the steps and the higher one kept: on a shared machine one
+    low measurement of the peak would inflate the MFU."""
     before = matmul_peak(matmul_size, dtype=config.model.dtype)
-    result = bench_train_step(config, steps=steps)
+    results = [bench_train_step(one, steps=steps) for one in per_budget(config)]
     after = matmul_peak(matmul_size, dtype=config.model.dtype)
     peak = max(before, after, key=lambda row: row["flops_per_sec"])
-    return peak, {**result, **mfu_from_peak(result, peak["flops_per_sec"])}
+    return peak, *({**r, **mfu_from_peak(r, peak["flops_per_sec"])} for r in results)

@@ -172,7 +172,7 @@ def _validate_naflex(config: ConfigDict, takes_patches: bool) -> None:
     if not image.get("naflex", False):
         raise ConfigError("config key 'data.naflex.budgets' needs 'model.image.naflex=True' "
                           "(a NaFlex image tower reads patch sequences)")
-    from contrastive_jax.data.naflex import check_budget
+    from contrastive_jax.data.schema import check_budget
 
     patch = image.patch_size if isinstance(image.patch_size, int) else image.patch_size[0]
     size = image.image_size if isinstance(image.image_size, int) else image.image_size[0]
@@ -189,6 +189,8 @@ def _validate_naflex(config: ConfigDict, takes_patches: bool) -> None:
         "train.cit.enabled": train.cit.enabled,  # CiT selects by square-image embeddings
         "train.embedding_cache.enabled": train.embedding_cache.enabled,  # cached squares
         "train.mixup.enabled": train.mixup.enabled,  # mixes pixels of equal-size images
+        # One source per batch of a fixed size; token-budget batches vary in size.
+        "data.debiased_sampling": bool(tokens) and config.data.debiased_sampling,
     }
     for key, conflict in conflicts.items():
         if conflict:

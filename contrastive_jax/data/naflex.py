@@ -23,25 +23,11 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+# The budget check needs no TensorFlow (config checks run without it): it lives in schema.
+from contrastive_jax.data.schema import MAX_BUDGET_PER_POSITION, check_budget  # noqa: F401
 from contrastive_jax.errors import ConfigError
 
 _PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
-
-
-# The most patches a budget may hold per position of the model's table: 16 = a resize to
-# 4x the table's side, past which the bilinear table is stretched beyond use.
-MAX_BUDGET_PER_POSITION = 16
-
-
-def check_budget(budget: int, key: str = "max_num_patches", grid: int | None = None) -> int:
-    """A budget of patches must be a positive int (one patch at least) and, given the
-    model's g x g position table, at most 16 g^2 patches."""
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigError(f"{key} must be a positive number of patches, got {budget!r}")
-    if grid is not None and budget > MAX_BUDGET_PER_POSITION * grid * grid:
-        raise ConfigError(f"{key}={budget} is more than {MAX_BUDGET_PER_POSITION}x the "
-                          f"model's {grid}x{grid} position table ({grid * grid} patches)")
-    return budget
 
 
 def target_size(height: tf.Tensor, width: tf.Tensor, patch: int | tf.Tensor,
@@ -119,12 +105,15 @@ def pil_bilinear_resize(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
     return tf.cast(x, tf.uint8)
 
 
-def naflex_patches(image: tf.Tensor, patch: int, budget: int,
+def naflex_patches(image: tf.Tensor, patch: int, budget: int | tf.Tensor,
                    value_range: Sequence[float] = (-1.0, 1.0)) -> dict[str, tf.Tensor]:
     """uint8 [H, W, C] image -> {"patches": float32 [budget, patch*patch*C],
     "mask": int32 [budget] (1 for the image's patches), "shape": int32 [2] its grid}.
-    An image smaller than one patch is enlarged to one patch."""
-    check_budget(budget)
+    An image smaller than one patch is enlarged to one patch. `budget` may be a scalar
+    int tensor (checked by the caller; the patches' length is then not static)."""
+    static = not isinstance(budget, tf.Tensor)
+    if static:
+        check_budget(budget)
     lo, hi = (float(v) for v in value_range)
     if not hi > lo:
         raise ConfigError(f"value range {value_range!r} must have lo < hi")
@@ -145,6 +134,6 @@ def naflex_patches(image: tf.Tensor, patch: int, budget: int,
     x = tf.reshape(tf.transpose(x, [0, 2, 1, 3, 4]), [-1, patch * patch * channels])
     n = grid[0] * grid[1]
     patches = tf.pad(x, [[0, budget - n], [0, 0]])
-    patches.set_shape([budget, patch * patch * channels])
+    patches.set_shape([budget if static else None, patch * patch * channels])
     mask = tf.cast(tf.range(budget) < n, tf.int32)
     return {"patches": patches, "mask": mask, "shape": grid}

@@ -7,6 +7,8 @@ read data, `bench step` on an accelerator host for one, run without the input st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import ml_collections
 
 from contrastive_jax.data.unifont import DEFAULT_FONT_PATH, GLYPH_SIZE
@@ -17,6 +19,41 @@ from contrastive_jax.errors import ConfigError
 # image's patch grid [b, 2], and a flag per image smaller than one patch (enlarged).
 NAFLEX_PATCHES, NAFLEX_MASK, NAFLEX_SHAPE = "image_patches", "image_mask", "image_shape"
 NAFLEX_ENLARGED = "naflex_enlarged"
+
+
+# The most patches a budget may hold per position of the model's table: 16 = a resize to
+# 4x the table's side, past which the bilinear table is stretched beyond use.
+MAX_BUDGET_PER_POSITION = 16
+
+
+def check_budget(budget: int, key: str = "max_num_patches", grid: int | None = None) -> int:
+    """A budget of patches must be a positive int (one patch at least) and, given the
+    model's g x g position table, at most 16 g^2 patches."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"{key} must be a positive number of patches, got {budget!r}")
+    if grid is not None and budget > MAX_BUDGET_PER_POSITION * grid * grid:
+        raise ConfigError(f"{key}={budget} is more than {MAX_BUDGET_PER_POSITION}x the "
+                          f"model's {grid}x{grid} position table ({grid * grid} patches)")
+    return budget
+
+
+def token_batch_sizes(budgets: Sequence[int], tokens_per_batch: int, unit: int) -> list[int]:
+    """Global images per batch at each budget with token-budget batching: open_clip's rule
+    (`NaFlexBatchScheduler`, by timm's `calculate_naflex_batch_size` with rounding "floor"),
+    tokens_per_batch / budget rounded down to a multiple of `unit` (what the logical
+    streams, the mesh's batch shards and GradCache's micro-batches all divide). A budget
+    that leaves no whole unit is a ConfigError (open_clip would take one image)."""
+    sizes = [tokens_per_batch // budget // unit * unit for budget in budgets]
+    for budget, size in zip(budgets, sizes, strict=True):
+        if not size:
+            raise ConfigError(f"config key 'data.naflex.tokens_per_batch' "
+                              f"({tokens_per_batch}) holds no batch at budget {budget}: "
+                              f"batch sizes are multiples of {unit} (the logical streams, "
+                              f"batch shards and micro-batches), so it needs at least "
+                              f"{budget * unit}")
+    return sizes
+
+
 FILTER_NAMES = ("basic", "dedup", "score", "metaclip", "cat")  # data.filters
 KEEP_MODES = ("topk", "threshold")  # train.cit.keep
 

@@ -58,7 +58,8 @@ def train_dataset(
     filter_counters: FilterCounters | None = None,
     image_embeddings: tuple[np.ndarray, np.ndarray] | None = None,
     resume_positions: Sequence[int] | None = None, logical_streams: int | None = None,
-    naflex_patch: int = 0,
+    naflex_patch: int = 0, naflex_batch_sizes: Sequence[int] | None = None,
+    start_step: int | None = None,
 ) -> tf.data.Dataset:
     """Infinite host-local batches {"image" f32 [b,H,W,C], "text", "label" i32 [b],
     "data_counts" int64 [l*S, K], "stream_position" int64 [l*S]}, b = global_batch_size //
@@ -78,7 +79,11 @@ def train_dataset(
     (data/positions.py), spares the resume the counting of an epoch.
     With `data.naflex.budgets` (data/naflex_stream.py), images come at their own size,
     cut into patches of `naflex_patch` (the model's patch size): "image" gives way to
-    naflex_stream.KEYS, one budget of patches per global batch.
+    naflex_stream.KEYS, one budget of patches per global batch, global batch n (n from
+    `start_step`, default start_example // global_batch_size) at the budget drawn for n.
+    `naflex_batch_sizes`: token-budget batching's global batch size per budget
+    (naflex_stream.token_batch_sizes), each split over the logical streams; None:
+    `global_batch_size` at every budget.
     """
     cfg = data_config
     naflex = naflex_stream.enabled(cfg)
@@ -91,6 +96,12 @@ def train_dataset(
     order.check_batch(streams, start_example, "a resume at the examples read so far")
     sources, weights = train_sources(cfg)
     chunk, position = global_batch_size // streams, start_example // streams
+    first_step = start_example // global_batch_size if start_step is None else start_step
+    if naflex:  # examples per logical stream in a batch, per budget
+        sizes = naflex_batch_sizes or [global_batch_size] * len(cfg.naflex.budgets)
+        for size in sizes:
+            order.check_batch(streams, size, "a global batch")
+        chunks = [size // streams for size in sizes]
     # ZeroVL's debiased sampling: one source per batch (data/mixture.py). Every stream
     # then draws the same choices; otherwise each its own (stream 0: the run's seed).
     group = chunk if cfg.debiased_sampling else 1
@@ -133,11 +144,11 @@ def train_dataset(
             ds = tf.data.Dataset.choose_from_datasets(
                 per_source, mixture_choices(weights, mix_seed(stream), position, group),
                 stop_on_empty_dataset=True)
-        if naflex:  # batch n's budget: a draw of (seed, n), n = position // chunk
-            ds = naflex_stream.patchified(ds, cfg, seed=seed, position=position, chunk=chunk,
-                                          patch=naflex_patch)
-        # Batches numbered by their place in the stream: the text-pair choice is keyed by it.
-        ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
+        if naflex:  # batch n's budget: a draw of (seed, n)
+            ds = naflex_stream.patchified(ds, cfg, seed=seed, chunks=chunks, patch=naflex_patch,
+                                          start_step=first_step)
+        else:  # numbered by their place in the stream: the text-pair choice is keyed by it
+            ds = ds.batch(chunk, drop_remainder=True).enumerate(start=position // chunk)
         if len(mine) == 1 and joined is not None:  # one function call per batch
             return ds.map(lambda index, batch: joined(per_stream(stream, index, batch)),
                           num_parallel_calls=tf.data.AUTOTUNE)

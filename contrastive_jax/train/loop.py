@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -22,7 +23,7 @@ from contrastive_jax.checkpoints.store import Checkpointer
 from contrastive_jax.config import config_to_json
 from contrastive_jax.config.eval_tasks import any_due, tasks_of
 from contrastive_jax.data.filters import FilterCounters
-from contrastive_jax.data.naflex_stream import model_patch
+from contrastive_jax.data.naflex_stream import model_patch, run_batch_sizes
 from contrastive_jax.data.render_text import TextRenderer
 from contrastive_jax.data.stream import train_dataset
 from contrastive_jax.data.tokenizer import Tokenizer
@@ -31,7 +32,12 @@ from contrastive_jax.evaluate.runner import run_evals
 from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import objective_of
 from contrastive_jax.parallel import distributed
-from contrastive_jax.parallel.mesh import batch_size_per_process, create_mesh, to_global
+from contrastive_jax.parallel.mesh import (
+    BATCH_AXES,
+    batch_size_per_process,
+    create_mesh,
+    to_global,
+)
 from contrastive_jax.train import embedding_cache
 from contrastive_jax.train.cit import CitSelector
 from contrastive_jax.train.embedding_cache import check_image_tower_locked
@@ -179,6 +185,9 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
     # Every logical stream continues at its exact next unread example, whatever the batch
     # size and the process count were (a count that cannot is refused here, in one line).
     progress = StreamProgress.resume(run.resumed_meta, step, config)
+    # NaFlex token-budget batching: a global batch size per budget (None: batch_size).
+    sizes = run_batch_sizes(config.data, progress.logical_streams, config.train.microbatches
+                            * int(np.prod([run.mesh.shape[a] for a in BATCH_AXES])))
     data = iter(train_dataset(
         config.data, run.tokenizer, global_batch_size=read_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
@@ -186,7 +195,8 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
         filter_counters=counters, image_embeddings=cached,
         resume_positions=progress.position,
         logical_streams=progress.logical_streams,
-        naflex_patch=model_patch(config.model.image)).as_numpy_iterator())
+        naflex_patch=model_patch(config.model.image), naflex_batch_sizes=sizes,
+        start_step=step).as_numpy_iterator())
     state = run.state
     guard = NonfiniteGuard(config.train.nonfinite, config.train.nonfinite_limit,
                            total=int(run.resumed_meta.get("nonfinite_steps", 0)))
@@ -208,22 +218,28 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
     on_exit.callback(bar.close)
     mask_ratio = config.model.image.get("mask_ratio", 0.0)
     with StopRequest() as stop:
-        timer = Throughput(step)
+        timer = Throughput(progress.examples_trained)
         while step < total_steps and stop.signal is None:
-            batch = to_global(progress.take(next(data), read_size, batch_size), run.mesh)
+            local = next(data)
+            # Token-budget batching: this step's size is its budget's (CiT is refused there).
+            rows = read_size if sizes is None else len(local["text"]) * jax.process_count()
+            batch = to_global(progress.take(local, rows, batch_size if sizes is None else rows),
+                              run.mesh)
             if cit:
                 batch, cit_metrics = cit(state, batch, step)
             unmasked = run.unmasked_step_fn and step >= config.train.unmask_from
             state, metrics = (run.unmasked_step_fn if unmasked else run.step_fn)(state, batch)
             step += 1
             guard.push(step, metrics.pop(NONFINITE))  # checks the step before this one
-            bar.update(batch_size)
+            bar.update(batch_size if sizes is None else rows)
             save()
             if step % config.train.log_every == 0 or step == total_steps:
                 guard.flush()
                 metrics = jax.device_get(metrics)  # waits for the step: honest timing
                 metrics["train/nonfinite_steps"] = guard.total
-                metrics["train/examples_per_sec"] = timer.rate(step, batch_size)
+                metrics["train/examples_per_sec"] = timer.rate(progress.examples_trained)
+                if sizes is not None:
+                    metrics["train/batch_size"] = rows
                 metrics["train/lr"] = float(run.schedule(step - 1))
                 if mask_ratio:  # FLIP: the share of patches this step dropped
                     metrics["train/mask_ratio"] = 0.0 if unmasked else mask_ratio
@@ -236,7 +252,7 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
             if any_due(tasks, step, config.train.eval_every):
                 if step < total_steps:
                     writer.write(step, evaluate(state, step=step))
-                timer.restart(step)  # eval time is not training time
+                timer.restart(progress.examples_trained)  # eval time is not training time
         bar.close()
         guard.flush()
         save(force=True)
@@ -257,16 +273,16 @@ def _train(run: Run, workdir: str, on_exit: contextlib.ExitStack,
 
 
 class Throughput:
-    """Examples per second between two log points."""
+    """Examples per second between two log points (`examples`: trained on so far)."""
 
-    def __init__(self, step: int):
-        self.restart(step)
+    def __init__(self, examples: int):
+        self.restart(examples)
 
-    def restart(self, step: int) -> None:
-        self.step, self.time = step, time.perf_counter()
+    def restart(self, examples: int) -> None:
+        self.examples, self.time = examples, time.perf_counter()
 
-    def rate(self, step: int, batch_size: int) -> float:
+    def rate(self, examples: int) -> float:
         now = time.perf_counter()
-        value = (step - self.step) * batch_size / max(now - self.time, 1e-9)
-        self.step, self.time = step, now
+        value = (examples - self.examples) / max(now - self.time, 1e-9)
+        self.examples, self.time = examples, now
         return value
