@@ -116,7 +116,8 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-patches", type=int, nargs="+", default=None, metavar="N",
                    help="NaFlex models: image budgets in patches, images at their own aspect "
                    "ratio; a result per budget (eval: overrides the tasks' max_num_patches; "
-                   "default: the position table's size)")
+                   "default: the position table's size). Give it after any --config.KEY=VALUE "
+                   "that holds spaces, which argparse would read as one more N")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
