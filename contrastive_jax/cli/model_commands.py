@@ -55,6 +55,10 @@ def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from contrastive_jax.evaluate.report import write_report
 
     without_tasks(model.config, set(missing))
+    if args.max_num_patches:
+        from contrastive_jax.config.eval_budgets import set_budgets
+
+        set_budgets(model.config, args.max_num_patches)
     details: dict = {"missing_data": missing}  # per-class accuracies, ...: the report only
     result = evaluate_loaded(model, details)
     if jax.process_index() == 0:  # every process computed the same numbers; one writes
@@ -70,11 +74,14 @@ def _cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def _cmd_embed(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if (args.images is None) == (args.texts is None):
         raise ConfigError("embed needs exactly one of --images and --texts")
+    if args.max_num_patches and args.texts is not None:
+        raise ConfigError("--max-num-patches is a budget for images: give it with --images")
     model = _load(args, extra)
     from contrastive_jax.evaluate.embed_files import embed_images_of, embed_texts_of
 
     if args.images is not None:
-        result = embed_images_of(model, args.images, args.out, args.batch_size)
+        result = embed_images_of(model, args.images, args.out, args.batch_size,
+                                 args.max_num_patches)
     else:
         result = embed_texts_of(model, args.texts, args.out, args.batch_size)
     print(json.dumps(result, sort_keys=True))
@@ -106,6 +113,11 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None, help="big_vision: the sentencepiece model")
     p.add_argument("--config", default=None, help="configs/NAME.py[:k=v]: its evals (the "
                    "suite) replace the model's own; for big_vision also its data settings")
+    p.add_argument("--max-num-patches", type=int, nargs="+", default=None, metavar="N",
+                   help="NaFlex models: image budgets in patches, images at their own aspect "
+                   "ratio; a result per budget (eval: overrides the tasks' max_num_patches; "
+                   "default: the position table's size). Give it after any --config.KEY=VALUE "
+                   "that holds spaces, which argparse would read as one more N")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -82,7 +82,10 @@ def validate(config: ConfigDict) -> None:
 
     check_config(config)  # data.pad_id / eos / lowercase, and the pad id against the pool
     _validate_lit(config)
-    tasks_of(config)  # every eval task, so a bad key fails before training starts
+    from contrastive_jax.config.eval_budgets import at_budgets
+
+    for task in tasks_of(config):  # every eval task, so a bad key fails before training
+        at_budgets(task, config.model)  # a budget for a fixed-size model, or out of range
     if config.optimizer.warmup_steps >= config.train.steps:
         raise ConfigError("config key 'optimizer.warmup_steps' must be below 'train.steps'")
 

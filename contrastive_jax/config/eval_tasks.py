@@ -25,14 +25,18 @@ TASK_KEYS: dict[str, dict[str, Any]] = {
     # a name (clip_80, cifar10, ...) or a list of templates, each with one "{}".
     # template_average (captioners): "likelihood" scores a class by the log of its prompts'
     # mean likelihood, "log_likelihood" by their mean log-likelihood.
-    "zeroshot": {"classes": "", "prompts": "", "template_average": "likelihood"},
+    # max_num_patches (NaFlex models, model.image.naflex): a budget of patches or a list of
+    # them; images at their own aspect ratio, one run (and metric row) per budget, named
+    # "<name>@<budget>". None: the model's own table size, as "<name>".
+    "zeroshot": {"classes": "", "prompts": "", "template_average": "likelihood",
+                 "max_num_patches": None},
     # captions_key: a TFDS sequence of captions per image (COCO protocol); "" compares
     # num_examples held-out (image, caption) pairs of the dataset (one caption each).
     "retrieval": {"captions_key": "captions/text", "num_examples": 0, "chunk": 1024},
     # Linear probe (big_vision's fewshot_lsr) fit on shots per class of `train_data`
     # (default: `data` with split "train"), tested on `data`; mean over seeds.
     "fewshot": {"train_data": {}, "shots": [1, 5, 10, 25], "seeds": 3, "l2_reg": 2.0**10,
-                "classes": ""},
+                "classes": "", "max_num_patches": None},
     # Alignment and uniformity (Wang & Isola) of num_examples held-out (image, caption)
     # pairs of a TFDS split; no headline (it is not a score to maximise).
     "embedding_stats": {"num_examples": 1000},
@@ -49,6 +53,7 @@ DATA_KEYS: dict[str, dict[str, Any]] = {
     # label "cls": the sample's `.cls` member; any other name: that key of its `.json`.
     "webdataset": {"pattern": REQUIRED, "label": "cls"},
 }
+BUDGET_KINDS = ("zeroshot", "fewshot")  # the task kinds that take `max_num_patches`
 HEADLINE = {"zeroshot": "top1", "retrieval": "mean_r1", "fewshot": "10shot",
             "embedding_stats": None}
 
@@ -108,12 +113,26 @@ def parse_task(spec: Any, index: int) -> dict[str, Any]:
     if kind == "retrieval" and (not isinstance(task["chunk"], int) or task["chunk"] < 1):
         raise ConfigError(f"config key '{where}.chunk' must be an integer >= 1, "
                           f"got {task['chunk']!r}")
+    if kind in BUDGET_KINDS:
+        task["max_num_patches"] = _budgets(task["max_num_patches"], f"{where}.max_num_patches")
     for key in ("every", "batch_size"):
         value = task[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < (key == "batch_size"):
             raise ConfigError(f"config key '{where}.{key}' must be an integer >= "
                               f"{int(key == 'batch_size')}, got {value!r}")
     return task
+
+
+def _budgets(value: Any, where: str) -> list[int] | None:
+    """`max_num_patches` as a list of distinct positive ints (None: not given)."""
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                         for v in values) or len(set(values)) != len(values):
+        raise ConfigError(f"config key '{where}' must be a number of patches >= 1 or a list "
+                          f"of distinct ones, got {value!r}")
+    return values
 
 
 def _check_prompts(prompts: Any, where: str) -> None:

@@ -7,7 +7,8 @@ image that fails to decode is dropped from its batch and counted by its index
 (`LabelledImages.undecodable`), never a crash and never a silent skip.
 
 Images are resized to the model's square size without cropping, as training resizes them
-(`augment.resize`; big_vision's SigLIP evals resize the same way).
+(`augment.resize`; big_vision's SigLIP evals resize the same way); for a NaFlex model they
+become patch sequences at their own aspect ratio within a budget (`data/naflex.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from contrastive_jax import paths as storage  # `paths` here: lists of image paths
 from contrastive_jax.data import augment, formats, preprocess
+from contrastive_jax.data.naflex import naflex_patches
 from contrastive_jax.data.tfds_files import read_split
 from contrastive_jax.datasets.catalogue import class_names as tfds_class_names
 from contrastive_jax.datasets.catalogue import get_builder, not_prepared
@@ -53,23 +55,35 @@ class LabelledImages:
         """An example for messages: its file, or its position."""
         return self.paths[index] if self.paths is not None else f"example {index}"
 
-    def batches(self, batch_size: int, keep: np.ndarray | None = None) -> Iterator[dict]:
-        """Global batches of the examples at positions `keep` (default: all), in order."""
+    def batches(self, batch_size: int, keep: np.ndarray | None = None,
+                naflex: tuple[int, int] | None = None) -> Iterator[dict]:
+        """Global batches of the examples at positions `keep` (default: all), in order.
+        `naflex` (patch, budget): "patches", "patch_mask" and "shape" (`naflex_patches`)
+        instead of square "image"s."""
         if not len(self.labels) or keep is not None and not len(keep):
             raise DataError(f"{self.where}: no examples to evaluate")
         wanted = np.arange(len(self.labels)) if keep is None else np.unique(keep)
         cfg, expected = self._config, 0
         ds = self._read(wanted)
-        # Images of one static shape (TFDS tensors) are resized a batch at a time; images of
-        # any size (files) one at a time, before they can be batched.
-        same_shape = ds.element_spec["image"].shape.is_fully_defined()
-        if not same_shape:
-            ds = ds.map(_resized(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
+        if naflex is not None:  # each image at its own size -> its padded patch sequence
+            ds = ds.map(_patchified(*naflex, cfg.value_range),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+
+            def scaled(b):
+                return b
+        else:
+            # Images of one static shape (TFDS tensors) are resized a batch at a time;
+            # images of any size (files) one at a time, before they can be batched.
+            same_shape = ds.element_spec["image"].shape.is_fully_defined()
+            if not same_shape:
+                ds = ds.map(_resized(cfg.image_size), num_parallel_calls=tf.data.AUTOTUNE)
+
+            def scaled(b):
+                return {**b, "image": preprocess.scale_images(
+                    b["image"], cfg.value_range, cfg.image_size if same_shape else None)}
         ds = ds.ignore_errors()  # an undecodable image: dropped, counted by its index below
-        ds = ds.batch(batch_size).map(lambda b: preprocess.pad_batch({
-            **b, "image": preprocess.scale_images(b["image"], cfg.value_range,
-                                                  cfg.image_size if same_shape else None)},
-            batch_size), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(lambda b: preprocess.pad_batch(scaled(b), batch_size),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True  # stored order, whatever the scheduling
         for batch in ds.prefetch(2).with_options(options).as_numpy_iterator():
@@ -91,6 +105,15 @@ def _resized(size: int):
         else:
             image = augment.resize(image, size)
         return {**ex, "image": image}
+    return fn
+
+
+def _patchified(patch: int, budget: int, value_range):
+    def fn(ex):
+        out = naflex_patches(ex["image"], patch, budget, value_range)
+        rest = {k: v for k, v in ex.items() if k != "image"}
+        return {**rest, "patches": out["patches"], "patch_mask": out["mask"],
+                "shape": out["shape"]}
     return fn
 
 

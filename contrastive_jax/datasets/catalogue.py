@@ -6,7 +6,11 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from contrastive_jax.datasets import fashion_mnist_captions, fashion_mnist_noisy
+from contrastive_jax.datasets import (
+    fashion_mnist_aspect,
+    fashion_mnist_captions,
+    fashion_mnist_noisy,
+)
 from contrastive_jax.errors import DataError
 
 # Builders this project ships and can prepare offline on first use; any other name is
@@ -14,6 +18,7 @@ from contrastive_jax.errors import DataError
 LOCAL_BUILDERS = {
     "fashion_mnist_captions": fashion_mnist_captions.build_fashion_mnist_captions,
     "fashion_mnist_captions_noisy": fashion_mnist_noisy.build_fashion_mnist_noisy,
+    "fashion_mnist_aspect": fashion_mnist_aspect.build_fashion_mnist_aspect,
 }
 
 

@@ -2,14 +2,16 @@
 
 Rows are L2-normalised float32 (what the towers output), computed in batches sharded over
 the mesh. `X.txt` beside `X.npy` lists the inputs in row order: the image paths (sorted)
-or the texts. An image that does not decode gets no row: it is counted, named in the log
-and left out of both files.
+or the texts. A NaFlex model embeds images at their own aspect ratio within a budget of
+patches (`--max-num-patches`; several: one `X@N.npy` each). An image that does not decode
+gets no row: it is counted, named in the log and left out of both files.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -17,9 +19,10 @@ import numpy as np
 import tqdm
 
 from contrastive_jax import paths as storage  # `paths`: lists of image files
+from contrastive_jax.config.eval_budgets import check_flag, naflex_grid, naflex_patch
 from contrastive_jax.data.labelled import data_config_for, image_files, unlabelled_files
 from contrastive_jax.errors import DataError, InputNotFoundError
-from contrastive_jax.evaluate.embed import encode_images, encode_texts
+from contrastive_jax.evaluate.embed import batch_images, encode_images, encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +47,46 @@ def _listing(out: str) -> str:
     return (out[:-4] if out.endswith(".npy") else out) + ".txt"
 
 
-def embed_images_of(model, pattern: str, out: str, batch_size: int) -> dict[str, Any]:
-    """Embeds the images of a folder or glob; returns a summary for the CLI's JSON line."""
+def _budget_outputs(model, out: str, budgets: Sequence[int] | None
+                    ) -> list[tuple[tuple[int, int] | None, str]]:
+    """((patch, budget) or None for square images, output path) per embedding run: one
+    file per budget, `X@N.npy`, when several are given."""
+    grid = naflex_grid(model.config.model)
+    if not budgets:
+        return [(None if grid is None else (naflex_patch(model.config.model), grid * grid),
+                 out)]
+    budgets = check_flag(budgets, model.config.model)
+    if len(budgets) == 1:
+        return [((naflex_patch(model.config.model), budgets[0]), out)]
+    stem = out[:-4] if out.endswith(".npy") else out
+    return [((naflex_patch(model.config.model), b), f"{stem}@{b}.npy") for b in budgets]
+
+
+def embed_images_of(model, pattern: str, out: str, batch_size: int,
+                    budgets: Sequence[int] | None = None) -> dict[str, Any]:
+    """Embeds the images of a folder or glob (a NaFlex model: at each of `budgets`,
+    default its table's size); returns a summary for the CLI's JSON line."""
     paths = image_files(pattern)
-    images = unlabelled_files(paths, data_config_for(model.config, {"kind": "files"}),
-                              f"embed {pattern!r}")
-    rows, kept = [], []
-    with _bar(len(paths), "img") as bar:
-        for batch in images.batches(batch_size):
-            valid = batch["mask"] > 0
-            # The whole padded batch: one compiled shape for every batch, the last too.
-            rows.append(encode_images(model.model_def, model.state, batch["image"],
-                                      model.mesh)[valid])
-            kept += [paths[i] for i in batch["index"][valid]]
-            bar.update(int(valid.sum()))
-    if images.undecodable:
-        log.warning("embed: %d images did not decode and have no row (%s, ...)",
-                    len(images.undecodable), images.describe(images.undecodable[0]))
-    dim_rows = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
-    return {**_write(out, dim_rows, kept), "undecodable": len(images.undecodable)}
+    runs = []
+    for naflex, path in _budget_outputs(model, out, budgets):
+        images = unlabelled_files(paths, data_config_for(model.config, {"kind": "files"}),
+                                  f"embed {pattern!r}")
+        rows, kept = [], []
+        with _bar(len(paths), "img") as bar:
+            for batch in images.batches(batch_size, naflex=naflex):
+                valid = batch["mask"] > 0
+                # The whole padded batch: one compiled shape for every batch, the last too.
+                rows.append(encode_images(model.model_def, model.state, batch_images(batch),
+                                          model.mesh)[valid])
+                kept += [paths[i] for i in batch["index"][valid]]
+                bar.update(int(valid.sum()))
+        if images.undecodable:
+            log.warning("embed: %d images did not decode and have no row (%s, ...)",
+                        len(images.undecodable), images.describe(images.undecodable[0]))
+        dim_rows = np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+        runs.append({**_write(path, dim_rows, kept), "undecodable": len(images.undecodable),
+                     **({"max_num_patches": naflex[1]} if naflex else {})})
+    return runs[0] if len(runs) == 1 else {"runs": runs}
 
 
 def read_texts(path: str) -> list[str]:

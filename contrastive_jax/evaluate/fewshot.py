@@ -9,9 +9,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax.config.eval_budgets import naflex_reading
 from contrastive_jax.data.labelled import LabelledImages, data_config_for, open_labelled
 from contrastive_jax.errors import DataError
-from contrastive_jax.evaluate.embed import encode_images
+from contrastive_jax.evaluate.embed import batch_images, encode_images
 from contrastive_jax.evaluate.linear_probe import class_permutations, fit_probe, probe_accuracy
 from contrastive_jax.models.state import ModelDef, TrainState
 
@@ -19,15 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def embed_images(images: LabelledImages, model_def: ModelDef, state: TrainState, mesh: Mesh,
-                 batch_size: int, keep: np.ndarray | None = None
+                 batch_size: int, keep: np.ndarray | None = None,
+                 naflex: tuple[int, int] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embeddings [n, D], labels [n], positions [n]) of the examples at positions `keep`
-    (default: all) that decoded, in stored order."""
+    (default: all) that decoded, in stored order; `naflex`: (patch, budget) of a NaFlex
+    model."""
     zs, labels, index = [], [], []
-    for batch in images.batches(batch_size, keep):
+    for batch in images.batches(batch_size, keep, naflex):
         valid = batch["mask"] > 0
         # The whole padded batch: one compiled shape for every batch, the last too.
-        zs.append(encode_images(model_def, state, batch["image"], mesh)[valid])
+        zs.append(encode_images(model_def, state, batch_images(batch), mesh)[valid])
         labels.append(batch["label"][valid])
         index.append(batch["index"][valid])
     if not zs:
@@ -71,7 +74,8 @@ def shot_embeddings(train: LabelledImages, model_def: ModelDef, state: TrainStat
         needed = needed[~embedded[needed]]
         if not len(needed):
             return labels, z
-        got_z, _, got = embed_images(train, model_def, state, mesh, task["batch_size"], needed)
+        got_z, _, got = embed_images(train, model_def, state, mesh, task["batch_size"], needed,
+                                     naflex_reading(task))
         if z is None:
             z = np.zeros((len(labels), got_z.shape[1]), np.float32)
         z[got] = got_z
@@ -92,7 +96,8 @@ def run_fewshot_task(task: dict[str, Any], config: ml_collections.ConfigDict,
     test = open_labelled(task["data"], data_config_for(config, task["data"]), where)
     num_classes = int(max(train.labels.max(initial=-1), test.labels.max(initial=-1))) + 1
     train_labels, train_z = shot_embeddings(train, model_def, state, mesh, task, num_classes)
-    test_z, test_labels, _ = embed_images(test, model_def, state, mesh, task["batch_size"])
+    test_z, test_labels, _ = embed_images(test, model_def, state, mesh, task["batch_size"],
+                                          naflex=naflex_reading(task))
     result = fewshot_accuracies(train_z, train_labels, test_z, test_labels, num_classes,
                                 shots, task["seeds"], task["l2_reg"], where)
     metrics = {f"fewshot/{name}/{k}shot": float(np.mean(v)) for k, v in result.items()}

@@ -1,6 +1,7 @@
 """Runs a config's evaluation tasks and returns their metrics under the contract's keys.
 
-Every task of `evals.tasks` is built the same way (big_vision's
+Every task of `evals.tasks` (a NaFlex model's zeroshot / fewshot tasks once per patch
+budget, `config.eval_budgets`) is built the same way (big_vision's
 evaluators/common.py): `TASK_KINDS[kind](task, config, model_def, state, tokenizer, mesh,
 details)` returns scalar metrics `<kind>/<name>/<metric>`. `suite/mean` is the mean of the
 tasks' headline metrics. `details` (when given) collects what the report needs.
@@ -16,6 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from contrastive_jax.config.eval_budgets import at_budgets, naflex_reading
 from contrastive_jax.config.eval_tasks import due, headline_key, tasks_of
 from contrastive_jax.data.filters import default_filters_config
 from contrastive_jax.data.labelled import LabelledImages, data_config_for, open_labelled
@@ -55,8 +57,8 @@ def run_zeroshot_task(task: dict[str, Any], config: ml_collections.ConfigDict,
     classifier = classifier_of(model_def, state, tokenizer, names, task_prompts(task),
                                config.data.max_len, mesh)
     result = zeroshot_accuracy(model_def, state, classifier,
-                               images.batches(task["batch_size"]), mesh,
-                               task["template_average"])
+                               images.batches(task["batch_size"], naflex=naflex_reading(task)),
+                               mesh, task["template_average"])
     key = f"zeroshot/{task['name']}"
     log.info("%s: top1 %.4f top5 %.4f on %d images", key, result["top1"], result["top5"],
              result["count"])
@@ -164,15 +166,18 @@ def run_evals(config: ml_collections.ConfigDict, model_def: ModelDef, state: Tra
     `suite/mean` over the tasks' headlines."""
     metrics: dict[str, float] = {}
     rows = []
-    for task in tasks_of(config):
-        if not due(task, step, config.train.eval_every):
+    for spec in tasks_of(config):
+        if not due(spec, step, config.train.eval_every):
             continue
-        result = TASK_KINDS[task["kind"]](task, config, model_def, state, tokenizer, mesh,
-                                          details)
-        metrics.update(result)
-        key = headline_key(task)
-        rows.append({"kind": task["kind"], "name": task["name"], "metric": key,
-                     "headline": None if key is None else result.get(key)})
+        for task in at_budgets(spec, config.model):  # a run per patch budget (NaFlex)
+            result = TASK_KINDS[task["kind"]](task, config, model_def, state, tokenizer, mesh,
+                                              details)
+            metrics.update(result)
+            key = headline_key(task)
+            rows.append({"kind": task["kind"], "name": task["name"], "metric": key,
+                         "headline": None if key is None else result.get(key),
+                         **({"max_num_patches": task["max_num_patches"]}
+                            if task.get("naflex_patch") else {})})
     scores = [row["headline"] for row in rows if row["headline"] is not None]
     if scores:
         metrics["suite/mean"] = float(np.mean(scores))

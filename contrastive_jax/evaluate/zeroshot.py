@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from contrastive_jax.evaluate.embed import encode_texts, num_batch_shards, pad_rows
+from contrastive_jax.evaluate.embed import batch_images, encode_texts, rows_on_mesh
 from contrastive_jax.evaluate.prompts import fill
 from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import objective_of
 from contrastive_jax.objectives.captioning import trim_pad_columns
 from contrastive_jax.objectives.contrastive import prompt_ensemble
-from contrastive_jax.parallel.mesh import process_rows, replicated, to_global
+from contrastive_jax.parallel.mesh import replicated
 
 __all__ = ["class_embeddings", "classifier_of", "make_eval_batch_fn", "trim_pad_columns",
            "zeroshot_accuracy"]
@@ -67,7 +67,8 @@ def make_eval_batch_fn(model_def: ModelDef, mesh: Mesh, template_average: str = 
 def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.ndarray,
                       batches, mesh: Mesh, template_average: str = "likelihood"
                       ) -> dict[str, float | np.ndarray]:
-    """`batches` yields global {image, label, mask} batches, the same on every process; each
+    """`batches` yields global {image (or NaFlex patches), label, mask} batches, the same on
+    every process; each
     process feeds its own slice of each. Returns top1, top5, per-class accuracy and count."""
     fn = make_eval_batch_fn(model_def, mesh, template_average)
     num_classes = classifier.shape[0]
@@ -75,13 +76,11 @@ def zeroshot_accuracy(model_def: ModelDef, state: TrainState, classifier: np.nda
     hit5 = np.zeros(num_classes)
     total = np.zeros(num_classes)
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    multiple = num_batch_shards(mesh) * jax.process_count()
     for batch in batches:
         # Padding rows have mask 0, so any batch size splits and counts stay exact.
-        local = {"image": batch["image"], "label": batch["label"].astype(np.int32),
-                 "mask": batch["mask"].astype(np.float32)}
-        local = {k: process_rows(pad_rows(v, multiple)) for k, v in local.items()}
-        arrays = to_global(local, mesh)
+        arrays = rows_on_mesh({"image": batch_images(batch),
+                               "label": batch["label"].astype(np.int32),
+                               "mask": batch["mask"].astype(np.float32)}, mesh)
         h1, h5, n, conf = jax.device_get(fn(state.params, state.rest, jnp.asarray(classifier),
                                       arrays["image"], arrays["label"], arrays["mask"]))
         hit1 += h1
