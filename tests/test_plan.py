@@ -251,8 +251,12 @@ def test_fsdp_with_micro_batches_holds_no_more_than_a_hand_count():
     plus a few of one micro-batch's largest activations. XLA's windowed einsum loops (one
     output buffer each) took 9x the f32 params here before the step turned them off
     (parallel/mesh.py `compiler_options`; docs/benchmarks.md, So400m/14)."""
+    from contrastive_jax.parallel.mesh import compiler_options
     from contrastive_jax.plan.compile import compile_step
 
+    devices = target_devices(parse_target("v4:2x2x2"))
+    # Data parallelism (no fsdp axis) keeps XLA's defaults.
+    assert compiler_options(plan_mesh(tiny_config(), devices)) is None
     width, mlp, tokens, batch, micro = 256, 1024, 64, 512, 2
     size = {"variant": None, "width": width, "depth": 1, "mlp_dim": mlp, "num_heads": 2}
     config = tiny_config(
@@ -261,7 +265,7 @@ def test_fsdp_with_micro_batches_holds_no_more_than_a_hand_count():
                "text": {**size, "vocab_size": 128, "max_len": 16}},
         data={"max_len": 16}, train={"batch_size": batch, "microbatches": micro},
         mesh={"data": 1, "fsdp": -1})
-    compiled = compile_step(config, target_devices(parse_target("v4:2x2x2")))
+    compiled = compile_step(config, devices)
     chips = compiled.mesh.size
     assert compiled.mesh.shape["fsdp"] == chips == 8
     params = sum(x.size for x in jax.tree.leaves(compiled.state.params)) * 4
