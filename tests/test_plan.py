@@ -246,3 +246,36 @@ def test_max_batch_search_is_exact_whatever_the_memory_curve(needed, best):
     assert len(calls) == len(set(calls)) == found["compiles"] <= 11  # none compiled twice
     if best == 296:
         assert found["prediction_exact"] and calls == [64, 32, 296, 304]
+
+
+def test_fsdp_with_micro_batches_holds_no_more_than_a_hand_count():
+    """FSDP + GradCache + remat on a TPU topology: the per-chip temporaries stay within the
+    most FSDP should ever hold (a gathered f32 copy of the weights and of their gradients)
+    plus a few of one micro-batch's largest activations. XLA's windowed einsum loops (one
+    output buffer each) took 9x the f32 params here before the step turned them off
+    (parallel/mesh.py `compiler_options`; docs/benchmarks.md, So400m/14)."""
+    from contrastive_jax.parallel.mesh import compiler_options
+    from contrastive_jax.plan.compile import compile_step
+
+    devices = target_devices(parse_target("v4:2x2x2"))
+    # Data parallelism (no fsdp axis) keeps XLA's defaults.
+    assert compiler_options(plan_mesh(tiny_config(), devices)) is None
+    width, mlp, tokens, batch, micro = 256, 1024, 64, 512, 2
+    size = {"variant": None, "width": width, "depth": 1, "mlp_dim": mlp, "num_heads": 2}
+    config = tiny_config(
+        model={"embed_dim": 128, "remat": "full", "dtype": "bfloat16",
+               "image": {**size, "channels": 8, "image_size": 112, "patch_size": 14},
+               "text": {**size, "vocab_size": 128, "max_len": 16}},
+        data={"max_len": 16}, train={"batch_size": batch, "microbatches": micro},
+        mesh={"data": 1, "fsdp": -1})
+    compiled = compile_step(config, devices)
+    chips = compiled.mesh.size
+    assert compiled.mesh.shape["fsdp"] == chips == 8
+    params = sum(x.size for x in jax.tree.leaves(compiled.state.params)) * 4
+    rows = batch // chips // micro  # one micro-batch's examples on one chip
+    hidden = rows * tokens * mlp * 4  # its largest activation: the f32 MLP hidden layer
+    bound = 2 * params + 4 * hidden
+    temp = compiled.executable.memory_analysis().temp_size_in_bytes
+    loops = compiled.executable.as_text().count("windowed_dot_general_body")
+    assert temp <= bound, (f"{temp / 2**20:.1f} MiB of temporaries > {bound / 2**20:.1f} MiB "
+                           f"({loops} windowed einsum loop lines in the HLO)")

@@ -62,6 +62,25 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+# libtpu flags that turn off XLA's windowed einsum ("collective matmul"): instead of one
+# all-gather of a weight that FSDP splits, the SPMD partitioner loops over the weight's shards,
+# and each of those loops builds its whole [rows, tokens, hidden] output in a buffer of its
+# own. With GradCache micro-batches and remat on TPU that cost more HBM than FSDP saved
+# (docs/benchmarks.md, So400m/14 on v4-32); with the plain all-gathers the compiler still
+# overlaps the gathers with other layers' compute.
+TPU_FSDP_COMPILER_OPTIONS = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
+                             "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
+
+
+def compiler_options(mesh: Mesh) -> dict[str, bool] | None:
+    """XLA options for a step jitted over `mesh`: on TPU with an `fsdp` axis, no windowed
+    einsum (see TPU_FSDP_COMPILER_OPTIONS); otherwise none. Other backends do not know
+    these flags."""
+    if mesh.shape.get("fsdp", 1) == 1 or mesh.devices.flat[0].platform != "tpu":
+        return None
+    return dict(TPU_FSDP_COMPILER_OPTIONS)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -17,7 +17,7 @@ from contrastive_jax.models.naflex import NaFlexImages
 from contrastive_jax.models.state import ModelDef, TrainState
 from contrastive_jax.objectives import StepSettings, objective_of
 from contrastive_jax.objectives.draws import flip_noise, parallel_draw
-from contrastive_jax.parallel.mesh import batch_sharding, replicated
+from contrastive_jax.parallel.mesh import batch_sharding, compiler_options, replicated
 from contrastive_jax.train.grad_cache import grad_cache_value_and_grad
 from contrastive_jax.train.lock import lock_patterns, merge_params, split_params
 
@@ -152,12 +152,14 @@ def naflex_images(batch: Batch) -> Batch:
 
 
 def jit_train_step(step_fn: StepFn, shardings: TrainState, mesh: Mesh) -> StepFn:
-    """Compiles the step for the mesh; the old state's buffers are donated to the new one."""
+    """Compiles the step for the mesh; the old state's buffers are donated to the new one.
+    FSDP on TPU compiles without windowed einsum (parallel/mesh.py `compiler_options`)."""
     return jax.jit(
         step_fn,
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
+        compiler_options=compiler_options(mesh),
     )
 
 
