@@ -122,6 +122,7 @@ def pytest_sessionfinish(session) -> None:
 HEAVIEST_FIRST = (
     "test_hf_parity.py", "test_plan.py", "test_preemption.py", "test_elastic_resume.py",
     "test_data_order.py", "test_zerovl.py", "test_demo_chain.py", "test_cit_and_offline.py",
+    "test_naflex_train.py",
     "test_lit_init_cache.py", "test_resume.py", "test_one_tower.py", "test_scan_layers.py",
     "test_gcs_run.py", "test_nonfinite.py", "test_checkpoint_integrity.py", "test_siglip2.py",
     "test_resume_read_size.py", "test_train_step.py", "test_data_sources.py", "test_export.py",
