@@ -91,6 +91,18 @@ def sigterm_in_step(to_global, step: int):
     return preempted
 
 
+def train_cut_and_resumed(config, workdir: str, monkeypatch, step: int) -> dict:
+    """Trains `config` in `workdir`, preempted by SIGTERM in `step` (checked: it saves and
+    stops there), then relaunched: the relaunch's result."""
+    from contrastive_jax.train import loop
+
+    to_global = loop.to_global
+    monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, step))
+    assert loop.train(config, workdir) == {"step": step, "interrupted_by": signal.SIGTERM}
+    monkeypatch.setattr(loop, "to_global", to_global)
+    return loop.train(config, workdir)
+
+
 def tiny_cappa_config(**sections) -> ml_collections.ConfigDict:
     """A CapPa (captioner) as small as `tiny_config`'s towers, for 28x28 grey images."""
     config = default_config()

@@ -12,13 +12,12 @@ minutes, so it is run by hand (docs/multihost.md).
 import io
 import json
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
 from gcs_corpus import image, write_corpus
-from helpers import sigterm_in_step, tiny_config
+from helpers import tiny_config, train_cut_and_resumed
 
 from contrastive_jax import paths
 from contrastive_jax.data.sources import create_source, parse_sources
@@ -61,12 +60,7 @@ def test_train_resume_eval_export_on_gcs(gcs, tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     workdir = paths.join(root, "workdir")
-    to_global = loop.to_global
-    monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, 4))
-    assert loop.train(run_config(gcs_sources), workdir) == {
-        "step": 4, "interrupted_by": signal.SIGTERM}
-    monkeypatch.setattr(loop, "to_global", to_global)
-    assert loop.train(run_config(gcs_sources), workdir)["step"] == 6
+    assert train_cut_and_resumed(run_config(gcs_sources), workdir, monkeypatch, 4)["step"] == 6
     assert os.listdir(work) == []
 
     assert _losses(workdir) == _losses(reference)  # bit-equal, steps 1..6

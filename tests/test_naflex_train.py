@@ -5,13 +5,12 @@ interrupted two-budget run resumed bit-exact."""
 import itertools
 import json
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import sigterm_in_step, tiny_config
+from helpers import tiny_config, train_cut_and_resumed
 from PIL import Image
 
 from contrastive_jax.checkpoints.store import restore_params
@@ -169,11 +168,7 @@ def test_two_budget_token_run_interrupted_and_resumed_is_exact(table, tmp_path, 
     assert list(schedule) == [16, 4, 4, 16]
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     loop.train(config, full)
-    to_global = loop.to_global
-    monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, 2))
-    assert loop.train(config, cut) == {"step": 2, "interrupted_by": signal.SIGTERM}
-    monkeypatch.setattr(loop, "to_global", to_global)
-    assert loop.train(config, cut)["step"] == 4
+    assert train_cut_and_resumed(config, cut, monkeypatch, 2)["step"] == 4
     for a, b in zip(jax.tree.leaves(restore_params(cut)[1]),
                     jax.tree.leaves(restore_params(full)[1]), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import sigterm_in_step, synthetic_batches, tiny_config
+from helpers import synthetic_batches, tiny_config, train_cut_and_resumed
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -182,11 +181,7 @@ def test_a_run_with_both_resumes_exactly(corpus, tmp_path, monkeypatch):
     validate(config)
     full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
     loop.train(config, full)
-    to_global = loop.to_global
-    monkeypatch.setattr(loop, "to_global", sigterm_in_step(to_global, 3))
-    assert loop.train(config, cut) == {"step": 3, "interrupted_by": signal.SIGTERM}
-    monkeypatch.setattr(loop, "to_global", to_global)
-    assert loop.train(config, cut)["step"] == 6
+    assert train_cut_and_resumed(config, cut, monkeypatch, 3)["step"] == 6
 
     def records(workdir):
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
