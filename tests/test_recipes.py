@@ -4,7 +4,7 @@ within 1%, and `bench recipes` counts FLOPs the way the published figures do."""
 import jax
 import pytest
 
-from contrastive_jax.bench.recipes import recipe_paths, recipe_row
+from contrastive_jax.bench.recipes import recipe_paths, recipe_row, tower_gflops
 from contrastive_jax.config import load_config
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.state import ModelDef
@@ -48,6 +48,17 @@ def test_bench_counts_two_flops_per_multiply_add():
         assert (row["image_gflops"] - row["image_gflops_run"]) * 1e9 == pytest.approx(
             skipped, abs=2e7)
         assert row["text_gflops_run"] < row["text_gflops"]  # the EOS position alone, too
+
+
+def test_scanned_layers_count_the_work_of_every_layer():
+    """XLA's cost analysis counts a scan's body once; the model FLOPs that `plan`'s roofline
+    and MFU take must not shrink by the depth when layers are scanned."""
+    small = ["model.image.depth=2", "model.text.depth=2"]
+    unrolled, scanned = (tower_gflops(load_config("configs/recipes/clip_b32.py",
+                                                  [*small, f"model.scan_layers={scan}"]))
+                         for scan in (False, True))
+    assert scanned == pytest.approx(unrolled, rel=1e-6)
+    assert unrolled["image_run"] > 1.0  # one B/32 layer is ~0.7 GFLOPs
 
 
 def test_a_config_without_published_figures_is_refused():

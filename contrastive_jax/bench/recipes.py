@@ -11,6 +11,7 @@ every position, as the published figures do; `*_gflops_run` is what the tower co
 
 from __future__ import annotations
 
+import copy
 import glob
 import math
 import os
@@ -63,7 +64,14 @@ def tower_gflops(config: ml_collections.ConfigDict, params: Any = None,
                  rest: Any = None) -> dict[str, float]:
     """GFLOPs of one example's forward pass through each tower: `image` / `text` count every
     position (as the published figures do), `image_run` / `text_run` what the tower computes.
-    From abstract shapes: `params` / `rest` are the model's (eval_shape'd if not given)."""
+    From abstract shapes: `params` / `rest` are the model's (eval_shape'd if not given).
+
+    Scanned layers are counted unrolled: XLA's cost analysis counts a loop's body once, so a
+    `scan_layers` tower would report one layer's FLOPs; the layout does not change the work."""
+    if config.model.get("scan_layers", False):
+        config = copy.deepcopy(config)
+        config.model.scan_layers = False
+        params = rest = None  # stacked params do not fit the unrolled tower
     model_def = ModelDef(config.model)
     if params is None:
         params, rest = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
