@@ -9,8 +9,8 @@ at 0127fb6); no GFLOPs are published.
 
 Trained on: 128 TPU v3 chips at the paper's batch of 10,240 (the same README at 3b36bb7: its
 table's LAION-400M row, "10240 | 100k | 128 v3" under "TPU chips", and its footnote; the
-comment in train_clippo.py says "128 TPUv3 cores" instead). `plan` has no v3 target, so its
-default is the v4 slice with the same chip count, v4-256 (80 examples a chip):
+comment in train_clippo.py at fd2d3bd says "128 TPUv3 cores" instead). `plan` has no v3
+target, so its default is the v4 slice with the same chip count, v4-256 (80 examples a chip):
 
     contrastive-jax plan --config configs/recipes/clippo_b16.py        # v4-256
 """
