@@ -39,7 +39,20 @@ def test_topology_names(name, jax_name, chips):
     assert parse_target(name, slices=2).chips == 2 * chips
 
 
-@pytest.mark.parametrize("bad", ["v4-31", "v7-8", "v5e:2x2x2", "tpu"])
+@pytest.mark.parametrize("name, jax_name, chip", [
+    ("h100-8", "1x1x8", "NVIDIA H100 80GB HBM3"), ("a100-16", "1x2x8", "NVIDIA A100-SXM4-80GB"),
+    ("A100-40GB-128", "1x16x8", "NVIDIA A100-SXM4-40GB"), ("a100-40gb-4", "1x1x4",
+                                                            "NVIDIA A100-SXM4-40GB")])
+def test_gpu_topology_names(name, jax_name, chip):
+    """GPUs: that many, 8 per host; the 40 GB A100 is named by its memory."""
+    target = parse_target(name)
+    assert (target.jax_name, target.chip.name, target.name) == (jax_name, chip, name.lower())
+    config = target.topology_kwargs()["target_config"]
+    assert f'device_description_str: "{chip}"' in config  # the XLA target config it compiles for
+
+
+@pytest.mark.parametrize("bad", ["v4-31", "v7-8", "v5e:2x2x2", "tpu", "a100-40gb-12",
+                                 "v4-32gb-8"])
 def test_bad_topology_names_are_config_errors(bad):
     with pytest.raises(ConfigError, match="--topology"):
         parse_target(bad)
@@ -156,16 +169,35 @@ def test_multislice_meshes_span_the_slices_with_data():
 
 @pytest.mark.skipif(not _cuda_plugin(), reason="jax's CUDA plugin is not installed (see "
                     "docs/plan.md: jax-cuda12-plugin, jax-cuda12-pjrt and the nvcc wheels)")
-def test_a_ring_loss_compiles_for_eight_h100s_without_a_gpu():
+@pytest.mark.parametrize("name", ["h100-8", "a100-40gb-8"])
+def test_a_ring_loss_compiles_for_eight_gpus_without_a_gpu(name):
     """Deviceless GPU compile (needs XLA_FLAGS=--xla_gpu_autotune_level=0, as the CLI sets)."""
     from contrastive_jax.plan.hlo import collectives
 
-    target = parse_target("h100-8")
+    target = parse_target(name)
     mesh = plan_mesh(tiny_config(), target_devices(target))
-    assert mesh.devices.flat[0].device_kind == "NVIDIA H100 80GB HBM3"
+    assert mesh.devices.flat[0].device_kind == target.chip.name
     compiled = compile_loss_grad("sigmoid_chunked", 8 * 64, 128, 8, mesh=mesh)
     permutes = {c["kind"]: c for c in collectives(compiled.as_text(), 8)}["collective-permute"]
     assert permutes["count"] >= 2 * 7  # known_trip_count of each ring's while loop
+
+
+@pytest.mark.skipif(not _cuda_plugin(), reason="jax's CUDA plugin is not installed")
+def test_the_cli_plans_a_clip_step_for_a100s_without_a_gpu():
+    """The whole step for the 40 GB A100s of CLIP B/32's paper topology (one block a tower):
+    without the Triton GEMM flag `plan` sets for Ampere, XLA fails this compile."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "contrastive_jax.cli", "plan", "--config",
+         "configs/recipes/clip_b32.py", "--topology", "a100-40gb-8", "--batch", "64",
+         "--config.model.image.depth=1", "--config.model.text.depth=1", "--no-suggest"],
+        capture_output=True, text=True, cwd=os.path.dirname(TESTS), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (row["chip"], row["chips"], row["fits"]) == ("NVIDIA A100-SXM4-40GB", 8, True)
+    assert row["hbm_bytes"] == 42331013120  # the 40 GB target config's device memory
 
 
 def test_versions_out_of_lockstep_are_named_in_one_line(monkeypatch):

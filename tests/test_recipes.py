@@ -1,5 +1,8 @@
 """The published recipes (configs/recipes/): every one has its published parameter count
-within 1%, and `bench recipes` counts FLOPs the way the published figures do."""
+within 1%, names the hardware and batch its paper trained on, and `bench recipes` counts FLOPs
+the way the published figures do."""
+
+import ast
 
 import jax
 import pytest
@@ -8,6 +11,7 @@ from contrastive_jax.bench.recipes import recipe_paths, recipe_row, tower_gflops
 from contrastive_jax.config import load_config
 from contrastive_jax.errors import ConfigError
 from contrastive_jax.models.state import ModelDef
+from contrastive_jax.plan.topology import parse_target
 
 RECIPES = recipe_paths()
 
@@ -25,6 +29,24 @@ def test_recipe_has_its_published_parameter_count(path):
     params, _ = jax.eval_shape(lambda: ModelDef.init(config.model, jax.random.key(0)))
     count = sum(x.size for x in jax.tree.leaves(params))
     assert count == pytest.approx(config.recipe.params_paper, rel=0.01)
+
+
+@pytest.mark.parametrize("path", RECIPES)
+def test_recipe_names_the_hardware_and_batch_its_paper_trained_on(path):
+    """`plan` compiles for `recipe.topology_paper` at `train.batch_size` unless told otherwise:
+    the paper's batch must split evenly over that target's chips (and the micro-batches), and
+    a recipe whose default batch is another must say how to plan the paper's."""
+    config = load_config(path)
+    recipe = config.recipe
+    assert recipe.hardware_paper and recipe.batch_paper, "recipe.hardware_paper, batch_paper"
+    target = parse_target(recipe.topology_paper)
+    per_chip, rest = divmod(recipe.batch_paper, target.chips)
+    assert rest == 0 and per_chip % config.train.microbatches == 0, (target.name, per_chip)
+    with open(path) as f:
+        doc = ast.get_docstring(ast.parse(f.read()))
+    assert "Trained on:" in doc  # where the hardware and batch were read
+    if config.train.batch_size != recipe.batch_paper:
+        assert f"--config.train.batch_size={recipe.batch_paper}" in doc
 
 
 def test_bench_counts_two_flops_per_multiply_add():

@@ -7,6 +7,13 @@
 Published: 652.15 M params, 201.62 GFLOPs per example (162.56 image + 39.06 text), from
 open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted with
 torch's FlopCounterMode (2 FLOPs per multiply-add).
+
+Trained on: "16 TPU-v4 chips for three days", the model card of google/siglip-large-patch16-256
+(read in a stored copy of the card, gr.tbb.rip/models/google/siglip-large-patch16-256; the
+same sentence as the B/16 and So400m cards), at the SigLIP paper's batch of 32,768
+(arXiv:2303.15343). 16 v4 chips are the slice v4-32, 2,048 examples each:
+
+    contrastive-jax plan --config configs/recipes/siglip_l16.py        # v4-32
 """
 
 import ml_collections
@@ -16,4 +23,7 @@ from contrastive_jax.config.recipes import published, siglip
 
 def get_config(batch: int = 32768, steps: int = 100_000) -> ml_collections.ConfigDict:
     return siglip(image="L/16", text="L", embed_dim=1024, image_size=256,
-                published=published(652.15e6, 201.62, 162.56, 39.06), batch=batch, steps=steps)
+                published=published(652.15e6, 201.62, 162.56, 39.06,
+                                    hardware="16 TPU v4 chips (model card)", topology="v4-32",
+                                    batch=32_768),
+                batch=batch, steps=steps)

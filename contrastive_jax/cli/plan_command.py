@@ -16,6 +16,14 @@ from contrastive_jax.errors import ConfigError, DoesNotFitError
 _NO_AUTOTUNE = "--xla_gpu_autotune_level=0"
 
 
+def _gpu_flags(chip_flags: Sequence[str]) -> None:
+    """Append the GPU target's XLA flags to XLA_FLAGS, before the first compilation of this
+    process, when XLA parses them."""
+    for flag in (_NO_AUTOTUNE, *chip_flags):
+        if flag not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -46,9 +54,8 @@ def _cmd_plan(args: argparse.Namespace, extra: Sequence[str]) -> int:
         raise ConfigError("--topology: give a TPU slice (e.g. v4-32); this config names no "
                           "paper topology (config key 'recipe.topology_paper')")
     target = parse_target(topology, args.slices)
-    if target.platform == "cuda" and _NO_AUTOTUNE not in os.environ.get("XLA_FLAGS", ""):
-        # Before the first compilation of this process, when XLA parses its flags.
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_NO_AUTOTUNE}".strip()
+    if target.platform == "cuda":
+        _gpu_flags(target.chip.xla_flags)
     name = os.path.splitext(os.path.basename(args.config.split(":")[0]))[0]
     devices = plan_compile.target_devices(target)
     problem = plan_compile.lockstep_problem()
@@ -83,8 +90,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                      "FLOPs, collectives, roofline bound; exit 2 if it does not fit")
     p.add_argument("--config", required=True, help="configs/NAME.py[:k=v,...]")
     p.add_argument("--topology", default=None,
-                   help="v4-32, v5p-128, v5litepod-16, v6e-256, or jax's v4:2x2x4; default: "
-                        "the recipe's paper topology (recipe.topology_paper)")
+                   help="v4-32, v5p-128, v5litepod-16, v6e-256, jax's v4:2x2x4, or GPUs "
+                        "(h100-8, a100-40gb-128); default: the recipe's paper topology "
+                        "(recipe.topology_paper)")
     p.add_argument("--slices", type=int, default=1, help="multislice: this many slices")
     p.add_argument("--batch", type=int, default=None, help="global batch (train.batch_size)")
     p.add_argument("--mesh", default=None, help="mesh axis sizes, e.g. data=-1,fsdp=4")

@@ -114,7 +114,8 @@ def default_config() -> ConfigDict:
     # A published recipe's figures (configs/recipes/*.py), which `bench recipes`
     # compares with the model's own counts; None: not a recipe.
     # hardware_paper: what the paper trained on, as published; topology_paper: that as a
-    # TPU slice `plan` can compile for (its default --topology), batch_paper: its global batch.
+    # target `plan` can compile for (its default --topology: the GPUs themselves, or a TPU
+    # slice with as many chips), batch_paper: its global batch.
     c.recipe = ConfigDict(dict(params_paper=None, gflops_paper=None, image_gflops_paper=None,
                                text_gflops_paper=None, hardware_paper=None, topology_paper=None,
                                batch_paper=None))

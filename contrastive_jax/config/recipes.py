@@ -16,8 +16,8 @@ def published(params: float, gflops: float | None = None, image_gflops: float | 
               text_gflops: float | None = None, *, hardware: str | None = None,
               topology: str | None = None, batch: int | None = None) -> dict:
     """The recipe's published figures (params; GFLOPs per example, 2 per multiply-add) and
-    what it trained on: `hardware` as published, `topology` that as a TPU slice for `plan`,
-    `batch` the global batch."""
+    what it trained on: `hardware` as published, `topology` that as a `plan` target (the GPUs
+    themselves, or a TPU slice with as many chips), `batch` the global batch."""
     return dict(params_paper=params, gflops_paper=gflops, image_gflops_paper=image_gflops,
                 text_gflops_paper=text_gflops, hardware_paper=hardware,
                 topology_paper=topology, batch_paper=batch)

@@ -11,10 +11,12 @@ Chip figures, each with its source (taken 2026-12-06):
   product, 5.4e11 B/s, is close to Cloud's 1200 GBps bidirectional (600 GBps each way).
   Dividing collective bytes by every link's bandwidth at once keeps the bound a lower one.
 
-GPUs (`h100-8`, `a100-16`, `v100-256`: that many GPUs, 8 per host), from NVIDIA's datasheets
-(H100 SXM5, A100 SXM4 80 GB, V100 SXM2): dense bf16 (V100: fp16) tensor FLOP/s, HBM bandwidth,
-NVLink bandwidth one way (half the datasheet's bidirectional figure); HBM capacity from the
-XLA target config each compiles for (gpu_targets/).
+GPUs (`h100-8`, `a100-16`, `a100-40gb-128`, `v100-256`: that many GPUs, 8 per host), from
+NVIDIA's datasheets (H100 SXM5, A100 SXM4 80 GB and 40 GB, V100 SXM2): dense bf16 (V100: fp16)
+tensor FLOP/s, HBM bandwidth, NVLink bandwidth one way (half the datasheet's bidirectional
+figure); HBM capacity from the XLA target config each compiles for (gpu_targets/). `a100` is
+the 80 GB part; `a100-40gb` the 40 GB one (A100 datasheet: 1,555 GB/s HBM2, the same 312 TFLOP/s
+and 600 GB/s NVLink), on which open_clip's LAION reproductions of CLIP were trained.
 
 Naming (MaxText's accelerator_to_spec_map.py, axlearn's aot_compilation.py): v4 and v5p names
 count TensorCores (two per chip, one "megacore" device per chip) on 3-D shapes; v5e and v6e
@@ -43,6 +45,13 @@ class Chip:
     cores_in_name: int  # TensorCores per chip counted by the Cloud accelerator name
     jax_prefix: str  # jax's topology-string prefix
     target_config: str | None = None  # GPUs: the XLA target config file in gpu_targets/
+    xla_flags: tuple[str, ...] = ()  # GPUs: XLA flags their deviceless compile needs
+
+
+# Without autotuning, XLA (jaxlib 0.10.2) fails to tile some Triton GEMM fusions for Ampere
+# ("Couldn't find output tile sizes that satisfy hlo": jax issue 34010, openxla/xla PR 36792,
+# whose reviewer suggests keeping such dots out of Triton): plan A100s with cuBLAS GEMMs.
+_AMPERE_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
 
 
 CHIPS: dict[str, Chip] = {
@@ -53,7 +62,9 @@ CHIPS: dict[str, Chip] = {
     "h100": Chip("NVIDIA H100 80GB HBM3", 989e12, 84942979072, 3.35e12, 450e9, 1, "",
                  "h100_sxm.txtpb"),
     "a100": Chip("NVIDIA A100-SXM4-80GB", 312e12, 85100068864, 2.039e12, 300e9, 1, "",
-                 "a100_sxm_80.txtpb"),
+                 "a100_sxm_80.txtpb", _AMPERE_FLAGS),
+    "a100-40gb": Chip("NVIDIA A100-SXM4-40GB", 312e12, 42331013120, 1.555e12, 300e9, 1, "",
+                      "a100_sxm_40.txtpb", _AMPERE_FLAGS),
     "v100": Chip("Tesla V100-SXM2-16GB", 125e12, 16935682048, 900e9, 150e9, 1, "",
                  "v100.txtpb"),
 }
@@ -123,7 +134,7 @@ class Target:
 
 def parse_target(text: str, slices: int = 1) -> Target:
     """`v4-32`, `v5p-128`, `v5litepod-16`, `v6e-256` or `v4:2x2x4`, `v5e:4x4`, `v5:4x4x4`;
-    GPUs: `h100-8`, `a100-16`, `v100-256`."""
+    GPUs: `h100-8`, `a100-16` (80 GB), `a100-40gb-128`, `v100-256`."""
     if slices < 1:
         raise ConfigError(f"--slices {slices}: need at least one slice")
     name = text.strip().lower()
@@ -138,7 +149,8 @@ def parse_target(text: str, slices: int = 1) -> Target:
         if len(shape) != want or min(shape) < 1:
             raise ConfigError(f"--topology {text!r}: {generation} slices have {want}-D shapes")
         return Target(generation, shape, slices)
-    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", name)
+    # A GPU name may carry its memory size (a100-40gb-128); TPU names never do.
+    match = re.fullmatch(r"([a-z0-9]+(?:-\d+gb)?)-(\d+)", name)
     if match and CHIPS.get(match.group(1), CHIPS["v4"]).target_config is not None:
         count = int(match.group(2))
         per_host = min(count, GPUS_PER_HOST)
