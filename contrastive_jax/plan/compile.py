@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax.sharding import AxisType, Mesh
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from contrastive_jax.bench.train_step import batch_shapes
 from contrastive_jax.errors import ConfigError
@@ -144,6 +145,7 @@ class Compiled:
     executable: Any = None
     out_of_memory: str | None = None
     compile_s: float = 0.0
+    usable_hbm_bytes: int | None = None  # what the TPU compiler lets one program use
 
 
 def compile_step(config: ml_collections.ConfigDict, devices: list) -> Compiled:
@@ -151,6 +153,7 @@ def compile_step(config: ml_collections.ConfigDict, devices: list) -> Compiled:
     hold comes back with the compiler's RESOURCE_EXHAUSTED message instead of raising."""
     mesh = plan_mesh(config, devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    usable = usable_hbm_bytes(devices[0])
     if config.train.batch_size % shards:
         raise ConfigError(f"config key 'train.batch_size': {config.train.batch_size} does not "
                           f"split over {shards} batch shards of mesh {dict(mesh.shape)}")
@@ -165,8 +168,37 @@ def compile_step(config: ml_collections.ConfigDict, devices: list) -> Compiled:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         return Compiled(mesh, state, out_of_memory=str(e),
-                        compile_s=time.perf_counter() - start)
-    return Compiled(mesh, state, executable, compile_s=time.perf_counter() - start)
+                        compile_s=time.perf_counter() - start, usable_hbm_bytes=usable)
+    return Compiled(mesh, state, executable, compile_s=time.perf_counter() - start,
+                    usable_hbm_bytes=usable)
+
+
+# More bytes than any chip has: the compiler's refusal of a program that size names the HBM
+# it lets one program use.
+_LARGER_THAN_ANY_CHIP = 2**40
+_usable_seen: dict[Any, int | None] = {}
+
+
+def usable_hbm_bytes(device: Any) -> int | None:
+    """The HBM the TPU compiler lets one program use on `device`'s chip, read from its
+    refusal of a program larger than any chip (libtpu 0.0.42: 30.75 GiB of v4's 32 GiB,
+    15.75 of v5e's 16, 31.25 of v6e's 32: the runtime keeps the rest). A compiled step
+    within the chip's HBM but over this fails at load time. None off TPU."""
+    if device.platform != "tpu":
+        return None
+    key = (device.device_kind, getattr(device, "num_cores", None), getattr(device, "id", None))
+    if key not in _usable_seen:
+        sharding = NamedSharding(Mesh(np.array([device]), ("chip",)), PartitionSpec())
+        scalar = jax.ShapeDtypeStruct((), jnp.int8, sharding=sharding)
+        try:
+            jax.jit(lambda v: jnp.full((_LARGER_THAN_ANY_CHIP,), v),
+                    out_shardings=sharding).lower(scalar).compile()
+            _usable_seen[key] = None  # not refused: no figure to read
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            _usable_seen[key] = oom_bytes(str(e))[1]
+    return _usable_seen[key]
 
 
 _SIZE = r"([\d.]+)\s*([KMGT]?)i?B?"

@@ -35,11 +35,17 @@ def model_flops_per_example(config: ml_collections.ConfigDict) -> float | None:
 
 def memory_row(compiled: Compiled, target: Target) -> dict[str, Any]:
     """Per-chip bytes: XLA's lower bound on the device memory a step needs is generated code
-    + arguments + outputs - aliased + temporaries (xla/pjrt/pjrt_executable.h)."""
-    hbm = target.chip.hbm_bytes
+    + arguments + outputs - aliased + temporaries (xla/pjrt/pjrt_executable.h). A TPU step
+    fits when that is within the HBM the compiler lets one program use (less than the chip's:
+    compile.usable_hbm_bytes); a GPU step, within the memory of the target config. (The
+    smaller of the two where both are known.)"""
+    hbm = min(compiled.usable_hbm_bytes or target.chip.hbm_bytes, target.chip.hbm_bytes)
+    source = {"hbm_source": "TPU compiler (usable by one program)"
+              if compiled.usable_hbm_bytes else "chip memory (datasheet / target config)",
+              "chip_hbm_bytes": target.chip.hbm_bytes}
     if compiled.executable is None:
         needed, available = oom_bytes(compiled.out_of_memory or "")
-        return {"fits": False, "hbm_bytes": available or hbm, "needed_bytes": needed,
+        return {"fits": False, "hbm_bytes": available or hbm, **source, "needed_bytes": needed,
                 "compiler_message": (compiled.out_of_memory or "").splitlines()[0][:400]}
     m = compiled.executable.memory_analysis()
     parts = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
@@ -47,7 +53,7 @@ def memory_row(compiled: Compiled, target: Target) -> dict[str, Any]:
              "code_bytes": m.generated_code_size_in_bytes}
     total = (parts["code_bytes"] + parts["argument_bytes"] + parts["output_bytes"]
              - parts["alias_bytes"] + parts["temp_bytes"])
-    return {"fits": total <= hbm, "hbm_bytes": hbm, "needed_bytes": int(total),
+    return {"fits": total <= hbm, "hbm_bytes": hbm, **source, "needed_bytes": int(total),
             **{k: int(v) for k, v in parts.items()}}
 
 
@@ -127,7 +133,8 @@ def render_table(row: dict[str, Any]) -> str:
         for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "code_bytes"):
             lines.append(f"    {key.removesuffix('_bytes'):<10}{_gib(row[key]):>14}")
     lines.append(f"    {'needed':<10}{_gib(row['needed_bytes']):>14}  of "
-                 f"{_gib(row['hbm_bytes'])} HBM: {'fits' if row['fits'] else 'DOES NOT FIT'}")
+                 f"{_gib(row['hbm_bytes'])} HBM ({row['hbm_source']}): "
+                 f"{'fits' if row['fits'] else 'DOES NOT FIT'}")
     if "flops_per_chip" not in row:
         return "\n".join(lines)
     if row["cost_analysis"]:

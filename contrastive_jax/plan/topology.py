@@ -57,8 +57,9 @@ _AMPERE_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
 CHIPS: dict[str, Chip] = {
     "v4": Chip("TPU v4", 275e12, 32 * 2**30, 1200e9, 6 * 45e9, 2, "v4"),
     "v5p": Chip("TPU v5p", 459e12, 95 * 2**30, 2765e9, 6 * 90e9, 2, "v5"),
-    "v5e": Chip("TPU v5e", 197e12, 16 * 10**9, 819e9, 4 * 45e9, 1, "v5e"),
-    "v6e": Chip("TPU v6e", 918e12, 32 * 10**9, 1640e9, 4 * 90e9, 1, "v6e"),
+    # Cloud's "16 GB" and "32 GB" are GiB: libtpu lets one program use 15.75 and 31.25 GiB.
+    "v5e": Chip("TPU v5e", 197e12, 16 * 2**30, 819e9, 4 * 45e9, 1, "v5e"),
+    "v6e": Chip("TPU v6e", 918e12, 32 * 2**30, 1640e9, 4 * 90e9, 1, "v6e"),
     "h100": Chip("NVIDIA H100 80GB HBM3", 989e12, 84942979072, 3.35e12, 450e9, 1, "",
                  "h100_sxm.txtpb"),
     "a100": Chip("NVIDIA A100-SXM4-80GB", 312e12, 85100068864, 2.039e12, 300e9, 1, "",
