@@ -131,14 +131,14 @@ def few_files(tmp_path_factory):
 
 def test_the_default_order_is_the_same_on_every_process_count(few_files, tokenizer):
     """data.logical_streams 0: 64 streams for a batch of 64. One TFRecord file (stream s
-    reads its records s, s + 64) mixed with three tars (each shared by 21 or 22 streams)."""
+    reads its records s, s + 64) mixed with three tars (each shared by 21 or 22 streams).
+    1 and 4 processes: every count in between is the first test's (1, 2 and 4)."""
     cfg = config(few_files)
     cfg.sources = ({"kind": "tfrecord", "pattern": str(few_files / "one.tfrecord")},
                    {"kind": "webdataset", "pattern": str(few_files / "w-*.tar")})
     cfg.filters.basic.enabled, cfg.logical_streams = False, 0
     one = global_batches(cfg, tokenizer, 1, 2, batch=64)
-    for processes in (2, 4):
-        assert_same(global_batches(cfg, tokenizer, processes, 2, batch=64), one)
+    assert_same(global_batches(cfg, tokenizer, 4, 2, batch=64), one)
     assert one[0]["stream_position"].shape == (64 * 2,)  # 64 streams of two sources
     ids = np.concatenate([b["label"] for b in one])
     assert len(set(ids)) == 128  # no example twice
