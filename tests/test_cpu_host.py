@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from xla_flags import CHEAP_COMPILE
 
 from contrastive_jax import cpu_host
 
@@ -148,16 +149,21 @@ def test_cpu_devices_after_jax_started_is_refused():
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    # No device count in XLA_FLAGS (--cpu-devices sets it); the tests' cheap compile.
     env = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **env}
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": CHEAP_COMPILE, **env}
     return subprocess.run([sys.executable, "-m", "contrastive_jax.cli", *args], env=env,
                           cwd=ROOT, capture_output=True, text=True)
 
 
 def test_bench_step_with_one_device_per_core_and_tuned_malloc():
+    # The demo config with a one-layer, 32-wide model: what is tested is the process's
+    # devices and malloc, not the model's size.
+    tiny = [f"--config.model.{tower}.{key}={value}" for tower in ("image", "text")
+            for key, value in (("depth", 1), ("width", 32), ("mlp_dim", 64), ("num_heads", 2))]
     out = _cli("bench", "step", "--config", "configs/demo_siglip.py", "--steps", "2",
                "--cpu-devices", "2", "--matmul-size", "256", "--config.train.batch_size=16",
-               CONTRASTIVE_JAX_CPU_MALLOC="on")
+               "--config.model.embed_dim=16", *tiny, CONTRASTIVE_JAX_CPU_MALLOC="on")
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["devices"] == 2 and row["cpu_malloc_tuned"] is True and row["mfu"] > 0
