@@ -9,6 +9,7 @@ import sys
 import jax
 import pytest
 from helpers import tiny_config
+from xla_flags import CHEAP_COMPILE
 
 from contrastive_jax.bench.flops import matmul_peak
 from contrastive_jax.bench.loss_memory import _fits, loss_memory, max_batch
@@ -91,8 +92,9 @@ assert not any(name.split(".")[0] == "tensorflow" for name in sys.modules)
 
 def test_bench_step_needs_no_tensorflow():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": CHEAP_COMPILE}
     out = subprocess.run([sys.executable, "-c", _NO_TENSORFLOW], cwd=root, capture_output=True,
-                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+                         text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["bench"] == "train_step" and row["flops_per_step"] > 0
