@@ -9,8 +9,9 @@ open_clip's docs/model_profile.csv (mlfoundations/open_clip at 89fb801), counted
 torch's FlopCounterMode (2 FLOPs per multiply-add).
 
 Trained on: 256 V100 GPUs for 12 days at batch 32,768 (Radford et al. 2021, sections 2.5 and
-the appendix's hyperparameter table). `plan` compiles for TPUs, so its default topology is the
-same number of chips as a TPU slice, v4-512 (256 chips, 128 examples each).
+the appendix's hyperparameter table). Its default `plan` topology is a TPU slice of as many
+chips, v4-512 (256 chips, 128 examples each); `--topology v100-256` plans the paper's GPUs
+through jax's CUDA plugin (docs/plan.md; with `model.remat=full` it fits, docs/benchmarks.md).
 """
 
 import ml_collections
