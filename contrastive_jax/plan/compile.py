@@ -153,10 +153,10 @@ def compile_step(config: ml_collections.ConfigDict, devices: list) -> Compiled:
     hold comes back with the compiler's RESOURCE_EXHAUSTED message instead of raising."""
     mesh = plan_mesh(config, devices)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    usable = usable_hbm_bytes(devices[0])
     if config.train.batch_size % shards:
         raise ConfigError(f"config key 'train.batch_size': {config.train.batch_size} does not "
                           f"split over {shards} batch shards of mesh {dict(mesh.shape)}")
+    usable = usable_hbm_bytes(devices[0])
     tx, _ = create_optimizer(config.optimizer, config.train.steps)
     state, shardings, batch = abstract_step_inputs(config, mesh, tx)
     step = train_step_from_config(config, mesh, tx, shardings)
@@ -186,7 +186,7 @@ def usable_hbm_bytes(device: Any) -> int | None:
     within the chip's HBM but over this fails at load time. None off TPU."""
     if device.platform != "tpu":
         return None
-    key = (device.device_kind, getattr(device, "num_cores", None), getattr(device, "id", None))
+    key = (device.device_kind, getattr(device, "num_cores", None))  # megacore or not
     if key not in _usable_seen:
         sharding = NamedSharding(Mesh(np.array([device]), ("chip",)), PartitionSpec())
         scalar = jax.ShapeDtypeStruct((), jnp.int8, sharding=sharding)

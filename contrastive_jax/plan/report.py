@@ -39,10 +39,12 @@ def memory_row(compiled: Compiled, target: Target) -> dict[str, Any]:
     fits when that is within the HBM the compiler lets one program use (less than the chip's:
     compile.usable_hbm_bytes); a GPU step, within the memory of the target config. (The
     smaller of the two where both are known.)"""
-    hbm = min(compiled.usable_hbm_bytes or target.chip.hbm_bytes, target.chip.hbm_bytes)
-    source = {"hbm_source": "TPU compiler (usable by one program)"
-              if compiled.usable_hbm_bytes else "chip memory (datasheet / target config)",
-              "chip_hbm_bytes": target.chip.hbm_bytes}
+    chip = target.chip.hbm_bytes
+    usable = compiled.usable_hbm_bytes
+    by_compiler = usable is not None and usable < chip
+    hbm = usable if by_compiler else chip
+    source = {"hbm_source": "TPU compiler (usable by one program)" if by_compiler
+              else "chip memory (datasheet / target config)", "chip_hbm_bytes": chip}
     if compiled.executable is None:
         needed, available = oom_bytes(compiled.out_of_memory or "")
         return {"fits": False, "hbm_bytes": available or hbm, **source, "needed_bytes": needed,
